@@ -1,0 +1,1 @@
+"""One module per ``ligo`` subcommand; the list lives in ``ligo.cli.COMMANDS``."""

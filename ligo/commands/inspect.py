@@ -1,0 +1,61 @@
+"""``ligo inspect``: what ligo sees in a model directory, and what growing it to a target would take."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="show a model's table entry, sizes, parameters and unit duplicates",
+                       description=__doc__)
+    p.add_argument("model", help="model directory")
+    p.add_argument("--target", help="also report the operator for growing into this target (JSON file or object)")
+    p.add_argument("--units", action="store_true", help="report duplicated units per space (the symmetry check)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def run(args) -> int:
+    from dataclasses import asdict
+
+    from ..checkpoint import load_checkpoint
+    from ..diagnostics import unit_report
+    from ..grow import Grower
+    from .common import parse_target
+
+    ck = load_checkpoint(args.model)
+    d = ck.dims
+    info = {
+        "model_type": ck.spec.model_type, "table": ck.spec.source, "objective": ck.spec.objective,
+        "has_lm_head": ck.has_head, "dtype": str(ck.dtype).removeprefix("torch."),
+        "parameters": sum(t.numel() for t in ck.state.values()), "dims": asdict(d),
+        "spaces": {"residual": d.hidden, "query heads": f"{d.heads} x {d.head_dim}",
+                   "kv heads": f"{d.kv_heads} x {d.head_dim}", "ffn": d.ffn, "vocab": d.vocab},
+    }
+    if args.target:
+        g = Grower(ck, parse_target(args.target))
+        info["target_dims"] = asdict(g.target_dims)
+        info["operator_parameters"] = g.operator.num_parameters()
+        info["operator_maps"] = {k: list(v.shape) for k, v in
+                                 [*g.operator.width.items(), *(("depth." + k, v) for k, v in g.operator.depth.items())]}
+    if args.units:
+        info["units"] = unit_report(ck.state, ck.layout, ck.spec, d)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.model}: {info['model_type']} ({info['objective']}, table {info['table']}), "
+          f"{info['parameters']:,} parameters, {info['dtype']}, LM head: {'yes' if ck.has_head else 'no'}")
+    print(f"  layers {d.layers}, residual {d.hidden}, heads {d.heads} (kv {d.kv_heads}) x head_dim {d.head_dim}, "
+          f"ffn {d.ffn}, vocab {d.vocab}, tied embeddings: {d.tie}")
+    if args.target:
+        t = g.target_dims
+        print(f"  target: layers {t.layers}, residual {t.hidden}, heads {t.heads} (kv {t.kv_heads}), ffn {t.ffn}; "
+              f"operator: {info['operator_parameters']:,} parameters")
+        for k, shape in info["operator_maps"].items():
+            print(f"    {k:28s} {'x'.join(map(str, shape))}")
+    if args.units:
+        print("  units (duplicate_writes: equal write vectors; duplicates: equal on both sides):")
+        for space, r in info["units"].items():
+            print(f"    {space:4s} {r['units']:6d} units, {r['duplicate_writes']:5d} duplicate writes, "
+                  f"{r['duplicates']:5d} duplicates, nearest distance {r['min_rel_distance']:.3g}")
+    return 0

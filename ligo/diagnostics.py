@@ -1,0 +1,70 @@
+"""Are the grown units used? Per space: how many units duplicate another, and how far apart they are.
+
+A unit is a residual dimension, an FFN neuron or an attention head. Its *write* vector gathers every
+weight slice that produces it (embedding columns, output-projection rows, norm gains, biases); its
+*read* vector every slice that consumes it. Copies made by Net2Net have equal write vectors; if they
+stay equal through training, the grown width computes nothing new (the symmetry trap).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .arch import ArchSpec, Dims, Match
+
+# space -> (map tokens that write its units, map tokens that read them)
+SPACES = {"res": (("res",), ("res.in",)), "ffn": (("ffn",), ("ffn.in",)), "heads": (("q",), ("o.in",)),
+          "kv_heads": (("k", "v"), ())}
+
+
+def _unit_vectors(state: dict, layout: dict[str, Match], dims: Dims, token: str) -> dict[int | None, torch.Tensor]:
+    """Per layer (None for the residual stream, shared by all layers): [units, features] for one map token."""
+    n, unit = dims.units(token)
+    parts: dict[int | None, list[torch.Tensor]] = {}
+    for key, m in layout.items():
+        for axis, tokens in enumerate(m.entry.axes):
+            if token not in tokens:
+                continue
+            w = state[key].float()
+            offset = sum(dims.axis_size(t) for t in tokens[: tokens.index(token)])
+            w = w.narrow(axis, offset, n * unit).movedim(axis, 0).reshape(n, unit, -1)
+            w = w.permute(0, 2, 1).reshape(n, -1)  # a unit's features, head_dim included
+            layer = None if token.startswith("res") else m.layer
+            parts.setdefault(layer, []).append(w)
+    return {k: torch.cat(v, dim=1) for k, v in parts.items()}
+
+
+def _gather(state: dict, layout: dict[str, Match], dims: Dims, tokens: tuple[str, ...]) -> dict:
+    found = [_unit_vectors(state, layout, dims, t) for t in tokens]
+    layers = set().union(*found) if found else set()
+    return {k: torch.cat([f[k] for f in found if k in f], dim=1) for k in layers}
+
+
+def _nearest(vecs: torch.Tensor) -> tuple[int, float]:
+    """(units equal to another unit, smallest distance between two units relative to the mean norm)."""
+    d = torch.cdist(vecs.double(), vecs.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(float("inf"))
+    nearest = d.min(dim=1).values
+    scale = vecs.double().norm(dim=1).mean().clamp_min(1e-30)
+    return int((nearest == 0).sum()), float(nearest.min() / scale)
+
+
+def unit_report(state: dict, layout: dict[str, Match], spec: ArchSpec, dims: Dims) -> dict[str, dict]:
+    """For each grown space: units, duplicated units (write side and both sides) and nearest distances."""
+    report: dict[str, dict] = {}
+    for space, (writers, readers) in SPACES.items():
+        write = _gather(state, layout, dims, writers)
+        read = _gather(state, layout, dims, readers)
+        if not write:
+            continue
+        dup_w = dup_both = 0
+        min_w = float("inf")
+        for layer, w in write.items():
+            both = torch.cat([w, read[layer]], dim=1) if layer in read else w
+            a, dist = _nearest(w)
+            b, _ = _nearest(both)
+            dup_w, dup_both, min_w = dup_w + a, dup_both + b, min(min_w, dist)
+        n, _ = dims.units(writers[0])
+        report[space] = {"units": n * len(write), "duplicate_writes": dup_w, "duplicates": dup_both,
+                         "min_rel_distance": min_w}
+    return report
