@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .arch import LigoError, get_spec, register_architecture, supported_types  # noqa: E402
 from .operator import GrowthOperator, GrowthPlan  # noqa: E402
-from .train import TrainConfig  # noqa: E402
+from .loop import TrainConfig  # noqa: E402
 from .grow import Grower, grow  # noqa: E402
 
 __all__ = ["LigoError", "get_spec", "register_architecture", "supported_types", "GrowthOperator", "GrowthPlan",

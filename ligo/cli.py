@@ -14,6 +14,7 @@ from .arch import LigoError
 # The one list of commands: name -> module in ligo.commands (each has ``add_parser`` and ``run``).
 COMMANDS = {
     "grow": "grow",
+    "train": "train",
     "inspect": "inspect",
 }
 

@@ -15,7 +15,7 @@ from .arch import Dims, LigoError
 from .checkpoint import (RECIPE_NAME, Checkpoint, atomic_dir, check_output_dir, copy_tokenizer, load_checkpoint,
                          save_weights, write_json)
 from .operator import GrowthOperator, GrowthPlan, depth_plan
-from .train import LoopResult, TrainConfig, make_collate, train_loop
+from .loop import LoopResult, TrainConfig, make_collate, train_loop
 
 
 def model_class(objective: str):

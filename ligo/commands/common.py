@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..arch import LigoError
 from ..operator import DEPTH_INITS, WIDTH_INITS
-from ..train import TrainConfig
+from ..loop import TrainConfig
 
 
 def add_growth_flags(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""``ligo grow``: grow a checkpoint into a larger shape, optionally fitting the operator first."""
+"""ligo grow: grow a checkpoint into a larger shape, optionally fitting the operator first."""
 
 from __future__ import annotations
 

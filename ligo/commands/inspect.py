@@ -1,4 +1,4 @@
-"""``ligo inspect``: what ligo sees in a model directory, and what growing it to a target would take."""
+"""ligo inspect: what ligo sees in a model directory, and what growing it to a target would take."""
 
 from __future__ import annotations
 

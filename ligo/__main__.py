@@ -1,0 +1,3 @@
+from ligo.cli import main
+import sys
+sys.exit(main())
