@@ -15,7 +15,9 @@ from .arch import LigoError
 COMMANDS = {
     "grow": "grow",
     "train": "train",
+    "grow-train": "grow_train",
     "inspect": "inspect",
+    "bench": "bench",
 }
 
 

@@ -39,7 +39,7 @@ def _ledger_from(model_dir: Path | None) -> dict:
 
 def train(model: str | Path | None, data: str | Path | None, out: str | Path, cfg: TrainConfig, *,
           from_config: str | Path | dict | None = None, tokenizer: str | Path | None = None, resume: bool = False,
-          overwrite: bool = False, attn_implementation: str | None = None) -> TrainResult:
+          overwrite: bool = False, attn_implementation: str | None = None, blocks=None) -> TrainResult:
     """Continue pretraining ``model`` (a checkpoint dir), or train ``from_config`` from scratch, into ``out``.
 
     ``out`` receives ``log.jsonl``, ``checkpoints/`` and, at the end, the trained model (config.json is
@@ -83,7 +83,8 @@ def train(model: str | Path | None, data: str | Path | None, out: str | Path, cf
                         "use the model's own tokenizer")
     if dims.positions is not None and cfg.seq_len > dims.positions:
         raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
-    blocks = load_blocks(data, tok, cfg.seq_len)
+    if blocks is None:
+        blocks = load_blocks(data, tok, cfg.seq_len)
 
     cls = model_class(spec.objective)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}

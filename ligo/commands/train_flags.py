@@ -10,11 +10,12 @@ from ..loop import TrainConfig
 SKIP = {"progress"}
 
 
-def add_train_flags(p: argparse.ArgumentParser, prefix: str = "", title: str = "training") -> None:
+def add_train_flags(p: argparse.ArgumentParser, prefix: str = "", title: str = "training",
+                    exclude: tuple[str, ...] = ("seq_len", "batch_size")) -> None:
     """One ``--flag`` per TrainConfig field; defaults are None so that recipe files can be overridden."""
     g = p.add_argument_group(title)
     for f in fields(TrainConfig):
-        if f.name in SKIP or (prefix == "" and f.name in ("seq_len", "batch_size")):
+        if f.name in SKIP or f.name in exclude:
             continue
         flag = "--" + prefix + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()
