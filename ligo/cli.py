@@ -18,6 +18,7 @@ COMMANDS = {
     "grow-train": "grow_train",
     "inspect": "inspect",
     "bench": "bench",
+    "demo": "demo",
 }
 
 
