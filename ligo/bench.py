@@ -22,10 +22,10 @@ from . import __version__
 from .arch import LigoError, get_spec
 from .loop import TrainConfig
 
-EXPERIMENT_KEYS = {"name", "description", "model_type", "data", "corpus_bytes", "vocab_size", "seq_len",
+EXPERIMENT_KEYS = {"name", "description", "model_type", "data", "corpus", "corpus_bytes", "vocab_size", "seq_len",
                    "batch_size", "seed", "mixed_precision", "attn_implementation", "source", "target", "train", "fit",
                    "methods", "smoke"}
-METHOD_KEYS = {"width", "depth", "per_layer", "fit", "fit_steps", "label"}
+METHOD_KEYS = {"width", "depth", "per_layer", "split_noise", "fit", "label"}
 FIXED_BASELINES = ("stack", "interleave", "net2net")
 
 
@@ -88,8 +88,16 @@ def flops_to_reach(curve: list[dict], target: float) -> float | None:
     return None
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident memory in MB since the last reset (Linux: VmHWM, resettable)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+        if reset:
+            Path("/proc/self/clear_refs").write_text("5")
+        return peak
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress: bool = True, log=print) -> dict:
@@ -105,7 +113,7 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
     spec = get_spec(exp["model_type"])
     data = data if data is not None else exp.get("data")
     limit = int(exp.get("corpus_bytes", 4_000_000))
-    texts = stdlib_texts(limit) if data is None else read_texts(data, limit)
+    texts = stdlib_texts(limit, exp.get("corpus", "stdlib")) if data is None else read_texts(data, limit)
     seq_len = int(exp.get("seq_len", 128))
     t0 = time.perf_counter()
     tok_dir = out / "tokenizer"
@@ -131,6 +139,7 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
     for name, method in exp["methods"].items():
         method = method or {}
         t_method = time.perf_counter()
+        peak_rss_mb(reset=True)
         run_dir = out / "runs" / name
         if name == "scratch":
             res = train(None, None, run_dir, _train_cfg(exp, train_section, progress=progress), from_config=target_cfg,
@@ -138,14 +147,14 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
             fit_flops, fit_wall, fit_info = 0.0, 0.0, None
         else:
             plan = GrowthPlan(width=method.get("width", "split"), depth=method.get("depth", "identity"),
-                              per_layer=bool(method.get("per_layer", False)), seed=exp.get("seed", 0))
+                              per_layer=bool(method.get("per_layer", False)), seed=exp.get("seed", 0),
+                              **({"split_noise": float(method["split_noise"])} if "split_noise" in method else {}))
             grower = Grower(out / "source", target_cfg, plan)
             fit_flops = fit_wall = 0.0
             fit_info = None
             if method.get("fit"):
-                fit_section = dict(exp.get("fit", {}))
-                if "fit_steps" in method:
-                    fit_section["steps"] = method["fit_steps"]
+                # `fit: true` uses the experiment's fit section; a mapping overrides parts of it
+                fit_section = {**exp.get("fit", {}), **(method["fit"] if isinstance(method["fit"], dict) else {})}
                 fit_cfg = _train_cfg(exp, {"weight_decay": 0.0, **fit_section}, progress=progress)
                 fit = grower.fit(None, fit_cfg, blocks=blocks)
                 fit_flops, fit_wall = fit.flops, fit.wall
@@ -168,7 +177,7 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
                          "depth": method.get("depth"), "fit": fit_info, "fit_flops": fit_flops,
                          "train_steps": res.loop.steps, "total_flops": res.loop.flops, "curve": curve,
                          "start_val_loss": curve[0]["val_loss"], "final_val_loss": curve[-1]["val_loss"],
-                         "wall_s": time.perf_counter() - t_method, "peak_rss_mb": _peak_rss_mb(),
+                         "wall_s": time.perf_counter() - t_method, "peak_rss_mb": peak_rss_mb(),
                          "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None}
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -207,6 +216,7 @@ def summarize(results: dict, source_flops: float) -> dict:
     fixed = [n for n in results if n in FIXED_BASELINES or (results[n]["fit"] is None and n != "scratch")]
     best_fixed = min(fixed, key=lambda n: results[n]["final_val_loss"]) if fixed else None
     fixed_target = results[best_fixed]["final_val_loss"] if best_fixed else None
+    fixed_flops = flops_to_reach(results[best_fixed]["curve"], fixed_target) if best_fixed else None
     rows = {}
     for name, r in results.items():
         f = flops_to_reach(r["curve"], target)
@@ -217,11 +227,12 @@ def summarize(results: dict, source_flops: float) -> dict:
             "saving_source_free": None if f is None else 1 - f / scratch_flops,
             "saving_source_counted": None if f is None or name == "scratch" else 1 - (f + source_flops) / scratch_flops,
             "flops_to_best_fixed_final": g,
+            "saving_vs_best_fixed": None if g is None or not fixed_flops else 1 - g / fixed_flops,
             "fit_share": r["fit_flops"] / r["total_flops"] if r["total_flops"] else 0.0,
             "wall_to_scratch_final": _wall_at(r["curve"], f),
         }
     return {"scratch_final_val_loss": target, "scratch_flops_to_final": scratch_flops, "best_fixed": best_fixed,
-            "best_fixed_final_val_loss": fixed_target, "rows": rows}
+            "best_fixed_final_val_loss": fixed_target, "best_fixed_flops_to_final": fixed_flops, "rows": rows}
 
 
 def _wall_at(curve: list[dict], flops: float | None) -> float | None:
@@ -234,9 +245,9 @@ def _wall_at(curve: list[dict], flops: float | None) -> float | None:
     return curve[-1]["wall"] if flops >= curve[-1]["flops"] else curve[0]["wall"]
 
 
-def _fmt(x, kind):
+def _fmt(x, kind, missing="not reached"):
     if x is None:
-        return "not reached"
+        return missing
     return {"pct": f"{100 * x:.1f}%", "flops": f"{x:.3e}", "loss": f"{x:.4f}", "s": f"{x:.0f}s"}[kind]
 
 
@@ -249,14 +260,19 @@ def markdown_table(report: dict) -> str:
              f"({_fmt(s['best_fixed_final_val_loss'], 'loss')}).",
              "",
              "| method | start loss | final loss | FLOPs to scratch's final | saving (source free) | "
-             "saving (source counted) | FLOPs to best fixed's final | fit share | wall to scratch's final |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "saving (source counted) | FLOPs to best fixed's final | saving vs best fixed | fit share | "
+             "wall to scratch's final | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in s["rows"].items():
         m = report["methods"][name]
+        ref = "—" if name == "scratch" else "not reached"  # scratch is the reference, not a grown run
         lines.append(f"| {m['label']} | {m['start_val_loss']:.4f} | {r['final_val_loss']:.4f} | "
                      f"{_fmt(r['flops_to_scratch_final'], 'flops')} | {_fmt(r['saving_source_free'], 'pct')} | "
-                     f"{_fmt(r['saving_source_counted'], 'pct')} | {_fmt(r['flops_to_best_fixed_final'], 'flops')} | "
-                     f"{100 * r['fit_share']:.1f}% | {_fmt(r['wall_to_scratch_final'], 's')} |")
+                     f"{_fmt(r['saving_source_counted'], 'pct', ref)} | "
+                     f"{_fmt(r['flops_to_best_fixed_final'], 'flops')} | "
+                     f"{_fmt(r.get('saving_vs_best_fixed'), 'pct')} | "
+                     f"{100 * r['fit_share']:.1f}% | {_fmt(r['wall_to_scratch_final'], 's')} | "
+                     f"{m.get('peak_rss_mb', 0):.0f} MB |")
     return "\n".join(lines) + "\n"
 
 

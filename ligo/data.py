@@ -63,14 +63,32 @@ def stdlib_corpus_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def stdlib_texts(limit_bytes: int = 4_000_000) -> list[str]:
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+def stdlib_texts(limit_bytes: int = 4_000_000, corpus: str = "stdlib") -> list[str]:
+    """Python source on this machine, in a fixed order, up to ``limit_bytes`` characters.
+
+    ``corpus="stdlib"``: the standard library (top-level modules first, then its packages, tests
+    left out; about 12 MB). ``corpus="python"``: that, then every installed package's source
+    (site-packages; torch and transformers alone give well over 100 MB), for GPU-scale runs.
+    """
+    if corpus not in ("stdlib", "python"):
+        raise LigoError(f"unknown corpus {corpus!r}; use 'stdlib' or 'python', or pass --data PATH")
     root = stdlib_corpus_dir()
-    files = sorted(f for f in root.glob("*.py") if f.is_file())  # top level only: stable and varied
+    top = sorted(f for f in root.glob("*.py") if f.is_file())
+    packages = sorted(f for f in root.glob("*/**/*.py") if not set(f.relative_to(root).parts[:-1]) & _SKIP_DIRS)
+    files = top + packages
+    if corpus == "python":
+        site = Path(sysconfig.get_paths()["purelib"])
+        files += sorted(f for f in site.rglob("*.py") if not set(f.relative_to(site).parts[:-1]) & _SKIP_DIRS)
     texts, total = [], 0
     for f in files:
         try:
             t = f.read_text("utf-8")
         except (OSError, UnicodeDecodeError):
+            continue
+        if not t.strip():
             continue
         texts.append(t)
         total += len(t)
