@@ -10,9 +10,11 @@ A run directory holds ``log.jsonl`` (one line per optimizer step) and ``checkpoi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import time
@@ -162,6 +164,27 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).exists())
 
 
+def _digests(ckpt: Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint (its state file aside): written with it, checked on resume."""
+    out = {}
+    for f in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != STATE_FILE):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+        out[str(f.relative_to(ckpt))] = h.hexdigest()
+    return out
+
+
+def verify_checkpoint(ckpt: Path) -> dict:
+    """The checkpoint's state, after checking that no file was changed, added or cut since it was written."""
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    if "files" in state and _digests(ckpt) != state["files"]:
+        raise LigoError(f"--resume: {ckpt} was modified or corrupted after it was written (file digests differ); "
+                        "ligo loads only checkpoints it wrote: delete it to resume from an earlier one")
+    return state
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = _checkpoints(Path(run_dir))
     return found[-1] if found else None
@@ -257,8 +280,12 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise LigoError(f"--resume: no complete checkpoint under {run_dir / CHECKPOINTS}; start without --resume")
-        accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / STATE_FILE).read_text())
+        state = verify_checkpoint(ckpt)
+        try:
+            accelerator.load_state(str(ckpt))
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused an object
+            raise LigoError(f"--resume: {ckpt} holds a file that is not plain tensors ({str(exc).splitlines()[0][:80]}); "
+                            "ligo never unpickles code: delete that checkpoint to resume from an earlier one") from None
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         flops, wall, evals = state["flops"], state["wall"], state["evals"]
         history = [r for r in _read_log(run_dir) if r["step"] <= step]
@@ -282,11 +309,19 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
             shutil.rmtree(tmp, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        try:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            if accelerator.is_main_process:
+                state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "flops": flops,
+                         "wall": wall, "evals": evals, "config": asdict(cfg), "files": _digests(tmp)}
+                (tmp / STATE_FILE).write_text(json.dumps(state))
+        except OSError as exc:  # disk full, quota...: the half-written checkpoint never gets its final name
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = latest_checkpoint(run_dir)
+            raise LigoError(f"could not write the checkpoint for step {step} ({exc.strerror or exc}); free disk space "
+                            "and rerun with --resume" + (f" (the last complete checkpoint is {last})" if last else "")
+                            ) from None
         if accelerator.is_main_process:
-            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "flops": flops,
-                     "wall": wall, "evals": evals, "config": asdict(cfg)}
-            (tmp / STATE_FILE).write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in _checkpoints(run_dir)[:-cfg.keep_last]:

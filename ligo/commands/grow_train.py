@@ -71,8 +71,12 @@ def load_recipe(path: str | None) -> dict:
 
 
 def run(args) -> int:
+    import shutil
+
     from ..checkpoint import check_output_dir, write_json
-    from ..grow import Grower
+    from ..data import load_blocks
+    from ..grow import Grower, load_tokenizer
+    from ..loop import latest_checkpoint
     from ..loop import TrainConfig
     from ..operator import GrowthPlan
     from ..train import train
@@ -103,17 +107,28 @@ def run(args) -> int:
     out = Path(recipe["out"])
     if not args.resume:
         check_output_dir(out, args.overwrite)
+    created = not out.exists()
     grown = out / "grown"
-    if not (args.resume and (grown / "config.json").exists()):
-        grower = Grower(recipe["source"], recipe["target"],
-                        GrowthPlan(width=recipe.get("width", "split"), depth=recipe.get("depth", "identity"),
-                                   per_layer=bool(recipe.get("per_layer", False)), seed=recipe.get("seed", 0)))
-        if fit_steps:
-            grower.fit(recipe.get("data"), fit_cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        grower.save(grown, overwrite=True)
-        write_json(out / "recipe.json", recipe)
-    result = train(grown, recipe.get("data"), out / "trained", train_cfg, resume=args.resume, overwrite=True)
+    try:
+        blocks = None
+        if not (args.resume and (grown / "config.json").exists()):
+            grower = Grower(recipe["source"], recipe["target"],
+                            GrowthPlan(width=recipe.get("width", "split"), depth=recipe.get("depth", "identity"),
+                                       per_layer=bool(recipe.get("per_layer", False)), seed=recipe.get("seed", 0)))
+            # read the data once, before any work, so bad data fails fast and leaves nothing behind
+            blocks = load_blocks(recipe.get("data"), load_tokenizer(grower.source.path), shared["seq_len"])
+            if fit_steps:
+                grower.fit(recipe.get("data"), fit_cfg, blocks=blocks)
+            out.mkdir(parents=True, exist_ok=True)
+            grower.save(grown, overwrite=True)
+            write_json(out / "recipe.json", recipe)
+        result = train(grown, recipe.get("data"), out / "trained", train_cfg, resume=args.resume, overwrite=True,
+                       blocks=blocks)
+    except BaseException:
+        # a failure before the first training checkpoint leaves nothing behind; after it, the work is kept
+        if created and out.exists() and latest_checkpoint(out / "trained") is None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if not result.loop.accelerator.is_main_process:
         return 0
     if result.loop.status == "preempted":
