@@ -103,7 +103,7 @@ def peak_rss_mb(reset: bool = False) -> float:
 def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress: bool = True, log=print) -> dict:
     """Run every method of an experiment; write results.json, the plots and table.md into ``out``."""
     from .checkpoint import check_output_dir
-    from .data import pack, read_texts, stdlib_texts, train_tokenizer
+    from .data import cached_tokenizer, pack, read_texts, stdlib_texts
     from .grow import Grower, build_config
     from .operator import GrowthPlan
     from .train import train
@@ -117,7 +117,7 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
     seq_len = int(exp.get("seq_len", 128))
     t0 = time.perf_counter()
     tok_dir = out / "tokenizer"
-    tokenizer = train_tokenizer(texts, int(exp.get("vocab_size", 2048)), tok_dir)
+    tokenizer = cached_tokenizer(texts, int(exp.get("vocab_size", 2048)), tok_dir)
     blocks = pack(texts, tokenizer, seq_len, val_fraction=0.05)
     log(f"[{exp['name']}] corpus: {sum(map(len, texts)):,} characters, {blocks.train.numel():,} training tokens, "
         f"{blocks.val.numel():,} held-out; tokenizer {len(tokenizer)} tokens ({time.perf_counter() - t0:.1f}s)")
@@ -155,6 +155,8 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
             if method.get("fit"):
                 # `fit: true` uses the experiment's fit section; a mapping overrides parts of it
                 fit_section = {**exp.get("fit", {}), **(method["fit"] if isinstance(method["fit"], dict) else {})}
+                # the fit is scored on the same held-out batches as training, so the curves join up
+                fit_section["eval_batches"] = train_section.get("eval_batches", TrainConfig.eval_batches)
                 fit_cfg = _train_cfg(exp, {"weight_decay": 0.0, **fit_section}, progress=progress)
                 fit = grower.fit(None, fit_cfg, blocks=blocks)
                 fit_flops, fit_wall = fit.flops, fit.wall
@@ -179,7 +181,9 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
                          "start_val_loss": curve[0]["val_loss"], "final_val_loss": curve[-1]["val_loss"],
                          "wall_s": time.perf_counter() - t_method, "peak_rss_mb": peak_rss_mb(),
                          "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None}
+        del res  # free this method's model, optimizer and accelerator before the next one
         if torch.cuda.is_available():
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         log(f"[{exp['name']}] {name}: start {curve[0]['val_loss']:.4f} -> final {curve[-1]['val_loss']:.4f} "
             f"({res.loop.steps} train steps, fit {fit_flops:.2e} FLOPs, {results[name]['wall_s']:.0f}s)")

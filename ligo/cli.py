@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -41,6 +42,7 @@ def _quiet_libraries() -> None:
 
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # e.g. "Removed shared tensor" on tied models
 
 
 def main(argv: list[str] | None = None) -> int:

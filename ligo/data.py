@@ -140,6 +140,39 @@ def load_blocks(path: str | Path | None, tokenizer, seq_len: int, val_fraction: 
     return pack(texts, tokenizer, seq_len, val_fraction)
 
 
+def cached_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
+    """``train_tokenizer``, reusing an earlier result for the same texts and vocabulary size.
+
+    The cache lives in ``$LIGO_CACHE`` (default ``~/.cache/ligo``), keyed by a digest of the corpus;
+    the tokenizer files are also written into ``out_dir``.
+    """
+    import hashlib
+    import os
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+
+    h = hashlib.sha256(f"{vocab_size}\n".encode())
+    for t in texts:
+        h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
+    cache = Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "tokenizers" / h.hexdigest()[:24]
+    if (cache / "tokenizer.json").is_file():
+        try:
+            tok = PreTrainedTokenizerFast.from_pretrained(str(cache), trust_remote_code=False)
+            tok.save_pretrained(out_dir)
+            return tok
+        except Exception:  # an unreadable cache entry is rebuilt, never trusted
+            shutil.rmtree(cache, ignore_errors=True)
+    tok = train_tokenizer(texts, vocab_size, out_dir)
+    try:
+        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+        tok.save_pretrained(tmp)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home, or another process won the race: same result
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
+
+
 def train_tokenizer(texts: list[str], vocab_size: int = 2048, out_dir: str | Path | None = None):
     """A byte-level BPE tokenizer trained on ``texts`` (with the special tokens both LM kinds need)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -86,7 +86,9 @@ class Grower:
     def __init__(self, source: str | Path | Checkpoint, target: dict | str | Path,
                  plan: GrowthPlan | None = None):
         t0 = time.perf_counter()
-        self.source = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+        loaded_here = not isinstance(source, Checkpoint)
+        self.source = load_checkpoint(source) if loaded_here else source
+        self.has_head, self.dtype = self.source.has_head, self.source.dtype
         self.spec = self.source.spec
         self.target_config = self.spec.target_config(self.source.config, read_target(target))
         self.target_dims: Dims = self.spec.dims(self.target_config)
@@ -94,6 +96,8 @@ class Grower:
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
                                        self.source.state, plan)
         self.plan = self.operator.plan
+        if loaded_here:  # the operator holds what it needs (layers stacked): do not keep a second copy
+            self.source.state = {}
         sources, _ = depth_plan(self.plan.depth, self.source.dims.layers, self.target_dims.layers)
         for key in self.spec.layer_lists:  # per-layer config lists follow the depth plan
             old = self.source.config.get(key)
@@ -116,7 +120,7 @@ class Grower:
         from .data import load_blocks
         from .flops import measured_flops, train_flops_per_token
 
-        if not self.source.has_head:
+        if not self.has_head:
             raise LigoError(f"{self.source.path} is a bare model without an LM head, so there is no pretraining "
                             "loss to fit on; grow without --fit-steps, or use its *ForMaskedLM/*ForCausalLM form")
         tokenizer = load_tokenizer(self.source.path)
@@ -138,7 +142,7 @@ class Grower:
 
     # -- output -----------------------------------------------------------------------------------
     def materialize(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        return self.operator.materialize(dtype or self.source.dtype)
+        return self.operator.materialize(dtype or self.dtype)
 
     def recipe(self) -> dict:
         return {"ligo_version": __version__, "source": str(self.source.path), "model_type": self.spec.model_type,
@@ -154,7 +158,7 @@ class Grower:
         t1 = time.perf_counter()
         config = build_config(self.target_config)
         config.architectures = self.source.config.get("architectures")
-        config.dtype = str(self.source.dtype).removeprefix("torch.")
+        config.dtype = str(self.dtype).removeprefix("torch.")
         with atomic_dir(out, overwrite) as tmp:
             save_weights(state, tmp, max_shard_size)
             config.save_pretrained(tmp)

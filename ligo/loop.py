@@ -32,7 +32,7 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
 SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def _help(text: str, default: Any) -> Any:
@@ -60,7 +60,8 @@ class TrainConfig:
     save_every: int = _help("checkpoint every N steps (0: off)", 0)
     keep_last: int = _help("complete checkpoints kept", 2)
     seed: int = _help("random seed", 0)
-    mixed_precision: str = _help("no, bf16 or fp16", "no")
+    mixed_precision: str = _help("auto (what `accelerate launch` was configured with, else no), no, bf16 or fp16",
+                                 "auto")
     trackers: list[str] = _help("accelerate trackers to log to (tensorboard, wandb), if installed", [])
     progress: bool = _help("show a progress bar", True)
 
@@ -227,11 +228,22 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir) if run_dir else None
+    if cfg.trackers:
+        _check_trackers(cfg.trackers)
     if accelerator is None:
         # Without an accelerator device, ask for CPU explicitly: that is what makes accelerate see a
         # multi-process CPU launch (torchrun) as distributed instead of running each rank alone.
-        accelerator = Accelerator(cpu=not _has_device(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                  log_with=cfg.trackers or None, project_dir=str(run_dir) if run_dir else None)
+        precision = None if cfg.mixed_precision == "auto" else cfg.mixed_precision
+        # One process may run several loops (fit, then training) with different precisions; accelerate
+        # keeps its settings in a singleton, so start each loop from a clean one (the process group,
+        # held by PartialState, is kept).
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        accelerator = Accelerator(cpu=not _has_device(), mixed_precision=precision,
+                                  gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.trackers or None,
+                                  project_dir=str(run_dir) if run_dir else None)
     nproc = accelerator.num_processes
     if cfg.batch_size % nproc:
         raise LigoError(f"batch_size {cfg.batch_size} is not divisible by the {nproc} processes; "
@@ -311,6 +323,7 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
         accelerator.wait_for_everyone()
         try:
             accelerator.save_state(str(tmp), safe_serialization=True)
+            accelerator.wait_for_everyone()  # every rank's files are written before they are hashed
             if accelerator.is_main_process:
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "flops": flops,
                          "wall": wall, "evals": evals, "config": asdict(cfg), "files": _digests(tmp)}
@@ -401,6 +414,19 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
         accelerator.end_training()
     return LoopResult(steps=step, status=status, history=history, evals=evals, flops=flops, wall=wall, model=model,
                       accelerator=accelerator)
+
+
+def _check_trackers(names: list[str]) -> None:
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = {t.value for t in LoggerType} - {"all"}
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    for name in names:
+        if name not in known:
+            raise LigoError(f"unknown tracker {name!r}; choose from {', '.join(sorted(known))}")
+        if name not in available:
+            raise LigoError(f"tracker {name!r} is not installed; pip install {name} (or drop --trackers {name})")
 
 
 def _has_device() -> bool:

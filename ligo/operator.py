@@ -24,6 +24,7 @@ function-preserving start exists. The fixed growth methods are initial values of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -176,9 +177,11 @@ class GrowthOperator(nn.Module):
                 if any(t in LAYER_LOCAL for axis in m.entry.axes for t in axis):
                     raise LigoError(f"table {spec.source}: {key} is outside the layers but uses a layer space")
                 self.singles.append((key, m.entry))
-                self.register_buffer("w_" + _param_name(key), src_state[key].detach().float(), persistent=False)
+                # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast
+                # to float32 where they are used, which is exact
+                self.register_buffer("w_" + _param_name(key), src_state[key].detach(), persistent=False)
         for e in self.layer_entries:
-            stacked = torch.stack([src_state[spec.layer_key(self.prefix, e, j)].detach().float()
+            stacked = torch.stack([src_state[spec.layer_key(self.prefix, e, j)].detach()
                                    for j in range(src_dims.layers)])
             self.register_buffer("l_" + _param_name(e.name), stacked, persistent=False)
         self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
@@ -219,10 +222,13 @@ class GrowthOperator(nn.Module):
             self.depth[_param_name(module)] = nn.Parameter(d)
 
     # -- application ------------------------------------------------------------------------
-    def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...], layered: bool) -> torch.Tensor:
+    def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...],
+                     groups: torch.Tensor | None) -> torch.Tensor:
+        """Grow one axis of ``w``. ``groups``: the map group of each row of a leading layer dimension
+        (None for a weight outside the layers)."""
         if len(tokens) > 1:  # fused axis: grow each part, concatenate
             parts = w.split([self.src.axis_size(t) for t in tokens], dim=axis)
-            return torch.cat([self._expand_axis(p, axis, (t,), layered) for p, t in zip(parts, tokens)], dim=axis)
+            return torch.cat([self._expand_axis(p, axis, (t,), groups) for p, t in zip(parts, tokens)], dim=axis)
         tok = tokens[0]
         if tok in FIXED:
             return w
@@ -234,41 +240,51 @@ class GrowthOperator(nn.Module):
         elif len(m) == 1:
             w = torch.einsum("...sd,ts->...td", w, m[0])
         else:  # one map per group of layers
-            parts = [torch.einsum("...sd,ts->...td", w[self.layer_group == g], m[g]) for g in range(len(m))]
-            order = torch.cat([torch.nonzero(self.layer_group == g).flatten() for g in range(len(m))])
+            present = [int(g) for g in torch.unique(groups)]
+            parts = [torch.einsum("...sd,ts->...td", w[groups == g], m[g]) for g in present]
+            order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
             w = torch.cat(parts)[torch.argsort(order)]
         return w.flatten(-2).movedim(-1, axis)
 
-    def _expand(self, w: torch.Tensor, entry: Entry, layered: bool) -> torch.Tensor:
+    def _expand(self, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None) -> torch.Tensor:
         for a, tokens in enumerate(entry.axes):
-            w = self._expand_axis(w, a + int(layered), tokens, layered)
+            w = self._expand_axis(w, a + int(groups is not None), tokens, groups)
         return w
+
+    def _grown(self, layer_by_layer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """The target's weights one at a time (float32), tied duplicates left out.
+
+        Each layer entry is computed for all target layers at once (fast, for the fit), or one target
+        layer at a time (``layer_by_layer``: least memory, for materializing large models)."""
+        for key, entry in self.singles:
+            yield key, self._expand(getattr(self, "w_" + _param_name(key)).float(), entry, None)
+        for e in self.layer_entries:
+            src = getattr(self, "l_" + _param_name(e.name)).float()
+            depth = self.depth[_param_name(e.module)]
+            chunks = [slice(i, i + 1) for i in range(self.tgt.layers)] if layer_by_layer else [slice(None)]
+            for chunk in chunks:
+                mixed = torch.einsum("ij,j...->i...", depth[chunk], src)
+                grown = self._expand(mixed, e, self.layer_group[chunk])
+                del mixed
+                for i, w in zip(range(self.tgt.layers)[chunk], grown):
+                    yield self.spec.layer_key(self.prefix, e, i), w
+                del grown
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The target state dict (tied keys point at the same tensor)."""
-        out: dict[str, torch.Tensor] = {}
-        for key, entry in self.singles:
-            out[key] = self._expand(getattr(self, "w_" + _param_name(key)), entry, layered=False)
-        for e in self.layer_entries:
-            src = getattr(self, "l_" + _param_name(e.name))
-            mixed = torch.einsum("ij,j...->i...", self.depth[_param_name(e.module)], src)
-            grown = self._expand(mixed, e, layered=True)
-            for i in range(self.tgt.layers):
-                out[self.spec.layer_key(self.prefix, e, i)] = grown[i]
+        out = dict(self._grown())
         for key, target in self.tied.items():
             out[key] = out[target]
         return out
 
     @torch.no_grad()
     def materialize(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """The target state dict as plain tensors, without tied duplicates, ready to save."""
-        state = self()
-        out = {}
-        for key in list(state):
-            v = state.pop(key)  # drop views as we go: a stacked layer tensor is freed with its last view
-            if key not in self.tied:
-                out[key] = torch.empty(v.shape, dtype=dtype or v.dtype).copy_(v)
-        return out
+        """The target state dict as plain tensors, without tied duplicates, ready to save.
+
+        Streams: only one target layer of one weight kind is held in float32 at a time.
+        """
+        return {key: torch.empty(v.shape, dtype=dtype or v.dtype).copy_(v)
+                for key, v in self._grown(layer_by_layer=True)}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -71,6 +71,9 @@ def train(model: str | Path | None, data: str | Path | None, out: str | Path, cf
         prior = _ledger_from(Path(model))
     else:
         config = from_config if isinstance(from_config, dict) else read_config(from_config)
+        if not config.get("model_type"):
+            raise LigoError(f"the config {from_config if not isinstance(from_config, dict) else ''} has no model_type; "
+                            "--from-config needs a full config.json, such as the grown model's")
         spec = get_spec(config.get("model_type"))
         dims = spec.dims(config)
         if tokenizer is None:

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LIGO_CACHE", tempfile.mkdtemp(prefix="ligo-test-cache-"))  # never the user's cache
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from transformers.utils import logging as tlog  # noqa: E402

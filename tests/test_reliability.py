@@ -39,6 +39,8 @@ CASES = {
     "train: missing model dir": (lambda s, c, t: ["train", t / "nope", "--data", c], "does not exist"),
     "train: zero steps": (lambda s, c, t: ["train", s["llama"], "--data", c, "--steps", "0"], "steps must be"),
     "train: negative steps": (lambda s, c, t: ["train", s["llama"], "--data", c, "--steps", "-5"], "steps must be"),
+    "train: tracker not installed": (lambda s, c, t: ["train", s["llama"], "--data", c, "--steps", "1",
+                                                      "--trackers", "dvclive"], "not installed"),
     "train: bad schedule": (lambda s, c, t: ["train", s["llama"], "--data", c, "--schedule", "zigzag"], "schedule"),
     "train: from-config without tokenizer": (
         lambda s, c, t: ["train", "--from-config", s["llama"] / "config.json", "--data", c], "--tokenizer"),

@@ -1,6 +1,7 @@
 """ligo grow-train: grow (with an operator fit) then train, from flags or one recipe file.
 
 The recipe (YAML or JSON) has the keys: source, target, out, data, width, depth, per_layer, seed,
+seq_len, batch_size,
 fit (training-config keys for the operator fit; its steps may be 0) and train (training-config keys).
 Flags given on the command line override the recipe. Outputs: OUT/grown (the grown model), OUT/trained
 (the run: log, checkpoints, final model) and OUT/recipe.json (the recipe as run).
