@@ -31,7 +31,7 @@ FIXED_BASELINES = ("stack", "interleave", "net2net")
 
 def load_experiment(path: str | Path, smoke: bool = False) -> dict:
     """Read an experiment file (or the name of an embedded one, such as 'demo')."""
-    import yaml
+    from .checkpoint import parse_mapping
 
     p = Path(path)
     if not p.exists():
@@ -42,15 +42,7 @@ def load_experiment(path: str | Path, smoke: bool = False) -> dict:
         text, where = embedded.read_text(), f"ligo/experiments/{path}.yaml"
     else:
         text, where = p.read_text(), str(p)
-    try:
-        exp = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LigoError(f"{where} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(exp, dict):
-        raise LigoError(f"{where} must hold a mapping")
-    unknown = set(exp) - EXPERIMENT_KEYS
-    if unknown:
-        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(EXPERIMENT_KEYS)}")
+    exp = parse_mapping(text, where, EXPERIMENT_KEYS)
     if smoke:
         exp = _merge(exp, exp.get("smoke") or {})
     for name, m in exp.get("methods", {}).items():
@@ -181,12 +173,12 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
                          "start_val_loss": curve[0]["val_loss"], "final_val_loss": curve[-1]["val_loss"],
                          "wall_s": time.perf_counter() - t_method, "peak_rss_mb": peak_rss_mb(),
                          "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None}
+        log(f"[{exp['name']}] {name}: start {curve[0]['val_loss']:.4f} -> final {curve[-1]['val_loss']:.4f} "
+            f"({res.loop.steps} train steps, fit {fit_flops:.2e} FLOPs, {results[name]['wall_s']:.0f}s)")
         del res  # free this method's model, optimizer and accelerator before the next one
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        log(f"[{exp['name']}] {name}: start {curve[0]['val_loss']:.4f} -> final {curve[-1]['val_loss']:.4f} "
-            f"({res.loop.steps} train steps, fit {fit_flops:.2e} FLOPs, {results[name]['wall_s']:.0f}s)")
 
     summary = summarize(results, source_flops)
     report = {"experiment": {k: v for k, v in exp.items() if not k.startswith("_")}, "source_file": exp["_where"],

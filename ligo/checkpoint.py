@@ -188,5 +188,21 @@ def copy_tokenizer(src: Path, out: Path) -> list[str]:
     return copied
 
 
+def parse_mapping(text: str, where: str, allowed: set[str]) -> dict:
+    """A YAML (or JSON, which YAML reads too) mapping with only ``allowed`` keys, or one clear error."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LigoError(f"{where} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+    if not isinstance(data, dict):
+        raise LigoError(f"{where} must hold a mapping of keys to values")
+    unknown = set(data) - allowed
+    if unknown:
+        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return data
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

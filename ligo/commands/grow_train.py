@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..arch import LigoError
+from ..checkpoint import parse_mapping
 from .common import parse_target
 from .train_flags import add_train_flags, train_overrides
 
@@ -48,23 +49,7 @@ def load_recipe(path: str | None) -> dict:
     p = Path(path)
     if not p.is_file():
         raise LigoError(f"recipe file {p} does not exist; check the path")
-    text = p.read_text()
-    try:
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            import json
-
-            data = json.loads(text)
-    except Exception as exc:  # yaml and json raise their own error types
-        raise LigoError(f"recipe file {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
-    if not isinstance(data, dict):
-        raise LigoError(f"recipe file {p} must hold a mapping of keys to values")
-    unknown = set(data) - RECIPE_KEYS
-    if unknown:
-        raise LigoError(f"recipe file {p}: unknown key(s) {sorted(unknown)}; allowed: {sorted(RECIPE_KEYS)}")
+    data = parse_mapping(p.read_text(), f"recipe file {p}", RECIPE_KEYS)
     for key in ("fit", "train"):
         if key in data and not isinstance(data[key], dict):
             raise LigoError(f"recipe file {p}: '{key}' must be a mapping of training-config keys")
