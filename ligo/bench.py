@@ -24,7 +24,7 @@ from .loop import TrainConfig
 
 EXPERIMENT_KEYS = {"name", "description", "model_type", "data", "corpus", "corpus_bytes", "vocab_size", "seq_len",
                    "batch_size", "seed", "mixed_precision", "attn_implementation", "source", "target", "train", "fit",
-                   "methods", "smoke"}
+                   "methods", "smoke", "unit_report"}
 METHOD_KEYS = {"width", "depth", "per_layer", "split_noise", "fit", "label"}
 FIXED_BASELINES = ("stack", "interleave", "net2net")
 
@@ -173,6 +173,12 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
                          "start_val_loss": curve[0]["val_loss"], "final_val_loss": curve[-1]["val_loss"],
                          "wall_s": time.perf_counter() - t_method, "peak_rss_mb": peak_rss_mb(),
                          "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None}
+        if exp.get("unit_report", True):  # is the grown width used? duplicated units per space, after training
+            from .checkpoint import load_checkpoint
+            from .diagnostics import unit_report
+
+            ck = load_checkpoint(res.out)
+            results[name]["units"] = unit_report(ck.state, ck.layout, ck.spec, ck.dims)
         log(f"[{exp['name']}] {name}: start {curve[0]['val_loss']:.4f} -> final {curve[-1]['val_loss']:.4f} "
             f"({res.loop.steps} train steps, fit {fit_flops:.2e} FLOPs, {results[name]['wall_s']:.0f}s)")
         del res  # free this method's model, optimizer and accelerator before the next one
@@ -247,6 +253,14 @@ def _fmt(x, kind, missing="not reached"):
     return {"pct": f"{100 * x:.1f}%", "flops": f"{x:.3e}", "loss": f"{x:.4f}", "s": f"{x:.0f}s"}[kind]
 
 
+def _dups(units: dict | None) -> str:
+    """'dup/total' units over the grown spaces (residual, FFN, heads) after training."""
+    if not units:
+        return "—"
+    spaces = [k for k in ("res", "ffn", "heads") if k in units]
+    return f"{sum(units[k]['duplicates'] for k in spaces)}/{sum(units[k]['units'] for k in spaces)}"
+
+
 def markdown_table(report: dict) -> str:
     s = report["summary"]
     lines = [f"Experiment `{report['experiment']['name']}` ({report['source_file']}), ligo {report['ligo_version']}, "
@@ -257,8 +271,8 @@ def markdown_table(report: dict) -> str:
              "",
              "| method | start loss | final loss | FLOPs to scratch's final | saving (source free) | "
              "saving (source counted) | FLOPs to best fixed's final | saving vs best fixed | fit share | "
-             "wall to scratch's final | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "wall to scratch's final | peak RSS | duplicated units |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in s["rows"].items():
         m = report["methods"][name]
         ref = "—" if name == "scratch" else "not reached"  # scratch is the reference, not a grown run
@@ -268,7 +282,7 @@ def markdown_table(report: dict) -> str:
                      f"{_fmt(r['flops_to_best_fixed_final'], 'flops')} | "
                      f"{_fmt(r.get('saving_vs_best_fixed'), 'pct')} | "
                      f"{100 * r['fit_share']:.1f}% | {_fmt(r['wall_to_scratch_final'], 's')} | "
-                     f"{m.get('peak_rss_mb', 0):.0f} MB |")
+                     f"{m.get('peak_rss_mb', 0):.0f} MB | {_dups(m.get('units'))} |")
     return "\n".join(lines) + "\n"
 
 

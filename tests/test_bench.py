@@ -65,6 +65,12 @@ def _check_report(out: Path, exp: dict):
         assert m["total_flops"] <= report["methods"]["scratch"]["total_flops"] * 1.02, name
         assert len(m["curve"]) >= 2 and all(p["val_loss"] > 0 for p in m["curve"])
         assert (m["fit"] is not None) == bool(exp["methods"][name] and exp["methods"][name].get("fit")), name
+        if exp.get("unit_report", True):
+            assert {"res", "ffn", "heads"} <= set(m["units"]), name
+    if exp["methods"].get("net2net") is not None and exp.get("unit_report", True):
+        # the symmetry trap, visible in every report: plain copies are still copies after training
+        assert report["methods"]["net2net"]["units"]["res"]["duplicates"] > 0
+        assert report["methods"]["split"]["units"]["res"]["duplicates"] == 0
     assert (out / "loss_vs_flops.png").stat().st_size > 10_000
     assert (out / "loss_vs_wall.png").stat().st_size > 10_000
     table = (out / "table.md").read_text()
