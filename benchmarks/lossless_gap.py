@@ -29,7 +29,7 @@ SHAPES = {  # generic target shapes, relative to the source's width (x1.5 and x2
 
 
 def held_out_loss(model_dir: Path, blocks: torch.Tensor, objective: str, tok) -> float:
-    from ligo.grow import model_class
+    from ligo.growth import model_class
     from ligo.loop import make_collate
 
     model = model_class(objective).from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -50,7 +50,7 @@ def main() -> None:
     from ligo import grow
     from ligo.checkpoint import load_checkpoint
     from ligo.data import load_blocks
-    from ligo.grow import load_tokenizer
+    from ligo.checkpoint import load_tokenizer
 
     ck = load_checkpoint(args.source)
     tok = load_tokenizer(args.source)

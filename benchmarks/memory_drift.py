@@ -53,23 +53,23 @@ def main() -> None:
     def probe(phase):
         marks = {}
 
-        def after_step(step, _model):
+        def on_step(step, _model):
             if step in (args.early, args.steps):
                 marks[step] = peak_rss_mb()
         result[phase] = marks
         peak_rss_mb(reset=True)
-        return after_step
+        return on_step
 
     grower = Grower(work / "src", target, GrowthPlan(width="random", depth="stack"))
-    from ligo.grow import FitModule
+    from ligo.growth import FitModule
 
     module = FitModule(grower.operator, grower.target_model())
-    train_loop(module, blocks.train, blocks.val, TrainConfig(**{**vars(tcfg), "weight_decay": 0.0}),
-               collate=make_collate("causal-lm"), desc="fit", after_step=probe("fit"))
+    train_loop(module, blocks.train, blocks.val, tcfg,
+               collate=make_collate("causal-lm"), desc="fit", on_step=probe("fit"))
     grower.save(work / "grown")
     model = LlamaForCausalLM.from_pretrained(work / "grown")
     train_loop(model, blocks.train, blocks.val, tcfg, collate=make_collate("causal-lm"), run_dir=work / "run",
-               after_step=probe("train"))
+               on_step=probe("train"))
     report = {}
     for phase, marks in result.items():
         early, late = marks[args.early], marks[args.steps]

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ligo import Grower, GrowthPlan, TrainConfig
-from ligo.train import train
+from ligo import train
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--source", help="a local checkpoint directory (default with --smoke: a tiny random one)")

@@ -1,11 +1,36 @@
-"""ligo: grow a small pretrained transformer into a larger one with a learned linear growth operator."""
+"""ligo: grow a small pretrained transformer into a larger one with a learned linear growth operator.
 
-__version__ = "0.1.0"
+The package face is lazy: names are imported on first use, so ``import ligo`` (and ``ligo --help``)
+does not pay for torch and transformers.
 
-from .arch import LigoError, get_spec, register_architecture, supported_types  # noqa: E402
-from .operator import GrowthOperator, GrowthPlan  # noqa: E402
-from .loop import TrainConfig  # noqa: E402
-from .grow import Grower, grow  # noqa: E402
+>>> from ligo import Grower, GrowthPlan, TrainConfig, grow, train, grow_train
+"""
 
-__all__ = ["LigoError", "get_spec", "register_architecture", "supported_types", "GrowthOperator", "GrowthPlan",
-           "TrainConfig", "Grower", "grow", "__version__"]
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_API = {
+    "LigoError": "errors",
+    "GrowthPlan": "config", "TrainConfig": "config",
+    "get_spec": "arch", "register_architecture": "arch", "supported_types": "arch",
+    "GrowthOperator": "operator",
+    "Grower": "growth",
+    "grow": "pipelines", "train": "pipelines", "grow_train": "pipelines",
+}
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ligo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,8 +1,8 @@
 """Architecture tables: what every weight of a supported model family is, as data.
 
-Each supported Hugging Face ``model_type`` has one JSON table in ``ligo/archs/``. A table names every
-weight of the model (layer weights with an ``{i}`` template), and for each axis of each weight the
-*space* it lives in. The growth operator derives everything it does from these tables; there is no
+Each model family has one JSON table in ``ligo/archs/``, listing the Hugging Face ``model_type``s it
+serves. A table names every weight of the model (layer weights with an ``{i}`` template), and for each
+axis of each weight the *space* it lives in (the vocabulary of spaces is :data:`SPACES`). The growth operator derives everything it does from these tables; there is no
 per-model code anywhere else. See ``docs/architectures.md`` for the format and how to add one.
 
 Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fused ``c_attn``):
@@ -20,37 +20,52 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .errors import LigoError
+
 DOCS_ADDING = "docs/architectures.md"
 
-# Grown maps: token -> (dimension giving the number of units, dimension giving the unit size or None).
-GROWN = {
-    "res": ("hidden", None),
-    "res.in": ("hidden", None),
-    "ffn": ("ffn", None),
-    "ffn.in": ("ffn", None),
-    "q": ("heads", "head_dim"),
-    "k": ("kv_heads", "head_dim"),
-    "v": ("kv_heads", "head_dim"),
-    "o.in": ("heads", "head_dim"),
-}
+
+@dataclass(frozen=True)
+class Space:
+    """A grown weight space: the map tokens that write (produce) its units and read (consume) them."""
+
+    name: str
+    write: tuple[str, ...]
+    read: tuple[str, ...]
+    count: str              # the Dims field giving the number of units
+    unit: str | None        # the Dims field giving a unit's size (head_dim for heads), None for neurons
+    in_layers: bool         # the space lives inside each layer (its maps may differ per layer group)
+
+
+# The one vocabulary of spaces, shared by the operator (which maps exist and how they pair up) and the
+# diagnostics (which weights show whether a space's units are duplicates).
+SPACES = (
+    Space("res", ("res",), ("res.in",), "hidden", None, False),
+    Space("ffn", ("ffn",), ("ffn.in",), "ffn", None, True),
+    Space("heads", ("q",), ("o.in",), "heads", "head_dim", True),
+    Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
+)
+SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
+GROWN = {tok: (s.count, s.unit) for tok, s in SPACE_OF.items()}      # token -> (count dim, unit-size dim)
+WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
+LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
+READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None}
-_TABLE_KEYS = {"model_type", "objective", "rope", "config", "base_prefix", "layer_prefix", "globals",
+GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn")
+_TABLE_KEYS = {"model_type", "model_types", "objective", "rope", "config", "base_prefix", "layer_prefix", "globals",
                "layer", "head", "tied", "identity_zero", "layer_lists", "ignore"}
 _CONFIG_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_default_factor",
                 "vocab", "positions", "tie"}
 _REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}
 OBJECTIVES = ("causal-lm", "masked-lm")
-
-
-class LigoError(Exception):
-    """A problem with the user's input: the message names it and says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,9 @@ class Match:
 
 @dataclass
 class ArchSpec:
-    model_type: str
+    """One architecture family's table: the HF ``model_type``s it serves and every weight's spaces."""
+
+    model_types: tuple[str, ...]
     objective: str
     rope: bool
     config: dict[str, Any]
@@ -117,17 +134,25 @@ class ArchSpec:
     layer_lists: list[str]
     ignore: list[str]
     source: str = ""
+    model_type: str = ""  # the type this spec was looked up for (the family's first by default)
     _patterns: list[tuple[re.Pattern, Entry | None]] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "ArchSpec":
         where = f"architecture table {source}"
+        if not isinstance(data, dict):
+            raise LigoError(f"{where} must be a JSON object; see {DOCS_ADDING}")
         unknown = set(data) - _TABLE_KEYS
         if unknown:
             raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TABLE_KEYS)}")
-        missing = {"model_type", "objective", "config", "base_prefix", "layer_prefix", "globals", "layer"} - set(data)
+        missing = {"objective", "config", "base_prefix", "layer_prefix", "globals", "layer"} - set(data)
         if missing:
             raise LigoError(f"{where}: missing key(s) {sorted(missing)}; see {DOCS_ADDING}")
+        if ("model_type" in data) == ("model_types" in data):
+            raise LigoError(f"{where}: give either model_type (one type) or model_types (a family's list)")
+        types = [data["model_type"]] if "model_type" in data else data["model_types"]
+        if not isinstance(types, list) or not types or not all(isinstance(t, str) and t for t in types):
+            raise LigoError(f"{where}: model_types must be a non-empty list of model_type names")
         if data["objective"] not in OBJECTIVES:
             raise LigoError(f"{where}: objective must be one of {OBJECTIVES}, got {data['objective']!r}")
         cfg = data["config"]
@@ -152,12 +177,12 @@ class ArchSpec:
         for m in data.get("identity_zero", []):
             if m not in layer_modules:
                 raise LigoError(f"{where}: identity_zero names {m!r}, which is no layer module")
-        spec = cls(model_type=data["model_type"], objective=data["objective"], rope=bool(data.get("rope")),
+        spec = cls(model_types=tuple(types), objective=data["objective"], rope=bool(data.get("rope")),
                    config=dict(cfg), base_prefix=data["base_prefix"], layer_prefix=data["layer_prefix"],
                    entries=entries, tied=dict(data.get("tied", {})),
                    identity_zero=list(data.get("identity_zero", [])),
                    layer_lists=list(data.get("layer_lists", [])), ignore=list(data.get("ignore", [])),
-                   source=source)
+                   source=source, model_type=types[0])
         spec._compile()
         return spec
 
@@ -177,53 +202,91 @@ class ArchSpec:
         self._patterns = pats
 
     # -- config ------------------------------------------------------------------------------
-    def dims(self, config: dict) -> Dims:
+    def dims(self, config: dict, where: str = "config") -> Dims:
         """Read the sizes of a model from its config dict."""
         k = self.config
 
         def get(name, default=None):
             key = k.get(name)
             value = config.get(key) if key else None
-            return default if value is None else value
+            if value is None:
+                return default
+            if name == "tie":
+                return value
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LigoError(f"{where}: {key} must be a positive integer, got {value!r}")
+            return value
 
-        try:
-            hidden, heads = int(get("hidden")), int(get("heads"))
-            ffn = get("ffn")
-            if ffn is None:
-                ffn = int(k.get("ffn_default_factor", 4)) * hidden
-            head_dim = get("head_dim")
-            if head_dim is None:
-                if hidden % heads:
-                    raise LigoError(f"{k['hidden']}={hidden} is not divisible by {k['heads']}={heads}; "
-                                    "pick a head count that divides the hidden size")
-                head_dim = hidden // heads
-            pos = get("positions")
-            return Dims(layers=int(get("layers")), hidden=hidden, heads=heads,
-                        kv_heads=int(get("kv_heads", heads)), head_dim=int(head_dim), ffn=int(ffn),
-                        vocab=int(get("vocab")), positions=None if pos is None else int(pos),
-                        tie=bool(get("tie", True)))
-        except (TypeError, ValueError) as exc:
-            raise LigoError(f"config of model_type {self.model_type!r} lacks a size ({exc}); "
-                            f"expected keys {sorted(v for v in k.values() if isinstance(v, str))}") from None
+        for name in sorted(_REQUIRED_CONFIG - {"ffn"}):
+            if get(name) is None:
+                raise LigoError(f"{where} of model_type {self.model_type!r} lacks {k[name]!r}; a "
+                                f"{self.model_type} config needs {sorted(v for v in k.values() if isinstance(v, str))}")
+        hidden, heads = get("hidden"), get("heads")
+        ffn = get("ffn")
+        if ffn is None:
+            ffn = int(k.get("ffn_default_factor", 4)) * hidden
+        head_dim = get("head_dim")
+        if head_dim is None:
+            if hidden % heads:
+                raise LigoError(f"{k['hidden']}={hidden} is not divisible by {k['heads']}={heads}; "
+                                "pick a head count that divides the hidden size")
+            head_dim = hidden // heads
+        return Dims(layers=get("layers"), hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
+                    head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
+                    tie=bool(get("tie", True)))
 
-    def target_config(self, source_config: dict, target: dict) -> dict:
-        """The source config with ``target`` written over it.
+    def target_config(self, source_config: dict, target: dict, known_keys: set[str] | frozenset = frozenset()
+                      ) -> dict:
+        """The source config with ``target`` written over it, every key and size checked.
 
         ``target`` may use the model's own config keys (``hidden_size``) or the table's generic size
         names (``hidden``, ``layers``, ``heads``, ``kv_heads``, ``head_dim``, ``ffn``), which are
-        written through the keys this table declares.
+        written through the keys this table declares. A key that is neither a generic name, nor in the
+        source config, nor in ``known_keys`` (the config class's own keys) is an error: a typo must
+        never be ignored or written into the grown config.
         """
+        if not isinstance(target, dict):
+            raise LigoError("the target must be a JSON object of sizes, e.g. {\"hidden\": 1024, \"layers\": 24}")
         if target.get("model_type", self.model_type) != self.model_type:
             raise LigoError(f"target model_type {target['model_type']!r} differs from the source's "
                             f"{self.model_type!r}; growth keeps the architecture, so use a "
                             f"{self.model_type!r} target config")
+        generic = {name: key for name, key in self.config.items() if name != "ffn_default_factor"}
+        allowed = set(generic) | set(source_config) | set(known_keys) | set(generic.values()) | {"model_type"}
+        unknown = sorted(key for key in target if key not in allowed)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(set(generic) | set(generic.values())), n=2, cutoff=0.5)
+                hints.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+            raise LigoError(f"unknown target key(s) {', '.join(hints)}; use the generic sizes "
+                            f"{', '.join(n for n in GENERIC_SIZES if n in generic)} or keys of the "
+                            f"{self.model_type} config")
         out = dict(source_config)
+        written: dict[str, str] = {}
         for key, value in target.items():
-            if key in self.config and key != "ffn_default_factor":
-                key = self.config[key]
+            name = key if key in generic else next((n for n, v in generic.items() if v == key), None)
+            if name is not None:
+                key = generic[name]
+                if value is None and name not in _REQUIRED_CONFIG - {"ffn"}:
+                    pass  # a full config's null (GPT-2's n_inner): the size is derived, as in the source
+                elif name == "tie":
+                    if not isinstance(value, bool):
+                        raise LigoError(f"target {key} must be true or false, got {value!r}")
+                elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise LigoError(f"target {key} must be a positive integer, got {value!r}")
+                if key in written and out[key] != value:
+                    raise LigoError(f"the target sets {key} twice with different values (as {written[key]!r} and "
+                                    f"as {name if written[key] != name else key!r}); give it once")
+                written[key] = name
             out[key] = value
         out["model_type"] = self.model_type
         return out
+
+    def shape(self, entry: Entry, dims: Dims) -> list[int]:
+        """The tensor shape of ``entry`` in a model of sizes ``dims`` (-1 where any size goes)."""
+        sizes = [[dims.axis_size(t) for t in axis] for axis in entry.axes]
+        return [-1 if -1 in axis else sum(axis) for axis in sizes]
 
     # -- weights -----------------------------------------------------------------------------
     def match(self, key: str) -> list[Match | None]:
@@ -271,13 +334,17 @@ class ArchSpec:
 _REGISTRY: dict[str, ArchSpec] = {}
 
 
+def _register(spec: ArchSpec) -> None:
+    for mt in spec.model_types:
+        _REGISTRY[mt] = spec
+
+
 def _builtin_tables() -> None:
     if _REGISTRY:
         return
     for item in sorted(resources.files("ligo.archs").iterdir(), key=lambda p: p.name):
         if item.name.endswith(".json"):
-            spec = ArchSpec.from_dict(json.loads(item.read_text()), source=f"ligo/archs/{item.name}")
-            _REGISTRY[spec.model_type] = spec
+            _register(ArchSpec.from_dict(json.loads(item.read_text()), source=f"ligo/archs/{item.name}"))
 
 
 def register_architecture(table: dict | str | Path) -> ArchSpec:
@@ -292,7 +359,7 @@ def register_architecture(table: dict | str | Path) -> ArchSpec:
         except (OSError, json.JSONDecodeError) as exc:
             raise LigoError(f"cannot read architecture table {path}: {exc}") from None
         spec = ArchSpec.from_dict(data, source=str(path))
-    _REGISTRY[spec.model_type] = spec
+    _register(spec)
     return spec
 
 
@@ -302,8 +369,12 @@ def supported_types() -> list[str]:
 
 
 def get_spec(model_type: str | None) -> ArchSpec:
+    """The table serving ``model_type``, as a spec whose ``model_type`` is that type."""
     _builtin_tables()
     if model_type not in _REGISTRY:
         raise LigoError(f"model_type {model_type!r} is not supported (supported: {', '.join(supported_types())}); "
                         f"to add it, write an architecture table as described in {DOCS_ADDING}")
-    return _REGISTRY[model_type]
+    spec = _REGISTRY[model_type]
+    if spec.model_type != model_type:
+        spec = replace(spec, model_type=model_type)
+    return spec

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .arch import LigoError, get_spec
-from .loop import TrainConfig
+from .arch import get_spec
+from .config import GrowthPlan, TrainConfig
+from .errors import LigoError
 
 EXPERIMENT_KEYS = {"name", "description", "model_type", "data", "corpus", "corpus_bytes", "vocab_size", "seq_len",
                    "batch_size", "seed", "mixed_precision", "attn_implementation", "source", "target", "train", "fit",
@@ -94,15 +95,30 @@ def peak_rss_mb(reset: bool = False) -> float:
 
 def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress: bool = True, log=print) -> dict:
     """Run every method of an experiment; write results.json, the plots and table.md into ``out``."""
-    from .checkpoint import check_output_dir
     from .data import cached_tokenizer, pack, read_texts, stdlib_texts
-    from .grow import Grower, build_config
-    from .operator import GrowthPlan
-    from .train import train
+    from .growth import Grower, build_config
+    from .outputs import check_output
+    from .pipelines import train
 
-    out = check_output_dir(out, overwrite=True)
-    out.mkdir(parents=True, exist_ok=True)
     spec = get_spec(exp["model_type"])
+    out = check_output(out, overwrite=True)
+    created = not out.exists()
+    try:
+        return _run(exp, out, spec, data, progress, log)
+    except BaseException:
+        if created and out.exists() and not any(out.rglob("results.json")) and not (out / "source").exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run(exp: dict, out: Path, spec, data, progress: bool, log) -> dict:
+    from .data import cached_tokenizer, pack, read_texts, stdlib_texts
+    from .growth import Grower, build_config
+    from .pipelines import train
+
+    out.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else exp.get("data")
     limit = int(exp.get("corpus_bytes", 4_000_000))
     texts = stdlib_texts(limit, exp.get("corpus", "stdlib")) if data is None else read_texts(data, limit)
@@ -138,9 +154,8 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
                         tokenizer=tok_dir, blocks=blocks, overwrite=True, attn_implementation=attn)
             fit_flops, fit_wall, fit_info = 0.0, 0.0, None
         else:
-            plan = GrowthPlan(width=method.get("width", "split"), depth=method.get("depth", "identity"),
-                              per_layer=bool(method.get("per_layer", False)), seed=exp.get("seed", 0),
-                              **({"split_noise": float(method["split_noise"])} if "split_noise" in method else {}))
+            plan = GrowthPlan.from_dict({k: method[k] for k in ("width", "depth", "per_layer", "split_noise")
+                                         if k in method} | {"seed": exp.get("seed", 0)}, where=f"method {name}")
             grower = Grower(out / "source", target_cfg, plan)
             fit_flops = fit_wall = 0.0
             fit_info = None
@@ -201,13 +216,13 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
 
 def _step_flops(model_dir: Path, spec, seq_len: int, exp: dict) -> float:
     from .checkpoint import read_config
-    from .flops import train_flops_per_token
-    from .grow import build_config, model_class
+    from .flops import step_flops
+    from .growth import build_config, model_class
 
+    config = read_config(model_dir)
     with torch.device("meta"):
-        model = model_class(spec.objective).from_config(build_config(read_config(model_dir)))
-    tokens = int(exp.get("batch_size", 8)) * int(exp["train"].get("grad_accum", 1)) * seq_len
-    return train_flops_per_token(model, spec.dims(read_config(model_dir)), seq_len) * tokens
+        model = model_class(spec.objective).from_config(build_config(config))
+    return step_flops(model, spec.dims(config), _train_cfg(exp, exp["train"]))
 
 
 def summarize(results: dict, source_flops: float) -> dict:

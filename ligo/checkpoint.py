@@ -1,30 +1,32 @@
 """Reading and writing Hugging Face checkpoints safely.
 
-Weights are read from safetensors only (ligo never unpickles a user file), outputs are written to a
-temporary sibling directory and renamed into place, so an interrupted or failed run never leaves a
-partial output under the requested name.
+Weights are read from safetensors only (ligo never unpickles a user file); tokenizers and configs are
+read from local directories only (never looked up on a hub, never with remote code). Loading checks
+that every weight matches the architecture table and its config, and that no weight holds NaN or inf.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
+import re
 import shutil
-import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from .arch import ArchSpec, Dims, LigoError, Match, get_spec
+from .arch import ArchSpec, Dims, Match, get_spec
+from .errors import LigoError, as_user_error
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "vocab.txt", "tokenizer.model", "added_tokens.json", "generation_config.json",
                    "chat_template.jinja")
+TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")  # without one, there is no tokenizer
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 RECIPE_NAME = "ligo_recipe.json"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 @dataclass
@@ -37,15 +39,8 @@ class Checkpoint:
     dims: Dims
     state: dict[str, torch.Tensor]
     layout: dict[str, Match]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(iter(self.state.values())).dtype
-
-    @property
-    def has_head(self) -> bool:
-        """True for a model with its LM head (keys carry the base prefix), False for a bare encoder/decoder."""
-        return any(k.startswith(self.spec.base_prefix) for k in self.state)
+    dtype: torch.dtype
+    has_head: bool
 
 
 def read_config(path: str | Path) -> dict:
@@ -60,8 +55,8 @@ def read_config(path: str | Path) -> dict:
         config = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise LigoError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or regenerate it") from None
-    except OSError as exc:
-        raise LigoError(f"cannot read {p}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LigoError(f"cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from None
     if not isinstance(config, dict):
         raise LigoError(f"{p} must hold a JSON object")
     return config
@@ -72,7 +67,7 @@ def _weight_files(path: Path) -> list[Path]:
     if index.exists():
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise LigoError(f"{index} is not a valid safetensors index ({exc}); regenerate the checkpoint") from None
         return [path / n for n in names]
     single = path / "model.safetensors"
@@ -86,7 +81,7 @@ def _weight_files(path: Path) -> list[Path]:
     raise LigoError(f"{path} has no model.safetensors; save the model with save_pretrained first")
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -95,15 +90,67 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         if not f.exists():
             raise LigoError(f"weight shard {f} is missing; the checkpoint is incomplete")
         try:
-            state.update(load_file(f))
+            state.update(load_file(f, device=str(device)))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
                             "truncated or corrupt, so re-download or re-save it") from None
     return state
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a local HF checkpoint directory: config.json plus safetensors weights."""
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def read_headers(path: Path) -> dict[str, torch.Tensor]:
+    """Every stored tensor as an empty tensor of its shape and dtype on the meta device (no data read)."""
+    from safetensors import SafetensorError, safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    for f in _weight_files(path):
+        if not f.exists():
+            raise LigoError(f"weight shard {f} is missing; the checkpoint is incomplete")
+        try:
+            with safe_open(f, framework="pt") as handle:
+                for key in handle.keys():
+                    sl = handle.get_slice(key)
+                    out[key] = torch.empty(sl.get_shape(), dtype=_DTYPES.get(sl.get_dtype(), torch.float32),
+                                           device="meta")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
+                            "truncated or corrupt, so re-download or re-save it") from None
+    return out
+
+
+def weights_dtype(state: dict[str, torch.Tensor], layout: dict, config: dict) -> torch.dtype:
+    """The dtype of a model's floating-point weights (by parameter count), never of an integer buffer
+    such as BERT's stored ``position_ids``; the config's dtype when no weight is floating."""
+    counts: Counter = Counter()
+    for key in layout:
+        t = state[key]
+        if t.is_floating_point():
+            counts[t.dtype] += t.numel()
+    if counts:
+        return counts.most_common(1)[0][0]
+    named = config.get("dtype") or config.get("torch_dtype")
+    return getattr(torch, named) if isinstance(named, str) and isinstance(getattr(torch, named, None),
+                                                                          torch.dtype) else torch.float32
+
+
+def check_finite(state: dict[str, torch.Tensor], where: Path, keys=None) -> None:
+    """Refuse weights holding NaN or inf: depth mixing would spread them through whole layers."""
+    for key in keys if keys is not None else state:
+        t = state[key]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise LigoError(f"weight {key} in {where} holds {bad} NaN/inf value(s) of {t.numel()}; the checkpoint is "
+                            "corrupt or was saved after training diverged: use an earlier checkpoint")
+
+
+def describe_checkpoint(path: str | Path, device: str | torch.device = "meta") -> Checkpoint:
+    """A local HF checkpoint directory, checked against its architecture table and config. With the
+    default ``device="meta"`` only the safetensors headers are read (``state`` holds empty tensors);
+    with a real device the weights are loaded and checked to be finite."""
     p = Path(path)
     if not p.exists():
         raise LigoError(f"model directory {p} does not exist; check the path")
@@ -111,60 +158,49 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise LigoError(f"{p} is not a directory; pass the directory that holds config.json and the weights")
     config = read_config(p)
     spec = get_spec(config.get("model_type"))
-    dims = spec.dims(config)
-    state = read_weights(p)
+    dims = spec.dims(config, where=str(p / "config.json"))
+    state = read_headers(p) if str(device) == "meta" else read_weights(p, device)
     layout = spec.layout(state.keys(), dims)
     for key, m in layout.items():
-        sizes = [[dims.axis_size(t) for t in axis] for axis in m.entry.axes]
-        expect = [-1 if -1 in axis else sum(axis) for axis in sizes]
-        got = list(state[key].shape)
+        expect, got = spec.shape(m.entry, dims), list(state[key].shape)
         if len(got) != len(expect) or any(e not in (-1, g) for e, g in zip(expect, got)):
             raise LigoError(f"weight {key} has shape {got}, but config.json implies {expect}; the weights do not "
                             "match the config")
-    return Checkpoint(p, config, spec, dims, state, layout)
+    if str(device) != "meta":
+        check_finite(state, p, layout)
+    has_head = any(k.startswith(spec.base_prefix) for k in state) if spec.base_prefix else any(
+        m.entry.scope == "head" for m in layout.values())
+    return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head)
 
 
-# -- output ---------------------------------------------------------------------------------
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing or unwritable output path before any work is done."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LigoError(f"output {out} already exists; choose another path or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise LigoError(f"output {out} exists and is not a directory; remove it or choose another path")
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    try:  # a real write probe: os.access says yes to root even where writes fail
-        os.rmdir(tempfile.mkdtemp(prefix=".ligo-probe-", dir=probe))
-    except OSError as exc:
-        raise LigoError(f"cannot write to {probe} ({exc.strerror}); choose an output path in a writable "
-                        "directory") from None
-    return out
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a local HF checkpoint directory: config.json plus safetensors weights, all checked."""
+    return describe_checkpoint(path, device)
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success rename it to ``out``, on failure remove it."""
-    out = check_output_dir(out, overwrite)
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved in a local directory (never looked up on a hub, never remote code)."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise LigoError(f"tokenizer directory {p} does not exist; pass a local directory holding the tokenizer "
+                        "files (ligo never looks tokenizers up on a hub)")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise LigoError(f"cannot create {out} ({exc.strerror}); choose an output path in a writable directory") from None
-    try:
-        yield tmp
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return AutoTokenizer.from_pretrained(str(p), trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise LigoError(f"cannot load a tokenizer from {p} ({str(exc).splitlines()[0][:120]}); save the "
+                        "source's tokenizer beside its weights") from None
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``5GB``, ``500MB``, ``2GiB`` or a plain integer (the largest safetensors shard)."""
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise LigoError(f"--max-shard-size {text!r} is not a size; write it like 5GB, 500MB or 2GiB")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
 
 
 def save_weights(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "5GB") -> None:
@@ -173,10 +209,12 @@ def save_weights(state: dict[str, torch.Tensor], out: Path, max_shard_size: str 
 
     disable_progress_bars()
     try:
-        save_torch_state_dict(state, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
-    except OSError as exc:
-        raise LigoError(f"could not write the weights to {out}: {exc.strerror or exc}; free some disk space "
-                        "or choose another output path") from None
+        save_torch_state_dict(state, out, max_shard_size=parse_size(max_shard_size), metadata={"format": "pt"})
+    except Exception as exc:  # safetensors raises its own error types for a full disk
+        error = as_user_error(exc, f"writing the weights to {out}")
+        if error is None:
+            raise
+        raise error from None
 
 
 def copy_tokenizer(src: Path, out: Path) -> list[str]:

@@ -1,4 +1,12 @@
-"""The ``ligo`` console script: a thin layer over the Python API, one module per subcommand."""
+"""The ``ligo`` console script: a thin layer over the Python API, one module per subcommand.
+
+Each command module has ``add_parser`` and ``run``; ``run`` parses, makes one API call and prints.
+Nothing heavy (torch, transformers) is imported until a command runs, so ``--help`` and
+``--version`` answer at once. Errors are mapped here, in one place: a :class:`LigoError` or an
+environment failure (disk full, permission denied) is one line and exit status 2; SIGTERM outside a
+training loop is exit 143 with temporary files removed; anything else is a bug, reported in one line
+with exit status 1 (``--debug`` shows the traceback).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,12 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import traceback
 
 from . import __version__
-from .arch import LigoError
+from .errors import LigoError, as_user_error
 
 # The one list of commands: name -> module in ligo.commands (each has ``add_parser`` and ``run``).
 COMMANDS = {
@@ -23,11 +32,26 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``ligo CMD: error: ...``) like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a training loop: unwinds like Ctrl-C, so temporary outputs are removed."""
+
+
+def _terminate(*_):
+    raise Terminated()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ligo", description="Grow pretrained transformers with a learned "
-                                     "linear growth operator (LiGO), train them, and measure the compute saved.")
+    parser = _Parser(prog="ligo", description="Grow pretrained transformers with a learned linear growth operator "
+                     "(LiGO), train them, and measure the compute saved.")
     parser.add_argument("--version", action="version", version=f"ligo {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f"ligo.commands.{module}")
         p = mod.add_parser(sub, name)
@@ -47,24 +71,36 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
+        _quiet_libraries()
         return int(args._run(args) or 0)
-    except LigoError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"ligo {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"ligo {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an unexpected failure: still one line unless --debug
+    except Terminated:
+        print(f"ligo {args.command}: terminated", file=sys.stderr)
+        return 143
+    except Exception as exc:
+        error = as_user_error(exc, args.command)
         if args.debug:
             traceback.print_exc()
+        if isinstance(error, LigoError):
+            print(f"ligo {args.command}: error: {error}", file=sys.stderr)
+            return 2
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"ligo {args.command}: unexpected error: {type(exc).__name__}: {msg} (rerun with --debug for the "
               "traceback and report it)", file=sys.stderr)
         return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

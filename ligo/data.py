@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .arch import LigoError
+from .errors import LigoError
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".tex", ".html", ".xml", ".c", ".h"}
 
@@ -158,7 +158,7 @@ def cached_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     cache = Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "tokenizers" / h.hexdigest()[:24]
     if (cache / "tokenizer.json").is_file():
         try:
-            tok = PreTrainedTokenizerFast.from_pretrained(str(cache), trust_remote_code=False)
+            tok = PreTrainedTokenizerFast.from_pretrained(str(cache), trust_remote_code=False, local_files_only=True)
             tok.save_pretrained(out_dir)
             return tok
         except Exception:  # an unreadable cache entry is rebuilt, never trusted

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .arch import ArchSpec, Dims, Match
-
-# space -> (map tokens that write its units, map tokens that read them)
-SPACES = {"res": (("res",), ("res.in",)), "ffn": (("ffn",), ("ffn.in",)), "heads": (("q",), ("o.in",)),
-          "kv_heads": (("k", "v"), ())}
+from .arch import SPACE_OF, SPACES, ArchSpec, Dims, Match
 
 
 def _unit_vectors(state: dict, layout: dict[str, Match], dims: Dims, token: str) -> dict[int | None, torch.Tensor]:
@@ -29,7 +25,7 @@ def _unit_vectors(state: dict, layout: dict[str, Match], dims: Dims, token: str)
             offset = sum(dims.axis_size(t) for t in tokens[: tokens.index(token)])
             w = w.narrow(axis, offset, n * unit).movedim(axis, 0).reshape(n, unit, -1)
             w = w.permute(0, 2, 1).reshape(n, -1)  # a unit's features, head_dim included
-            layer = None if token.startswith("res") else m.layer
+            layer = m.layer if SPACE_OF[token].in_layers else None
             parts.setdefault(layer, []).append(w)
     return {k: torch.cat(v, dim=1) for k, v in parts.items()}
 
@@ -52,9 +48,9 @@ def _nearest(vecs: torch.Tensor) -> tuple[int, float]:
 def unit_report(state: dict, layout: dict[str, Match], spec: ArchSpec, dims: Dims) -> dict[str, dict]:
     """For each grown space: units, duplicated units (write side and both sides) and nearest distances."""
     report: dict[str, dict] = {}
-    for space, (writers, readers) in SPACES.items():
-        write = _gather(state, layout, dims, writers)
-        read = _gather(state, layout, dims, readers)
+    for space in SPACES:
+        write = _gather(state, layout, dims, space.write)
+        read = _gather(state, layout, dims, space.read)
         if not write:
             continue
         dup_w = dup_both = 0
@@ -64,7 +60,7 @@ def unit_report(state: dict, layout: dict[str, Match], spec: ArchSpec, dims: Dim
             a, dist = _nearest(w)
             b, _ = _nearest(both)
             dup_w, dup_both, min_w = dup_w + a, dup_both + b, min(min_w, dist)
-        n, _ = dims.units(writers[0])
-        report[space] = {"units": n * len(write), "duplicate_writes": dup_w, "duplicates": dup_both,
+        n, _ = dims.units(space.write[0])
+        report[space.name] = {"units": n * len(write), "duplicate_writes": dup_w, "duplicates": dup_both,
                          "min_rel_distance": min_w}
     return report

@@ -1,4 +1,5 @@
-"""FLOP counting: an analytic count per token, checked against ``torch.utils.flop_counter`` in the tests."""
+"""FLOP counting: an analytic count per token, checked against ``torch.utils.flop_counter`` in the tests,
+and the devices' peak throughput for MFU."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import torch
 from torch import nn
 
 from .arch import Dims
+
+# Dense bf16 peak TFLOP/s (no sparsity) by device-name fragment, most specific first.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("B200", 2250.0),
+               ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("RTX 4090", 165.0),
+               ("V100", 125.0))
 
 
 def matmul_params(model: nn.Module) -> int:
@@ -28,6 +34,11 @@ def train_flops_per_token(model: nn.Module, dims: Dims, seq_len: int) -> float:
     return 3.0 * forward_flops_per_token(model, dims, seq_len)
 
 
+def step_flops(model: nn.Module, dims: Dims, cfg) -> float:
+    """Training FLOPs of one optimizer step of ``cfg`` (a TrainConfig): the one count used everywhere."""
+    return train_flops_per_token(model, dims, cfg.seq_len) * cfg.tokens_per_step
+
+
 def measured_flops(fn) -> int:
     """FLOPs of running ``fn()`` (and its backward, if it returns a tensor), by the PyTorch counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -37,3 +48,11 @@ def measured_flops(fn) -> int:
         if isinstance(out, torch.Tensor) and out.requires_grad:
             out.backward()
     return counter.get_total_flops()
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    """The dense bf16 peak of a known GPU, else None (give ``--peak-tflops`` for MFU elsewhere)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for fragment, peak in PEAK_TFLOPS if fragment in name), None)

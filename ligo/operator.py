@@ -6,7 +6,7 @@ target layer ``i`` is
     W'_i = E_out · (sum_j  D_m[i, j] · W_j) · E_in^T        (one width map per axis of W)
 
 where ``D_m`` (target layers x source layers) is the *depth* map of that module and the width maps
-``E`` expand each axis from its source space to its target space (see ``ligo.arch`` for the spaces).
+``E`` expand each axis from its source space to its target space (the spaces are ``ligo.arch.SPACES``).
 Attention spaces are grown by whole heads: ``E = A ⊗ I_head_dim`` with ``A`` over heads, so rotary
 pairs stay intact. Each space has independent *write* (out) and *read* (in) maps, so an exactly
 function-preserving start exists. The fixed growth methods are initial values of these maps:
@@ -25,18 +25,14 @@ function-preserving start exists. The fixed growth methods are initial values of
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
-from .arch import FIXED, GROWN, ArchSpec, Dims, Entry, LigoError
-
-WIDTH_INITS = ("split", "copy", "random")
-DEPTH_INITS = ("stack", "interleave", "identity")
-OUT_TOKENS = ("res", "ffn", "q", "k", "v")
-LAYER_LOCAL = ("ffn", "ffn.in", "q", "k", "v", "o.in")
-PARTNER = {"res.in": "res", "ffn.in": "ffn", "o.in": "q"}  # the read map and the write map of a space
+from .arch import FIXED, GROWN, LAYER_TOKENS, READ_PARTNER, SPACE_OF, WRITE_TOKENS, ArchSpec, Dims, Entry
+from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan
+from .errors import LigoError
 
 
 def _param_name(token: str) -> str:
@@ -88,10 +84,11 @@ def depth_plan(method: str, l1: int, l2: int) -> tuple[list[int], list[bool]]:
 
 def unit_selection(token: str, src: Dims, tgt: Dims) -> torch.Tensor:
     """The source unit each target unit copies: units are neurons, or whole heads for attention."""
+    space = SPACE_OF[token].name
     kv = torch.arange(tgt.kv_heads) % src.kv_heads
-    if token in ("k", "v"):
+    if space == "kv_heads":
         return kv
-    if token in ("q", "o.in"):
+    if space == "heads":
         # Keep GQA grouping: a target query head copies a source query head of the group its
         # kv head copies; successive copies of a group cycle through that group's query heads.
         g1, g2 = src.heads // src.kv_heads, tgt.heads // tgt.kv_heads
@@ -125,7 +122,7 @@ def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generat
         return torch.cat([torch.eye(n1, dtype=torch.float64), new])
     if method not in ("copy", "split"):
         raise LigoError(f"unknown width method {method!r}; choose one of {', '.join(WIDTH_INITS)}")
-    if token in OUT_TOKENS:
+    if token in WRITE_TOKENS:
         return onehot
     if method == "copy":
         share = torch.ones(n2, dtype=torch.float64)
@@ -136,17 +133,6 @@ def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generat
 
 
 # -- the operator -------------------------------------------------------------------------------
-@dataclass
-class GrowthPlan:
-    """Everything that defines an operator besides the weights: recorded in the recipe."""
-
-    width: str = "split"
-    depth: str = "identity"
-    per_layer: bool = False
-    split_noise: float = 0.5
-    seed: int = 0
-
-
 class GrowthOperator(nn.Module):
     """Learnable depth and width maps from a frozen source state dict to a target state dict."""
 
@@ -156,8 +142,6 @@ class GrowthOperator(nn.Module):
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
         self.plan = plan = plan or GrowthPlan()
         check_growth(spec, src_dims, tgt_dims)
-        if plan.width not in WIDTH_INITS:
-            raise LigoError(f"unknown width method {plan.width!r}; choose one of {', '.join(WIDTH_INITS)}")
         gen = torch.Generator().manual_seed(plan.seed)
         prefixes = {key[: len(key) - len(spec.layer_prefix.format(i=m.layer) + m.entry.name)]
                     for key, m in layout.items() if m.entry.scope == "layer"}
@@ -174,16 +158,13 @@ class GrowthOperator(nn.Module):
                 if m.layer == 0:
                     self.layer_entries.append(m.entry)
             else:
-                if any(t in LAYER_LOCAL for axis in m.entry.axes for t in axis):
+                if any(t in LAYER_TOKENS for axis in m.entry.axes for t in axis):
                     raise LigoError(f"table {spec.source}: {key} is outside the layers but uses a layer space")
                 self.singles.append((key, m.entry))
-                # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast
-                # to float32 where they are used, which is exact
-                self.register_buffer("w_" + _param_name(key), src_state[key].detach(), persistent=False)
-        for e in self.layer_entries:
-            stacked = torch.stack([src_state[spec.layer_key(self.prefix, e, j)].detach()
-                                   for j in range(src_dims.layers)])
-            self.register_buffer("l_" + _param_name(e.name), stacked, persistent=False)
+        # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast to float32
+        # where they are used, which is exact
+        for (kind, key), src in self._stacked(src_state).items():
+            self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
         self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
 
         # Layer spaces (FFN, heads) have one map per *group* of target layers: one group by default,
@@ -191,23 +172,23 @@ class GrowthOperator(nn.Module):
         # identity depth, whose copies would otherwise stay identical (their outputs start at zero,
         # so their units may start as random mixtures instead of copies without changing the function).
         sources, repeat = depth_plan(plan.depth, src_dims.layers, tgt_dims.layers)
+        fresh_group = plan.width == "split" and plan.depth == "identity" and any(repeat)
         if plan.per_layer:
             groups = list(range(tgt_dims.layers))
-        elif plan.width == "split" and plan.depth == "identity" and any(repeat):
+        elif fresh_group:
             groups = [int(r) for r in repeat]
         else:
             groups = [0] * tgt_dims.layers
         self.register_buffer("layer_group", torch.tensor(groups), persistent=False)
-        fresh = [any(r for r, g in zip(repeat, groups) if g == k) and plan.width == "split" and plan.depth == "identity"
-                 for k in range(max(groups) + 1)]
+        fresh = [fresh_group and any(r for r, g in zip(repeat, groups) if g == k) for k in range(max(groups) + 1)]
 
         self.width = nn.ParameterDict()
-        for tok in sorted(tokens, key=lambda t: (t in PARTNER, t)):  # write maps first
-            partner = _param_name(PARTNER.get(tok, ""))
+        for tok in sorted(tokens, key=lambda t: (t in READ_PARTNER, t)):  # write maps first
+            partner = _param_name(READ_PARTNER.get(tok, ""))
             if plan.width == "random" and partner in self.width:
                 m = self.width[partner].detach().clone()  # the paper ties a space's read and write maps
-            elif tok in LAYER_LOCAL:
-                m = torch.stack([width_init("random" if new and tok in OUT_TOKENS else plan.width, tok, src_dims,
+            elif tok in LAYER_TOKENS:
+                m = torch.stack([width_init("random" if new and tok in WRITE_TOKENS else plan.width, tok, src_dims,
                                             tgt_dims, gen, plan.split_noise) for new in fresh]).float()
             else:
                 m = width_init(plan.width, tok, src_dims, tgt_dims, gen, plan.split_noise).float()
@@ -221,50 +202,71 @@ class GrowthOperator(nn.Module):
                 d[torch.tensor(repeat, dtype=torch.bool)] = 0
             self.depth[_param_name(module)] = nn.Parameter(d)
 
+    def _stacked(self, state: dict) -> dict[tuple[str, str], torch.Tensor]:
+        """A source-shaped state (checkpoint keys) as the operator holds it: weights outside the layers
+        by key (``("w_", key)``), layer weights stacked over the source layers (``("l_", entry name)``)."""
+        out = {("w_", key): state[key] for key, _ in self.singles}
+        for e in self.layer_entries:
+            out[("l_", e.name)] = torch.stack([state[self.spec.layer_key(self.prefix, e, j)]
+                                               for j in range(self.src.layers)])
+        return out
+
     # -- application ------------------------------------------------------------------------
-    def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...],
-                     groups: torch.Tensor | None) -> torch.Tensor:
+    def _map(self, token: str, absolute: bool) -> torch.Tensor:
+        m = self.width[_param_name(token)]
+        return m.abs() if absolute else m
+
+    def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups: torch.Tensor | None,
+                     absolute: bool) -> torch.Tensor:
         """Grow one axis of ``w``. ``groups``: the map group of each row of a leading layer dimension
         (None for a weight outside the layers)."""
         if len(tokens) > 1:  # fused axis: grow each part, concatenate
             parts = w.split([self.src.axis_size(t) for t in tokens], dim=axis)
-            return torch.cat([self._expand_axis(p, axis, (t,), groups) for p, t in zip(parts, tokens)], dim=axis)
+            return torch.cat([self._expand_axis(p, axis, (t,), groups, absolute) for p, t in zip(parts, tokens)],
+                             dim=axis)
         tok = tokens[0]
         if tok in FIXED:
             return w
-        m = self.width[_param_name(tok)]
+        m = self._map(tok, absolute)
         _, unit = self.src.units(tok)
-        w = w.movedim(axis, -1).unflatten(-1, (-1, unit))
-        if m.dim() == 2:
-            w = torch.einsum("...sd,ts->...td", w, m)
-        elif len(m) == 1:
-            w = torch.einsum("...sd,ts->...td", w, m[0])
+        w = rearrange(w.movedim(axis, -1), "... (unit d) -> ... unit d", d=unit)
+        if m.dim() == 2 or len(m) == 1:
+            w = torch.einsum("...sd,ts->...td", w, m if m.dim() == 2 else m[0])
         else:  # one map per group of layers
             present = [int(g) for g in torch.unique(groups)]
             parts = [torch.einsum("...sd,ts->...td", w[groups == g], m[g]) for g in present]
             order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
             w = torch.cat(parts)[torch.argsort(order)]
-        return w.flatten(-2).movedim(-1, axis)
+        return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
 
-    def _expand(self, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None) -> torch.Tensor:
+    def _expand(self, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None, absolute: bool) -> torch.Tensor:
         for a, tokens in enumerate(entry.axes):
-            w = self._expand_axis(w, a + int(groups is not None), tokens, groups)
+            w = self._expand_axis(w, a + int(groups is not None), tokens, groups, absolute)
         return w
 
-    def _grown(self, layer_by_layer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-        """The target's weights one at a time (float32), tied duplicates left out.
+    def _grown(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The target's tensors one at a time (float32), tied duplicates left out.
 
+        ``state``: a source-shaped state to grow instead of the source weights (e.g. optimizer
+        moments, keyed like the checkpoint); ``absolute``: apply the maps' absolute values.
         Each layer entry is computed for all target layers at once (fast, for the fit), or one target
         layer at a time (``layer_by_layer``: least memory, for materializing large models)."""
+        held = self._stacked(state) if state is not None else None
+
+        def source(kind: str, key: str) -> torch.Tensor:
+            return (held[(kind, key)] if held is not None else getattr(self, kind + _param_name(key))).float()
+
         for key, entry in self.singles:
-            yield key, self._expand(getattr(self, "w_" + _param_name(key)).float(), entry, None)
+            yield key, self._expand(source("w_", key), entry, None, absolute)
         for e in self.layer_entries:
-            src = getattr(self, "l_" + _param_name(e.name)).float()
+            src = source("l_", e.name)
             depth = self.depth[_param_name(e.module)]
+            depth = depth.abs() if absolute else depth
             chunks = [slice(i, i + 1) for i in range(self.tgt.layers)] if layer_by_layer else [slice(None)]
             for chunk in chunks:
                 mixed = torch.einsum("ij,j...->i...", depth[chunk], src)
-                grown = self._expand(mixed, e, self.layer_group[chunk])
+                grown = self._expand(mixed, e, self.layer_group[chunk], absolute)
                 del mixed
                 for i, w in zip(range(self.tgt.layers)[chunk], grown):
                     yield self.spec.layer_key(self.prefix, e, i), w
@@ -278,13 +280,46 @@ class GrowthOperator(nn.Module):
         return out
 
     @torch.no_grad()
-    def materialize(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def materialize(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                    state: dict | None = None, absolute: bool = False) -> dict[str, torch.Tensor]:
         """The target state dict as plain tensors, without tied duplicates, ready to save.
 
-        Streams: only one target layer of one weight kind is held in float32 at a time.
+        Streams: only one target layer of one weight kind is held in float32 at a time; each result
+        is cast to ``dtype`` and moved to ``device`` (default: where the operator is) at once.
+        ``state``/``absolute``: grow another source-shaped state instead (see :meth:`_grown`).
         """
-        return {key: torch.empty(v.shape, dtype=dtype or v.dtype).copy_(v)
-                for key, v in self._grown(layer_by_layer=True)}
+        return {key: v.to(device=device or v.device, dtype=dtype or v.dtype)
+                for key, v in self._grown(layer_by_layer=True, state=state, absolute=absolute)}
+
+    def build_flops(self) -> int:
+        """FLOPs of building the target's weights once, forward and backward (what
+        ``torch.utils.flop_counter`` counts for :meth:`forward` and its backward; tested to match)."""
+        total = 0
+
+        def axes(shape: list[int], entry: Entry, lead: int, grad: bool) -> int:
+            flops = 0
+            for a, tokens in enumerate(entry.axes):
+                grown = [t for t in tokens if t not in FIXED]
+                others = 1
+                for i, size in enumerate(shape):
+                    others *= size if i != a + lead else 1
+                for tok in grown:  # a fused axis grows each part separately
+                    (n1, unit), (n2, _) = self.src.units(tok), self.tgt.units(tok)
+                    # forward, the map's grad, and the input's grad when the input has one
+                    flops += 2 * others * n2 * unit * n1 * (3 if grad else 2)
+                if grown:
+                    shape[a + lead] = sum(self.tgt.axis_size(t) for t in tokens)
+                    grad = True
+            return flops
+
+        for key, entry in self.singles:
+            total += axes(list(getattr(self, "w_" + _param_name(key)).shape), entry, 0, False)
+        for e in self.layer_entries:
+            src = getattr(self, "l_" + _param_name(e.name))
+            per_layer = src[0].numel()
+            total += 2 * 2 * self.tgt.layers * self.src.layers * per_layer  # depth mix, forward and the map's grad
+            total += axes([self.tgt.layers, *src.shape[1:]], e, 1, True)
+        return total
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -6,13 +6,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # two pytest workers (and their subprocesses) on two cores
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LIGO_CACHE", tempfile.mkdtemp(prefix="ligo-test-cache-"))  # never the user's cache
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 from transformers.utils import logging as tlog  # noqa: E402
 
@@ -22,6 +24,8 @@ tlog.disable_progress_bar()
 import tiny  # noqa: E402
 
 LIGO = str(Path(sys.executable).parent / "ligo")
+ROOT = Path(__file__).resolve().parents[1]
+
 
 
 @pytest.fixture(scope="session")
@@ -52,13 +56,59 @@ def sources(tmp_path_factory, tokenizer):
     return {mt: tiny.save_model(tiny.make_model(mt), root / mt, tokenizer) for mt in tiny.ARCHS}
 
 
+@pytest.fixture(scope="session")
+def blocks(corpus, tokenizer):
+    from ligo.data import load_blocks
+
+    return load_blocks(corpus, tokenizer, 32)
+
+
 def run_cli(*args, check=False, **kw):
-    proc = subprocess.run([LIGO, *map(str, args)], capture_output=True, text=True, timeout=600, **kw)
+    """The real console script, in its own process."""
+    proc = subprocess.run([LIGO, *map(str, args)], capture_output=True, text=True, timeout=900, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"ligo {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capfd):
+    """The CLI's ``main`` in this process (the same code as the console script, minus the interpreter
+    start): returns exit status, stdout and stderr."""
+    from ligo.cli import main
+
+    def call(*args, check=False):
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse
+            code = exc.code
+        out, err = capfd.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"ligo {' '.join(map(str, args))} failed ({code}):\n{out}\n{err}")
+        return Result(code, out, err)
+
+    return call
+
+
 def write_json(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+def assert_one_line_error(proc, command: str, pattern: str | None = None):
+    """Exit 2, one line on stderr naming the command, no traceback."""
+    import re
+
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"ligo {command}: error:"), lines[0]
+    if pattern:
+        assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]

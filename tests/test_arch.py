@@ -1,16 +1,35 @@
-"""Architecture tables: strict validation, and every weight of every supported model matches exactly one entry."""
+"""Architecture tables: strict validation, family tables, every weight of every supported model matching
+exactly one entry, and one validation of growth targets."""
 
 import copy
 import json
+from importlib import resources
 
 import pytest
 
 import tiny
-from ligo.arch import GROWN, LigoError, get_spec, register_architecture, supported_types
+from ligo.arch import GROWN, READ_PARTNER, SPACES, WRITE_TOKENS, get_spec, register_architecture, supported_types
+from ligo.errors import LigoError
 
 
-def test_supported_types():
-    assert set(tiny.ARCHS) <= set(supported_types())
+def test_every_shipped_type_is_tested_here():
+    assert set(supported_types()) == set(tiny.ARCHS)
+
+
+def test_one_table_per_family():
+    files = sorted(p.name for p in resources.files("ligo.archs").iterdir() if p.name.endswith(".json"))
+    assert files == ["bert.json", "gpt2.json", "llama.json", "roberta.json"]
+    family = get_spec("qwen2")
+    assert family.model_types == ("llama", "mistral", "qwen2") and family.model_type == "qwen2"
+    assert get_spec("mistral").source == get_spec("llama").source == "ligo/archs/llama.json"
+
+
+def test_space_vocabulary_is_consistent():
+    """Every read map pairs with a write map of the same space; the tokens are the spaces' tokens."""
+    assert set(GROWN) == {t for s in SPACES for t in s.write + s.read}
+    for read, write in READ_PARTNER.items():
+        assert write in WRITE_TOKENS and read not in WRITE_TOKENS
+        assert next(s for s in SPACES if read in s.read) is next(s for s in SPACES if write in s.write)
 
 
 @pytest.mark.parametrize("bare", [False, True], ids=["lm-head", "bare"])
@@ -25,18 +44,20 @@ def test_every_weight_matches_exactly_one_entry(model_type, bare):
         assert len(found) == 1 and found[0] is not None, (key, found)
     layout = spec.layout(keys, dims)
     assert set(layout) == set(keys)
-    # every axis size in the table agrees with the tensor
     state = model.state_dict()
     for key, m in layout.items():
-        expect = [sum(dims.axis_size(t) for t in axis) for axis in m.entry.axes]
-        assert [e if e > 0 else s for e, s in zip(expect, state[key].shape)] == list(state[key].shape), key
+        assert [e if e > 0 else s for e, s in zip(spec.shape(m.entry, dims), state[key].shape)] == \
+            list(state[key].shape), key
 
 
 @pytest.mark.parametrize("model_type", tiny.DECODERS)
-def test_tied_variants_match(model_type):
+def test_tied_variants_leave_the_head_out(model_type):
     model = tiny.make_model(model_type, tie_word_embeddings=True)
     spec = get_spec(model_type)
-    spec.layout(model.state_dict(), spec.dims(model.config.to_dict()))
+    layout = spec.layout(model.state_dict(), spec.dims(model.config.to_dict()))
+    heads = [k for k, m in layout.items() if m.entry.scope == "head"]
+    assert heads == [] or all(k in spec.tied for k in heads), heads
+    assert spec.dims(model.config.to_dict()).tie is True
 
 
 def test_unknown_model_type_names_it_and_the_doc():
@@ -45,8 +66,6 @@ def test_unknown_model_type_names_it_and_the_doc():
 
 
 def _llama_table():
-    from importlib import resources
-
     return json.loads(resources.files("ligo.archs").joinpath("llama.json").read_text())
 
 
@@ -57,11 +76,13 @@ def _llama_table():
     (lambda t: t.update(layer_prefix="layers."), "layer_prefix"),
     (lambda t: t["config"].pop("hidden"), "config keys"),
     (lambda t: t.update(identity_zero=["nope"]), "identity_zero"),
+    (lambda t: t.update(model_type="llama"), "either model_type"),
+    (lambda t: t.update(model_types=[]), "non-empty list"),
 ])
 def test_table_validation_is_strict(mutate, message):
     table = copy.deepcopy(_llama_table())
+    table["model_types"] = ["llama-test"]
     mutate(table)
-    table["model_type"] = "llama-test"
     with pytest.raises(LigoError, match=message):
         register_architecture(table)
 
@@ -74,5 +95,30 @@ def test_unknown_weight_is_an_error():
         spec.layout(keys, spec.dims(model.config.to_dict()))
 
 
-def test_grown_tokens_are_known():
-    assert {"res", "res.in", "ffn", "ffn.in", "q", "k", "v", "o.in"} == set(GROWN)
+# -- one validation of targets --------------------------------------------------------------------
+SOURCE = tiny.config("llama").to_dict()
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"hiden": 128, "layerz": 4}, r"unknown target key\(s\) 'hiden' \(did you mean 'hidden'"),
+    ({"intermediate": 256}, r"'intermediate' \(did you mean 'intermediate_size'"),
+    ({"hidden": "128"}, "hidden_size must be a positive integer, got '128'"),
+    ({"layers": 4.5}, "num_hidden_layers must be a positive integer"),
+    ({"heads": True}, "num_attention_heads must be a positive integer"),
+    ({"hidden": 0}, "positive integer"),
+    ({"hidden": 128, "hidden_size": 256}, "sets hidden_size twice"),
+    ({"tie": "yes"}, "true or false"),
+    (["hidden", 128], "must be a JSON object"),
+])
+def test_bad_targets_are_refused_by_name(target, message):
+    with pytest.raises(LigoError, match=message):
+        get_spec("llama").target_config(SOURCE, target, known_keys=set(SOURCE))
+
+
+def test_targets_accept_generic_names_config_keys_and_full_configs():
+    spec = get_spec("llama")
+    out = spec.target_config(SOURCE, {"hidden": 128, "num_hidden_layers": 4, "kv_heads": 4})
+    assert (out["hidden_size"], out["num_hidden_layers"], out["num_key_value_heads"]) == (128, 4, 4)
+    assert "hidden" not in out
+    full = dict(SOURCE, hidden_size=128, rms_norm_eps=1e-5)  # a whole config.json of the family is a target too
+    assert spec.target_config(SOURCE, full, known_keys=set(SOURCE))["rms_norm_eps"] == 1e-5

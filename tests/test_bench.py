@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 
 from ligo.bench import flops_to_reach, load_experiment, run_experiment, summarize
-from ligo.arch import LigoError
+from ligo.errors import LigoError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "benchmarks" / "experiments").glob("*.yaml"))

@@ -2,37 +2,56 @@
 
 from __future__ import annotations
 
-from ..grow import Grower
-from ..operator import GrowthPlan
-from .common import add_data_flags, add_growth_flags, fit_config, parse_target
+import sys
+
+from ..config import GrowthPlan, TrainConfig, fit_config
+from .flags import add_data_flag, add_fit_flags, add_plan_flags, add_target_flag, given, parse_target
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="grow a model into a larger shape (LiGO)", description=__doc__)
     p.add_argument("source", help="source model directory (config.json + safetensors + tokenizer)")
     p.add_argument("--out", required=True, help="output directory for the grown model")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    add_growth_flags(p)
-    add_data_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (kept until the new one "
+                   "is complete)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, like 5GB or 500MB "
+                   "(default 5GB)")
+    p.add_argument("--device", help="where to grow: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the operator's init and of the fit (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for the fit")
+    add_target_flag(p)
+    add_data_flag(p)
+    add_plan_flags(p)
+    add_fit_flags(p, aliases={"seq_len": ["--seq-len"], "batch_size": ["--batch-size"]})
     return p
 
 
 def run(args) -> int:
-    from ..checkpoint import check_output_dir
+    from ..checkpoint import TOKENIZER_CORE
+    from ..pipelines import grow
 
-    check_output_dir(args.out, args.overwrite)
-    fit = fit_config(args)
-    grower = Grower(args.source, parse_target(args.target),
-                    GrowthPlan(width=args.width, depth=args.depth, per_layer=args.per_layer, seed=args.seed))
-    if fit is not None:
-        fit.progress = True
-        result = grower.fit(args.data, fit)
-        print(f"fit: {result.steps} steps, held-out loss {result.evals[0]['val_loss']:.4f} -> {result.final_val:.4f}")
-    out = grower.save(args.out, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
-    t = grower.timings
-    src, tgt = grower.source.dims, grower.target_dims
-    print(f"grew {grower.spec.model_type} {src.layers}L-{src.hidden} -> {tgt.layers}L-{tgt.hidden} "
-          f"(width {args.width}, depth {args.depth}) into {out}  [load {t['load_s']:.1f}s, build "
+    plan = GrowthPlan.from_dict({**given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
+    fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
+                      "progress": not args.no_progress}, where="fit")
+    result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=args.data, fit=fit,
+                  overwrite=args.overwrite, max_shard_size=args.max_shard_size, device=_device(args.device))
+    if result.fit is not None:
+        info = result.recipe["fit"]
+        print(f"fit: {info['steps']} steps, held-out loss {info['start_val_loss']:.4f} -> "
+              f"{info['final_val_loss']:.4f}")
+    t, src, tgt = result.timings, result.recipe["source_dims"], result.recipe["target_dims"]
+    print(f"grew {result.recipe['model_type']} {src['layers']}L-{src['hidden']} -> {tgt['layers']}L-{tgt['hidden']} "
+          f"(width {plan.width}, depth {plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build "
           f"{t['build_s']:.1f}s, grow {t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")
+    if not set(result.tokenizer_files) & set(TOKENIZER_CORE):
+        print(f"warning: {args.source} has no tokenizer files, so {result.out} has none either; copy the "
+              "source's tokenizer there before training it", file=sys.stderr)
     return 0
+
+
+def _device(name: str | None):
+    if name is not None:
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

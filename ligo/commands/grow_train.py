@@ -1,51 +1,48 @@
-"""ligo grow-train: grow (with an operator fit) then train, from flags or one recipe file.
+"""ligo grow-train: grow a checkpoint (optionally fitting the operator), then train it, from flags or a recipe.
 
-The recipe (YAML or JSON) has the keys: source, target, out, data, width, depth, per_layer, seed,
-seq_len, batch_size,
-fit (training-config keys for the operator fit; its steps may be 0) and train (training-config keys).
-Flags given on the command line override the recipe. Outputs: OUT/grown (the grown model), OUT/trained
-(the run: log, checkpoints, final model) and OUT/recipe.json (the recipe as run).
+The recipe file (YAML or JSON) holds source, target, out, data, the growth plan (width, depth,
+per_layer, split_noise), seed, seq_len, batch_size, and two mappings of training-config keys: fit
+(the operator fit; its steps may be 0) and train. Flags given on the command line override the
+recipe. Outputs: OUT/grown (the grown model), OUT/trained (the run: log, checkpoints, final model)
+and OUT/recipe.json (the recipe as run). --resume continues whichever stage is unfinished.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
-from ..arch import LigoError
-from ..checkpoint import parse_mapping
-from .common import parse_target
-from .train_flags import add_train_flags, train_overrides
+from ..config import GrowthPlan, TrainConfig, fit_config
+from ..errors import LigoError
+from .flags import add_data_flag, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, given, \
+    parse_target
 
-RECIPE_KEYS = {"source", "target", "out", "data", "width", "depth", "per_layer", "seed", "seq_len", "batch_size",
-               "fit", "train"}
+PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
+RECIPE_KEYS = {"source", "target", "out", "data", "seed", "seq_len", "batch_size", "fit", "train"} | PLAN_KEYS
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="grow then train, from flags or a recipe file", description=__doc__)
     p.add_argument("source", nargs="?", help="source model directory (or 'source' in the recipe)")
     p.add_argument("--config", help="recipe file (YAML or JSON); flags override it")
-    p.add_argument("--target", help="target config (JSON file or object)")
+    add_target_flag(p, required=False)
     p.add_argument("--out", help="output directory")
-    p.add_argument("--data", help="training data (default: the Python standard library's source)")
-    p.add_argument("--width", choices=["split", "copy", "random"], help="width init (default split)")
-    p.add_argument("--depth", choices=["stack", "interleave", "identity"], help="depth init (default identity)")
-    p.add_argument("--per-layer", action="store_true", default=None, help="per-layer width maps")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 128)")
-    p.add_argument("--batch-size", type=int, help="sequences per micro-batch (default 8)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--resume", action="store_true", help="resume the training stage from OUT/trained")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    shared = ("seq_len", "batch_size", "seed", "trackers", "mixed_precision")
-    add_train_flags(p, prefix="fit-", title="operator fit (fit-steps 0: no fit)", exclude=shared + ("save_every",
-                                                                                                   "keep_last"))
-    add_train_flags(p, prefix="", title="training", exclude=shared[:3])
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (kept until the new run "
+                   "finishes)")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
+    p.add_argument("--device", help="where to grow: cpu, cuda (default: cuda when available)")
+    add_data_flag(p)
+    add_plan_flags(p)
+    add_fit_flags(p)
+    add_train_flags(p)
     return p
 
 
 def load_recipe(path: str | None) -> dict:
     if not path:
         return {}
+    from ..checkpoint import parse_mapping
+
     p = Path(path)
     if not p.is_file():
         raise LigoError(f"recipe file {p} does not exist; check the path")
@@ -57,69 +54,38 @@ def load_recipe(path: str | None) -> dict:
 
 
 def run(args) -> int:
-    import shutil
-
-    from ..checkpoint import check_output_dir, write_json
-    from ..data import load_blocks
-    from ..grow import Grower, load_tokenizer
-    from ..loop import latest_checkpoint
-    from ..loop import TrainConfig
-    from ..operator import GrowthPlan
-    from ..train import train
+    from ..pipelines import grow_train
 
     recipe = load_recipe(args.config)
-    for key in ("source", "target", "out", "data", "width", "depth", "per_layer", "seed", "seq_len", "batch_size"):
-        value = getattr(args, key)
-        if value is not None:
-            recipe[key] = value
+    for key in ("source", "target", "out", "data"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    recipe.update(given(args, GrowthPlan))
     for key in ("source", "target", "out"):
         if not recipe.get(key):
             raise LigoError(f"no {key} given; pass it as a flag or put '{key}' in the --config recipe")
     if not isinstance(recipe["target"], dict):
         recipe["target"] = parse_target(str(recipe["target"]))
-    shared = {"seq_len": recipe.get("seq_len", 128), "batch_size": recipe.get("batch_size", 8),
-              "seed": recipe.get("seed", 0), "progress": not args.no_progress}
-    fit_dict = {"steps": 0, "weight_decay": 0.0, "lr": 1e-3, "warmup": 10, **recipe.get("fit", {}),
-                **train_overrides(args, "fit_")}
-    fit_steps = fit_dict.pop("steps")
-    if not isinstance(fit_steps, int) or fit_steps < 0:
-        raise LigoError(f"fit steps must be a non-negative integer, got {fit_steps!r}")
-    fit_cfg = TrainConfig.from_dict({**shared, **fit_dict, "steps": max(fit_steps, 1),
-                                     "warmup": min(fit_dict["warmup"], max(fit_steps, 1))}, where="fit")
-    train_cfg = TrainConfig.from_dict({**shared, **recipe.get("train", {}), **train_overrides(args)}, where="train")
-    recipe["fit"] = {**fit_dict, "steps": fit_steps}
-    recipe["train"] = {k: v for k, v in vars(train_cfg).items()}
-
-    out = Path(recipe["out"])
-    if not args.resume:
-        check_output_dir(out, args.overwrite)
-    created = not out.exists()
-    grown = out / "grown"
-    try:
-        blocks = None
-        if not (args.resume and (grown / "config.json").exists()):
-            grower = Grower(recipe["source"], recipe["target"],
-                            GrowthPlan(width=recipe.get("width", "split"), depth=recipe.get("depth", "identity"),
-                                       per_layer=bool(recipe.get("per_layer", False)), seed=recipe.get("seed", 0)))
-            # read the data once, before any work, so bad data fails fast and leaves nothing behind
-            blocks = load_blocks(recipe.get("data"), load_tokenizer(grower.source.path), shared["seq_len"])
-            if fit_steps:
-                grower.fit(recipe.get("data"), fit_cfg, blocks=blocks)
-            out.mkdir(parents=True, exist_ok=True)
-            grower.save(grown, overwrite=True)
-            write_json(out / "recipe.json", recipe)
-        result = train(grown, recipe.get("data"), out / "trained", train_cfg, resume=args.resume, overwrite=True,
-                       blocks=blocks)
-    except BaseException:
-        # a failure before the first training checkpoint leaves nothing behind; after it, the work is kept
-        if created and out.exists() and latest_checkpoint(out / "trained") is None:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    if not result.loop.accelerator.is_main_process:
+    flags = given(args, TrainConfig)
+    shared = {k: flags.pop(k) if k in flags else recipe[k] for k in ("seq_len", "batch_size", "seed")
+              if k in recipe or k in flags}
+    train_cfg = TrainConfig.from_dict({**shared, **recipe.get("train", {}), **flags}, where="train")
+    fit_values = {"seq_len": train_cfg.seq_len, "batch_size": train_cfg.batch_size, "seed": train_cfg.seed,
+                  "mixed_precision": train_cfg.mixed_precision, **recipe.get("fit", {}),
+                  **given(args, TrainConfig, prefix="fit-"), "progress": train_cfg.progress}
+    fit = fit_config(fit_values, where="fit")
+    plan = GrowthPlan.from_dict({**{k: recipe[k] for k in PLAN_KEYS if k in recipe}, "seed": train_cfg.seed})
+    recipe.update(seed=train_cfg.seed, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size,
+                  fit=fit.to_dict() if fit else {"steps": 0}, train=train_cfg.to_dict())
+    result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, train_cfg=train_cfg,
+                        data=recipe.get("data"), resume=args.resume, overwrite=args.overwrite, recipe=recipe,
+                        device=args.device)
+    loop = result.trained.loop
+    if not loop.accelerator.is_main_process:
         return 0
-    if result.loop.status == "preempted":
-        print(f"preempted at step {result.loop.steps}; rerun with --resume")
+    if loop.status == "preempted":
+        print(f"preempted at step {loop.steps}; rerun with --resume")
         return 0
-    print(f"grown model in {grown}; trained {result.loop.steps} steps, held-out loss {result.loop.final_val:.4f}; "
-          f"final model in {out / 'trained'}")
+    print(f"grown model in {result.grown}; trained {loop.steps} steps, held-out loss {loop.final_val:.4f}; "
+          f"final model in {result.out / 'trained'}")
     return 0

@@ -18,17 +18,18 @@ def add_parser(sub, name):
 def run(args) -> int:
     from dataclasses import asdict
 
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import describe_checkpoint, load_checkpoint
     from ..diagnostics import unit_report
-    from ..grow import Grower
-    from .common import parse_target
+    from ..growth import Grower
+    from .flags import parse_target
 
-    ck = load_checkpoint(args.model)
+    # the weights are read only when they are needed: for the unit report, or to build an operator
+    ck = load_checkpoint(args.model) if (args.units or args.target) else describe_checkpoint(args.model)
     d = ck.dims
     info = {
         "model_type": ck.spec.model_type, "table": ck.spec.source, "objective": ck.spec.objective,
         "has_lm_head": ck.has_head, "dtype": str(ck.dtype).removeprefix("torch."),
-        "parameters": sum(t.numel() for t in ck.state.values()), "dims": asdict(d),
+        "parameters": sum(ck.state[k].numel() for k in ck.layout), "dims": asdict(d),
         "spaces": {"residual": d.hidden, "query heads": f"{d.heads} x {d.head_dim}",
                    "kv heads": f"{d.kv_heads} x {d.head_dim}", "ffn": d.ffn, "vocab": d.vocab},
     }

@@ -1,0 +1,113 @@
+"""Command-line flags generated from the settings dataclasses (``TrainConfig``, ``GrowthPlan``).
+
+Help text, choices and the defaults shown come from the fields themselves, so ``--help`` cannot
+drift from the code. Every generated flag defaults to None ("not given"), so values from a recipe file
+can be overridden by exactly the flags the user typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from ..config import FIT_DEFAULTS, GrowthPlan, TrainConfig, describe
+from ..errors import LigoError
+
+
+def _default(f):
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def add_flags(p: argparse.ArgumentParser, cls, *, prefix: str = "", title: str, exclude=(), shown: dict | None = None,
+              aliases: dict | None = None) -> None:
+    """One ``--flag`` per field of ``cls`` (a settings dataclass), in an argument group."""
+    group = p.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in exclude:
+            continue
+        names = ["--" + prefix + f.name.replace("_", "-")] + list((aliases or {}).get(f.name, ()))
+        kind, default = hints[f.name], (shown or {}).get(f.name, _default(f))
+        dest = (prefix + f.name).replace("-", "_")
+        text = f.metadata["help"]
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is list:
+            group.add_argument(*names, dest=dest, nargs="*", default=None, help=f"{text} (default: none)")
+        elif kind is bool or (origin is typing.Union and bool in args):
+            group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{text}" + ("" if default is None else f" (default: {'on' if default else 'off'})"))
+        elif origin is typing.Literal:
+            group.add_argument(*names, dest=dest, choices=args, default=None, help=f"{text} (default: {default})")
+        else:
+            base = next((a for a in args if a is not type(None)), kind) if origin is typing.Union else kind
+            group.add_argument(*names, dest=dest, type=_typed(base, f.name), default=None, metavar=base.__name__.upper(),
+                               help=text if default is None else f"{text} (default: {default})")
+
+
+def _typed(kind, name):
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {describe(kind)}, got {text!r}") from None
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def given(args: argparse.Namespace, cls, prefix: str = "") -> dict:
+    """The fields of ``cls`` that the user set on the command line."""
+    out = {}
+    for f in fields(cls):
+        value = getattr(args, (prefix + f.name).replace("-", "_"), None)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+# -- the flag sets the commands share -------------------------------------------------------------
+FIT_EXCLUDE = ("seed", "trackers", "save_every", "keep_last", "progress", "weight_decay")
+
+
+def add_plan_flags(p: argparse.ArgumentParser) -> None:
+    add_flags(p, GrowthPlan, title="growth plan (the operator's initial value)", exclude=("seed",))
+
+
+def add_fit_flags(p: argparse.ArgumentParser, aliases: dict | None = None) -> None:
+    add_flags(p, TrainConfig, prefix="fit-", title="operator fit (LiGO proper; --fit-steps 0: no fit)",
+              exclude=FIT_EXCLUDE, shown={**FIT_DEFAULTS, "steps": 0}, aliases=aliases)
+    # TrainConfig requires steps >= 1; the fit also takes 0, so its steps flag is typed separately
+    for action in p._actions:
+        if action.dest == "fit_steps":
+            action.help = "operator fit steps on --data (default: 0, no fit)"
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    add_flags(p, TrainConfig, title="training")
+
+
+def add_target_flag(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--target", required=required, help="target sizes: a JSON object or a JSON file (such as a "
+                   "config.json); keys are the model's config keys or the generic names hidden, layers, heads, "
+                   "kv_heads, head_dim, ffn")
+
+
+def add_data_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="training text: a file, a .jsonl file ({'text': ...} per line) or a directory "
+                   "(default: the Python standard library's own source)")
+
+
+def parse_target(text: str) -> dict:
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LigoError(f"--target is not valid JSON ({exc.msg}); pass a JSON object or a file") from None
+        if not isinstance(value, dict):
+            raise LigoError("--target must be a JSON object")
+        return value
+    from ..checkpoint import read_config
+
+    return read_config(Path(text))

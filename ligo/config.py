@@ -1,0 +1,211 @@
+"""The settings of a run, as validated dataclasses: :class:`TrainConfig` and :class:`GrowthPlan`.
+
+Every default is defined here once. The CLI generates its flags from these fields (help text,
+choices and defaults included), recipe files and experiment files are read through
+:meth:`from_dict`, and every value is checked when an instance is built, so a wrong type or range
+is one clear error wherever it came from. This module imports nothing heavy, so ``ligo --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, Literal, Optional
+
+from .errors import LigoError
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+WIDTH_INITS = ("split", "copy", "random")
+DEPTH_INITS = ("stack", "interleave", "identity")
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            positive: bool = False) -> Any:
+    """A dataclass field with its help text and range (``low <= value <= high``; ``positive``: > 0)."""
+    meta = {"help": help, "low": low, "high": high, "positive": positive}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _kind_ok(value: Any, kind: Any) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return value in args
+    if origin is typing.Union:
+        return any(_kind_ok(value, a) for a in args)
+    if kind is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_kind_ok(v, args[0]) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def describe(kind: Any) -> str:
+    """A type as a user reads it: 'int', 'one of cosine, linear', 'bool or none'."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is typing.Union:
+        return " or ".join("none" if a is type(None) else describe(a) for a in args)
+    if origin is list:
+        return f"a list of {describe(args[0])}"
+    return getattr(kind, "__name__", str(kind))
+
+
+def validate(obj: Any, where: str) -> None:
+    """Check every field of a settings dataclass against its type and range."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, kind = getattr(obj, f.name), hints[f.name]
+        if not _kind_ok(value, kind):
+            raise LigoError(f"{where}: {f.name} must be {describe(kind)}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            m = f.metadata
+            if m.get("positive") and value <= 0:
+                raise LigoError(f"{where}: {f.name} must be positive, got {value!r}")
+            if m.get("low") is not None and value < m["low"]:
+                raise LigoError(f"{where}: {f.name} must be at least {m['low']}, got {value!r}")
+            if m.get("high") is not None and value > m["high"]:
+                raise LigoError(f"{where}: {f.name} must be at most {m['high']}, got {value!r}")
+
+
+def from_mapping(cls, data: dict, where: str):
+    """An instance of the settings class ``cls`` from a mapping; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise LigoError(f"{where} must be a mapping of setting names to values")
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    obj = cls.__new__(cls)  # validate with the right field names before __post_init__ adds its own checks
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        object.__setattr__(obj, f.name, data.get(f.name, default))
+    validate(obj, where)
+    return cls(**data)
+
+
+def defaults(cls) -> dict:
+    return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run of the training loop (the operator fit uses the same class)."""
+
+    steps: int = setting(200, "optimizer steps", low=1)
+    batch_size: int = setting(8, "sequences per micro-batch, over all processes", low=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", low=1)
+    seq_len: int = setting(128, "tokens per sequence", low=2)
+    lr: float = setting(1e-3, "peak learning rate", positive=True)
+    weight_decay: float = setting(0.1, "AdamW weight decay (never on biases, norms or operator maps)", low=0)
+    warmup: int = setting(20, "linear warmup steps", low=0)
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = setting(
+        "cosine", "decay after warmup: cosine, linear, constant, or wsd (warmup-stable-decay)")
+    decay_fraction: float = setting(0.2, "wsd: the final share of the steps over which the LR decays", low=0,
+                                    high=1)
+    min_lr_ratio: float = setting(0.1, "final LR as a fraction of the peak", low=0, high=1)
+    clip: float = setting(1.0, "gradient-norm clip (0: off)", low=0)
+    eval_every: int = setting(50, "held-out evaluation every N steps (0: only at the start and the end)", low=0)
+    eval_batches: int = setting(8, "held-out micro-batches per evaluation", low=1)
+    patience: int = setting(0, "stop after N evaluations without a held-out improvement (0: never)", low=0)
+    save_every: int = setting(0, "checkpoint every N steps (0: off)", low=0)
+    keep_last: int = setting(2, "complete checkpoints kept", low=1)
+    log_every: int = setting(10, "read the loss back from the device every N steps (one log line per step "
+                             "either way; the NaN check runs at these steps)", low=1)
+    seed: int = setting(0, "random seed", low=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = setting(
+        "auto", "auto (what `accelerate launch` was configured with, else bf16 on a GPU that has it, else no), "
+        "no, bf16 or fp16")
+    compile: Optional[bool] = setting(None, "torch.compile the model (default: on with CUDA, off on CPU)")
+    grad_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
+    peak_tflops: Optional[float] = setting(None, "the device's peak TFLOP/s for the MFU column (default: "
+                                           "looked up for known GPUs)", positive=True)
+    trackers: list[str] = setting([], "accelerate trackers to log to (tensorboard, wandb), if installed")
+    progress: bool = setting(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        validate(self, "training config")
+        self.trackers = list(self.trackers)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "training config") -> "TrainConfig":
+        return from_mapping(cls, data, where)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step ``step`` (0-based)."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "wsd":
+            decay = max(1, round(self.decay_fraction * self.steps))
+            start = max(self.warmup, self.steps - decay)
+            if step < start:
+                return self.lr
+            progress = min(1.0, (step - start) / max(1, self.steps - start))
+            return self.lr * (1 - (1 - self.min_lr_ratio) * progress)
+        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * shape)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+
+# The operator fit is a TrainConfig with these defaults (its steps may be 0: no fit).
+FIT_DEFAULTS = {"steps": 0, "lr": 1e-3, "warmup": 10, "weight_decay": 0.0, "eval_every": 25}
+
+
+def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
+    """The operator fit's TrainConfig from user values over :data:`FIT_DEFAULTS`; None for 0 steps."""
+    merged = {**FIT_DEFAULTS, **values}
+    steps = merged["steps"]
+    if not _kind_ok(steps, int) or steps < 0:
+        raise LigoError(f"{where}: fit steps must be a non-negative integer, got {steps!r}")
+    if steps == 0:
+        return None
+    if _kind_ok(merged["warmup"], int):
+        merged["warmup"] = min(merged["warmup"], steps)
+    return TrainConfig.from_dict(merged, where=where)
+
+
+@dataclass
+class GrowthPlan:
+    """Everything that defines an operator besides the weights: recorded in the recipe."""
+
+    width: Literal["split", "copy", "random"] = setting(
+        "split", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's)")
+    depth: Literal["stack", "interleave", "identity"] = setting(
+        "identity", "depth init: identity (new layers start as identities: lossless), stack, interleave")
+    per_layer: bool = setting(False, "separate width maps per target layer for the layer spaces (heads, FFN)")
+    split_noise: float = setting(0.5, "split: how unequal the copies' read shares are (0: plain copies)", low=0,
+                                 high=0.99)
+    seed: int = setting(0, "seed for the operator's init", low=0)
+
+    def __post_init__(self) -> None:
+        validate(self, "growth plan")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "growth plan") -> "GrowthPlan":
+        return from_mapping(cls, data, where)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

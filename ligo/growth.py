@@ -1,0 +1,266 @@
+"""Growing one checkpoint: build the operator, optionally fit it, materialize and save the target."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from . import __version__
+from .arch import Dims
+from .checkpoint import RECIPE_NAME, Checkpoint, copy_tokenizer, load_checkpoint, load_tokenizer, parse_size, \
+    read_config, save_weights, write_json
+from .config import GrowthPlan, TrainConfig
+from .errors import LigoError
+from .loop import LoopResult, make_collate, train_loop
+from .operator import GrowthOperator, depth_plan
+
+
+def model_class(objective: str):
+    import transformers
+
+    return transformers.AutoModelForCausalLM if objective == "causal-lm" else transformers.AutoModelForMaskedLM
+
+
+def build_config(config: dict):
+    """A transformers config object from a dict (the model type's own class; never remote code)."""
+    import transformers
+
+    data = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map")}
+    try:
+        return transformers.AutoConfig.for_model(config["model_type"], **data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LigoError(f"invalid {config['model_type']} config: {str(exc).splitlines()[0][:200]}") from None
+
+
+def known_config_keys(model_type: str) -> set[str]:
+    """Every key the model type's config class writes (what a full target config.json may hold)."""
+    import transformers
+
+    try:
+        return set(transformers.AutoConfig.for_model(model_type).to_dict())
+    except (ValueError, TypeError, KeyError):
+        return set()
+
+
+def read_target(target: dict | str | Path) -> dict:
+    return dict(target) if isinstance(target, dict) else read_config(target)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class FitModule(nn.Module):
+    """The target model whose weights are the operator's output: trains only the operator.
+
+    In evaluation the weights are built once and reused for every held-out batch (they only change
+    when the operator is trained)."""
+
+    def __init__(self, operator: GrowthOperator, target_model: nn.Module):
+        super().__init__()
+        self.operator = operator
+        self.target = target_model.requires_grad_(False)
+        self._cached: dict | None = None
+
+    def forward(self, **batch):
+        if self.training or torch.is_grad_enabled():
+            self._cached = None
+            weights = self.operator()
+        else:
+            if self._cached is None:
+                self._cached = self.operator()
+            weights = self._cached
+        return functional_call(self.target, weights, args=(), kwargs=batch, tie_weights=True, strict=False)
+
+    def train(self, mode: bool = True):
+        self._cached = None
+        return super().train(mode)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The operator's maps: never weight decay (it would pull the maps towards zero)."""
+        return [{"params": [p for p in self.operator.parameters() if p.requires_grad], "weight_decay": 0.0}]
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        from .loop import enable_grad_checkpointing
+
+        enable_grad_checkpointing(self.target)
+
+
+@dataclass
+class GrowResult:
+    out: Path | None
+    operator: GrowthOperator
+    target_config: dict
+    recipe: dict
+    fit: LoopResult | None = None
+    timings: dict = field(default_factory=dict)
+    tokenizer_files: list[str] = field(default_factory=list)
+
+
+class Grower:
+    """A source checkpoint, a target shape and a plan: ``fit()`` the operator, then ``save()``.
+
+    >>> g = Grower("small-model/", {"hidden": 128, "layers": 4})
+    >>> g.fit("corpus/", TrainConfig(steps=100))     # optional: LiGO proper
+    >>> g.save("grown-model/")
+    """
+
+    def __init__(self, source: str | Path | Checkpoint, target: dict | str | Path, plan: GrowthPlan | None = None,
+                 device: str | torch.device | None = None, tokenizer=None):
+        t0 = time.perf_counter()
+        self.device = torch.device(device or "cpu")
+        loaded_here = not isinstance(source, Checkpoint)
+        self.source = load_checkpoint(source, self.device) if loaded_here else source
+        self.has_head, self.dtype, self.spec = self.source.has_head, self.source.dtype, self.source.spec
+        self.target_config = self.spec.target_config(self.source.config, read_target(target),
+                                                     known_config_keys(self.spec.model_type))
+        self.target_dims: Dims = self.spec.dims(self.target_config, where="target")
+        self._check_memory()
+        t1 = time.perf_counter()
+        self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
+                                       self.source.state, plan).to(self.device)
+        self.plan = self.operator.plan
+        if loaded_here:  # the operator holds what it needs (layers stacked): do not keep a second copy
+            self.source.state = {}
+        sources, _ = depth_plan(self.plan.depth, self.source.dims.layers, self.target_dims.layers)
+        for key in self.spec.layer_lists:  # per-layer config lists follow the depth plan
+            old = self.source.config.get(key)
+            if isinstance(old, list) and len(old) == self.source.dims.layers:
+                self.target_config[key] = [old[j] for j in sources]
+        self.fit_result: LoopResult | None = None
+        self.fit_info: dict = {}
+        self._tokenizer = tokenizer
+        self.tokenizer_files: list[str] = []
+        self.timings = {"load_s": t1 - t0, "build_s": time.perf_counter() - t1}
+
+    def target_parameters(self) -> int:
+        """Parameters of the grown model (tied weights once)."""
+        tied = set(self.spec.tied) if self.target_dims.tie else set()
+        total = 0
+        for key, m in self.source.layout.items():
+            if key in tied or (m.entry.scope == "layer" and m.layer != 0):
+                continue
+            shape = [s if s > 0 else g for s, g in zip(self.spec.shape(m.entry, self.target_dims),
+                                                       self.source.state[key].shape)]
+            total += int(torch.tensor(shape).prod()) * (self.target_dims.layers if m.entry.scope == "layer" else 1)
+        return total
+
+    def _check_memory(self) -> None:
+        need = self.target_parameters() * self.dtype.itemsize
+        free = available_memory(self.device)
+        if free is not None and need > free:
+            raise LigoError(f"the target has {self.target_parameters():,} parameters: {need / 1e9:.1f} GB in "
+                            f"{str(self.dtype).removeprefix('torch.')}, but {free / 1e9:.1f} GB are available on "
+                            f"{self.device}; choose a smaller target (or another --device)")
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.source.path)
+        return self._tokenizer
+
+    # -- LiGO proper: train the operator on the pretraining loss ----------------------------------
+    def target_model(self, device: torch.device | str | None = None) -> nn.Module:
+        cfg = build_config(self.target_config)
+        if getattr(cfg, "_attn_implementation", None) is None:
+            cfg._attn_implementation = "sdpa"
+        with torch.device(device or self.device):
+            return model_class(self.spec.objective).from_config(cfg)
+
+    def fit(self, data: str | Path | None = None, cfg: TrainConfig | None = None, *, blocks=None,
+            run_dir: str | Path | None = None) -> LoopResult:
+        """Fit the operator for ``cfg.steps`` steps on ``blocks`` (or on ``data``: a path, or None for the
+        embedded default corpus). The operator ends at its best held-out point, so a fit never ends
+        worse than the plan it started from."""
+        from .data import load_blocks
+        from .flops import step_flops
+
+        cfg = cfg or TrainConfig(steps=100, weight_decay=0.0)
+        if not self.has_head:
+            raise LigoError(f"{self.source.path} is a bare model without an LM head, so there is no pretraining "
+                            "loss to fit on; grow without --fit-steps, or use its *ForMaskedLM/*ForCausalLM form")
+        if blocks is None:
+            blocks = load_blocks(data, self.tokenizer, cfg.seq_len)
+        with torch.device("meta"):
+            meta_target = model_class(self.spec.objective).from_config(build_config(self.target_config))
+        build = self.operator.build_flops()
+        per_step = step_flops(meta_target, self.target_dims, cfg) + build * cfg.grad_accum
+        best: dict = {}
+
+        def keep_best(step: int, val: float, _model) -> None:
+            if not best or val < best["val"]:
+                best.update(val=val, step=step, maps={k: v.detach().clone() for k, v in self.operator.state_dict().items()})
+
+        module = FitModule(self.operator, self.target_model())
+        t0 = time.perf_counter()
+        self.fit_result = train_loop(module, blocks.train, blocks.val, cfg, collate=make_collate(
+            self.spec.objective, self.tokenizer), flops_per_step=per_step, run_dir=run_dir, desc="fit",
+            on_eval=keep_best)
+        if best and best["step"] != self.fit_result.steps:
+            self.operator.load_state_dict(best["maps"])
+        self.fit_info = {"data": None if data is None else str(data), "config": cfg.to_dict(),
+                         "steps": self.fit_result.steps, "status": self.fit_result.status,
+                         "flops": self.fit_result.flops, "flops_per_step": per_step, "build_flops": build,
+                         "start_val_loss": self.fit_result.evals[0]["val_loss"], "best_step": best.get("step"),
+                         "final_val_loss": best.get("val", self.fit_result.final_val),
+                         "wall_s": time.perf_counter() - t0}
+        return self.fit_result
+
+    # -- output -----------------------------------------------------------------------------------
+    def materialize(self, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict:
+        return self.operator.materialize(dtype or self.dtype, device=device)
+
+    def recipe(self) -> dict:
+        from dataclasses import asdict
+
+        return {"ligo_version": __version__, "source": str(self.source.path), "model_type": self.spec.model_type,
+                "objective": self.spec.objective,
+                "source_dims": asdict(self.source.dims), "target_dims": asdict(self.target_dims),
+                "plan": self.plan.to_dict(), "operator_parameters": self.operator.num_parameters(),
+                "fit": self.fit_info or None}
+
+    def hf_config(self):
+        config = build_config(self.target_config)
+        config.architectures = self.source.config.get("architectures")
+        config.dtype = str(self.dtype).removeprefix("torch.")
+        return config
+
+    def save(self, out: str | Path, overwrite: bool = False, max_shard_size: str | int = "5GB") -> Path:
+        """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card."""
+        from .modelcard import write_model_card
+        from .outputs import check_output, staged
+
+        parse_size(max_shard_size)  # a bad size fails before the work, not after
+        check_output(out, overwrite=overwrite, inputs=[self.source.path])
+        t0 = time.perf_counter()
+        state = self.materialize()
+        t1 = time.perf_counter()
+        config = self.hf_config()
+        with staged(out, overwrite, inputs=[self.source.path]) as tmp:
+            save_weights(state, tmp, max_shard_size)
+            del state
+            config.save_pretrained(tmp)
+            self.tokenizer_files = copy_tokenizer(self.source.path, tmp)
+            recipe = self.recipe()
+            write_json(tmp / RECIPE_NAME, recipe)
+            write_model_card(tmp, recipe, kind="grown")
+        self.timings.update(materialize_s=t1 - t0, save_s=time.perf_counter() - t1)
+        return Path(out)

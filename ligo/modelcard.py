@@ -1,0 +1,73 @@
+"""A model card (README.md with YAML front matter) beside every grown and trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import __version__
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return "—" if x is None else str(x)
+
+
+def _dims_table(src: dict | None, tgt: dict) -> list[str]:
+    rows = ["| | " + ("source | " if src else "") + "this model |", "|---|" + ("---|" if src else "") + "---|"]
+    for name in ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab"):
+        rows.append(f"| {name} | " + (f"{src[name]} | " if src else "") + f"{tgt[name]} |")
+    return rows
+
+
+def card_text(recipe: dict, kind: str, growth: dict | None = None) -> str:
+    """The card for a ``kind`` ("grown" or "trained") model from its recipe (and, for a trained model, the
+    growth recipe of the model it was trained from, if any)."""
+    from huggingface_hub import ModelCardData
+
+    growth = recipe if kind == "grown" else growth
+    model_type = recipe.get("model_type") or (growth or {}).get("model_type")
+    objective = recipe.get("objective")
+    base = recipe.get("source") if kind == "grown" else recipe.get("model")
+    data = ModelCardData(base_model=str(base) if base else None, library_name="transformers",
+                         pipeline_tag="fill-mask" if objective == "masked-lm" else "text-generation",
+                         tags=[t for t in ("ligo", "model-growth", model_type) if t])
+    lines = ["---", data.to_yaml(), "---", "",
+             f"# {'Grown' if kind == 'grown' else 'Trained'} {model_type or ''} model", "",
+             f"Made with ligo {__version__}: " +
+             ("grown from a smaller pretrained model with a learned linear growth operator (LiGO)."
+              if kind == "grown" else "continued pretraining with the ligo trainer."), ""]
+    if growth:
+        plan = growth.get("plan", {})
+        lines += ["## Growth", "", f"Source: `{growth.get('source')}`. Width init `{plan.get('width')}`, depth init "
+                  f"`{plan.get('depth')}`, per-layer maps: {plan.get('per_layer')}, operator parameters: "
+                  f"{_fmt(growth.get('operator_parameters'))}.", ""]
+        lines += _dims_table(growth.get("source_dims"), growth.get("target_dims", {})) + [""]
+        fit = growth.get("fit")
+        if fit:
+            lines += [f"The operator was fitted for {fit.get('steps')} steps on the pretraining loss (data: "
+                      f"`{fit.get('data') or 'the Python standard library source'}`): held-out loss "
+                      f"{_fmt(fit.get('start_val_loss'))} -> {_fmt(fit.get('final_val_loss'))}, "
+                      f"{_fmt(fit.get('flops'))} FLOPs.", ""]
+        else:
+            lines += ["The operator was not fitted: the weights are its initial value (a fixed growth method).", ""]
+    if kind == "trained":
+        cfg, led = recipe.get("config", {}), recipe.get("ledger", {})
+        lines += ["## Training", "", f"Data: `{recipe.get('data') or 'the Python standard library source'}`; "
+                  f"{led.get('steps')} steps of {cfg.get('batch_size')} x {cfg.get('seq_len')} tokens, peak LR "
+                  f"{cfg.get('lr')}, {cfg.get('schedule')} schedule; final held-out loss "
+                  f"{_fmt(led.get('final_val_loss'))}.", "",
+                  "## FLOPs ledger", "", "| part | FLOPs |", "|---|---|",
+                  f"| source model's training | {_fmt(led.get('source_flops'))} |",
+                  f"| operator fit | {_fmt(led.get('fit_flops'))} |",
+                  f"| earlier training of this model | {_fmt(led.get('previous_train_flops'))} |",
+                  f"| this training | {_fmt(led.get('train_flops'))} |", ""]
+    cls = "AutoModelForMaskedLM" if objective == "masked-lm" else "AutoModelForCausalLM"
+    lines += ["## Use", "", "```python", f"from transformers import {cls}, AutoTokenizer",
+              f"model = {cls}.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)", "```", "",
+              "The exact recipe is in `ligo_recipe.json` beside this card.", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(out: Path, recipe: dict, kind: str, growth: dict | None = None) -> None:
+    (Path(out) / "README.md").write_text(card_text(recipe, kind, growth))

@@ -1,0 +1,201 @@
+"""Where outputs go: one policy for every command that writes a directory.
+
+* Everything is checked before any work: the name fits the file system, the parent is writable, an
+  existing output is only replaced with ``--overwrite``, and an output is never one of the inputs or
+  a folder holding one (replacing it would delete them).
+* An existing output is never removed before its replacement is complete. A finished artifact
+  (``ligo grow``) is written into a temporary sibling and renamed into place (:func:`staged`). A
+  run that writes as it goes (``train``, ``grow-train``, ``bench``) writes into the output when it
+  is new, or into a *staging* sibling ``.NAME.ligo-new`` when it replaces one; the staging folder
+  takes the output's name when the run finishes (:class:`RunOutput`), and ``--resume`` continues it.
+* Temporary siblings carry the writing process's id; ones left by a killed process are removed the
+  next time anything is written to the same output.
+* Folders are created with the user's umask (not 0700).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from .errors import LigoError, as_user_error
+
+STAGING = "ligo-new"
+
+
+def _short(name: str) -> str:
+    """A file-name stem that leaves room for a suffix: long names are cut and given a digest."""
+    if len(name.encode()) <= 120:
+        return name
+    return name.encode()[:100].decode(errors="ignore") + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
+def sibling(out: Path, tag: str) -> Path:
+    return out.parent / f".{_short(out.name)}.{tag}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Remove temporary siblings of ``out`` (``.NAME.tmp-PID-*``) whose process is gone."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        return
+    prefix = f".{_short(out.name)}.tmp-"
+    for p in parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def make_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) with the user's umask; environment failures as one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise as_user_error(exc, f"creating {path}") or exc from None
+    return path
+
+
+def _overlaps(out: Path, inputs) -> Path | None:
+    """An input that ``out`` is, or that lies inside ``out``."""
+    target = out.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        p = Path(item).resolve()
+        if p == target or target in p.parents:
+            return Path(item)
+    return None
+
+
+def check_output(out: str | Path, *, overwrite: bool = False, inputs=(), resume: bool = False) -> Path:
+    """Refuse an output that cannot or must not be written, before any work is done."""
+    out = Path(out)
+    try:
+        limit = os.pathconf(_existing_parent(out), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in out.parts:
+        if len(part.encode()) > limit:
+            raise LigoError(f"output name {part[:40]}... is {len(part.encode())} bytes, longer than this file "
+                            f"system allows ({limit}); choose a shorter --out")
+    if out.exists() and not out.is_dir():
+        raise LigoError(f"output {out} exists and is not a directory; remove it or choose another path")
+    hit = _overlaps(out, inputs)
+    if hit is not None and (overwrite or not resume):
+        raise LigoError(f"--out {out} is (or holds) the input {hit}; writing there would destroy it, so choose "
+                        "another output path")
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+        hint = f", or --resume to continue the unfinished run in {sibling(out, STAGING)}" if sibling(
+            out, STAGING).exists() else ""
+        raise LigoError(f"output {out} already exists; choose another path or pass --overwrite{hint}")
+    probe = _existing_parent(out)
+    try:  # a real write probe: os.access says yes to root even where writes fail
+        tmp = probe / f".ligo-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        tmp.rmdir()
+    except OSError as exc:
+        raise LigoError(f"cannot write to {probe} ({exc.strerror}); choose an output path in a writable "
+                        "directory") from None
+    remove_stale_temps(out)
+    return out
+
+
+def _existing_parent(out: Path) -> Path:
+    probe = out.parent if str(out.parent) else Path(".")
+    while not probe.exists():
+        probe = probe.parent
+    return probe
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normalize_modes(root: Path) -> None:
+    """Folders 0777 and files 0666 minus the umask: some writers (mkdtemp, huggingface_hub) use 0700/0600."""
+    mask = _umask()
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and removed last."""
+    if out.exists():
+        trash = sibling(out, f"tmp-{os.getpid()}-old-{secrets.token_hex(3)}")
+        os.replace(out, trash)
+        os.replace(new, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, out)
+
+
+@contextlib.contextmanager
+def staged(out: str | Path, overwrite: bool = False, inputs=()) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success rename it to ``out``, on failure remove it."""
+    out = check_output(out, overwrite=overwrite, inputs=inputs)
+    make_dir(out.parent if str(out.parent) else Path("."))
+    tmp = sibling(out, f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    make_dir(tmp)
+    try:
+        yield tmp
+        _normalize_modes(tmp)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class RunOutput:
+    """The directory of a run that writes as it goes: the output itself when it is new, a staging
+    sibling when it replaces an existing one (renamed over it by :meth:`commit`)."""
+
+    def __init__(self, out: str | Path, *, overwrite: bool = False, resume: bool = False, inputs=()):
+        self.final = check_output(out, overwrite=overwrite, resume=resume, inputs=inputs)
+        staging = sibling(self.final, STAGING)
+        if resume:
+            self.work = staging if staging.is_dir() else self.final
+        elif self.final.exists() and any(self.final.iterdir()):
+            shutil.rmtree(staging, ignore_errors=True)  # an abandoned replacement: --overwrite starts afresh
+            self.work = staging
+        else:
+            self.work = self.final
+        self.created = not self.work.exists()
+
+    @property
+    def replacing(self) -> bool:
+        return self.work != self.final
+
+    def open(self) -> Path:
+        return make_dir(self.work)
+
+    def commit(self) -> Path:
+        """The run finished: the staging folder (if any) becomes the output."""
+        if self.replacing:
+            _swap_into_place(self.work, self.final)
+            self.work = self.final
+        return self.final
+
+    def discard(self) -> None:
+        """The run failed before it had anything worth keeping: remove what it created."""
+        if self.created and self.work.exists():
+            shutil.rmtree(self.work, ignore_errors=True)

@@ -1,0 +1,274 @@
+"""The API's verbs: ``grow``, ``train`` and ``grow_train``. Each CLI command is one call of one of these.
+
+Objects pass between the stages in memory (the tokenizer, the token blocks, the FLOPs ledger); disk
+is used only for the artifacts. Every output follows one policy (``ligo.outputs``): checked before any
+work, never one of the inputs, an existing output replaced only when the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoint import RECIPE_NAME, copy_tokenizer, describe_checkpoint, load_tokenizer, read_config, write_json
+from .config import GrowthPlan, TrainConfig
+from .errors import LigoError, as_user_error
+from .growth import GrowResult, Grower, build_config, model_class
+from .loop import LoopResult, make_collate, train_loop
+from .outputs import RunOutput
+from .rundir import MANIFEST, data_digest, latest_checkpoint
+
+EMPTY_LEDGER = {"source_flops": None, "fit_flops": 0.0, "previous_train_flops": 0.0}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    loop: LoopResult
+    ledger: dict
+
+
+@dataclass
+class GrowTrainResult:
+    out: Path
+    grown: Path
+    trained: TrainResult
+    fit: dict | None = field(default=None)
+
+
+def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
+         plan: GrowthPlan | None = None, data: str | Path | None = None, fit: TrainConfig | None = None,
+         overwrite: bool = False, max_shard_size: str | int = "5GB", device: str | None = None,
+         **plan_fields) -> GrowResult:
+    """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
+
+    The plan is ``plan``, or its fields as keywords: ``grow(src, {"hidden": 1024}, "out/", width="split")``.
+    """
+    from .checkpoint import parse_size
+    from .outputs import check_output
+
+    if plan is not None and plan_fields:
+        raise LigoError(f"give either plan= or plan fields ({', '.join(plan_fields)}), not both")
+    plan = plan or GrowthPlan.from_dict(plan_fields, where="grow()")
+    if out is not None:
+        parse_size(max_shard_size)
+        check_output(out, overwrite=overwrite, inputs=[source, data])
+    grower = Grower(source, target, plan, device=device)
+    if fit is not None:
+        grower.fit(data, fit)
+    path = grower.save(out, overwrite, max_shard_size) if out is not None else None
+    return GrowResult(path, grower.operator, grower.target_config, grower.recipe(), grower.fit_result, grower.timings,
+                      grower.tokenizer_files)
+
+
+def prior_ledger(model_dir: Path | None) -> dict:
+    """The compute already spent on a model, from the recipe ligo saved beside it (if any)."""
+    try:
+        recipe = json.loads((model_dir / RECIPE_NAME).read_text()) if model_dir else None
+    except (OSError, json.JSONDecodeError):
+        recipe = None
+    if not isinstance(recipe, dict):
+        return dict(EMPTY_LEDGER)
+    if "ledger" in recipe:  # a model trained by ligo: everything it cost is prior work now
+        led = recipe["ledger"]
+        return {"source_flops": led.get("source_flops"), "fit_flops": led.get("fit_flops", 0.0),
+                "previous_train_flops": led.get("previous_train_flops", 0.0) + led.get("train_flops", 0.0)}
+    fit = recipe.get("fit") or {}
+    return {"source_flops": recipe.get("source_flops"), "fit_flops": fit.get("flops", 0.0), "previous_train_flops": 0.0}
+
+
+def _manifest(output: RunOutput, model, from_config, tokenizer, data) -> tuple:
+    """With --resume and no model given, what the run was started with (from its run.json)."""
+    if model is not None or from_config is not None:
+        return model, from_config, tokenizer, data
+    try:
+        m = json.loads((output.work / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise LigoError(f"give a model directory or --from-config (the run in {output.final} has no readable "
+                        f"{MANIFEST} to resume from)") from None
+    return m.get("model"), m.get("from_config"), tokenizer or m.get("tokenizer"), data if data is not None else m.get(
+        "data")
+
+
+def train(model: str | Path | None, data: str | Path | None, out: str | Path, cfg: TrainConfig, *,
+          from_config: str | Path | dict | None = None, tokenizer: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False, attn_implementation: str | None = None, blocks=None, tokenizer_obj=None,
+          prior: dict | None = None, source_card: dict | None = None) -> TrainResult:
+    """Continue pretraining ``model`` (a checkpoint dir), or train ``from_config`` from scratch, into ``out``.
+
+    ``out`` receives ``run.json``, ``log.jsonl``, ``checkpoints/`` and, at the end, the trained model
+    (config.json last, so a directory with a config.json always holds a complete model). ``blocks``,
+    ``tokenizer_obj`` and ``prior`` (the FLOPs already spent) may be handed over by a caller that has them.
+    """
+    from .data import load_blocks
+    from .flops import step_flops
+
+    cfg_path = None if isinstance(from_config, dict) else from_config
+    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[model, cfg_path, tokenizer, data])
+    if resume and latest_checkpoint(output.work) is None:
+        raise LigoError(f"--resume: {output.final} holds no complete checkpoint; start without --resume")
+    model, from_config, tokenizer, data = _manifest(output, model, from_config, tokenizer, data) if resume else (
+        model, from_config, tokenizer, data)
+    if (model is None) == (from_config is None):
+        raise LigoError("give either a model directory or --from-config (a config for training from scratch)")
+    if model is not None:
+        ck = describe_checkpoint(model)  # validates without reading the weights: from_pretrained reads them once
+        if not ck.has_head:
+            raise LigoError(f"{model} is a bare model without an LM head; train its *ForCausalLM/*ForMaskedLM form")
+        spec, dims, config = ck.spec, ck.dims, ck.config
+        tok_dir = Path(tokenizer or model)
+        prior = prior or prior_ledger(Path(model))
+    else:
+        config = from_config if isinstance(from_config, dict) else read_config(from_config)
+        if not config.get("model_type"):
+            raise LigoError(f"the config {cfg_path or ''} has no model_type; --from-config needs a full config.json, "
+                            "such as the grown model's")
+        from .arch import get_spec
+
+        spec = get_spec(config.get("model_type"))
+        dims = spec.dims(config)
+        if tokenizer is None and tokenizer_obj is None:
+            raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
+        tok_dir = Path(tokenizer) if tokenizer else None
+        prior = prior or dict(EMPTY_LEDGER)
+    tok = tokenizer_obj or load_tokenizer(tok_dir)
+    if len(tok) > dims.vocab:
+        raise LigoError(f"the tokenizer in {tok_dir} has {len(tok)} tokens but the model's vocab_size is {dims.vocab}; "
+                        "use the model's own tokenizer")
+    if dims.positions is not None and cfg.seq_len > dims.positions:
+        raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
+    if blocks is None:
+        blocks = load_blocks(data, tok, cfg.seq_len)
+    net = _build_model(spec, model, config, cfg, attn_implementation)
+    per_step = step_flops(net, dims, cfg)
+    offset = prior["fit_flops"] + prior["previous_train_flops"]
+    manifest = {"ligo_version": __version__, "model": None if model is None else str(model),
+                "from_config": str(cfg_path) if cfg_path else None, "tokenizer": str(tok_dir) if tok_dir else None,
+                "data": None if data is None else str(data)}
+    output.open()
+    try:
+        result = train_loop(net, blocks.train, blocks.val, cfg, collate=make_collate(spec.objective, tok),
+                            flops_per_step=per_step, flops_offset=offset, run_dir=output.work, resume=resume,
+                            desc="train", data_digest=data_digest(blocks.train, blocks.val), manifest=manifest)
+    except BaseException:
+        if latest_checkpoint(output.work) is None:  # nothing worth resuming: leave nothing behind
+            output.discard()
+        raise
+    ledger = dict(prior, train_flops=result.flops - offset, flops_per_step=per_step, steps=result.steps,
+                  wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
+    acc = result.accelerator
+    if result.status != "preempted":
+        acc.wait_for_everyone()
+        state = acc.get_state_dict(result.model)
+        if acc.is_main_process:
+            recipe = {"ligo_version": __version__, "kind": "train", "objective": spec.objective,
+                      "model_type": spec.model_type, "model": manifest["model"],
+                      "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
+                      "data": manifest["data"], "config": cfg.to_dict(), "ledger": ledger}
+            growth = source_card or _growth_recipe(model)
+            _save_final(acc.unwrap_model(result.model), state, tok, output.work, recipe, growth)
+            output.commit()
+        acc.wait_for_everyone()
+    return TrainResult(output.final if result.status != "preempted" else output.work, result, ledger)
+
+
+def _growth_recipe(model) -> dict | None:
+    try:
+        recipe = json.loads((Path(model) / RECIPE_NAME).read_text()) if model else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return recipe if isinstance(recipe, dict) and "plan" in recipe else None
+
+
+def _build_model(spec, model, config: dict, cfg: TrainConfig, attn_implementation: str | None):
+    cls = model_class(spec.objective)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if model is not None:
+        from .checkpoint import check_finite
+
+        net = cls.from_pretrained(str(model), dtype=torch.float32, use_safetensors=True, trust_remote_code=False,
+                                  local_files_only=True, **kwargs)
+        check_finite(dict(net.named_parameters()), Path(model))
+        return net
+    torch.manual_seed(cfg.seed)
+    hf_config = build_config(config)
+    if attn_implementation:
+        hf_config._attn_implementation = attn_implementation
+    return cls.from_config(hf_config)
+
+
+def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: dict | None) -> None:
+    """Write the model files into ``out``: weights first, config.json last (each renamed into place)."""
+    import os
+    import shutil
+
+    from .modelcard import write_model_card
+
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / RECIPE_NAME, recipe)
+        write_model_card(tmp, recipe, kind="trained", growth=growth)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = as_user_error(exc, f"saving the model into {out}")
+        if error is None:
+            raise
+        raise LigoError(f"{error} with --resume (the checkpoints are intact)") from None
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in [n for n in names if n != "config.json"] + ["config.json"]:
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
+
+
+def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *, plan: GrowthPlan | None = None,
+               fit: TrainConfig | None = None, train_cfg: TrainConfig, data: str | Path | None = None,
+               resume: bool = False, overwrite: bool = False, recipe: dict | None = None,
+               device: str | None = None) -> GrowTrainResult:
+    """Grow (and fit), then train the grown model: ``OUT/grown``, ``OUT/trained`` and ``OUT/recipe.json``.
+
+    ``--resume`` continues whichever stage is unfinished: it grows again if the grown model is not
+    complete, resumes training from its newest checkpoint, or starts training if there is none.
+    """
+    from .data import load_blocks
+
+    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data])
+    tokenizer = load_tokenizer(source)
+    # read the data once, before any work, so bad data fails fast and leaves nothing behind
+    blocks = load_blocks(data, tokenizer, train_cfg.seq_len)
+    grown, trained = output.work / "grown", output.work / "trained"
+    fit_info, growth = None, None
+    try:
+        if resume and (grown / "config.json").exists() and (grown / RECIPE_NAME).exists():
+            growth = json.loads((grown / RECIPE_NAME).read_text())
+            fit_info = growth.get("fit")
+        else:
+            grower = Grower(source, target, plan, device=device, tokenizer=tokenizer)
+            if fit is not None:
+                grower.fit(data, fit, blocks=blocks if fit.seq_len == train_cfg.seq_len else None)
+            output.open()
+            grower.save(grown, overwrite=True)
+            growth, fit_info = grower.recipe(), grower.fit_info or None
+            write_json(output.work / "recipe.json", recipe or {})
+        prior = {"source_flops": None, "fit_flops": (fit_info or {}).get("flops", 0.0), "previous_train_flops": 0.0}
+        result = train(grown, data, trained, train_cfg, resume=resume and latest_checkpoint(trained) is not None,
+                       overwrite=True, blocks=blocks, tokenizer_obj=tokenizer, prior=prior, source_card=growth)
+    except BaseException as exc:
+        # a failure before the first training checkpoint leaves nothing behind; after it, the work is kept
+        if latest_checkpoint(trained) is None:
+            output.discard()
+        if isinstance(exc, Exception) and not isinstance(exc, LigoError):
+            error = as_user_error(exc, "grow-train")
+            if error is not None:
+                raise error from None
+        raise
+    if result.loop.status != "preempted":
+        output.commit()
+    final = output.final if result.loop.status != "preempted" else output.work
+    return GrowTrainResult(final, final / "grown", result, fit_info)

@@ -1,0 +1,219 @@
+"""A run directory: its log, its checkpoints and what it was started with.
+
+    RUN/run.json                     what the run trains: model, tokenizer, data (written at the start)
+    RUN/log.jsonl                    one line per optimizer step (val_loss on evaluation steps)
+    RUN/checkpoints/step-NNNNNNN/    complete checkpoints only: accelerate's save_state files plus
+                                     trainer_state.json (counters, FLOPs, evaluations, settings, a
+                                     digest of the data and a sha256 of every file)
+
+A checkpoint is written under ``.step-NNNNNNN.tmp`` and renamed when complete, so a crash never leaves
+a partial checkpoint under a final name. ``--resume`` verifies the digests (a changed file is refused)
+and that the settings and data that shape the trajectory are the ones the run started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from .errors import LigoError, as_user_error
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+LOG_FILE = "log.jsonl"
+MANIFEST = "run.json"
+# settings that may change on --resume (the rest shape the trajectory and must match)
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "keep_last", "log_every", "progress", "trackers",
+                     "compile", "grad_checkpointing", "peak_tflops", "patience", "mixed_precision"}
+
+
+def data_digest(*tensors) -> str:
+    """A short digest of token blocks (the training and held-out data a run sees)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _file_digests(ckpt: Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint (its state file aside): written with it, checked on resume."""
+    out = {}
+    for f in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != STATE_FILE):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+        out[str(f.relative_to(ckpt))] = h.hexdigest()
+    return out
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).exists())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = checkpoints(Path(run_dir))
+    return found[-1] if found else None
+
+
+def read_state(ckpt: Path) -> dict:
+    """A checkpoint's trainer state, after checking that no file was changed, added or cut since."""
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("no step")
+    except (OSError, ValueError) as exc:
+        raise LigoError(f"--resume: {ckpt / STATE_FILE} is unreadable or cut short ({str(exc)[:60]}); delete "
+                        f"{ckpt} to resume from an earlier checkpoint") from None
+    if "files" in state and _file_digests(ckpt) != state["files"]:
+        raise LigoError(f"--resume: {ckpt} was modified or corrupted after it was written (file digests differ); "
+                        "ligo loads only checkpoints it wrote: delete it to resume from an earlier one")
+    return state
+
+
+def check_resumable(state: dict, config: dict, digest: str | None, ckpt: Path) -> None:
+    """Refuse a resume whose settings or data differ from the run's (the curve would change mid-way)."""
+    old = state.get("config") or {}
+    changed = sorted(k for k in old if k not in RESUMABLE_CHANGES and k in config and old[k] != config[k])
+    if changed:
+        diffs = ", ".join(f"{k} {old[k]!r} -> {config[k]!r}" for k in changed)
+        raise LigoError(f"--resume: the run in {ckpt.parent.parent} was started with other settings ({diffs}); "
+                        "pass the original values, or start a new run (another --out, or --overwrite)")
+    if digest is not None and state.get("data") not in (None, digest):
+        raise LigoError(f"--resume: the data differs from the data the run in {ckpt.parent.parent} was started with "
+                        "(another corpus, tokenizer or sequence length); pass the original --data, or start a new run")
+
+
+class RunDir:
+    """Log and checkpoints of one run; only the main process writes (``path`` None: nothing is kept)."""
+
+    def __init__(self, path: str | Path | None, accelerator):
+        self.path = Path(path) if path is not None else None
+        self.acc = accelerator
+
+    @property
+    def writes(self) -> bool:
+        return self.path is not None and self.acc.is_main_process
+
+    # -- log ----------------------------------------------------------------------------------
+    def read_log(self) -> list[dict]:
+        path = self.path / LOG_FILE
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash
+                break
+        return rows
+
+    def start_log(self, rows: list[dict]) -> None:
+        """Write the log anew with ``rows`` (atomically)."""
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
+            tmp = self.path / (LOG_FILE + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, self.path / LOG_FILE)
+
+    def append_log(self, rows: list[dict]) -> None:
+        if self.writes and rows:
+            with open(self.path / LOG_FILE, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_manifest(self, data: dict) -> None:
+        if self.writes:
+            (self.path / MANIFEST).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, state: dict, keep_last: int) -> None:
+        """``accelerator.save_state`` plus ``state`` into checkpoints/step-N, complete or not at all."""
+        if self.path is None:
+            return
+        acc, step = self.acc, state["step"]
+        root = self.path / CHECKPOINTS
+        final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp), safe_serialization=True)
+            acc.wait_for_everyone()  # every rank's files are written before they are hashed
+            if acc.is_main_process:
+                (tmp / STATE_FILE).write_text(json.dumps({**state, "files": _file_digests(tmp)}))
+        except Exception as exc:  # disk full, quota, file-size limit...: the partial checkpoint never gets its name
+            error = as_user_error(exc, f"writing the checkpoint for step {step}", where=root)
+            if error is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = latest_checkpoint(self.path)
+            raise LigoError(f"{error}" + (f" with --resume (the last complete checkpoint is {last})" if last else "")
+                            ) from None
+        if acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in checkpoints(self.path)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def restore(self, config: dict, digest: str | None) -> dict:
+        """Load the newest complete checkpoint into the prepared objects; its trainer state."""
+        ckpt = latest_checkpoint(self.path) if self.path is not None else None
+        if ckpt is None:
+            raise LigoError(f"--resume: no complete checkpoint under {self.path}; start without --resume")
+        state = read_state(ckpt)
+        check_resumable(state, config, digest, ckpt)
+        check_pickles(ckpt)
+        self.acc.load_state(str(ckpt))
+        return state
+
+
+def check_pickles(ckpt: Path) -> None:
+    """Open every pickle of a checkpoint with ``weights_only=True`` before accelerate does: accelerate
+    skips an RNG state it cannot load without a word (the resumed run would silently differ) and loads
+    registered custom objects with ``weights_only=False``."""
+    from accelerate.utils import load
+
+    for f in sorted(p for p in ckpt.rglob("*") if p.suffix in (".pkl", ".bin", ".pt")):
+        try:
+            load(f, map_location="cpu")
+        except Exception as exc:  # UnpicklingError, or anything else a crafted file raises
+            raise LigoError(f"--resume: {f} is not plain tensors ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:60]}); ligo never unpickles code: delete {ckpt} to resume "
+                            "from an earlier checkpoint") from None
+
+
+class Preemption:
+    """SIGTERM (cluster preemption) sets a flag; the loop checkpoints at the end of the step and stops.
+    Disabled (``enabled=False``) where there is nowhere to checkpoint: SIGTERM then ends the process."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.requested = False
+        self.enabled = enabled
+        self._old: Any = None
+
+    def __enter__(self) -> "Preemption":
+        if not self.enabled:
+            return self
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)

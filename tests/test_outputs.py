@@ -1,0 +1,151 @@
+"""One output policy for every command: inputs are never destroyed, an existing output survives until
+its replacement is complete, names and permissions behave, unfinished runs are resumable."""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+import tiny
+from conftest import assert_one_line_error, run_cli
+
+FAST = ["--seq-len", "32", "--batch-size", "4", "--eval-batches", "1", "--eval-every", "0", "--no-progress"]
+TARGET = json.dumps(tiny.TARGET["llama"])
+
+
+def _tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def _finished_run(cli, sources, corpus, out):
+    cli("train", sources["llama"], "--data", corpus, "--out", out, "--steps", "2", *FAST, check=True)
+    return _tree(out), (out / "model.safetensors").read_bytes()
+
+
+def test_train_into_its_own_model_is_refused_and_the_model_kept(sources, corpus, tmp_path, cli):
+    model = tmp_path / "model"
+    shutil.copytree(sources["llama"], model)
+    before = _tree(model)
+    for out in (model, tmp_path):  # the model itself, and a folder that holds it
+        assert_one_line_error(cli("train", model, "--data", corpus, "--out", out, "--overwrite", "--steps", "1", *FAST),
+                              "train", "is \\(or holds\\) the input")
+    assert _tree(model) == before
+
+
+@pytest.mark.parametrize("out", ["source", "parent"])
+def test_grow_overwrite_onto_its_source_is_refused(out, sources, tmp_path, cli):
+    src = tmp_path / "work" / "src"
+    shutil.copytree(sources["llama"], src)
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    target = src if out == "source" else tmp_path / "work"
+    assert_one_line_error(cli("grow", src, "--target", TARGET, "--out", target, "--overwrite"), "grow",
+                          "is \\(or holds\\) the input")
+    assert (src / "model.safetensors").exists() and (tmp_path / "work" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails(sources, corpus, tmp_path, cli):
+    out = tmp_path / "run"
+    before, weights = _finished_run(cli, sources, corpus, out)
+    # a mistyped --data, then a loss that turns NaN: both fail, the finished run stays as it was
+    assert_one_line_error(cli("train", sources["llama"], "--data", tmp_path / "corpsu", "--out", out, "--overwrite",
+                              "--steps", "2", *FAST), "train", "does not exist")
+    assert_one_line_error(cli("train", sources["llama"], "--data", corpus, "--out", out, "--overwrite", "--steps",
+                              "5", "--lr", "1e30", "--warmup", "0", "--clip", "0", *FAST), "train", "loss became")
+    assert _tree(out) == before and (out / "model.safetensors").read_bytes() == weights
+    assert not (tmp_path / ".run.ligo-new").exists()
+    # a successful --overwrite replaces it
+    cli("train", sources["llama"], "--data", corpus, "--out", out, "--overwrite", "--steps", "3", *FAST, check=True)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3 and not (tmp_path / ".run.ligo-new").exists()
+
+
+def test_an_interrupted_replacement_resumes_and_then_takes_the_name(sources, corpus, tmp_path, cli):
+    import time
+
+    from conftest import LIGO
+
+    out = tmp_path / "run"
+    before, _ = _finished_run(cli, sources, corpus, out)
+    staging = tmp_path / ".run.ligo-new"
+    args = ["train", str(sources["llama"]), "--data", str(corpus), "--out", str(out), "--save-every", "2",
+            "--steps", "400", *FAST]
+    proc = subprocess.Popen([LIGO, *args, "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    end = time.time() + 300
+    while time.time() < end and proc.poll() is None and not (staging / "checkpoints" / "step-0000002").is_dir():
+        time.sleep(0.01)
+    proc.kill()  # the replacement run dies after its first checkpoint
+    proc.wait()
+    assert _tree(out) == before and (staging / "checkpoints" / "step-0000002").is_dir()
+    # a plain rerun says how to continue; --resume continues the replacement, which then takes the name
+    assert_one_line_error(cli(*args), "train", "--overwrite, or --resume")
+    cli(*args[:-len(FAST) - 2], "--steps", "4", *FAST, "--resume", check=True)
+    assert not staging.exists() and [json.loads(r)["step"] for r in (out / "log.jsonl").read_text().splitlines()] \
+        == [1, 2, 3, 4]
+
+
+def test_grow_train_resume_after_a_crash_in_the_grow_stage(sources, corpus, tmp_path, cli):
+    out = tmp_path / "job"
+    args = ["grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", out, "--steps", "2", *FAST]
+    # what a kill during the grow stage leaves: the job folder with a half-written grown model
+    (out / ".grown.tmp-999999999-dead").mkdir(parents=True)
+    assert_one_line_error(cli(*args), "grow-train", "already exists")
+    cli(*args, "--resume", check=True)
+    assert (out / "trained" / "config.json").exists() and (out / "grown" / "config.json").exists()
+    assert not list(out.glob(".grown*"))
+    # resumed again when finished: nothing to redo, the same final model
+    weights = (out / "trained" / "model.safetensors").read_bytes()
+    cli(*args, "--resume", check=True)
+    assert (out / "trained" / "model.safetensors").read_bytes() == weights
+
+
+def test_long_output_names(sources, tmp_path, cli):
+    ok = tmp_path / ("g" * 245)  # valid on ext4 and tmpfs (255 bytes): the temporary names must fit too
+    cli("grow", sources["llama"], "--target", TARGET, "--out", ok, check=True)
+    assert (ok / "config.json").exists()
+    assert_one_line_error(cli("grow", sources["llama"], "--target", TARGET, "--out", tmp_path / ("g" * 300)), "grow",
+                          "longer than this file system allows")
+
+
+def test_grown_outputs_follow_the_umask(sources, tmp_path, cli):
+    old = os.umask(0o022)
+    try:
+        cli("grow", sources["llama"], "--target", TARGET, "--out", tmp_path / "g", check=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "g").iterdir()} == {0o644}
+
+
+def test_a_source_without_tokenizer_warns(sources, tmp_path, cli):
+    src = tmp_path / "src"
+    shutil.copytree(sources["llama"], src)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (src / f).unlink()
+    proc = cli("grow", src, "--target", TARGET, "--out", tmp_path / "g")
+    assert proc.returncode == 0 and "has no tokenizer files" in proc.stderr and "copy the" in proc.stderr
+
+
+def test_grow_and_grow_train_document_the_same_fit_defaults():
+    """The fit flags are generated once: the same flags with the same help (defaults included) in both."""
+    from ligo.cli import build_parser
+
+    subs = next(a for a in build_parser()._actions if a.dest == "command").choices
+
+    def fit_flags(cmd):
+        return {a.dest: a.help for a in subs[cmd]._actions if a.dest.startswith("fit_")}
+
+    grow, grow_train = fit_flags("grow"), fit_flags("grow-train")
+    assert grow == grow_train and len(grow) > 10
+    assert grow["fit_steps"].endswith("(default: 0, no fit)") and grow["fit_warmup"].endswith("(default: 10)")
+    assert grow["fit_lr"].endswith("(default: 0.001)") and "fit_weight_decay" not in grow  # never decayed
+
+
+def test_help_and_version_import_nothing_heavy():
+    code = ("import sys, ligo.cli; ligo.cli.build_parser().format_help(); import ligo; ligo.__version__; "
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert run_cli("--version").stdout.strip().startswith("ligo ")
