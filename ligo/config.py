@@ -127,6 +127,9 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = setting(
         "auto", "auto (what `accelerate launch` was configured with, else bf16 on a GPU that has it, else no), "
         "no, bf16 or fp16")
+    weights_dtype: Literal["float32", "bfloat16"] = setting(
+        "float32", "bfloat16: keep the model's weights in bf16 (half the memory) with fp32 master weights and "
+        "fp32 optimizer state (not with FSDP)")
     compile: Optional[bool] = setting(None, "torch.compile the model (default: on with CUDA, off on CPU)")
     grad_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
     peak_tflops: Optional[float] = setting(None, "the device's peak TFLOP/s for the MFU column (default: "

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from . import __version__
 from .arch import Dims
@@ -71,27 +70,59 @@ def available_memory(device: torch.device) -> int | None:
 class FitModule(nn.Module):
     """The target model whose weights are the operator's output: trains only the operator.
 
-    In evaluation the weights are built once and reused for every held-out batch (they only change
-    when the operator is trained)."""
+    Every forward builds the weights and installs them on the target as plain tensors (they stay until
+    the next forward, so gradient checkpointing can recompute layers in the backward pass). In
+    evaluation the weights are built once and reused for every held-out batch."""
 
     def __init__(self, operator: GrowthOperator, target_model: nn.Module):
         super().__init__()
         self.operator = operator
-        self.target = target_model.requires_grad_(False)
+        # Outside the module tree: the target's own weights stay on the meta device (the operator provides
+        # them), so moving, wrapping (DDP) or checkpointing this module concerns the operator alone.
+        self._target = [target_model.requires_grad_(False)]
         self._cached: dict | None = None
+        by_tensor: dict[int, list[str]] = {}
+        for name, p in target_model.named_parameters(remove_duplicate=False):
+            by_tensor.setdefault(id(p), []).append(name)
+        self._ties = {name: names for names in by_tensor.values() for name in names}  # name -> names sharing it
+        built = set(operator.singles_and_layers_keys())
+        missing = sorted(n for n in self._ties if not set(self._ties[n]) & built)
+        if missing:
+            raise LigoError(f"the operator builds no weight for {missing[:3]} of the target; the architecture "
+                            "table is incomplete (see docs/architectures.md)")
+
+    @property
+    def target(self) -> nn.Module:
+        return self._target[0]
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        for module in self.target.modules():  # the target's real buffers follow the operator
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = fn(buf)
+        return self
+
+    def _install(self, weights: dict) -> None:
+        for key, tensor in weights.items():
+            for name in self._ties.get(key, (key,)):
+                owner, _, attr = name.rpartition(".")
+                module = self.target.get_submodule(owner)
+                module._parameters.pop(attr, None)
+                module.__dict__[attr] = tensor  # a plain attribute, found before nn.Module.__getattr__
 
     def forward(self, **batch):
         if self.training or torch.is_grad_enabled():
             self._cached = None
-            weights = self.operator()
-        else:
-            if self._cached is None:
-                self._cached = self.operator()
-            weights = self._cached
-        return functional_call(self.target, weights, args=(), kwargs=batch, tie_weights=True, strict=False)
+            self._install(self.operator())
+        elif self._cached is None:
+            self._cached = self.operator()
+            self._install(self._cached)
+        return self.target(**batch)
 
     def train(self, mode: bool = True):
         self._cached = None
+        self.target.train(mode)
         return super().train(mode)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -164,12 +195,14 @@ class Grower:
         return total
 
     def _check_memory(self) -> None:
+        """The grown weights are gathered in host memory for saving: refuse a target that cannot fit
+        before anything is allocated (a typo of a few zeros would otherwise ask for terabytes)."""
         need = self.target_parameters() * self.dtype.itemsize
-        free = available_memory(self.device)
+        free = available_memory(torch.device("cpu"))
         if free is not None and need > free:
             raise LigoError(f"the target has {self.target_parameters():,} parameters: {need / 1e9:.1f} GB in "
-                            f"{str(self.dtype).removeprefix('torch.')}, but {free / 1e9:.1f} GB are available on "
-                            f"{self.device}; choose a smaller target (or another --device)")
+                            f"{str(self.dtype).removeprefix('torch.')}, but this machine has {free / 1e9:.1f} GB of "
+                            "memory available; choose a smaller target")
 
     @property
     def tokenizer(self):
@@ -179,11 +212,17 @@ class Grower:
 
     # -- LiGO proper: train the operator on the pretraining loss ----------------------------------
     def target_model(self, device: torch.device | str | None = None) -> nn.Module:
+        """The target architecture for the fit: its weights stay on the meta device (the operator
+        provides them at every step), only its buffers (rotary tables, position ids) are real."""
+        from accelerate import init_empty_weights
+
         cfg = build_config(self.target_config)
         if getattr(cfg, "_attn_implementation", None) is None:
             cfg._attn_implementation = "sdpa"
-        with torch.device(device or self.device):
-            return model_class(self.spec.objective).from_config(cfg)
+        with torch.device(device or self.device), init_empty_weights(include_buffers=False):
+            model = model_class(self.spec.objective).from_config(cfg)
+        model.tie_weights()  # ties made while the weights were being created on meta are not all kept
+        return model
 
     def fit(self, data: str | Path | None = None, cfg: TrainConfig | None = None, *, blocks=None,
             run_dir: str | Path | None = None) -> LoopResult:
@@ -211,9 +250,10 @@ class Grower:
 
         module = FitModule(self.operator, self.target_model())
         t0 = time.perf_counter()
+        causal = self.spec.objective == "causal-lm"  # given the blocks, a causal LM needs no tokenizer
         self.fit_result = train_loop(module, blocks.train, blocks.val, cfg, collate=make_collate(
-            self.spec.objective, self.tokenizer), flops_per_step=per_step, run_dir=run_dir, desc="fit",
-            on_eval=keep_best)
+            self.spec.objective, None if causal else self.tokenizer), flops_per_step=per_step, run_dir=run_dir,
+            desc="fit", on_eval=keep_best)
         if best and best["step"] != self.fit_result.steps:
             self.operator.load_state_dict(best["maps"])
         self.fit_info = {"data": None if data is None else str(data), "config": cfg.to_dict(),

@@ -118,10 +118,42 @@ def precision(cfg: TrainConfig, device: torch.device):
     return mp, autocast, (torch.amp.GradScaler(device.type) if mp == "fp16" else None)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def make_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type == "cuda" and all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
+
+
+class MasterWeights:
+    """bf16 model weights with fp32 master copies: gradients are accumulated into the masters (fp32),
+    the optimizer (and its state) works on the masters, and the model's weights are refreshed from them
+    after every step. Checkpointed with the run (``state_dict``)."""
+
+    def __init__(self, groups: list[dict]):
+        self.params = [p for g in groups for p in g["params"]]
+        self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+        index = {id(p): m for p, m in zip(self.params, self.masters)}
+        self.groups = [dict(g, params=[index[id(p)] for p in g["params"]]) for g in groups]
+
+    def accumulate(self) -> None:
+        """Move the model's gradients into the masters (after every backward)."""
+        for p, m in zip(self.params, self.masters):
+            if p.grad is not None:
+                m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
+                p.grad = None
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for p, m in zip(self.params, self.masters):
+            p.copy_(m)
+
+    def state_dict(self) -> dict:
+        return {"masters": [m.detach() for m in self.masters]}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.masters, state["masters"]):
+                m.copy_(saved)
+        self.refresh()
 
 
 def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cfg: TrainConfig, *,
@@ -153,7 +185,14 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
         enable_grad_checkpointing(model)
     mp, autocast, scaler = precision(cfg, device)
     per_proc = cfg.batch_size // nproc
-    model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg, device))
+    masters = None
+    if cfg.weights_dtype == "bfloat16":
+        model = model.to(device=device, dtype=torch.bfloat16)
+        masters = MasterWeights(param_groups(model, cfg.weight_decay))
+        accelerator.register_for_checkpointing(masters)
+    groups = masters.groups if masters else param_groups(model, cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, make_optimizer(groups, cfg, device))
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
     if scaler is not None:
         accelerator.register_for_checkpointing(scaler)
     forward = compiled(model, cfg, device)
@@ -208,16 +247,20 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
                     with autocast():
                         loss = forward(**batch).loss
                     accelerator.backward(scaler.scale(loss) if scaler else loss)
+                    if masters and accelerator.sync_gradients:  # after the (DDP) gradient reduction
+                        masters.accumulate()
                     if accelerator.sync_gradients and cfg.clip > 0:
                         if scaler:
                             scaler.unscale_(optimizer)
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
+                        accelerator.clip_grad_norm_(trained, cfg.clip)
                     if scaler:
                         scaler.step(optimizer)
                         scaler.update()
                     else:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if masters and accelerator.sync_gradients:
+                        masters.refresh()
                 step_loss += loss.detach().float() / cfg.grad_accum
                 batch_in_epoch += 1
                 if not accelerator.sync_gradients:

@@ -272,6 +272,11 @@ class GrowthOperator(nn.Module):
                     yield self.spec.layer_key(self.prefix, e, i), w
                 del grown
 
+    def singles_and_layers_keys(self) -> list[str]:
+        """The keys :meth:`forward` returns (checkpoint naming), without computing anything."""
+        keys = [key for key, _ in self.singles] + list(self.tied)
+        return keys + [self.spec.layer_key(self.prefix, e, i) for e in self.layer_entries for i in range(self.tgt.layers)]
+
     def forward(self) -> dict[str, torch.Tensor]:
         """The target state dict (tied keys point at the same tensor)."""
         out = dict(self._grown())

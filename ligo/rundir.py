@@ -30,6 +30,7 @@ MANIFEST = "run.json"
 # settings that may change on --resume (the rest shape the trajectory and must match)
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "keep_last", "log_every", "progress", "trackers",
                      "compile", "grad_checkpointing", "peak_tflops", "patience", "mixed_precision"}
+# (weights_dtype is not among them: the checkpoint's optimizer state is over other tensors in each case)
 
 
 def data_digest(*tensors) -> str:

@@ -99,7 +99,7 @@ GROW = {
     "target size a float": lambda s, t: (["grow", s["llama"], "--target", '{"layers": 4.5}'],
                                          "num_hidden_layers must be a positive integer"),
     "target far too large": lambda s, t: (["grow", s["llama"], "--target", '{"hidden": 4000000, "heads": 250000, '
-                                           '"kv_heads": 125000, "ffn": 8000000}'], "GB are available"),
+                                           '"kv_heads": 125000, "ffn": 8000000}'], "GB of memory available"),
     "target not json": lambda s, t: (["grow", s["llama"], "--target", "{hidden: 3"], "not valid JSON"),
     "missing target file": lambda s, t: (["grow", s["llama"], "--target", t / "missing.json"], "not found"),
     "garbage max shard size": lambda s, t: (["grow", s["llama"], "--target", _target(t, GOOD_LLAMA),

@@ -1,4 +1,6 @@
-"""GPU-only checks: bf16 training, FSDP and multi-GPU through `accelerate launch`. Skipped without CUDA."""
+"""GPU-only checks: the fast path (bf16, compile, fused AdamW), growth on the GPU, the fit with gradient
+checkpointing, FSDP and multi-GPU through `accelerate launch`, and the GPU benchmarks at smoke size.
+Skipped without CUDA."""
 
 import json
 import shutil
@@ -9,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+import tiny
+from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--seq-len", "32", "--batch-size", "8", "--lr", "3e-3", "--warmup", "2", "--eval-every", "5",
         "--eval-batches", "2", "--no-progress"]
 
@@ -21,11 +23,38 @@ def _vals(run):
     return [r["val_loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "val_loss" in r]
 
 
-def test_bf16_training_on_gpu(sources, corpus, tmp_path):
-    run_cli("train", sources["llama"], "--data", corpus, "--out", tmp_path / "run", "--steps", "20",
-            "--mixed-precision", "bf16", *ARGS, check=True)
+@pytest.mark.parametrize("extra", [[], ["--no-compile"], ["--weights-dtype", "bfloat16"]])
+def test_training_on_the_gpu_fast_path(extra, sources, corpus, tmp_path):
+    """Default on CUDA: bf16 autocast, torch.compile, fused AdamW."""
+    run_cli("train", sources["llama"], "--data", corpus, "--out", tmp_path / "run", "--steps", "20", *ARGS, *extra,
+            check=True)
     vals = _vals(tmp_path / "run")
     assert vals[-1] < vals[0]
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[9]["tflops"] > 0
+
+
+def test_growth_on_the_gpu_equals_growth_on_the_cpu(sources, tmp_path):
+    from safetensors.torch import load_file
+
+    for device in ("cpu", "cuda"):
+        run_cli("grow", sources["llama"], "--target", json.dumps(tiny.TARGET["llama"]), "--out", tmp_path / device,
+                "--width", "random", "--depth", "stack", "--device", device, check=True)
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("cpu", "cuda"))
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_the_fit_on_the_gpu_with_checkpointing_and_bf16(sources, blocks):
+    from ligo import Grower, GrowthPlan, TrainConfig
+
+    g = Grower(sources["llama"], tiny.TARGET["llama"], GrowthPlan(width="random", depth="stack"), device="cuda")
+    cfg = TrainConfig(steps=20, batch_size=8, seq_len=32, lr=3e-3, warmup=2, eval_every=10, eval_batches=2,
+                      grad_checkpointing=True, mixed_precision="bf16", progress=False)
+    result = g.fit(cfg=cfg, blocks=blocks)
+    assert g.fit_info["final_val_loss"] < result.evals[0]["val_loss"]
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in g.operator.parameters())  # fp32 maps
 
 
 @pytest.mark.parametrize("config", ["fsdp.yaml", "multi_gpu.yaml"])
@@ -36,15 +65,33 @@ def test_accelerate_launch_with_the_documented_configs(config, sources, corpus, 
     proc = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "examples" / "accelerate" / config),
                            "--num_processes", str(n), "-m", "ligo", "train", str(sources["llama"]), "--data",
                            str(corpus), "--out", str(out), "--steps", "10", "--save-every", "5", *ARGS],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     vals = _vals(out)
     assert vals[-1] < vals[0]
     assert (out / "config.json").exists() and (out / "checkpoints" / "step-0000010").exists()
-    # the saved model is a plain HF checkpoint
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_the_fit_under_accelerate_launch_with_fsdp(sources, corpus, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "examples" / "accelerate" / "fsdp.yaml"),
+                           "--num_processes", "1", "-m", "ligo", "grow", str(sources["llama"]), "--target",
+                           json.dumps(tiny.TARGET["llama"]), "--out", str(tmp_path / "grown"), "--data", str(corpus),
+                           "--fit-steps", "6", "--seq-len", "32", "--batch-size", "8", "--no-progress"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "fit: 6 steps" in proc.stdout
+
+
+@pytest.mark.parametrize("script", ["throughput.py --steps 20 --warmup 5 --preset cpu", "scale.py --smoke --device cuda"])
+def test_gpu_benchmarks_at_smoke_size(script, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script.split()[0]), *script.split()[1:],
+                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((tmp_path / "r.json").read_text())["device"] != "cpu"
 
 
 def test_gpu_experiment_smoke_on_the_gpu(tmp_path):

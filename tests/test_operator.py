@@ -245,3 +245,14 @@ def test_the_operator_grows_any_source_shaped_state(sources):
     ones = g.operator.materialize(state={k: torch.ones_like(v) for k, v in src.items()}, absolute=True)
     assert all((v >= 0).all() for v in ones.values())
 
+
+
+def test_the_fit_with_gradient_checkpointing_matches(sources, blocks):
+    """Layers recomputed in the backward pass see the operator's weights: the same losses as without."""
+    runs = []
+    for checkpointing in (False, True):
+        g = Grower(sources["llama"], tiny.TARGET["llama"], GrowthPlan(width="random", depth="stack"))
+        cfg = TrainConfig(steps=4, batch_size=4, seq_len=32, lr=3e-3, warmup=1, eval_every=2, eval_batches=2,
+                          grad_checkpointing=checkpointing, progress=False)
+        runs.append([r["loss"] for r in g.fit(cfg=cfg, blocks=blocks).history])
+    assert max(abs(a - b) for a, b in zip(*runs)) < 1e-5, runs

@@ -73,14 +73,31 @@ def test_reading_the_loss_back_less_often_changes_nothing(sources, corpus, tmp_p
     assert sum("tok_s" in r for r in b.loop.history) == 3  # read back at steps 4 (eval), 5 and 8
 
 
-@pytest.mark.parametrize("option", ["grad_checkpointing", "bf16"])
+OPTIONS = {"grad_checkpointing": ({"grad_checkpointing": True}, 1e-5),  # recomputation is exact
+           "bf16 autocast": ({"mixed_precision": "bf16"}, 0.05),  # bf16 is close
+           "bf16 weights": ({"weights_dtype": "bfloat16"}, 0.05)}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_memory_and_precision_options_train(option, sources, corpus, tmp_path):
+    extra, tol = OPTIONS[option]
     base = train(sources["llama"], corpus, tmp_path / "a", TrainConfig(steps=6, **QUICK))
-    extra = {"grad_checkpointing": True} if option == "grad_checkpointing" else {"mixed_precision": "bf16"}
     other = train(sources["llama"], corpus, tmp_path / "b", TrainConfig(steps=6, **QUICK, **extra))
     a, b = [r["loss"] for r in base.loop.history], [r["loss"] for r in other.loop.history]
-    tol = 1e-5 if option == "grad_checkpointing" else 0.05  # recomputation is exact; bf16 is close
     assert max(abs(x - y) for x, y in zip(a, b)) < tol, (a, b)
+
+
+def test_bf16_weights_resume_exactly(sources, corpus, tmp_path):
+    """The fp32 master weights are part of the checkpoint: a resumed run continues bit for bit."""
+    cfg = dict(QUICK, weights_dtype="bfloat16", save_every=3, grad_accum=2)
+    train(sources["llama"], corpus, tmp_path / "ref", TrainConfig(steps=6, **cfg))
+    train(sources["llama"], corpus, tmp_path / "cut", TrainConfig(steps=3, **cfg))
+    (tmp_path / "cut" / "config.json").unlink()
+    train(sources["llama"], corpus, tmp_path / "cut", TrainConfig(steps=6, **cfg), resume=True)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "ref")
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(tmp_path / "ref" / "model.safetensors").values()} == {torch.bfloat16}
 
 
 def test_compiled_training_on_the_cpu(tokenizer, corpus, tmp_path):
