@@ -43,7 +43,7 @@ out.mkdir(parents=True, exist_ok=True)
 spec_file.write_text(json.dumps(experiment))  # JSON is valid YAML: load_experiment validates it like any file
 report = run_experiment(load_experiment(spec_file, smoke=args.smoke), out / "results", progress=False)
 print((out / "results" / "table.md").read_text())
-rows = report["summary"]["rows"]
+rows = report["budgets"][0]["summary"]["rows"]
 for name in ("stack", "ligo"):
     saving = rows[name]["saving_source_free"]
     print(f"{name}: {'not reached' if saving is None else f'{100 * saving:.1f}%'} of scratch's FLOPs saved")

@@ -26,7 +26,9 @@ COMMANDS = {
     "grow": "grow",
     "train": "train",
     "grow-train": "grow_train",
+    "eval": "evaluation",
     "inspect": "inspect",
+    "plan": "plan",
     "bench": "bench",
     "demo": "demo",
 }

@@ -26,8 +26,8 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
             positive: bool = False) -> Any:
     """A dataclass field with its help text and range (``low <= value <= high``; ``positive``: > 0)."""
     meta = {"help": help, "low": low, "high": high, "positive": positive}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -202,6 +202,10 @@ class GrowthPlan:
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are (0: plain copies)", low=0,
                                  high=0.99)
     seed: int = setting(0, "seed for the operator's init", low=0)
+    width_lr: Literal["uniform", "fan_in"] = setting(
+        "uniform", "fit: the width maps' step size: the fit LR (uniform) or the fit LR divided by the map's fan-in, "
+        "its number of source units (fan_in, muP-style: the fit LR is then a relative change per unit)")
+    depth_lr_scale: float = setting(1.0, "fit: the depth maps' LR as a multiple of the fit LR", low=0)
 
     def __post_init__(self) -> None:
         validate(self, "growth plan")
@@ -212,3 +216,64 @@ class GrowthPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from (see ``ligo.data``)."""
+
+    data: Optional[str] = setting(None, "training text: a file or folder of text (.txt, .py, ...), .jsonl/.json, "
+                                  ".parquet or .arrow files, a Dataset.save_to_disk folder, or a dataset name "
+                                  "(default: the Python standard library's own source)")
+    data_config: Optional[str] = setting(None, "the dataset's configuration (for a dataset name)")
+    data_split: str = setting("train", "the split to read")
+    text_column: str = setting("text", "the column holding the text")
+    streaming: bool = setting(False, "stream the dataset and read only the tokens the run needs (corpora larger "
+                              "than memory)")
+    num_proc: Optional[int] = setting(None, "processes for tokenization (default: up to 8 for large datasets)", low=1)
+
+    def __post_init__(self) -> None:
+        validate(self, "data")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "data") -> "DataConfig":
+        return from_mapping(cls, data, where)
+
+    @classmethod
+    def of(cls, data: "DataConfig | str | None") -> "DataConfig":
+        if isinstance(data, DataConfig):
+            return data
+        return cls(data=None if data is None else str(data))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GrowthStage:
+    """Growth in the middle of a run: after step ``at``, the model, its optimizer state and the run
+    continue as the grown model (``ligo train --grow-at``, or a list of stages in a file)."""
+
+    at: int = setting(0, "grow after this optimizer step (0: no mid-run growth)", low=0)
+    target: dict = setting({}, "target sizes, as for ligo grow --target (a JSON object)")
+    width: Literal["split", "copy", "random"] = setting("split", "width init of the stage's operator")
+    depth: Literal["stack", "interleave", "identity"] = setting("identity", "depth init of the stage's operator")
+    split_noise: float = setting(0.5, "split: how unequal the copies' read shares are", low=0, high=0.99)
+    optimizer_state: Literal["grow", "reset"] = setting(
+        "grow", "AdamW state: grow it through the operator (moments and step counts kept), or reset it")
+    fit_steps: int = setting(0, "operator fit steps on the training data before the grown model continues", low=0)
+    fit_lr: float = setting(1e-3, "the stage fit's peak LR", positive=True)
+
+    def __post_init__(self) -> None:
+        validate(self, "growth stage")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "growth stage") -> "GrowthStage":
+        return from_mapping(cls, data, where)
+
+    def plan(self, seed: int = 0) -> GrowthPlan:
+        return GrowthPlan(width=self.width, depth=self.depth, split_noise=self.split_noise, seed=seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+

@@ -1,60 +1,148 @@
-"""Text data: read local files, tokenize with the model's tokenizer, pack into fixed-length blocks."""
+"""Text data through Hugging Face ``datasets``: read, tokenize (``Dataset.map``, cached by fingerprint), pack.
+
+``--data`` (:class:`ligo.config.DataConfig`) may be
+
+* a local file or a folder of files: text files (``.txt``, ``.py``, ``.md``, ... one document per file),
+  ``.jsonl``/``.json``, ``.parquet`` or ``.arrow`` (one document per row, in ``--text-column``);
+* a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
+* a dataset name with ``--data-config`` / ``--data-split`` (where the user has hub access or a cache).
+
+Without ``--data`` the corpus is the Python standard library's own source, which every machine with
+Python has. Documents are tokenized with the model's tokenizer, joined with its end-of-text token and
+cut into blocks of ``seq_len``; the last 5% of the stream is held out (never seen in training). With
+``--streaming`` only the tokens the run will use are read.
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .config import DataConfig
 from .errors import LigoError
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".tex", ".html", ".xml", ".c", ".h"}
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".csv", ".tex", ".html", ".xml", ".c", ".h"}
+BUILDERS = {**{s: "text" for s in TEXT_SUFFIXES}, ".jsonl": "json", ".json": "json", ".parquet": "parquet",
+            ".arrow": "arrow"}
 
 
-def _read_text(path: Path) -> str:
+@dataclass
+class Blocks:
+    """Token blocks, split into training and held-out parts."""
+
+    train: torch.Tensor  # [n, seq_len] int64
+    val: torch.Tensor
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.shape[1]
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def _quiet():
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+def _local_files(p: Path) -> tuple[str, list[str]]:
+    """(builder, files) of a local file or folder; one kind of file per dataset."""
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in BUILDERS and not f.name.startswith(".")) \
+        if p.is_dir() else [p]
+    if not files:
+        raise LigoError(f"data path {p} holds no text ({', '.join(sorted(BUILDERS))} files); give it some")
+    kinds = {BUILDERS.get(f.suffix, "text") for f in files}
+    if len(kinds) > 1:
+        raise LigoError(f"data folder {p} mixes {' and '.join(sorted(kinds))} files; give one kind per dataset")
+    builder = kinds.pop()
+    if builder == "text":
+        for f in files:
+            with open(f, "rb") as fh:
+                head = fh.read(8192)
+            if b"\x00" in head:
+                raise LigoError(f"data file {f} is binary (it contains NUL bytes); give UTF-8 text, a folder of text "
+                                "files, or .jsonl/.parquet with a text column")
+    return builder, [str(f) for f in files]
+
+
+def open_dataset(data: DataConfig | str | None):
+    """The dataset (or, with streaming, the iterable dataset) that ``data`` names, with a text column."""
+    dc = DataConfig.of(data)
+    datasets = _quiet()
+    p = Path(dc.data)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise LigoError(f"cannot read data file {path}: {exc.strerror}; check its permissions") from None
-    if b"\x00" in raw[:8192]:
-        raise LigoError(f"data file {path} is binary (it contains NUL bytes); give UTF-8 text, a directory of "
-                        "text files, or a .jsonl file with a 'text' field")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise LigoError(f"data file {path} is not UTF-8 text; convert it to UTF-8") from None
-
-
-def read_texts(path: str | Path, limit_bytes: int | None = None) -> list[str]:
-    """Documents from a text file, a .jsonl file (one {"text": ...} per line) or a directory of them."""
-    p = Path(path)
-    if not p.exists():
-        raise LigoError(f"data path {p} does not exist; pass a text file, a .jsonl file or a directory")
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES) if p.is_dir() else [p]
-    texts: list[str] = []
-    total = 0
-    for f in files:
-        text = _read_text(f)
-        if f.suffix == ".jsonl":
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise LigoError(f"{f}:{n} is not a JSON object with a 'text' field; fix or remove that line") from None
-                texts.append(str(doc))
+        if p.is_dir() and ((p / "state.json").exists() or (p / "dataset_dict.json").exists()):
+            ds = datasets.load_from_disk(str(p))
+            if isinstance(ds, datasets.DatasetDict):
+                if dc.data_split not in ds:
+                    raise LigoError(f"split {dc.data_split!r} is not in {p} (splits: {', '.join(ds)}); pass "
+                                    "--data-split")
+                ds = ds[dc.data_split]
+            ds = ds.to_iterable_dataset() if dc.streaming else ds
+        elif p.exists():
+            builder, files = _local_files(p)
+            kwargs = {"sample_by": "document"} if builder == "text" else {}
+            ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=dc.streaming, **kwargs)
+        elif _looks_like_a_path(dc.data):
+            raise LigoError(f"data path {p} does not exist; pass a file, a folder, or a dataset name")
         else:
-            texts.append(text)
-        total += len(text)
-        if limit_bytes and total >= limit_bytes:
-            break
-    texts = [t for t in texts if t.strip()]
+            ds = datasets.load_dataset(dc.data, dc.data_config, split=dc.data_split, streaming=dc.streaming)
+    except LigoError:
+        raise
+    except ValueError as exc:
+        if "Unknown split" in str(exc):
+            raise LigoError(f"split {dc.data_split!r} does not exist in {dc.data} ({str(exc).splitlines()[0]}); pass "
+                            "--data-split") from None
+        raise LigoError(f"cannot read {dc.data}: {str(exc).splitlines()[0][:200]}") from None
+    except UnicodeDecodeError:
+        raise LigoError(f"data {dc.data} is not UTF-8 text; convert it to UTF-8") from None
+    except (ConnectionError, FileNotFoundError, OSError) as exc:
+        raise LigoError(f"cannot load dataset {dc.data!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                        "check the name, or give a local file or folder") from None
+    except Exception as exc:  # datasets' own errors (a malformed JSON line, a broken parquet file, ...)
+        if not type(exc).__module__.startswith("datasets"):
+            raise
+        cause = exc
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, UnicodeDecodeError):
+                raise LigoError(f"data {dc.data} is not UTF-8 text; convert it to UTF-8") from None
+        detail = str(cause).splitlines()[0][:160] if cause is not exc else ""
+        raise LigoError(f"cannot read {dc.data}: {str(exc).splitlines()[0][:120]}" + (f" ({detail})" if detail else "")
+                        ) from None
+    columns = ds.column_names
+    if columns is not None and dc.text_column not in columns:
+        raise LigoError(f"{dc.data} has no column {dc.text_column!r} (columns: {', '.join(columns)}); pass "
+                        "--text-column")
+    return ds
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A name that does not exist here is a hub dataset ('wikitext', 'user/name'), unless it reads as a path."""
+    p = Path(name)
+    return p.is_absolute() or name.startswith((".", "~")) or p.suffix in BUILDERS or name.rstrip("/").count("/") > 1
+
+
+def read_texts(data: DataConfig | str, limit_bytes: int | None = None) -> list[str]:
+    """The documents of ``data`` (up to ``limit_bytes`` characters): what a tokenizer is trained on."""
+    dc = DataConfig.of(data)
+    ds = open_dataset(dc)
+    texts, total = [], 0
+    for row in ds:
+        t = row[dc.text_column]
+        if isinstance(t, str) and t.strip():
+            texts.append(t)
+            total += len(t)
+            if limit_bytes and total >= limit_bytes:
+                break
     if not texts:
-        raise LigoError(f"data path {p} holds no text ({len(files)} file(s) read); give it some UTF-8 text")
+        raise LigoError(f"data {dc.data} holds no text; give it some UTF-8 text")
     return texts
 
 
@@ -97,33 +185,28 @@ def stdlib_texts(limit_bytes: int = 4_000_000, corpus: str = "stdlib") -> list[s
     return texts
 
 
-@dataclass
-class Blocks:
-    """Token blocks, split into training and held-out parts."""
-
-    train: torch.Tensor  # [n, seq_len] int64
-    val: torch.Tensor
-
-    @property
-    def seq_len(self) -> int:
-        return self.train.shape[1]
+# -- tokenizing and packing -------------------------------------------------------------------------
+def _separator(tokenizer) -> int | None:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
 
 
-def pack(texts: list[str], tokenizer, seq_len: int, val_fraction: float = 0.05, min_val_blocks: int = 1) -> Blocks:
-    """Tokenize documents, join them with the end-of-text token and cut into blocks of ``seq_len``.
+def _tokenize(ds, tokenizer, column: str, num_proc: int | None):
+    """``Dataset.map`` with the tokenizer, batched; on a dataset with cache files the result is cached by
+    fingerprint, so a second run with the same data and tokenizer does not tokenize again."""
+    def tokenize(batch):
+        texts = [t for t in batch[column] if isinstance(t, str) and t.strip()]
+        return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []}
 
-    The held-out blocks are the last ``val_fraction`` of the stream (documents are not shuffled
-    across the split, so held-out text is never seen in training).
-    """
+    kwargs = {"batched": True, "remove_columns": ds.column_names}
+    if hasattr(ds, "cache_files"):  # a Dataset, not a streaming IterableDataset
+        large = len(ds) >= 2000
+        kwargs["num_proc"] = num_proc or (min(8, os.cpu_count() or 1) if large else None)
+    return ds.map(tokenize, **kwargs)
+
+
+def _blocks(ids: list[int], seq_len: int, val_fraction: float, min_val_blocks: int = 1) -> Blocks:
     if seq_len < 2:
         raise LigoError(f"sequence length {seq_len} is too short; use at least 2")
-    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    ids: list[int] = []
-    for start in range(0, len(texts), 256):
-        for doc in tokenizer(texts[start:start + 256], add_special_tokens=False)["input_ids"]:
-            ids.extend(doc)
-            if sep is not None:
-                ids.append(sep)
     n = len(ids) // seq_len
     if n < 1 + min_val_blocks:
         raise LigoError(f"the data holds {len(ids)} tokens, fewer than {1 + min_val_blocks} blocks of {seq_len}; "
@@ -133,11 +216,38 @@ def pack(texts: list[str], tokenizer, seq_len: int, val_fraction: float = 0.05, 
     return Blocks(train=blocks[: n - n_val], val=blocks[n - n_val:])
 
 
-def load_blocks(path: str | Path | None, tokenizer, seq_len: int, val_fraction: float = 0.05,
-                limit_bytes: int | None = None) -> Blocks:
-    """Blocks from a data path, or from the embedded default corpus (the stdlib) when path is None."""
-    texts = stdlib_texts() if path is None else read_texts(path, limit_bytes)
-    return pack(texts, tokenizer, seq_len, val_fraction)
+def _stream(tokenized, sep: int | None, limit: int | None) -> list[int]:
+    ids: list[int] = []
+    for row in tokenized:
+        ids.extend(row["input_ids"])
+        if sep is not None:
+            ids.append(sep)
+        if limit is not None and len(ids) >= limit:
+            break
+    return ids
+
+
+def pack(texts: list[str], tokenizer, seq_len: int, val_fraction: float = 0.05) -> Blocks:
+    """Blocks from documents held in memory (the embedded corpus, a benchmark's texts)."""
+    datasets = _quiet()
+    ds = datasets.Dataset.from_dict({"text": [t for t in texts if t.strip()]})
+    return _blocks(_stream(_tokenize(ds, tokenizer, "text", None), _separator(tokenizer), None), seq_len, val_fraction)
+
+
+def load_blocks(data: DataConfig | str | Path | None, tokenizer, seq_len: int, val_fraction: float = 0.05,
+                max_tokens: int | None = None) -> Blocks:
+    """Blocks from ``data``, or from the embedded default corpus (the stdlib) when it names none.
+
+    ``max_tokens``: with streaming, stop reading after this many tokens (the run's need)."""
+    dc = DataConfig.of(data)
+    if dc.data is None:
+        return pack(stdlib_texts(), tokenizer, seq_len, val_fraction)
+    ds = open_dataset(dc)
+    ids = _stream(_tokenize(ds, tokenizer, dc.text_column, dc.num_proc), _separator(tokenizer),
+                  max_tokens if dc.streaming else None)
+    if not ids:
+        raise LigoError(f"data {dc.data} holds no text; give it some UTF-8 text")
+    return _blocks(ids, seq_len, val_fraction)
 
 
 def cached_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
@@ -147,7 +257,6 @@ def cached_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     the tokenizer files are also written into ``out_dir``.
     """
     import hashlib
-    import os
     import shutil
 
     from transformers import PreTrainedTokenizerFast

@@ -126,8 +126,8 @@ class FitModule(nn.Module):
         return super().train(mode)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """The operator's maps: never weight decay (it would pull the maps towards zero)."""
-        return [{"params": [p for p in self.operator.parameters() if p.requires_grad], "weight_decay": 0.0}]
+        """The operator's maps, with their LR scales; never weight decay (it pulls the maps towards zero)."""
+        return self.operator.param_groups()
 
     def activation_checkpointing_enable(self, **kwargs) -> None:
         from .loop import enable_grad_checkpointing
@@ -237,7 +237,7 @@ class Grower:
             raise LigoError(f"{self.source.path} is a bare model without an LM head, so there is no pretraining "
                             "loss to fit on; grow without --fit-steps, or use its *ForMaskedLM/*ForCausalLM form")
         if blocks is None:
-            blocks = load_blocks(data, self.tokenizer, cfg.seq_len)
+            blocks = load_blocks(data, self.tokenizer, cfg.seq_len, max_tokens=int(cfg.steps * cfg.tokens_per_step / 0.94))
         with torch.device("meta"):
             meta_target = model_class(self.spec.objective).from_config(build_config(self.target_config))
         build = self.operator.build_flops()
@@ -256,7 +256,7 @@ class Grower:
             desc="fit", on_eval=keep_best)
         if best and best["step"] != self.fit_result.steps:
             self.operator.load_state_dict(best["maps"])
-        self.fit_info = {"data": None if data is None else str(data), "config": cfg.to_dict(),
+        self.fit_info = {"data": None if data is None else str(getattr(data, "data", data)), "config": cfg.to_dict(),
                          "steps": self.fit_result.steps, "status": self.fit_result.status,
                          "flops": self.fit_result.flops, "flops_per_step": per_step, "build_flops": build,
                          "start_val_loss": self.fit_result.evals[0]["val_loss"], "best_step": best.get("step"),

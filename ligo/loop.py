@@ -35,7 +35,7 @@ from .rundir import Preemption, RunDir, latest_checkpoint
 @dataclass
 class LoopResult:
     steps: int
-    status: str  # "done", "stopped" (patience ran out) or "preempted"
+    status: str  # "done", "stopped" (patience ran out), "paused" (at stop_at) or "preempted"
     history: list[dict]
     evals: list[dict]
     flops: float
@@ -129,6 +129,7 @@ class MasterWeights:
     after every step. Checkpointed with the run (``state_dict``)."""
 
     def __init__(self, groups: list[dict]):
+        self.model_groups = groups
         self.params = [p for g in groups for p in g["params"]]
         self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.params]
         index = {id(p): m for p, m in zip(self.params, self.masters)}
@@ -160,12 +161,15 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
                collate: Callable, eval_collate: Callable | None = None, flops_per_step: float = 0.0,
                flops_offset: float = 0.0, run_dir: str | Path | None = None, resume: bool = False,
                desc: str = "train", data_digest: str | None = None, manifest: dict | None = None,
+               stop_at: int | None = None, checkpoint_info: dict | None = None,
                on_step: Callable[[int, nn.Module], None] | None = None,
                on_eval: Callable[[int, float, nn.Module], None] | None = None) -> LoopResult:
     """Train the parameters of ``model`` that require grad on ``train_data`` blocks.
 
     ``model(**batch)`` must return an object with ``.loss``. ``flops_per_step`` is the cost of one
     optimizer step; the log's ``flops`` column starts at ``flops_offset`` (the cost already spent).
+    ``stop_at``: pause after that step with a checkpoint (status "paused"; the schedule is still that of
+    ``cfg.steps``), as mid-run growth does. ``checkpoint_info`` is stored in every checkpoint's state.
     ``on_step(step, model)`` runs after every step, ``on_eval(step, val_loss, model)`` after every
     evaluation (step 0 included).
     """
@@ -191,6 +195,8 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
         masters = MasterWeights(param_groups(model, cfg.weight_decay))
         accelerator.register_for_checkpointing(masters)
     groups = masters.groups if masters else param_groups(model, cfg.weight_decay)
+    names = {id(p): n for n, p in model.named_parameters()}  # which parameter each optimizer slot belongs to
+    slots = [[names.get(id(p)) for p in g["params"]] for g in (masters.model_groups if masters else groups)]
     model, optimizer = accelerator.prepare(model, make_optimizer(groups, cfg, device))
     trained = [p for g in optimizer.param_groups for p in g["params"]]
     if scaler is not None:
@@ -271,8 +277,8 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
                 pending.append({"step": step, "loss": accelerator.reduce(step_loss, reduction="mean"), "lr": lr,
                                 "tokens": step * cfg.tokens_per_step, "flops": flops, "wall": wall})
                 step_loss = torch.zeros((), device=device)
-                eval_due = bool(cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-                save_due = bool(cfg.save_every and step % cfg.save_every == 0) or preempt.requested
+                eval_due = bool(cfg.eval_every and step % cfg.eval_every == 0) or step in (cfg.steps, stop_at)
+                save_due = bool(cfg.save_every and step % cfg.save_every == 0) or preempt.requested or step == stop_at
                 if eval_due or save_due or step % cfg.log_every == 0 or step == cfg.steps:
                     rows, wall = meter.flush(pending, desc, run_dir), pending[-1]["wall"]
                     pending = []
@@ -296,10 +302,12 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
                     on_step(step, accelerator.unwrap_model(model))
                 if save_due:
                     run.save({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "flops": flops,
-                              "wall": wall, "evals": evals, "config": cfg.to_dict(), "data": data_digest},
-                             cfg.keep_last)
+                              "wall": wall, "evals": evals, "config": cfg.to_dict(), "data": data_digest,
+                              "param_names": slots, **(checkpoint_info or {})}, cfg.keep_last)
                 if preempt.requested:
                     status = "preempted"
+                elif step == stop_at:
+                    status = "paused"
                 if status != "running" or step >= cfg.steps:
                     break
                 step_start = time.perf_counter()  # evaluation and checkpoints are not training time

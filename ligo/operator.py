@@ -326,5 +326,16 @@ class GrowthOperator(nn.Module):
             total += axes([self.tgt.layers, *src.shape[1:]], e, 1, True)
         return total
 
+    def param_groups(self) -> list[dict]:
+        """AdamW groups for the fit: no weight decay anywhere; each width map's LR scaled by the plan's
+        ``width_lr`` (``fan_in``: 1 / its number of source units), the depth maps' by ``depth_lr_scale``."""
+        groups = [{"params": [m], "weight_decay": 0.0,
+                   "lr_scale": 1.0 / m.shape[-1] if self.plan.width_lr == "fan_in" else 1.0, "name": f"width.{n}"}
+                  for n, m in self.width.items()]
+        if len(self.depth):
+            groups.append({"params": list(self.depth.values()), "weight_decay": 0.0,
+                           "lr_scale": self.plan.depth_lr_scale, "name": "depth"})
+        return groups
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .checkpoint import RECIPE_NAME, copy_tokenizer, describe_checkpoint, load_tokenizer, read_config, write_json
-from .config import GrowthPlan, TrainConfig
+from .config import DataConfig, GrowthPlan, TrainConfig
 from .errors import LigoError, as_user_error
 from .growth import GrowResult, Grower, build_config, model_class
 from .loop import LoopResult, make_collate, train_loop
@@ -41,7 +41,7 @@ class GrowTrainResult:
 
 
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
-         plan: GrowthPlan | None = None, data: str | Path | None = None, fit: TrainConfig | None = None,
+         plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
          overwrite: bool = False, max_shard_size: str | int = "5GB", device: str | None = None,
          **plan_fields) -> GrowResult:
     """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
@@ -54,9 +54,10 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     if plan is not None and plan_fields:
         raise LigoError(f"give either plan= or plan fields ({', '.join(plan_fields)}), not both")
     plan = plan or GrowthPlan.from_dict(plan_fields, where="grow()")
+    data = DataConfig.of(data)
     if out is not None:
         parse_size(max_shard_size)
-        check_output(out, overwrite=overwrite, inputs=[source, data])
+        check_output(out, overwrite=overwrite, inputs=[source, data.data])
     grower = Grower(source, target, plan, device=device)
     if fit is not None:
         grower.fit(data, fit)
@@ -90,70 +91,87 @@ def _manifest(output: RunOutput, model, from_config, tokenizer, data) -> tuple:
     except (OSError, json.JSONDecodeError):
         raise LigoError(f"give a model directory or --from-config (the run in {output.final} has no readable "
                         f"{MANIFEST} to resume from)") from None
-    return m.get("model"), m.get("from_config"), tokenizer or m.get("tokenizer"), data if data is not None else m.get(
-        "data")
+    saved = m.get("data")
+    if data.data is None and saved:
+        data = DataConfig.from_dict(saved) if isinstance(saved, dict) else DataConfig.of(saved)
+    return m.get("model"), m.get("from_config"), tokenizer or m.get("tokenizer"), data
 
 
-def train(model: str | Path | None, data: str | Path | None, out: str | Path, cfg: TrainConfig, *,
+def train(model: str | Path | None, data: DataConfig | str | Path | None, out: str | Path, cfg: TrainConfig, *,
           from_config: str | Path | dict | None = None, tokenizer: str | Path | None = None, resume: bool = False,
           overwrite: bool = False, attn_implementation: str | None = None, blocks=None, tokenizer_obj=None,
-          prior: dict | None = None, source_card: dict | None = None) -> TrainResult:
+          prior: dict | None = None, source_card: dict | None = None, stages: list | None = None) -> TrainResult:
     """Continue pretraining ``model`` (a checkpoint dir), or train ``from_config`` from scratch, into ``out``.
 
     ``out`` receives ``run.json``, ``log.jsonl``, ``checkpoints/`` and, at the end, the trained model
     (config.json last, so a directory with a config.json always holds a complete model). ``blocks``,
     ``tokenizer_obj`` and ``prior`` (the FLOPs already spent) may be handed over by a caller that has them.
+    ``stages`` (:class:`ligo.config.GrowthStage`) grow the model in the middle of the run: after step
+    ``at`` the checkpoint is grown (weights and optimizer state) and training continues as the grown
+    model, with one log and one FLOPs ledger; ``--resume`` continues from wherever a kill left it.
     """
     from .data import load_blocks
     from .flops import step_flops
+    from .rundir import read_state
+    from .rungrowth import grow_in_place
 
     cfg_path = None if isinstance(from_config, dict) else from_config
-    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[model, cfg_path, tokenizer, data])
+    data = DataConfig.of(data)
+    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[model, cfg_path, tokenizer, data.data])
     if resume and latest_checkpoint(output.work) is None:
         raise LigoError(f"--resume: {output.final} holds no complete checkpoint; start without --resume")
     model, from_config, tokenizer, data = _manifest(output, model, from_config, tokenizer, data) if resume else (
         model, from_config, tokenizer, data)
     if (model is None) == (from_config is None):
         raise LigoError("give either a model directory or --from-config (a config for training from scratch)")
+    spec, dims, config = _describe(model, from_config, cfg_path)
     if model is not None:
-        ck = describe_checkpoint(model)  # validates without reading the weights: from_pretrained reads them once
-        if not ck.has_head:
-            raise LigoError(f"{model} is a bare model without an LM head; train its *ForCausalLM/*ForMaskedLM form")
-        spec, dims, config = ck.spec, ck.dims, ck.config
         tok_dir = Path(tokenizer or model)
         prior = prior or prior_ledger(Path(model))
     else:
-        config = from_config if isinstance(from_config, dict) else read_config(from_config)
-        if not config.get("model_type"):
-            raise LigoError(f"the config {cfg_path or ''} has no model_type; --from-config needs a full config.json, "
-                            "such as the grown model's")
-        from .arch import get_spec
-
-        spec = get_spec(config.get("model_type"))
-        dims = spec.dims(config)
         if tokenizer is None and tokenizer_obj is None:
             raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
         tok_dir = Path(tokenizer) if tokenizer else None
         prior = prior or dict(EMPTY_LEDGER)
+    stages = sorted(stages or [], key=lambda st: st.at)
+    _check_stages(stages, spec, config, cfg)
     tok = tokenizer_obj or load_tokenizer(tok_dir)
     if len(tok) > dims.vocab:
         raise LigoError(f"the tokenizer in {tok_dir} has {len(tok)} tokens but the model's vocab_size is {dims.vocab}; "
                         "use the model's own tokenizer")
     if dims.positions is not None and cfg.seq_len > dims.positions:
         raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
-    if blocks is None:
-        blocks = load_blocks(data, tok, cfg.seq_len)
-    net = _build_model(spec, model, config, cfg, attn_implementation)
-    per_step = step_flops(net, dims, cfg)
+    if blocks is None:  # with streaming, read only what the run will use (and its held-out share)
+        blocks = load_blocks(data, tok, cfg.seq_len, max_tokens=int(cfg.steps * cfg.tokens_per_step / 0.94))
     offset = prior["fit_flops"] + prior["previous_train_flops"]
     manifest = {"ligo_version": __version__, "model": None if model is None else str(model),
                 "from_config": str(cfg_path) if cfg_path else None, "tokenizer": str(tok_dir) if tok_dir else None,
-                "data": None if data is None else str(data)}
+                "data": data.to_dict(), "stages": [st.to_dict() for st in stages]}
+    collate, digest = make_collate(spec.objective, tok), data_digest(blocks.train, blocks.val)
     output.open()
     try:
-        result = train_loop(net, blocks.train, blocks.val, cfg, collate=make_collate(spec.objective, tok),
-                            flops_per_step=per_step, flops_offset=offset, run_dir=output.work, resume=resume,
-                            desc="train", data_digest=data_digest(blocks.train, blocks.val), manifest=manifest)
+        while True:  # one phase per model size; a phase ends at the next stage's step
+            ck = latest_checkpoint(output.work) if resume else None
+            state = read_state(ck) if ck else {}
+            done, current = state.get("stages_done", []), state.get("model") or model
+            upcoming = next((st for st in stages if st.at not in done), None)
+            if upcoming is not None and state.get("step", 0) >= upcoming.at:  # paused there, not grown yet
+                grow_in_place(output.work, upcoming.target, upcoming.plan(cfg.seed),
+                              optimizer_state=upcoming.optimizer_state, fit=_stage_fit(upcoming, cfg), blocks=blocks,
+                              info={"stages_done": [*done, upcoming.at]})
+                resume = True
+                continue
+            net_spec, net_dims, net_config = _describe(current, from_config if current is None else None, cfg_path)
+            net = _build_model(net_spec, current, net_config, cfg, attn_implementation)
+            per_step = step_flops(net, net_dims, cfg)
+            result = train_loop(net, blocks.train, blocks.val, cfg, collate=collate, flops_per_step=per_step,
+                                flops_offset=offset, run_dir=output.work, resume=resume, desc="train",
+                                data_digest=digest, manifest=manifest, stop_at=upcoming.at if upcoming else None,
+                                checkpoint_info={"model": None if current is None else str(current),
+                                                 "stages_done": done})
+            if result.status != "paused":
+                break
+            resume = True
     except BaseException:
         if latest_checkpoint(output.work) is None:  # nothing worth resuming: leave nothing behind
             output.discard()
@@ -168,12 +186,55 @@ def train(model: str | Path | None, data: str | Path | None, out: str | Path, cf
             recipe = {"ligo_version": __version__, "kind": "train", "objective": spec.objective,
                       "model_type": spec.model_type, "model": manifest["model"],
                       "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
-                      "data": manifest["data"], "config": cfg.to_dict(), "ledger": ledger}
-            growth = source_card or _growth_recipe(model)
+                      "data": data.data, "data_config": data.to_dict(), "config": cfg.to_dict(),
+                      "stages": manifest["stages"], "ledger": ledger}
+            growth = source_card or _growth_recipe(current)
             _save_final(acc.unwrap_model(result.model), state, tok, output.work, recipe, growth)
             output.commit()
         acc.wait_for_everyone()
     return TrainResult(output.final if result.status != "preempted" else output.work, result, ledger)
+
+
+def _describe(model, from_config, cfg_path):
+    """(spec, dims, config) of a model folder (headers only) or of a config for training from scratch."""
+    from .arch import get_spec
+
+    if model is not None:
+        ck = describe_checkpoint(model)  # validates without reading the weights: from_pretrained reads them once
+        if not ck.has_head:
+            raise LigoError(f"{model} is a bare model without an LM head; train its *ForCausalLM/*ForMaskedLM form")
+        return ck.spec, ck.dims, ck.config
+    config = from_config if isinstance(from_config, dict) else read_config(from_config)
+    if not config.get("model_type"):
+        raise LigoError(f"the config {cfg_path or ''} has no model_type; --from-config needs a full config.json, "
+                        "such as the grown model's")
+    spec = get_spec(config.get("model_type"))
+    return spec, spec.dims(config), config
+
+
+def _check_stages(stages: list, spec, config: dict, cfg: TrainConfig) -> None:
+    """Mid-run growth stages checked before any training: inside the run, in order, valid targets."""
+    from .growth import known_config_keys
+    from .operator import check_growth
+
+    before, current = 0, config
+    for st in stages:
+        if not 0 < st.at < cfg.steps or st.at <= before:
+            raise LigoError(f"growth stage at step {st.at} must lie inside the run (1..{cfg.steps - 1}) and after the "
+                            "previous stage")
+        if not st.target:
+            raise LigoError(f"growth stage at step {st.at} has no target; give --grow-target")
+        grown = spec.target_config(current, st.target, known_config_keys(spec.model_type))
+        check_growth(spec, spec.dims(current), spec.dims(grown, where="growth stage target"))
+        before, current = st.at, grown
+
+
+def _stage_fit(stage, cfg: TrainConfig) -> TrainConfig | None:
+    from .config import fit_config
+
+    return fit_config({"steps": stage.fit_steps, "lr": stage.fit_lr, "seq_len": cfg.seq_len,
+                       "batch_size": cfg.batch_size, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
+                       "progress": cfg.progress}, where="growth stage fit")
 
 
 def _growth_recipe(model) -> dict | None:
@@ -228,7 +289,7 @@ def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: 
 
 
 def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *, plan: GrowthPlan | None = None,
-               fit: TrainConfig | None = None, train_cfg: TrainConfig, data: str | Path | None = None,
+               fit: TrainConfig | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
                resume: bool = False, overwrite: bool = False, recipe: dict | None = None,
                device: str | None = None) -> GrowTrainResult:
     """Grow (and fit), then train the grown model: ``OUT/grown``, ``OUT/trained`` and ``OUT/recipe.json``.
@@ -238,10 +299,12 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     """
     from .data import load_blocks
 
-    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data])
+    data = DataConfig.of(data)
+    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data])
     tokenizer = load_tokenizer(source)
     # read the data once, before any work, so bad data fails fast and leaves nothing behind
-    blocks = load_blocks(data, tokenizer, train_cfg.seq_len)
+    blocks = load_blocks(data, tokenizer, train_cfg.seq_len,
+                         max_tokens=int(train_cfg.steps * train_cfg.tokens_per_step / 0.94))
     grown, trained = output.work / "grown", output.work / "trained"
     fit_info, growth = None, None
     try:

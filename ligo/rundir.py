@@ -81,6 +81,20 @@ def read_state(ckpt: Path) -> dict:
     return state
 
 
+def resumed_settings(out: Path) -> dict:
+    """The training settings of the newest checkpoint of the run in ``out`` (its unfinished replacement first)."""
+    from .outputs import STAGING, sibling
+
+    for run_dir in (sibling(Path(out), STAGING), Path(out)):
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None:
+            try:
+                return json.loads((ckpt / STATE_FILE).read_text()).get("config") or {}
+            except (OSError, ValueError):
+                return {}  # read_state names the problem when the run is resumed
+    return {}
+
+
 def check_resumable(state: dict, config: dict, digest: str | None, ckpt: Path) -> None:
     """Refuse a resume whose settings or data differ from the run's (the curve would change mid-way)."""
     old = state.get("config") or {}

@@ -200,7 +200,8 @@ TRAIN = {
         ["bench", (t / "x.yaml").write_text("name: x\nmodel_type: llama\nstepz: 3\nmethods: {scratch: {}}\n")
          and t / "x.yaml"], "unknown key"),
     "bench: unknown model type": lambda s, c, t: (
-        ["bench", (t / "x.yaml").write_text("name: x\nmodel_type: t5\nmethods: {scratch: {}}\n") and t / "x.yaml"],
+        ["bench", (t / "x.yaml").write_text("name: x\nmodel_type: t5\nsource: {config: {}}\ntarget: {}\n"
+                                             "train: {steps: 1}\nmethods: {scratch: {}}\n") and t / "x.yaml"],
         "'t5' is not supported"),
 }
 

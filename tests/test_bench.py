@@ -1,13 +1,15 @@
-"""Benchmarks and the demo: the equal-FLOPs accounting, and every experiment file run in smoke mode."""
+"""Benchmarks and the demo: the accounting, the protocol (LR sweep, budgets, noise floor, resume, the
+scratch cache), and every experiment file run in smoke mode."""
 
 import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
-from ligo.bench import flops_to_reach, load_experiment, run_experiment, summarize
+from conftest import run_cli
+from ligo.bench import load_experiment, run_experiment
 from ligo.errors import LigoError
+from ligo.report import flops_to_reach, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "benchmarks" / "experiments").glob("*.yaml"))
@@ -21,19 +23,20 @@ def test_flops_to_reach_interpolates():
     assert flops_to_reach(curve, 1.0) is None
 
 
-def _run(final, curve_losses, fit_flops=0.0, fit=None):
+def _run(curve_losses, fit=None, fit_flops=0.0):
     curve = [{"flops": 10.0 * i, "wall": float(i), "val_loss": v, "step": i} for i, v in enumerate(curve_losses)]
-    return {"curve": curve, "final_val_loss": curve[-1]["val_loss"], "fit": fit, "fit_flops": fit_flops,
-            "total_flops": curve[-1]["flops"]}
+    return {"curve": curve, "start_val_loss": curve[0]["val_loss"], "final_val_loss": curve[-1]["val_loss"],
+            "fit": fit, "fit_flops": fit_flops, "total_flops": curve[-1]["flops"]}
 
 
-def test_summarize_both_conventions_and_best_fixed():
-    results = {"scratch": _run(None, [8.0, 6.0, 5.0, 4.0, 3.0]),
-               "stack": _run(None, [4.0, 3.0, 2.8, 2.6, 2.5]),
-               "net2net": _run(None, [3.5, 3.2, 2.9, 2.7, 2.6]),
-               "ligo": _run(None, [5.0, 2.9, 2.5, 2.3, 2.2], fit_flops=1.0, fit={"steps": 1})}
-    s = summarize(results, source_flops=5.0)
-    assert s["best_fixed"] == "stack" and s["scratch_flops_to_final"] == 40.0
+def test_summarize_both_conventions_the_best_fixed_method_and_the_targets():
+    results = {"scratch": _run([8.0, 6.0, 5.0, 4.0, 3.0]),
+               "stack": _run([4.0, 3.0, 2.8, 2.6, 2.5]),
+               "net2net": _run([3.5, 3.2, 2.9, 2.7, 2.6]),
+               "ligo": _run([5.0, 2.9, 2.5, 2.3, 2.2], fit={"start_val": 5.0, "final_val": 3.4}, fit_flops=0.8),
+               "bad-fit": _run([3.6, 3.0, 2.9, 2.8, 2.7], fit={"start_val": 3.0, "final_val": 3.6}, fit_flops=0.8)}
+    s = summarize(results, source_flops=5.0, noise=0.05)
+    assert s["best_fixed"] == "stack" and s["scratch_flops_to_final"] == 40.0 and s["best_fixed_start_val_loss"] == 3.5
     rows = s["rows"]
     assert rows["scratch"]["saving_source_free"] == 0.0 and rows["scratch"]["saving_source_counted"] is None
     assert rows["stack"]["flops_to_scratch_final"] == 10.0
@@ -41,40 +44,56 @@ def test_summarize_both_conventions_and_best_fixed():
     assert rows["stack"]["saving_source_counted"] == pytest.approx(1 - 15 / 40)
     assert rows["ligo"]["flops_to_best_fixed_final"] == 20.0   # ligo reaches 2.5 at step 2
     assert rows["ligo"]["saving_vs_best_fixed"] == pytest.approx(0.5)  # stack needs 40
-    assert rows["scratch"]["flops_to_best_fixed_final"] is None
-    assert rows["ligo"]["fit_share"] == pytest.approx(1 / 40)
+    assert rows["ligo"]["vs_best_fixed_loss"] == pytest.approx(-0.3)
+    assert rows["ligo"]["fit_share"] == pytest.approx(0.02)
+    assert rows["ligo"]["fit_defect"] is False and rows["bad-fit"]["fit_defect"] is True  # 3.6 > fixed start 3.5
+    assert s["best_learned"] == "ligo"
+    assert s["targets"] == {"below_every_fixed": True, "margin_vs_noise": pytest.approx(6.0),
+                            "flops_saving_vs_best_fixed_ge_10pct": True, "saving_vs_scratch_ge_50pct": True,
+                            "fit_share_le_2pct": True}
 
 
-def test_experiment_files_are_strict(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodel_type: llama\nstepz: 3\nmethods: {scratch: {}}\n")
-    with pytest.raises(LigoError, match="unknown key"):
-        load_experiment(bad)
-    bad.write_text("name: x\nmodel_type: llama\nmethods: {stack: {width: copy}}\n")
-    with pytest.raises(LigoError, match="scratch"):
-        load_experiment(bad)
-    with pytest.raises(LigoError, match="not found"):
-        load_experiment(tmp_path / "missing.yaml")
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nmodel_type: llama\nstepz: 3\nmethods: {scratch: {}}\n", "unknown key"),
+    ("name: x\nmodel_type: llama\nsource: {config: {}}\ntarget: {}\ntrain: {steps: 2}\nmethods: {stack: {}}\n",
+     "scratch"),
+    ("name: x\nmodel_type: llama\nsource: {config: {}}\ntarget: {}\ntrain: {steps: 2}\n"
+     "methods: {scratch: {}, s: {width: wide}}\n", "width must be one of"),
+    ("name: x\nmodel_type: llama\nsource: {config: {}}\ntarget: {}\ntrain: {steps: 2}\n"
+     "methods: {scratch: {}, s: {train: {lr_peak: 1}}}\n", "unknown key.*lr_peak"),
+    ("name: x\nmodel_type: llama\nsource: {config: {}}\ntarget: {}\ntrain: {steps: 2}\nbudgets: [1, -4]\n"
+     "methods: {scratch: {}}\n", "budgets must be a list of positive numbers"),
+    ("name: x\nmodel_type: llama\nsource: {config: {}}\ntarget: {}\ntrain: {steps: 2}\ngrown: {lr: 3}\n"
+     "methods: {scratch: {}}\n", "grown: unknown key"),
+])
+def test_experiment_files_are_strict(text, message, tmp_path):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(LigoError, match=message):
+        load_experiment(tmp_path / "bad.yaml")
 
 
 def _check_report(out: Path, exp: dict):
     report = json.loads((out / "results.json").read_text())
-    assert set(report["methods"]) == set(exp["methods"])
-    for name, m in report["methods"].items():
-        # equal total FLOPs: a fitted method trains for fewer steps, never for more FLOPs than scratch
-        assert m["total_flops"] <= report["methods"]["scratch"]["total_flops"] * 1.02, name
-        assert len(m["curve"]) >= 2 and all(p["val_loss"] > 0 for p in m["curve"])
-        assert (m["fit"] is not None) == bool(exp["methods"][name] and exp["methods"][name].get("fit")), name
-        if exp.get("unit_report", True):
-            assert {"res", "ffn", "heads"} <= set(m["units"]), name
-    if exp["methods"].get("net2net") is not None and exp.get("unit_report", True):
-        # the symmetry trap, visible in every report: plain copies are still copies after training
-        assert report["methods"]["net2net"]["units"]["res"]["duplicates"] > 0
-        assert report["methods"]["split"]["units"]["res"]["duplicates"] == 0
+    budgets = report["budgets"]
+    assert len(budgets) == len(exp.get("budgets") or [1])
+    for b in budgets:
+        assert set(b["methods"]) == set(exp["methods"])
+        for name, m in b["methods"].items():
+            # equal total FLOPs: a fitted method trains for fewer steps, never for more FLOPs than scratch
+            assert m["total_flops"] <= b["methods"]["scratch"]["total_flops"] * 1.02, name
+            assert len(m["curve"]) >= 2 and all(p["val_loss"] > 0 for p in m["curve"])
+            assert (m["fit"] is not None) == bool(exp["methods"][name] and exp["methods"][name].get("fit")), name
+            if exp.get("unit_report", True) and name != "scratch":
+                assert {"res", "ffn", "heads"} <= set(m["units"]), name
+        assert b["summary"]["best_fixed"] in (*b["methods"], None)
+    if len(exp.get("lr_sweep") or [1]) > 1:
+        sweep = report["scratch_sweep"][budgets[0]["label"]]
+        assert budgets[0]["scratch_lr"] == min(sweep, key=lambda p: p["final_val_loss"])["lr"]
+    if exp.get("noise_seeds"):
+        assert len(report["noise"]) == 3 and budgets[0]["summary"]["noise_floor"] is not None
     assert (out / "loss_vs_flops.png").stat().st_size > 10_000
-    assert (out / "loss_vs_wall.png").stat().st_size > 10_000
     table = (out / "table.md").read_text()
-    assert table.count("\n|") == len(exp["methods"]) + 2
+    assert table.count("| scratch") >= len(budgets)
     return report
 
 
@@ -86,12 +105,34 @@ def test_experiment_smoke(path, tmp_path):
     _check_report(tmp_path / "out", exp)
 
 
+def test_resume_keeps_finished_runs_and_finishes_the_rest(tmp_path):
+    exp = load_experiment("demo", smoke=True)
+    out = tmp_path / "out"
+    first = run_experiment(exp, out, progress=False, log=lambda *_: None)
+    results = sorted(out.rglob("result.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+    victim = out / "runs" / "1x" / "ligo" / "result.json"
+    victim.unlink()  # as if that method had been killed: the rest is kept
+    lines = []
+    second = run_experiment(exp, out, progress=False, log=lines.append, resume=True)
+    assert [p for p in results if p != victim and p.stat().st_mtime_ns != stamps[p]] == []
+    assert victim.exists() and any("1x ligo:" in line for line in lines)
+    assert second["budgets"][0]["methods"]["stack"] == first["budgets"][0]["methods"]["stack"]
+    changed = dict(exp, seed=7)
+    with pytest.raises(LigoError, match="different experiment"):
+        run_experiment(changed, out, progress=False, log=lambda *_: None, resume=True)
+
+
+def test_scratch_runs_are_reused_across_experiments(tmp_path):
+    exp = load_experiment("demo", smoke=True)
+    run_experiment(exp, tmp_path / "a", progress=False, log=lambda *_: None)
+    lines = []
+    run_experiment(dict(exp, name="other"), tmp_path / "b", progress=False, log=lines.append)
+    assert any("scratch" in line and "reused from" in line for line in lines), lines
+
+
 def test_demo_smoke_through_the_cli(tmp_path):
     proc = run_cli("demo", "--smoke", "--no-progress", "--out", tmp_path / "demo", check=True)
     assert "| LiGO" in proc.stdout and "loss_vs_flops.png" in proc.stdout
     _check_report(tmp_path / "demo", load_experiment("demo", smoke=True))
-
-
-def test_bench_cli_bad_experiment(tmp_path):
-    proc = run_cli("bench", tmp_path / "nope.yaml")
-    assert proc.returncode == 2 and "not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    run_cli("demo", "--smoke", "--no-progress", "--out", tmp_path / "demo", check=True)  # a demo is replaced

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import random
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -73,3 +76,26 @@ def save_model(model, path: Path, tokenizer=None) -> Path:
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
+
+
+def make_task(folder: Path, n: int = 24) -> Path:
+    """A tiny local lm-eval task built from local text (no download): which of two lines continues a line
+    of the Python standard library's own source, the true next line or a line from another file?"""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    lines = [line for name in ("argparse.py", "textwrap.py") for line in (root / name).read_text().splitlines()]
+    pairs = [(a, b) for a, b in zip(lines, lines[1:]) if len(a.strip()) > 12 and len(b.strip()) > 12]
+    others = [line for line in (root / "calendar.py").read_text().splitlines() if len(line.strip()) > 12]
+    rng = random.Random(0)
+    items = []
+    for a, b in rng.sample(pairs, n):
+        choices = [b, rng.choice(others)]
+        order = rng.random() < 0.5
+        items.append({"context": a + "\n", "choices": choices[::-1] if order else choices, "label": int(order)})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (folder / "next_line.yaml").write_text(
+        "task: ligo_next_line\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {folder / 'items.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    return folder / "next_line.yaml"

@@ -1,7 +1,9 @@
-"""ligo bench: run a benchmark experiment (grown vs scratch vs fixed growth methods at equal FLOPs).
+"""ligo bench: run a benchmark experiment: growth methods against an LR-tuned scratch run and against each
+other, at equal total FLOPs, at one or more budgets, with a noise floor (see docs/benchmarks.md).
 
 EXPERIMENT is a YAML file (see benchmarks/experiments/) or the name of an embedded one ('demo').
-Writes results.json, loss_vs_flops.png, loss_vs_wall.png and table.md into --out.
+Writes results.json, table.md and loss-vs-FLOPs / loss-vs-wall plots into --out. A long experiment
+can be spread over several sessions: --resume keeps finished runs and resumes an interrupted one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ def add_parser(sub, name):
     p.add_argument("--data", help="text file, directory or jsonl to use instead of the experiment's corpus "
                    "(default: Python source on this machine, see the experiment's `corpus`)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and steps: checks the pipeline in seconds")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run of the same experiment in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier run (kept until "
+                   "the new one is complete)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -25,7 +30,8 @@ def run(args) -> int:
 
     exp = load_experiment(args.experiment, smoke=args.smoke)
     out = args.out or f"bench-results/{exp['name']}{'-smoke' if args.smoke else ''}"
-    run_experiment(exp, out, data=args.data, progress=not args.no_progress)
+    run_experiment(exp, out, data=args.data, progress=not args.no_progress, resume=args.resume,
+                   overwrite=args.overwrite)
     print((Path(out) / "table.md").read_text())
-    print(f"results in {out}/ (results.json, table.md, loss_vs_flops.png, loss_vs_wall.png)")
+    print(f"results in {out}/ (results.json, table.md, loss_vs_flops*.png, loss_vs_wall*.png)")
     return 0

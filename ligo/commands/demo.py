@@ -11,7 +11,8 @@ from __future__ import annotations
 def add_parser(sub, name):
     p = sub.add_parser(name, help="grow and train a tiny model end to end (no download, a few minutes on CPU)",
                        description=__doc__)
-    p.add_argument("--out", default="ligo-demo", help="output directory (default: ./ligo-demo)")
+    p.add_argument("--out", default="ligo-demo", help="output directory (default: ./ligo-demo; an earlier demo there "
+                   "is replaced)")
     p.add_argument("--smoke", action="store_true", help="seconds-long version (checks the pipeline only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -23,7 +24,7 @@ def run(args) -> int:
     from ..bench import load_experiment, run_experiment
 
     exp = load_experiment("demo", smoke=args.smoke)
-    run_experiment(exp, args.out, progress=not args.no_progress)
+    run_experiment(exp, args.out, progress=not args.no_progress, overwrite=True)
     out = Path(args.out).resolve()
     print((out / "table.md").read_text())
     print(f"outputs in {out}/: table.md, results.json, loss_vs_flops.png (the plot), loss_vs_wall.png, "

@@ -13,7 +13,7 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..config import FIT_DEFAULTS, GrowthPlan, TrainConfig, describe
+from ..config import FIT_DEFAULTS, DataConfig, GrowthPlan, TrainConfig, describe
 from ..errors import LigoError
 
 
@@ -39,6 +39,8 @@ def add_flags(p: argparse.ArgumentParser, cls, *, prefix: str = "", title: str, 
         elif kind is bool or (origin is typing.Union and bool in args):
             group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                                help=f"{text}" + ("" if default is None else f" (default: {'on' if default else 'off'})"))
+        elif kind is dict:
+            group.add_argument(*names, dest=dest, type=_json_object(f.name), default=None, metavar="JSON", help=text)
         elif origin is typing.Literal:
             group.add_argument(*names, dest=dest, choices=args, default=None, help=f"{text} (default: {default})")
         else:
@@ -54,6 +56,16 @@ def _typed(kind, name):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be {describe(kind)}, got {text!r}") from None
     convert.__name__ = kind.__name__
+    return convert
+
+
+def _json_object(name):
+    def convert(text: str) -> dict:
+        try:
+            return parse_target(text, flag="--" + name.replace("_", "-"))
+        except LigoError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = "JSON object"
     return convert
 
 
@@ -94,19 +106,22 @@ def add_target_flag(p: argparse.ArgumentParser, required: bool = True) -> None:
                    "kv_heads, head_dim, ffn")
 
 
-def add_data_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="training text: a file, a .jsonl file ({'text': ...} per line) or a directory "
-                   "(default: the Python standard library's own source)")
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    add_flags(p, DataConfig, title="data")
 
 
-def parse_target(text: str) -> dict:
+def data_config(args: argparse.Namespace, extra: dict | None = None) -> DataConfig:
+    return DataConfig.from_dict({**(extra or {}), **given(args, DataConfig)})
+
+
+def parse_target(text: str, flag: str = "--target") -> dict:
     if text.lstrip().startswith("{"):
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise LigoError(f"--target is not valid JSON ({exc.msg}); pass a JSON object or a file") from None
+            raise LigoError(f"{flag} is not valid JSON ({exc.msg}); pass a JSON object or a file") from None
         if not isinstance(value, dict):
-            raise LigoError("--target must be a JSON object")
+            raise LigoError(f"{flag} must be a JSON object")
         return value
     from ..checkpoint import read_config
 

@@ -1,16 +1,25 @@
-"""ligo grow: grow a checkpoint into a larger shape, optionally fitting the operator first."""
+"""ligo grow: grow a checkpoint into a larger shape, optionally fitting the operator first.
+
+With --optimizer-state, SOURCE is a `ligo train` run folder: its newest checkpoint (weights, AdamW
+moments, step counters, schedule position, RNG states, log and FLOPs ledger) is grown into a new run
+folder that `ligo train --out OUT --resume --steps N` continues.
+"""
 
 from __future__ import annotations
 
 import sys
 
 from ..config import GrowthPlan, TrainConfig, fit_config
-from .flags import add_data_flag, add_fit_flags, add_plan_flags, add_target_flag, given, parse_target
+from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, given, parse_target
 
 
 def add_parser(sub, name):
-    p = sub.add_parser(name, help="grow a model into a larger shape (LiGO)", description=__doc__)
-    p.add_argument("source", help="source model directory (config.json + safetensors + tokenizer)")
+    p = sub.add_parser(name, help="grow a model (or a training run) into a larger shape (LiGO)", description=__doc__)
+    p.add_argument("source", help="source model directory (config.json + safetensors + tokenizer), or with "
+                   "--optimizer-state the --out folder of a `ligo train` run")
+    p.add_argument("--optimizer-state", choices=["grow", "reset"], help="SOURCE is a training run: grow its newest "
+                   "checkpoint with its AdamW state (grow: through the operator; reset: fresh) into a run folder "
+                   "that `ligo train --out OUT --resume --steps N` continues")
     p.add_argument("--out", required=True, help="output directory for the grown model")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (kept until the new one "
                    "is complete)")
@@ -20,7 +29,7 @@ def add_parser(sub, name):
     p.add_argument("--seed", type=int, default=0, help="seed of the operator's init and of the fit (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for the fit")
     add_target_flag(p)
-    add_data_flag(p)
+    add_data_flags(p)
     add_plan_flags(p)
     add_fit_flags(p, aliases={"seq_len": ["--seq-len"], "batch_size": ["--batch-size"]})
     return p
@@ -33,7 +42,15 @@ def run(args) -> int:
     plan = GrowthPlan.from_dict({**given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
     fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
                       "progress": not args.no_progress}, where="fit")
-    result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=args.data, fit=fit,
+    if args.optimizer_state:
+        from ..rungrowth import grow_run
+
+        out = grow_run(args.source, parse_target(args.target), args.out, plan, optimizer_state=args.optimizer_state,
+                       fit=fit, overwrite=args.overwrite)
+        print(f"grew the run {args.source} (optimizer state: {args.optimizer_state}) into {out}; continue it with: "
+              f"ligo train --out {out} --resume --steps N")
+        return 0
+    result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
                   overwrite=args.overwrite, max_shard_size=args.max_shard_size, device=_device(args.device))
     if result.fit is not None:
         info = result.recipe["fit"]

@@ -1,7 +1,8 @@
 """ligo grow-train: grow a checkpoint (optionally fitting the operator), then train it, from flags or a recipe.
 
-The recipe file (YAML or JSON) holds source, target, out, data, the growth plan (width, depth,
-per_layer, split_noise), seed, seq_len, batch_size, and two mappings of training-config keys: fit
+The recipe file (YAML or JSON) holds source, target, out, the data (data, data_config, data_split,
+text_column, streaming, num_proc), the growth plan (width, depth, per_layer, split_noise, width_lr,
+depth_lr_scale), seed, seq_len, batch_size, and two mappings of training-config keys: fit
 (the operator fit; its steps may be 0) and train. Flags given on the command line override the
 recipe. Outputs: OUT/grown (the grown model), OUT/trained (the run: log, checkpoints, final model)
 and OUT/recipe.json (the recipe as run). --resume continues whichever stage is unfinished.
@@ -12,13 +13,14 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import GrowthPlan, TrainConfig, fit_config
+from ..config import DataConfig, GrowthPlan, TrainConfig, fit_config
 from ..errors import LigoError
-from .flags import add_data_flag, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, given, \
+from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, given, \
     parse_target
 
 PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
-RECIPE_KEYS = {"source", "target", "out", "data", "seed", "seq_len", "batch_size", "fit", "train"} | PLAN_KEYS
+DATA_KEYS = {f.name for f in fields(DataConfig)}
+RECIPE_KEYS = {"source", "target", "out", "seed", "seq_len", "batch_size", "fit", "train"} | PLAN_KEYS | DATA_KEYS
 
 
 def add_parser(sub, name):
@@ -31,7 +33,7 @@ def add_parser(sub, name):
                    "finishes)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
     p.add_argument("--device", help="where to grow: cpu, cuda (default: cuda when available)")
-    add_data_flag(p)
+    add_data_flags(p)
     add_plan_flags(p)
     add_fit_flags(p)
     add_train_flags(p)
@@ -57,10 +59,12 @@ def run(args) -> int:
     from ..pipelines import grow_train
 
     recipe = load_recipe(args.config)
-    for key in ("source", "target", "out", "data"):
+    for key in ("source", "target", "out"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
     recipe.update(given(args, GrowthPlan))
+    recipe.update(given(args, DataConfig))
+    data = DataConfig.from_dict({k: recipe[k] for k in DATA_KEYS if k in recipe}, where="recipe data")
     for key in ("source", "target", "out"):
         if not recipe.get(key):
             raise LigoError(f"no {key} given; pass it as a flag or put '{key}' in the --config recipe")
@@ -78,7 +82,7 @@ def run(args) -> int:
     recipe.update(seed=train_cfg.seed, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size,
                   fit=fit.to_dict() if fit else {"steps": 0}, train=train_cfg.to_dict())
     result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, train_cfg=train_cfg,
-                        data=recipe.get("data"), resume=args.resume, overwrite=args.overwrite, recipe=recipe,
+                        data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
                         device=args.device)
     loop = result.trained.loop
     if not loop.accelerator.is_main_process:

@@ -1,12 +1,15 @@
 """ligo train: continue pretraining a checkpoint, or train a config from scratch, with the one loop.
 
+Mid-run growth: --grow-at STEP --grow-target JSON (or --stages FILE, a YAML list of stages) grows the
+model, with its optimizer state, after that step and continues as the grown model in the same run.
+--resume continues a run from its newest checkpoint; settings not given again are the run's own.
 Runs unchanged under ``accelerate launch`` (several processes, FSDP); see docs/trainer.md.
 """
 
 from __future__ import annotations
 
-from ..config import TrainConfig
-from .flags import add_data_flag, add_train_flags, given
+from ..config import GrowthStage, TrainConfig
+from .flags import add_data_flags, add_flags, add_train_flags, data_config, given
 
 
 def add_parser(sub, name):
@@ -19,17 +22,53 @@ def add_parser(sub, name):
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier run (kept until "
                    "the new run finishes)")
-    add_data_flag(p)
+    add_data_flags(p)
     add_train_flags(p)
+    add_flags(p, GrowthStage, prefix="grow-", title="mid-run growth (one stage; --stages FILE for several)")
+    p.add_argument("--stages", help="YAML or JSON file: a list of growth stages (keys as the --grow-* flags)")
     return p
 
 
-def run(args) -> int:
-    from ..pipelines import train
+def stages(args) -> list[GrowthStage]:
+    """The growth stages of --stages FILE (a list, or a mapping with a 'stages' list) and of the --grow-* flags."""
+    from pathlib import Path
 
-    cfg = TrainConfig.from_dict(given(args, TrainConfig))
-    result = train(args.model, args.data, args.out, cfg, from_config=args.from_config, tokenizer=args.tokenizer,
-                   resume=args.resume, overwrite=args.overwrite)
+    import yaml
+
+    from ..errors import LigoError
+
+    found = []
+    if args.stages:
+        p = Path(args.stages)
+        if not p.is_file():
+            raise LigoError(f"stages file {p} does not exist; check the path")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise LigoError(f"stages file {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+        data = data.get("stages") if isinstance(data, dict) else data
+        if not isinstance(data, list):
+            raise LigoError(f"stages file {p} must hold a list of stages (mappings with at, target, ...)")
+        found += [GrowthStage.from_dict(st, where=f"stages file {p}, stage {i + 1}") for i, st in enumerate(data)]
+    one = given(args, GrowthStage, prefix="grow-")
+    if one:
+        found.append(GrowthStage.from_dict(one, where="--grow-*"))
+    return [st for st in found if st.at]
+
+
+def run(args) -> int:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from ..pipelines import train
+    from ..rundir import resumed_settings
+
+    # with --resume, the run's own settings are the defaults: only what is given again is compared
+    base = resumed_settings(Path(args.out)) if args.resume else {}
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig.from_dict({**{k: v for k, v in base.items() if k in known}, **given(args, TrainConfig)})
+    result = train(args.model, data_config(args), args.out, cfg, from_config=args.from_config, tokenizer=args.tokenizer,
+                   resume=args.resume, overwrite=args.overwrite, stages=stages(args))
     loop = result.loop
     if not loop.accelerator.is_main_process:
         return 0

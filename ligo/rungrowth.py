@@ -1,0 +1,281 @@
+"""Growing a live training run: a checkpoint's weights and AdamW state through one operator.
+
+The newest checkpoint of a ``ligo train`` run becomes a checkpoint of the grown model that
+``ligo train --resume`` continues, with the log, the FLOPs ledger, the step counters, the schedule
+position and the RNG states carried over:
+
+* weights: the operator, exactly as ``ligo grow`` applies it to a finished model;
+* first moments m: the operator applied to the source's m (linear, like the weights);
+* second moments v: ``v' = (|Op|(sqrt v) / |Op|(1))**2`` -- the operator with the absolute values of its
+  maps applied to sqrt(v), normalised by the same applied to ones. It is non-negative by construction,
+  and where a grown weight is ``a * W`` of one source weight (a Net2Net copy, a split share, a stacked
+  layer) it gives ``v' = v`` and ``m' = a m``: the Adam update of the grown weight is ``a`` times the
+  source's, so the update keeps its size relative to the weight. For mixtures it is the
+  coefficient-weighted mean of the sources' sqrt(v). Entries the operator sets to zero (the new
+  layers' output projections under identity depth) start with ``m = v = 0``;
+* ``optimizer_state="reset"``: a fresh AdamW state (no moments, step counts from zero) at the same
+  schedule position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoint import RECIPE_NAME, Checkpoint, copy_tokenizer, load_tokenizer, read_config, save_weights, write_json
+from .config import GrowthPlan, TrainConfig
+from .errors import LigoError
+from .rundir import CHECKPOINTS, LOG_FILE, MANIFEST, STATE_FILE, _file_digests, check_pickles, latest_checkpoint, \
+    read_state
+
+OPTIMIZER_STATES = ("grow", "reset")
+
+
+def _torch_load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def open_run(run_dir: Path) -> tuple[Path, dict, dict]:
+    """(newest complete checkpoint, its trainer state, the run's manifest), all checked."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).exists() and not (run_dir / CHECKPOINTS).is_dir():
+        raise LigoError(f"{run_dir} is not a ligo train run directory (no {MANIFEST}, no {CHECKPOINTS}/); pass the "
+                        "--out folder of a `ligo train` run")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        partial = sorted((run_dir / CHECKPOINTS).glob(".step-*")) if (run_dir / CHECKPOINTS).is_dir() else []
+        raise LigoError(f"{run_dir} holds no complete checkpoint" + (" (one is being written or was cut short)"
+                                                                    if partial else "") +
+                        "; train it with --save-every N first, or wait for its checkpoint")
+    state = read_state(ckpt)
+    check_pickles(ckpt)
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        manifest = {}
+    return ckpt, state, manifest
+
+
+def _model_dir(run_dir: Path, state: dict, manifest: dict) -> Path | None:
+    """The HF folder whose config (and tokenizer) the checkpoint's weights belong to."""
+    for candidate in (state.get("model"), manifest.get("model")):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def run_config(run_dir: Path, state: dict, manifest: dict) -> dict:
+    model_dir = _model_dir(run_dir, state, manifest)
+    if model_dir is not None:
+        return read_config(model_dir)
+    if manifest.get("from_config"):
+        return read_config(manifest["from_config"])
+    raise LigoError(f"cannot tell which model the run in {run_dir} trains (its {MANIFEST} names no readable model or "
+                    "config); it was not written by this version of ligo")
+
+
+def _slots(state: dict, config: dict, spec, weight_decay: float) -> list[list[str]]:
+    """The parameter name of every optimizer slot: recorded in the checkpoint, or rebuilt for old ones."""
+    if state.get("param_names"):
+        return state["param_names"]
+    from .growth import build_config, model_class
+    from .loop import param_groups
+
+    with torch.device("meta"):
+        model = model_class(spec.objective).from_config(build_config(config))
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in param_groups(model, weight_decay)]
+
+
+def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None, *, optimizer_state: str = "grow",
+                    fit: TrainConfig | None = None, blocks=None) -> dict:
+    """Grow the newest checkpoint of ``run_dir``. Returns what to write: the grown model (``state``,
+    ``config``, ``recipe``), the checkpoint's files (``weights``, ``optimizer``, ``masters``) and its
+    trainer state."""
+    from .arch import get_spec
+    from .growth import Grower
+
+    if optimizer_state not in OPTIMIZER_STATES:
+        raise LigoError(f"--optimizer-state must be grow or reset, got {optimizer_state!r}")
+    ckpt, state, manifest = open_run(run_dir)
+    config = run_config(run_dir, state, manifest)
+    spec = get_spec(config.get("model_type"))
+    cfg = state.get("config") or {}
+    if not (ckpt / "model.safetensors").exists():
+        raise LigoError(f"{ckpt} has no model.safetensors; only single-file checkpoints of `ligo train` can be grown")
+    from .checkpoint import check_finite, read_weights, weights_dtype
+
+    weights = read_weights(ckpt)
+    masters = _torch_load(ckpt / "custom_checkpoint_0.pkl") if (ckpt / "custom_checkpoint_0.pkl").exists() else None
+    dims = spec.dims(config)
+    layout = spec.layout(weights.keys(), dims)
+    check_finite(weights, ckpt, layout)
+    slots = _slots(state, config, spec, cfg.get("weight_decay", 0.1))
+    by_slot = [n for group in slots for n in group]
+    if masters is not None:  # bf16 weights with fp32 masters: the masters are the precise weights
+        weights = {**weights, **dict(zip(by_slot, masters["masters"]))}
+    source = Checkpoint(ckpt, config, spec, dims, weights, layout, weights_dtype(weights, layout, config),
+                        has_head=True)
+    model_dir = _model_dir(run_dir, state, manifest)
+    grower = Grower(source, target, plan, tokenizer=load_tokenizer(model_dir) if model_dir and fit else None)
+    fit_flops = 0.0
+    if fit is not None:
+        grower.fit(cfg=fit, blocks=blocks)
+        fit_flops = grower.fit_info["flops"]
+    op = grower.operator
+    grown = op.materialize(dtype=grower.dtype)
+    out = {"state": grown, "config": grower.hf_config(), "target_config": grower.target_config, "spec": spec,
+           "recipe": {**grower.recipe(), "run": str(run_dir), "step": state["step"], "optimizer_state": optimizer_state,
+                      "ledger": {"source_flops": None, "fit_flops": fit_flops, "previous_train_flops": 0.0,
+                                 "train_flops": state["flops"]}},
+           "model_dir": model_dir}
+    new_slots = _slots({}, grower.target_config, spec, cfg.get("weight_decay", 0.1))
+    optim = _torch_load(ckpt / "optimizer.bin") if (ckpt / "optimizer.bin").exists() else None
+    if optimizer_state == "grow":
+        if optim is None:
+            raise LigoError(f"{ckpt} has no optimizer state to grow; pass --optimizer-state reset")
+        out["optimizer"] = _grow_optimizer(op, optim, by_slot, new_slots)
+    else:
+        groups = optim["param_groups"] if optim else [{} for _ in new_slots]
+        out["optimizer"] = {"state": {}, "param_groups": _reindex(groups, new_slots)}
+    if masters is not None:
+        full = op.materialize(dtype=torch.float32)
+        out["masters"] = {"masters": [full[n] for group in new_slots for n in group]}
+    out["trainer_state"] = {**state, "flops": state["flops"] + fit_flops, "param_names": new_slots}
+    out["fit_flops"] = fit_flops
+    return out
+
+
+def _reindex(groups: list[dict], slots: list[list[str]]) -> list[dict]:
+    if len(groups) != len(slots):
+        raise LigoError("the checkpoint's optimizer groups do not match the model's parameter groups; grow the run "
+                        "with --optimizer-state reset")
+    out, i = [], 0
+    for g, names in zip(groups, slots):
+        out.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + len(names)))})
+        i += len(names)
+    return out
+
+
+def _grow_optimizer(op, optim: dict, old_slots: list[str], new_slots: list[list[str]]) -> dict:
+    """AdamW moments through the operator: m linearly, v by the rule in the module's docstring."""
+    per_name = {old_slots[int(i)]: s for i, s in optim["state"].items()}
+    missing = [k for k, _ in op.singles if k not in per_name] + [
+        op.spec.layer_key(op.prefix, e, 0) for e in op.layer_entries if op.spec.layer_key(op.prefix, e, 0) not in per_name]
+    if missing:
+        raise LigoError(f"the checkpoint's optimizer has no moments for {missing[:3]} (was it saved before the first "
+                        "step?); grow the run with --optimizer-state reset")
+    m = op.materialize(dtype=torch.float32, state={k: s["exp_avg"] for k, s in per_name.items()})
+    root_v = op.materialize(dtype=torch.float32, absolute=True,
+                            state={k: s["exp_avg_sq"].float().clamp_min(0).sqrt() for k, s in per_name.items()})
+    norm = op.materialize(dtype=torch.float32, absolute=True,
+                          state={k: torch.ones_like(s["exp_avg_sq"], dtype=torch.float32) for k, s in per_name.items()})
+    step = next(iter(per_name.values()))["step"]
+    state, i = {}, 0
+    for names in new_slots:
+        for name in names:
+            v = torch.where(norm[name] > 0, root_v[name] / norm[name].clamp_min(1e-30), torch.zeros_like(norm[name]))
+            dtype = per_name[next(iter(per_name))]["exp_avg"].dtype
+            state[i] = {"step": step.clone(), "exp_avg": m[name].to(dtype), "exp_avg_sq": (v * v).to(dtype)}
+            i += 1
+    return {"state": state, "param_groups": _reindex(optim["param_groups"], new_slots)}
+
+
+def write_checkpoint(grown: dict, ckpt_src: Path, dest: Path, model_dir: Path) -> None:
+    """The grown checkpoint into ``dest`` (a folder that does not exist yet), digests last."""
+    dest.mkdir(parents=True)
+    save_weights({k: v.contiguous() for k, v in grown["state"].items()}, dest, max_shard_size=10**15)  # one file
+    torch.save(grown["optimizer"], dest / "optimizer.bin")
+    if "masters" in grown:
+        torch.save(grown["masters"], dest / "custom_checkpoint_0.pkl")
+    for f in ckpt_src.iterdir():  # RNG states (and a GradScaler's) carry over as they are
+        if f.name.startswith(("random_states_", "scaler")):
+            shutil.copy2(f, dest / f.name)
+    state = {**grown["trainer_state"], "model": str(model_dir)}
+    state["files"] = _file_digests(dest)
+    (dest / STATE_FILE).write_text(json.dumps(state))
+
+
+def write_model(grown: dict, dest: Path, tokenizer_dir: Path | None) -> None:
+    """The grown model as a plain HF folder (config, weights, tokenizer, recipe, card)."""
+    from .modelcard import write_model_card
+
+    dest.mkdir(parents=True)
+    save_weights(grown["state"], dest)
+    grown["config"].save_pretrained(dest)
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, dest)
+    write_json(dest / RECIPE_NAME, grown["recipe"])
+    write_model_card(dest, grown["recipe"], kind="grown")
+
+
+def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPlan | None = None, *,
+             optimizer_state: str = "grow", fit: TrainConfig | None = None, overwrite: bool = False) -> Path:
+    """``ligo grow RUN_DIR --optimizer-state ...``: a new run directory holding the grown run."""
+    from .data import load_blocks
+    from .outputs import check_output, staged
+
+    run_dir = Path(run_dir)
+    check_output(out, overwrite=overwrite, inputs=[run_dir])
+    blocks = None
+    if fit is not None:
+        ckpt, state, manifest = open_run(run_dir)
+        model_dir = _model_dir(run_dir, state, manifest)
+        if model_dir is None:
+            raise LigoError(f"the run in {run_dir} names no model folder with a tokenizer; grow it without a fit")
+        blocks = load_blocks(_data(manifest), load_tokenizer(model_dir), fit.seq_len)
+    grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks)
+    ckpt, state, manifest = open_run(run_dir)
+    with staged(out, overwrite, inputs=[run_dir]) as tmp:
+        final = Path(out).resolve()
+        write_model(grown, tmp / "model", _tokenizer_dir(grown, manifest))
+        write_checkpoint(grown, ckpt, tmp / CHECKPOINTS / ckpt.name, final / "model")
+        log = [line for line in (run_dir / LOG_FILE).read_text().splitlines()
+               if line.strip() and json.loads(line)["step"] <= state["step"]] if (run_dir / LOG_FILE).exists() else []
+        (tmp / LOG_FILE).write_text("".join(line + "\n" for line in log))
+        (tmp / MANIFEST).write_text(json.dumps({**manifest, "ligo_version": __version__, "model": str(final / "model"),
+                                                "tokenizer": str(final / "model"), "from_config": None,
+                                                "grown_from": str(run_dir)}, indent=2) + "\n")
+    return Path(out)
+
+
+def _data(manifest: dict):
+    from .config import DataConfig
+
+    saved = manifest.get("data")
+    return DataConfig.from_dict(saved) if isinstance(saved, dict) else DataConfig.of(saved)
+
+
+def grow_in_place(run_dir: Path, target: dict, plan: GrowthPlan | None, *, optimizer_state: str = "grow",
+                  fit: TrainConfig | None = None, blocks=None, info: dict | None = None) -> Path:
+    """Mid-run growth: the grown version of the newest checkpoint of ``run_dir`` is added as
+    ``step-N-grown`` (it sorts after ``step-N``, so ``--resume`` takes it), with the grown model folder
+    ``grown-at-N`` beside it. A kill before its final rename leaves ``step-N``: growing again gives the
+    same result. ``info`` is added to the grown checkpoint's state."""
+    ckpt, state, manifest = open_run(run_dir)
+    grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks)
+    grown["trainer_state"].update(info or {})
+    name = f"step-{state['step']:07d}"
+    model_dir = (run_dir / f"grown-at-{state['step']:07d}").resolve()
+    tmp_model = run_dir / f".grown-at-{state['step']:07d}.tmp"
+    for stale in (model_dir, tmp_model):
+        shutil.rmtree(stale, ignore_errors=True)
+    write_model(grown, tmp_model, _tokenizer_dir(grown, manifest))
+    os.replace(tmp_model, model_dir)
+    tmp_ckpt = ckpt.parent / f".{name}-grown.tmp"
+    shutil.rmtree(tmp_ckpt, ignore_errors=True)
+    write_checkpoint(grown, ckpt, tmp_ckpt, model_dir)
+    os.replace(tmp_ckpt, ckpt.parent / f"{name}-grown")
+    return model_dir
+
+
+def _tokenizer_dir(grown: dict, manifest: dict) -> Path | None:
+    for candidate in (grown["model_dir"], manifest.get("tokenizer")):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
