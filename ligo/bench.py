@@ -263,7 +263,8 @@ class _Bench:
         for found in (run_dir / "result.json", cached):
             if found.exists():
                 result = json.loads(found.read_text())
-                self._keep(run_dir, result)
+                if found == cached:
+                    self._keep(run_dir, result)  # a finished run in this folder is left as it is
                 self.log(f"[{exp['name']}] {label} {tag}: final {result['final_val_loss']:.4f} (reused from {found})")
                 return result
         t0 = time.perf_counter()

@@ -9,6 +9,7 @@ stay equal through training, the grown width computes nothing new (the symmetry 
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from .arch import SPACE_OF, SPACES, ArchSpec, Dims, Match
 
@@ -23,8 +24,8 @@ def _unit_vectors(state: dict, layout: dict[str, Match], dims: Dims, token: str)
                 continue
             w = state[key].float()
             offset = sum(dims.axis_size(t) for t in tokens[: tokens.index(token)])
-            w = w.narrow(axis, offset, n * unit).movedim(axis, 0).reshape(n, unit, -1)
-            w = w.permute(0, 2, 1).reshape(n, -1)  # a unit's features, head_dim included
+            # one row per unit: its features along the other axes, with its head_dim slice for a head
+            w = rearrange(w.narrow(axis, offset, n * unit).movedim(axis, 0), "(n u) ... -> n (... u)", u=unit)
             layer = m.layer if SPACE_OF[token].in_layers else None
             parts.setdefault(layer, []).append(w)
     return {k: torch.cat(v, dim=1) for k, v in parts.items()}

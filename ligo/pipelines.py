@@ -146,7 +146,8 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
     offset = prior["fit_flops"] + prior["previous_train_flops"]
     manifest = {"ligo_version": __version__, "model": None if model is None else str(model),
                 "from_config": str(cfg_path) if cfg_path else None, "tokenizer": str(tok_dir) if tok_dir else None,
-                "data": data.to_dict(), "stages": [st.to_dict() for st in stages]}
+                "data": data.to_dict(), "stages": [st.to_dict() for st in stages],
+                "config": config if isinstance(from_config, dict) else None}  # a config given as a mapping
     collate, digest = make_collate(spec.objective, tok), data_digest(blocks.train, blocks.val)
     output.open()
     try:

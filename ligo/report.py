@@ -51,7 +51,7 @@ def summarize(results: dict, source_flops: float, noise: float | None = None) ->
     best_fixed = min(fixed, key=lambda n: results[n]["final_val_loss"]) if fixed else None
     fixed_target = results[best_fixed]["final_val_loss"] if best_fixed else None
     fixed_flops = flops_to_reach(results[best_fixed]["curve"], fixed_target) if best_fixed else None
-    fixed_start = min((results[n]["start_val_loss"] for n in fixed), default=None)
+    fixed_start = results[best_fixed]["start_val_loss"] if best_fixed else None
     rows = {}
     for name, r in results.items():
         f = flops_to_reach(r["curve"], target)
@@ -68,7 +68,8 @@ def summarize(results: dict, source_flops: float, noise: float | None = None) ->
             "saving_vs_best_fixed": None if g is None or not fixed_flops else 1 - g / fixed_flops,
             "vs_best_fixed_loss": None if fixed_target is None else r["final_val_loss"] - fixed_target,
             "fit_share": r["fit_flops"] / r["total_flops"] if r["total_flops"] else 0.0,
-            # a fit that ends above the best fixed method's start is a defect: it made its start worse
+            # a fit that ends above the best fixed method's start loss is a defect (issue 11's definition):
+            # the learned operator should never start worse than the best fixed method
             "fit_defect": bool(fit) and fixed_start is not None and fit["final_val"] > fixed_start,
             "wall_to_scratch_final": _wall_at(r["curve"], f),
         }

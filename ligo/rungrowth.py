@@ -75,6 +75,8 @@ def run_config(run_dir: Path, state: dict, manifest: dict) -> dict:
         return read_config(model_dir)
     if manifest.get("from_config"):
         return read_config(manifest["from_config"])
+    if isinstance(manifest.get("config"), dict):
+        return manifest["config"]
     raise LigoError(f"cannot tell which model the run in {run_dir} trains (its {MANIFEST} names no readable model or "
                     "config); it was not written by this version of ligo")
 

@@ -96,6 +96,20 @@ def cli(capfd):
     return call
 
 
+def wait_for(pred, proc=None, timeout: float = 300, poll: float = 0.005) -> bool:
+    """Poll ``pred`` until it holds (True), ``proc`` ends or ``timeout`` passes (False)."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(poll)
+    return False
+
+
 def write_json(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path

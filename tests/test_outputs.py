@@ -63,9 +63,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails(sources, corpus, tmp
 
 
 def test_an_interrupted_replacement_resumes_and_then_takes_the_name(sources, corpus, tmp_path, cli):
-    import time
-
-    from conftest import LIGO
+    from conftest import LIGO, wait_for
 
     out = tmp_path / "run"
     before, _ = _finished_run(cli, sources, corpus, out)
@@ -73,9 +71,7 @@ def test_an_interrupted_replacement_resumes_and_then_takes_the_name(sources, cor
     args = ["train", str(sources["llama"]), "--data", str(corpus), "--out", str(out), "--save-every", "2",
             "--steps", "400", *FAST]
     proc = subprocess.Popen([LIGO, *args, "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    end = time.time() + 300
-    while time.time() < end and proc.poll() is None and not (staging / "checkpoints" / "step-0000002").is_dir():
-        time.sleep(0.01)
+    wait_for(lambda: (staging / "checkpoints" / "step-0000002").is_dir(), proc)
     proc.kill()  # the replacement run dies after its first checkpoint
     proc.wait()
     assert _tree(out) == before and (staging / "checkpoints" / "step-0000002").is_dir()

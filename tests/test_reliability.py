@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import tiny
-from conftest import LIGO, ROOT, assert_one_line_error, run_cli
+from conftest import LIGO, ROOT, assert_one_line_error, run_cli, wait_for
 
 FAST = ["--seq-len", "32", "--batch-size", "4", "--eval-batches", "1", "--no-progress"]
 TARGET = json.dumps(tiny.TARGET["llama"])  # grows the tiny llama to ~2.4 MB of weights
@@ -78,10 +78,10 @@ def test_sigterm_during_grow_leaves_nothing_and_kill_leftovers_are_removed(sourc
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(secrets.token_bytes(1000))
     proc = subprocess.Popen([LIGO, "grow", str(sources["llama"]), "--target", TARGET, "--out", str(out), "--width",
-                             "random", "--depth", "stack", "--fit-steps", "2000", "--fit-eval-every", "0",
+                             "random", "--depth", "stack", "--fit-steps", "100000", "--fit-eval-every", "0",
                              "--seq-len", "32", "--batch-size", "4", "--no-progress"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # well inside the fit
+    time.sleep(8)  # in the start-up or the fit (100000 steps: never finished by then); either way it must unwind
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "terminated" in err, (proc.returncode, err)
@@ -89,7 +89,7 @@ def test_sigterm_during_grow_leaves_nothing_and_kill_leftovers_are_removed(sourc
     # SIGTERM in the middle of the save itself: the temporary folder goes with it
     slow = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(sources["llama"]), TARGET, str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait(lambda: list(tmp_path.glob(".grown.tmp-*")), slow), slow.communicate()
+    assert wait_for(lambda: list(tmp_path.glob(".grown.tmp-*")), slow), slow.communicate()
     slow.send_signal(signal.SIGTERM)
     _, err = slow.communicate(timeout=60)
     assert slow.returncode == 143, err
@@ -109,22 +109,11 @@ sys.exit(main(["grow", sys.argv[1], "--target", sys.argv[2], "--out", sys.argv[3
 """
 
 
-def _wait(pred, proc, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    return False
-
-
 def test_sigkill_during_grow_then_rerun(sources, tmp_path):
     out = tmp_path / "grown"
     slow = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(sources["llama"]), TARGET, str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait(lambda: list(tmp_path.glob(".grown.tmp-*")), slow)
+    assert wait_for(lambda: list(tmp_path.glob(".grown.tmp-*")), slow)
     slow.kill()
     slow.wait()
     assert list(tmp_path.glob(".grown.tmp-*")) and not out.exists()  # what kill -9 leaves

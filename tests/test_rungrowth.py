@@ -4,14 +4,13 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import tiny
-from conftest import LIGO, assert_one_line_error
+from conftest import LIGO, assert_one_line_error, wait_for
 from ligo import GrowthPlan, TrainConfig, grow, train
 from ligo.rungrowth import grow_checkpoint
 
@@ -106,9 +105,7 @@ def test_mid_run_growth_survives_sigkill_with_the_same_trajectory(sources, corpu
     assert json.loads((ref / "config.json").read_text())["hidden_size"] == 128
     proc = subprocess.Popen([LIGO, "train", *args, "--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     grown_ckpt = killed / "checkpoints" / "step-0000004-grown"
-    end = time.time() + 300
-    while time.time() < end and proc.poll() is None and not grown_ckpt.exists():
-        time.sleep(0.005)
+    wait_for(grown_ckpt.exists, proc)
     proc.send_signal(signal.SIGKILL)  # right after the growth
     proc.wait()
     assert grown_ckpt.exists()

@@ -8,14 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import tiny
-from conftest import LIGO, assert_one_line_error, run_cli, write_json
+from conftest import LIGO, assert_one_line_error, run_cli, wait_for, write_json
 from ligo import TrainConfig, train
 
 ARGS = ["--seq-len", "32", "--batch-size", "8", "--lr", "3e-3", "--warmup", "2", "--eval-every", "4",
@@ -148,17 +147,6 @@ def _start(sources, corpus, out, steps, extra=()):
                             text=True)
 
 
-def _wait_for(pred, proc, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.002)
-    return False
-
-
 def _log_len(out):
     try:
         return len((out / "log.jsonl").read_text().splitlines())
@@ -186,9 +174,9 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(sources, cor
     for k in points + ["checkpoint-write"]:
         proc = _start(sources, corpus, out, steps, save + ([] if first else ["--resume"]))
         if k == "checkpoint-write":  # aim at the window in which a checkpoint is being written
-            hit = _wait_for(lambda: any(p.name.endswith(".tmp") for p in (out / "checkpoints").glob(".step-*")), proc)
+            hit = wait_for(lambda: any(p.name.endswith(".tmp") for p in (out / "checkpoints").glob(".step-*")), proc)
         else:
-            hit = _wait_for(lambda: _log_len(out) >= k, proc)
+            hit = wait_for(lambda: _log_len(out) >= k, proc)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -208,7 +196,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(sources, cor
 def test_sigterm_saves_a_checkpoint_and_exits_zero(sources, corpus, tmp_path):
     out = tmp_path / "run"
     proc = _start(sources, corpus, out, 500, ["--log-every", "1"])
-    assert _wait_for(lambda: _log_len(out) >= 3, proc)
+    assert wait_for(lambda: _log_len(out) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
