@@ -305,6 +305,7 @@ class _Bench:
             fit_info = (recipe.get("fit") or {}).get("bench")
         else:
             plan = GrowthPlan.from_dict({**{k: method[k] for k in PLAN_KEYS if k in method}, "seed": seed})
+            plan = plan.resolved(fitted=bool(method.get("fit")))
             grower = Grower(self.out / "source", self.target_cfg, plan, tokenizer=self.tokenizer)
             fit_info = self._fit(grower, method, steps, seed) if method.get("fit") else None
             if fit_info:
@@ -376,20 +377,12 @@ class _Bench:
 
     def _fit(self, grower, method: dict, budget_steps: int, seed: int) -> dict:
         """Fit the operator: ``fit.share`` of the budget's FLOPs (or ``fit.steps``), keeping its best point."""
-        from .flops import step_flops
-        from .growth import build_config, model_class
-
         exp = self.exp
         section = {**exp.get("fit", {}), **(method["fit"] if isinstance(method["fit"], dict) else {})}
         probe = _fit_cfg(exp, method, steps=1, seed=seed, progress=self.progress)
         steps = int(section.get("steps", 1))
         if "share" in section:
-            with torch.device("meta"):
-                meta = model_class(self.spec.objective).from_config(build_config(self.target_cfg))
-            train_cfg = self._cfg({**exp["train"], "steps": budget_steps})
-            budget = step_flops(meta, grower.target_dims, train_cfg) * budget_steps
-            per_fit_step = step_flops(meta, grower.target_dims, probe) + grower.operator.build_flops() * probe.grad_accum
-            steps = max(1, int(section["share"] * budget / per_fit_step))
+            steps = grower.fit_steps(section["share"], self._cfg({**exp["train"], "steps": budget_steps}), probe)
         cfg = probe.replace(steps=steps, warmup=min(probe.warmup, steps), eval_every=min(probe.eval_every or steps, steps))
         fit = grower.fit(cfg=cfg, blocks=self.blocks)
         info = grower.fit_info

@@ -174,7 +174,11 @@ class TrainConfig:
 
 
 # The operator fit is a TrainConfig with these defaults (its steps may be 0: no fit).
-FIT_DEFAULTS = {"steps": 0, "lr": 1e-3, "warmup": 10, "weight_decay": 0.0, "eval_every": 25}
+# the fit that won on cpu-tiny (docs/benchmarks.md): a short warmup, a held-out check every 2 steps,
+# and a stop after 3 checks without improvement; the operator keeps its best held-out point
+FIT_DEFAULTS = {"steps": 0, "lr": 3e-3, "warmup": 1, "weight_decay": 0.0, "eval_every": 2, "patience": 3}
+# ligo grow-train fits for this share of its training budget's FLOPs unless told a number of steps
+FIT_SHARE = 0.02
 
 
 def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
@@ -194,10 +198,12 @@ def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
 class GrowthPlan:
     """Everything that defines an operator besides the weights: recorded in the recipe."""
 
-    width: Literal["split", "copy", "random"] = setting(
-        "split", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's)")
+    width: Literal["auto", "split", "copy", "random"] = setting(
+        "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), "
+        "or auto: random when the operator is fitted, split when it is not (the measured winners)")
     depth: Literal["stack", "interleave", "identity"] = setting(
-        "identity", "depth init: identity (new layers start as identities: lossless), stack, interleave")
+        "stack", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
+        "place), identity (new layers start as identities: with split or copy width, growth is lossless)")
     per_layer: bool = setting(False, "separate width maps per target layer for the layer spaces (heads, FFN)")
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are (0: plain copies)", low=0,
                                  high=0.99)
@@ -209,6 +215,12 @@ class GrowthPlan:
 
     def __post_init__(self) -> None:
         validate(self, "growth plan")
+
+    def resolved(self, fitted: bool) -> "GrowthPlan":
+        """The plan with ``width="auto"`` made concrete: random when the operator is fitted, else split."""
+        if self.width != "auto":
+            return self
+        return replace(self, width="random" if fitted else "split")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "growth plan") -> "GrowthPlan":

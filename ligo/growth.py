@@ -224,6 +224,17 @@ class Grower:
         model.tie_weights()  # ties made while the weights were being created on meta are not all kept
         return model
 
+    def fit_steps(self, share: float, train_cfg: TrainConfig, fit_cfg: TrainConfig) -> int:
+        """Fit steps that cost ``share`` of a training budget (``train_cfg.steps`` steps of the target):
+        a fit step is a training step of the target plus building the weights from the operator."""
+        from .flops import step_flops
+
+        with torch.device("meta"):
+            meta = model_class(self.spec.objective).from_config(build_config(self.target_config))
+        budget = step_flops(meta, self.target_dims, train_cfg) * train_cfg.steps
+        per_step = step_flops(meta, self.target_dims, fit_cfg) + self.operator.build_flops() * fit_cfg.grad_accum
+        return max(1, int(share * budget / per_step))
+
     def fit(self, data: str | Path | None = None, cfg: TrainConfig | None = None, *, blocks=None,
             run_dir: str | Path | None = None) -> LoopResult:
         """Fit the operator for ``cfg.steps`` steps on ``blocks`` (or on ``data``: a path, or None for the

@@ -53,7 +53,7 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
 
     if plan is not None and plan_fields:
         raise LigoError(f"give either plan= or plan fields ({', '.join(plan_fields)}), not both")
-    plan = plan or GrowthPlan.from_dict(plan_fields, where="grow()")
+    plan = (plan or GrowthPlan.from_dict(plan_fields, where="grow()")).resolved(fitted=fit is not None)
     data = DataConfig.of(data)
     if out is not None:
         parse_size(max_shard_size)
@@ -290,13 +290,15 @@ def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: 
 
 
 def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *, plan: GrowthPlan | None = None,
-               fit: TrainConfig | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
+               fit: TrainConfig | None = None, fit_share: float | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
                resume: bool = False, overwrite: bool = False, recipe: dict | None = None,
                device: str | None = None) -> GrowTrainResult:
     """Grow (and fit), then train the grown model: ``OUT/grown``, ``OUT/trained`` and ``OUT/recipe.json``.
 
     ``--resume`` continues whichever stage is unfinished: it grows again if the grown model is not
     complete, resumes training from its newest checkpoint, or starts training if there is none.
+    With ``fit_share``, the fit's steps are that share of ``train_cfg``'s budget in FLOPs (they replace
+    ``fit.steps``); the plan's ``width="auto"`` becomes random when there is a fit, split when not.
     """
     from .data import load_blocks
 
@@ -313,7 +315,11 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
             growth = json.loads((grown / RECIPE_NAME).read_text())
             fit_info = growth.get("fit")
         else:
-            grower = Grower(source, target, plan, device=device, tokenizer=tokenizer)
+            grower = Grower(source, target, (plan or GrowthPlan()).resolved(fitted=fit is not None), device=device,
+                            tokenizer=tokenizer)
+            if fit is not None and fit_share:  # the fit's steps: its share of the training budget's FLOPs
+                steps = grower.fit_steps(fit_share, train_cfg, fit)
+                fit = fit.replace(steps=steps, warmup=min(fit.warmup, steps), eval_every=min(fit.eval_every, steps))
             if fit is not None:
                 grower.fit(data, fit, blocks=blocks if fit.seq_len == train_cfg.seq_len else None)
             output.open()

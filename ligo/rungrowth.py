@@ -28,7 +28,7 @@ import torch
 
 from . import __version__
 from .checkpoint import RECIPE_NAME, Checkpoint, copy_tokenizer, load_tokenizer, read_config, save_weights, write_json
-from .config import GrowthPlan, TrainConfig
+from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
 from .rundir import CHECKPOINTS, LOG_FILE, MANIFEST, STATE_FILE, _file_digests, check_pickles, latest_checkpoint, \
     read_state
@@ -124,6 +124,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     source = Checkpoint(ckpt, config, spec, dims, weights, layout, weights_dtype(weights, layout, config),
                         has_head=True)
     model_dir = _model_dir(run_dir, state, manifest)
+    plan = (plan or GrowthStage().plan()).resolved(fitted=fit is not None)
     grower = Grower(source, target, plan, tokenizer=load_tokenizer(model_dir) if model_dir and fit else None)
     fit_flops = 0.0
     if fit is not None:

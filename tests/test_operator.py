@@ -34,7 +34,7 @@ def _ids(n=24):
 @pytest.mark.parametrize("model_type", tiny.ARCHS)
 def test_lossless_growth(model_type, width, sources, tmp_path):
     """Saved output, loaded with AutoModel*.from_pretrained, gives the source's logits."""
-    grow(sources[model_type], lossless_target(model_type), tmp_path / "out", plan=GrowthPlan(width=width))
+    grow(sources[model_type], lossless_target(model_type), tmp_path / "out", plan=GrowthPlan(width=width, depth="identity"))
     src = tiny.model_cls(model_type).from_pretrained(sources[model_type], attn_implementation="eager").eval()
     out = tiny.model_cls(model_type).from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     assert out.config.hidden_size == 2 * src.config.hidden_size
@@ -44,7 +44,8 @@ def test_lossless_growth(model_type, width, sources, tmp_path):
 
 def test_lossless_growth_through_the_console_script(sources, tmp_path):
     target = write_json(tmp_path / "target.json", lossless_target("llama"))
-    proc = run_cli("grow", sources["llama"], "--target", target, "--out", tmp_path / "out", check=True)
+    proc = run_cli("grow", sources["llama"], "--target", target, "--out", tmp_path / "out", "--depth", "identity",
+                   check=True)
     assert "grew llama 2L-64 -> 4L-128 (width split, depth identity)" in proc.stdout
     src = tiny.model_cls("llama").from_pretrained(sources["llama"]).eval()
     out = tiny.model_cls("llama").from_pretrained(tmp_path / "out").eval()
@@ -54,7 +55,7 @@ def test_lossless_growth_through_the_console_script(sources, tmp_path):
 @pytest.mark.parametrize("model_type", tiny.DECODERS)
 def test_lossless_with_tied_embeddings(model_type, tmp_path, tokenizer):
     src_dir = tiny.save_model(tiny.make_model(model_type, tie_word_embeddings=True), tmp_path / "src", tokenizer)
-    grow(src_dir, lossless_target(model_type), tmp_path / "out")
+    grow(src_dir, lossless_target(model_type), tmp_path / "out", depth="identity")
     src = tiny.model_cls(model_type).from_pretrained(src_dir, attn_implementation="eager").eval()
     out = tiny.model_cls(model_type).from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     assert out.config.tie_word_embeddings
@@ -129,7 +130,7 @@ def test_copy_equals_hand_built_net2net(sources, tmp_path):
 
 def test_split_is_lossless_and_asymmetric(sources, tmp_path):
     for width in ("split", "copy"):
-        grow(sources["llama"], lossless_target("llama"), tmp_path / width, plan=GrowthPlan(width=width))
+        grow(sources["llama"], lossless_target("llama"), tmp_path / width, width=width, depth="identity")
     for name, dup in (("split", False), ("copy", True)):
         ck = load_checkpoint(tmp_path / name)
         rep = unit_report(ck.state, ck.layout, ck.spec, ck.dims)
@@ -198,7 +199,7 @@ def test_evaluation_builds_the_weights_once(sources, blocks):
 
 
 @pytest.mark.parametrize("model_type, plan", [
-    ("llama", GrowthPlan()), ("llama", GrowthPlan(width="random", depth="stack")),
+    ("llama", GrowthPlan(width="split", depth="identity")), ("llama", GrowthPlan(width="random", depth="stack")),
     ("llama", GrowthPlan(per_layer=True)), ("gpt2", GrowthPlan(width="random", depth="stack")),
     ("bert", GrowthPlan(width="copy", depth="interleave"))])
 def test_build_flops_match_the_pytorch_counter(model_type, plan, sources):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from ..config import GrowthPlan, TrainConfig, fit_config
+from ..config import GrowthPlan, GrowthStage, TrainConfig, fit_config
 from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, given, parse_target
 
 
@@ -39,7 +39,10 @@ def run(args) -> int:
     from ..checkpoint import TOKENIZER_CORE
     from ..pipelines import grow
 
-    plan = GrowthPlan.from_dict({**given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
+    # a live run grows losslessly by default (split + identity, as `ligo train --grow-at`): its
+    # optimizer state then carries on; a finished model takes the measured winners (auto + stack)
+    live = {"width": GrowthStage.width, "depth": GrowthStage.depth} if args.optimizer_state else {}
+    plan = GrowthPlan.from_dict({**live, **given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
     fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
                       "progress": not args.no_progress}, where="fit")
     if args.optimizer_state:
@@ -58,7 +61,7 @@ def run(args) -> int:
               f"{info['final_val_loss']:.4f}")
     t, src, tgt = result.timings, result.recipe["source_dims"], result.recipe["target_dims"]
     print(f"grew {result.recipe['model_type']} {src['layers']}L-{src['hidden']} -> {tgt['layers']}L-{tgt['hidden']} "
-          f"(width {plan.width}, depth {plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build "
+          f"(width {result.recipe['plan']['width']}, depth {plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build "
           f"{t['build_s']:.1f}s, grow {t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")
     if not set(result.tokenizer_files) & set(TOKENIZER_CORE):
         print(f"warning: {args.source} has no tokenizer files, so {result.out} has none either; copy the "

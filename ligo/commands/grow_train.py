@@ -2,10 +2,11 @@
 
 The recipe file (YAML or JSON) holds source, target, out, the data (data, data_config, data_split,
 text_column, streaming, num_proc), the growth plan (width, depth, per_layer, split_noise, width_lr,
-depth_lr_scale), seed, seq_len, batch_size, and two mappings of training-config keys: fit
-(the operator fit; its steps may be 0) and train. Flags given on the command line override the
-recipe. Outputs: OUT/grown (the grown model), OUT/trained (the run: log, checkpoints, final model)
-and OUT/recipe.json (the recipe as run). --resume continues whichever stage is unfinished.
+depth_lr_scale), seed, seq_len, batch_size, and two mappings of training-config keys: fit (the
+operator fit: its steps, or its share of the training budget, 0.02 by default; steps 0: no fit) and
+train. Flags given on the command line override the recipe. Outputs: OUT/grown (the grown model),
+OUT/trained (the run: log, checkpoints, final model) and OUT/recipe.json (the recipe as run).
+--resume continues whichever stage is unfinished.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import DataConfig, GrowthPlan, TrainConfig, fit_config
+from ..config import FIT_SHARE, DataConfig, GrowthPlan, TrainConfig, fit_config
 from ..errors import LigoError
 from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, given, \
     parse_target
@@ -36,6 +37,11 @@ def add_parser(sub, name):
     add_data_flags(p)
     add_plan_flags(p)
     add_fit_flags(p)
+    for action in p._actions:
+        if action.dest == "fit_steps":
+            action.help = "operator fit steps on --data (default: --fit-share of the budget; 0: no fit)"
+    p.add_argument("--fit-share", type=float, help=f"operator fit length as a share of the training budget's FLOPs "
+                   f"(default {FIT_SHARE} unless --fit-steps is given; 0: no fit)")
     add_train_flags(p)
     return p
 
@@ -53,6 +59,25 @@ def load_recipe(path: str | None) -> dict:
         if key in data and not isinstance(data[key], dict):
             raise LigoError(f"recipe file {p}: '{key}' must be a mapping of training-config keys")
     return data
+
+
+SHARE_STEPS = 10**9  # a stand-in until the share is turned into steps (keeps the warmup unclipped)
+
+
+def fit_share(fit_values: dict, flag: float | None) -> float | None:
+    """The fit's share of the training budget: --fit-share, else the recipe's ``fit.share``, else
+    :data:`FIT_SHARE` unless the steps are given (flag or recipe). Pops ``share`` from ``fit_values``."""
+    share = fit_values.pop("share", None)
+    if flag is not None:
+        share = flag
+        fit_values.pop("steps", None)
+    elif share is None and "steps" not in fit_values:
+        share = FIT_SHARE
+    if share is not None and (not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share < 1):
+        raise LigoError(f"fit share must be a number in [0, 1), got {share!r}; for example --fit-share 0.02")
+    if share == 0:
+        fit_values["steps"] = 0
+    return share or None
 
 
 def run(args) -> int:
@@ -77,12 +102,16 @@ def run(args) -> int:
     fit_values = {"seq_len": train_cfg.seq_len, "batch_size": train_cfg.batch_size, "seed": train_cfg.seed,
                   "mixed_precision": train_cfg.mixed_precision, **recipe.get("fit", {}),
                   **given(args, TrainConfig, prefix="fit-"), "progress": train_cfg.progress}
-    fit = fit_config(fit_values, where="fit")
+    share = fit_share(fit_values, args.fit_share)
+    fit = fit_config({**fit_values, "steps": SHARE_STEPS} if share else fit_values, where="fit")
     plan = GrowthPlan.from_dict({**{k: recipe[k] for k in PLAN_KEYS if k in recipe}, "seed": train_cfg.seed})
+    fit_recipe = {"steps": 0} if fit is None else fit.to_dict()
+    if share:  # its steps are worked out from the budget once the target is known
+        fit_recipe = {**{k: v for k, v in fit_recipe.items() if k != "steps"}, "share": share}
     recipe.update(seed=train_cfg.seed, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size,
-                  fit=fit.to_dict() if fit else {"steps": 0}, train=train_cfg.to_dict())
-    result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, train_cfg=train_cfg,
-                        data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
+                  fit=fit_recipe, train=train_cfg.to_dict())
+    result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, fit_share=share,
+                        train_cfg=train_cfg, data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
                         device=args.device)
     loop = result.trained.loop
     if not loop.accelerator.is_main_process:
