@@ -56,7 +56,7 @@ from _tiny import tiny_source  # noqa: E402
 
 work = Path(tempfile.mkdtemp(prefix="ligo-example-"))
 source = tiny_source(work / "olmo", model_type="olmo")
-grow(source, {"hidden": 128, "layers": 4, "heads": 8, "kv_heads": 8}, work / "grown")
+grow(source, {"hidden": 128, "layers": 4, "heads": 8, "kv_heads": 8}, work / "grown", width="split", depth="identity")
 
 small = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
 big = AutoModelForCausalLM.from_pretrained(work / "grown", dtype=torch.float32)

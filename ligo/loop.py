@@ -253,20 +253,7 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
                     with autocast():
                         loss = forward(**batch).loss
                     accelerator.backward(scaler.scale(loss) if scaler else loss)
-                    if masters and accelerator.sync_gradients:  # after the (DDP) gradient reduction
-                        masters.accumulate()
-                    if accelerator.sync_gradients and cfg.clip > 0:
-                        if scaler:
-                            scaler.unscale_(optimizer)
-                        accelerator.clip_grad_norm_(trained, cfg.clip)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if masters and accelerator.sync_gradients:
-                        masters.refresh()
+                    _update(accelerator, optimizer, scaler, masters, trained, cfg.clip)
                 step_loss += loss.detach().float() / cfg.grad_accum
                 batch_in_epoch += 1
                 if not accelerator.sync_gradients:
@@ -318,6 +305,25 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
         accelerator.end_training()
     return LoopResult(steps=step, status="done" if status == "running" else status, history=history, evals=evals,
                       flops=flops, wall=wall, model=model, accelerator=accelerator)
+
+
+def _update(accelerator, optimizer, scaler, masters, trained: list, clip: float) -> None:
+    """The optimizer's part of a micro-step (accelerate skips the step between accumulation steps):
+    fp32 masters take the reduced gradients, clipping, the (scaled) step, and the bf16 weights refreshed."""
+    if masters and accelerator.sync_gradients:  # after the (DDP) gradient reduction
+        masters.accumulate()
+    if accelerator.sync_gradients and clip > 0:
+        if scaler:
+            scaler.unscale_(optimizer)
+        accelerator.clip_grad_norm_(trained, clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if masters and accelerator.sync_gradients:
+        masters.refresh()
 
 
 class _Meter:

@@ -248,7 +248,7 @@ def test_api_errors_are_ligo_errors(sources):
         TrainConfig(steps=0)
     with pytest.raises(LigoError, match="unknown key"):
         TrainConfig.from_dict({"step": 3})
-    with pytest.raises(LigoError, match="width must be one of split, copy, random"):
+    with pytest.raises(LigoError, match="width must be one of auto, split, copy, random"):
         from ligo import GrowthPlan
 
         GrowthPlan(width="wide")
