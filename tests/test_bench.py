@@ -2,6 +2,8 @@
 scratch cache), and every experiment file run in smoke mode."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,17 @@ def test_demo_smoke_through_the_cli(tmp_path):
     assert "| LiGO" in proc.stdout and "loss_vs_flops.png" in proc.stdout
     _check_report(tmp_path / "demo", load_experiment("demo", smoke=True))
     run_cli("demo", "--smoke", "--no-progress", "--out", tmp_path / "demo", check=True)  # a demo is replaced
+
+
+@pytest.mark.parametrize("script, keys", [
+    (["throughput.py", "--device", "cpu", "--preset", "cpu", "--steps", "2", "--warmup", "1"],
+     {"device", "model_params", "ligo_tokens_per_s", "bare_tokens_per_s", "ratio", "tflops", "mfu"}),
+    (["scale.py", "--smoke"], {"device", "grow_s", "fit_peak_gb", "fit_s_per_step"})])
+def test_speed_benchmarks_run_on_the_cpu(script, keys, tmp_path):
+    """The GPU speed scripts at CPU size: they run and write the figures the GPU runbook commits."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script[0]), *script[1:], "--json",
+                           str(tmp_path / "r.json")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert keys <= set(figures) and figures["device"] == "cpu"
+    assert all(figures[k] > 0 for k in keys & {"ligo_tokens_per_s", "bare_tokens_per_s", "ratio", "grow_s"})
