@@ -226,6 +226,19 @@ def copy_tokenizer(src: Path, out: Path) -> list[str]:
     return copied
 
 
+def read_yaml(path: str | Path, what: str, hint: str = "check the path"):
+    """A YAML (or JSON) file's content, or one clear error naming ``what`` it is: missing or unparsable."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise LigoError(f"{what} {p} does not exist; {hint}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise LigoError(f"{what} {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+
+
 def parse_mapping(text: str, where: str, allowed: set[str]) -> dict:
     """A YAML (or JSON, which YAML reads too) mapping with only ``allowed`` keys, or one clear error."""
     import yaml

@@ -33,18 +33,13 @@ def _lm_eval():
 
 def _tasks(tasks: list[str]) -> tuple[list[str], list[str]]:
     """(task names, folders to search) from names and local task YAML paths."""
-    import yaml
+    from .checkpoint import read_yaml
 
     names, folders = [], []
     for t in tasks:
         p = Path(t)
         if p.suffix in (".yaml", ".yml"):
-            if not p.is_file():
-                raise LigoError(f"task file {p} does not exist; pass a task YAML file or an lm-eval task name")
-            try:
-                spec = yaml.safe_load(p.read_text())
-            except yaml.YAMLError as exc:
-                raise LigoError(f"task file {p} cannot be parsed ({str(exc).splitlines()[0]})") from None
+            spec = read_yaml(p, "task file", "pass a task YAML file or an lm-eval task name")
             if not isinstance(spec, dict) or not isinstance(spec.get("task"), str):
                 raise LigoError(f"task file {p} has no 'task' name; see lm-eval's task guide")
             names.append(spec["task"])

@@ -33,19 +33,13 @@ def stages(args) -> list[GrowthStage]:
     """The growth stages of --stages FILE (a list, or a mapping with a 'stages' list) and of the --grow-* flags."""
     from pathlib import Path
 
-    import yaml
-
+    from ..checkpoint import read_yaml
     from ..errors import LigoError
 
     found = []
     if args.stages:
         p = Path(args.stages)
-        if not p.is_file():
-            raise LigoError(f"stages file {p} does not exist; check the path")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise LigoError(f"stages file {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+        data = read_yaml(p, "stages file")
         data = data.get("stages") if isinstance(data, dict) else data
         if not isinstance(data, list):
             raise LigoError(f"stages file {p} must hold a list of stages (mappings with at, target, ...)")
