@@ -15,7 +15,9 @@ An experiment is one small YAML file (``benchmarks/experiments/``). The protocol
 * **The fit**: ``fit.share`` sets its length as a share of the budget's FLOPs (else ``fit.steps``); it
   keeps its best held-out point, and its cost comes out of the method's training budget.
 * **Resume**: ``--resume`` keeps finished runs (``runs/<budget>/<method>/result.json``), resumes a
-  killed one from its newest checkpoint (``train.save_every``) or restarts it.
+  killed one from its newest checkpoint (``train.save_every``) or restarts it. Methods may be added to
+  the file (they run) or changed (they run again; a new label alone does not); a change to any other
+  setting is refused.
 
 Results: ``results.json``, ``table.md`` and loss-vs-FLOPs / loss-vs-wall plots in the output folder.
 """
@@ -27,6 +29,7 @@ import hashlib
 import json
 import math
 import resource
+import shutil
 import time
 from dataclasses import fields
 from importlib import resources
@@ -150,11 +153,14 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
     output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[data])
     saved = output.work / "experiment.json"
     spec_text = json.dumps({k: v for k, v in exp.items() if k != "_where"}, sort_keys=True)
-    if resume and saved.exists() and saved.read_text() != spec_text:
-        raise LigoError(f"--resume: {output.final} holds a run of a different experiment (the file changed since); "
-                        "pass --overwrite to start it again, or another --out")
+    before = json.loads(saved.read_text()) if resume and saved.exists() else None
+    if before is not None and _shared(before) != _shared(exp):
+        raise LigoError(f"--resume: {output.final} holds a run of a different experiment (a setting other than its "
+                        "methods changed since); pass --overwrite to start it again, or another --out")
     try:
-        report = _Bench(exp, output.open(), data, progress, log).run(spec_text)
+        bench = _Bench(exp, output.open(), data, progress, log)
+        bench.stale = _changed_methods(before, exp)
+        report = bench.run(spec_text)
     except BaseException:
         if not any(output.work.rglob("result.json")) and not (output.work / "source" / "config.json").exists():
             output.discard()  # nothing worth resuming: leave nothing behind
@@ -163,7 +169,26 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
     return report
 
 
+def _shared(exp: dict) -> str:
+    """The settings every run of an experiment depends on: all but its methods and its words."""
+    return json.dumps({k: v for k, v in exp.items() if k not in ("_where", "methods", "description")}, sort_keys=True)
+
+
+def _changed_methods(before: dict | None, exp: dict) -> set[str]:
+    """Methods whose runs in a resumed folder no longer match the experiment (their labels aside)."""
+    if before is None:
+        return set()
+
+    def runs(method: dict | None) -> dict:
+        return {k: v for k, v in (method or {}).items() if k != "label"}
+
+    old = before.get("methods", {})
+    return {name for name in exp["methods"] if name in old and runs(old[name]) != runs(exp["methods"][name])}
+
+
 class _Bench:
+    stale: set[str] = set()  # methods changed since the folder's runs were made: run again
+
     def __init__(self, exp: dict, out: Path, data, progress: bool, log):
         self.exp, self.out, self.progress, self.log = exp, out, progress, log
         self.data = data if data is not None else exp.get("data")
@@ -291,8 +316,8 @@ class _Bench:
 
         exp = self.exp
         run_dir = self.out / "runs" / label / (name if seed == exp.get("seed", 0) else f"{name}-seed{seed}")
-        if (run_dir / "result.json").exists():
-            return json.loads((run_dir / "result.json").read_text())
+        if (finished := self._finished(run_dir, name)) is not None:
+            return finished
         grown_rule = exp.get("grown") or {}
         section = {**exp["train"], "steps": steps, "lr": scratch_lr * grown_rule.get("lr_scale", 1.0),
                    "warmup": grown_rule.get("warmup", exp["train"].get("warmup", TrainConfig.warmup)), "seed": seed,
@@ -343,8 +368,8 @@ class _Bench:
 
         exp = self.exp
         run_dir = self.out / "runs" / label / (name if seed == exp.get("seed", 0) else f"{name}-seed{seed}")
-        if (run_dir / "result.json").exists():
-            return json.loads((run_dir / "result.json").read_text())
+        if (finished := self._finished(run_dir, name)) is not None:
+            return finished
         stage = method["stage"]
         grown_rule = exp.get("grown") or {}
         cfg = self._cfg({**exp["train"], "lr": scratch_lr * grown_rule.get("lr_scale", 1.0), "seed": seed,
@@ -417,6 +442,16 @@ class _Bench:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         return result
+
+    def _finished(self, run_dir: Path, name: str) -> dict | None:
+        """A method's finished run in this folder; a run of a since-changed method is removed (done again)."""
+        if name in self.stale and run_dir.exists():
+            self.log(f"[{self.exp['name']}] {name} changed since {run_dir} was made: running it again")
+            shutil.rmtree(run_dir)
+        if (run_dir / "result.json").exists():
+            result = json.loads((run_dir / "result.json").read_text())
+            return {**result, "label": (self.exp["methods"].get(name) or {}).get("label", name)}
+        return None
 
     @staticmethod
     def _keep(run_dir: Path, result: dict) -> None:

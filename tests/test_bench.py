@@ -1,6 +1,7 @@
 """Benchmarks and the demo: the accounting, the protocol (LR sweep, budgets, noise floor, resume, the
 scratch cache), and every experiment file run in smoke mode."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -123,6 +124,25 @@ def test_resume_keeps_finished_runs_and_finishes_the_rest(tmp_path):
     changed = dict(exp, seed=7)
     with pytest.raises(LigoError, match="different experiment"):
         run_experiment(changed, out, progress=False, log=lambda *_: None, resume=True)
+
+
+def test_resume_runs_added_and_changed_methods_only(tmp_path):
+    """Editing an experiment's methods and resuming: new and changed methods run, the rest are kept."""
+    exp = load_experiment("demo", smoke=True)
+    out = tmp_path / "out"
+    run_experiment(exp, out, progress=False, log=lambda *_: None)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    methods = copy.deepcopy(exp["methods"])
+    methods["stack"]["label"] = "renamed"  # words only: kept
+    methods["ligo"]["fit"] = {"share": 0.2}  # changed: run again
+    methods["copy"] = {"width": "copy", "depth": "identity"}  # added: run
+    lines = []
+    report = run_experiment(dict(exp, methods=methods), out, progress=False, log=lines.append, resume=True)
+    rerun = sorted(p.parent.name for p, t in stamps.items() if not p.exists() or p.stat().st_mtime_ns != t)
+    assert rerun == ["ligo"], lines
+    assert (out / "runs" / "1x" / "copy" / "result.json").exists()
+    assert report["budgets"][0]["methods"]["stack"]["label"] == "renamed"
+    assert any("ligo changed since" in line for line in lines)
 
 
 def test_scratch_runs_are_reused_across_experiments(tmp_path):

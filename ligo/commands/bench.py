@@ -16,7 +16,9 @@ def add_parser(sub, name):
     p.add_argument("--data", help="text file, directory or jsonl to use instead of the experiment's corpus "
                    "(default: Python source on this machine, see the experiment's `corpus`)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and steps: checks the pipeline in seconds")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted run of the same experiment in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run of the same experiment in --out; methods added or changed "
+                        "in the file since run (again), the rest are kept")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier run (kept until "
                    "the new one is complete)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
