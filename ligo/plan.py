@@ -48,13 +48,15 @@ def _solve(xs: list[float], ys: list[float], alpha: float, x0: float) -> dict | 
         return None
     a = (n * szy - sz * sy) / det
     e = (sy - a * sz) / n
+    if e < 0:  # an irreducible loss below zero is no loss at all: E = 0, A alone
+        e, a = 0.0, szy / szz
     if a <= 0:
         return None
     return {"E": e, "A": a, "alpha": alpha, "x0": x0, "sse": sum((e + a * v - y) ** 2 for v, y in zip(z, ys))}
 
 
 def fit_power_law(xs: list[float], ys: list[float]) -> dict:
-    """Least squares of ``L = E + A (x + x0)^-alpha`` (``x0 >= 0``: a head start, in tokens per parameter):
+    """Least squares of ``L = E + A (x + x0)^-alpha`` (``E >= 0``; ``x0 >= 0``: a head start, in tokens per parameter):
     a coarse grid over alpha and x0, then a local search that halves its steps; E and A in closed form."""
     lo = min(xs)
     fits = [f for f in (_solve(xs, ys, i / 50, x0) for x0 in [0.0] + [lo * 10 ** (k / 8 - 2) for k in range(41)]
@@ -151,6 +153,11 @@ def plan(results: list[str | Path], target_params: float, budget_flops: float,
                                    m["pays_until_tokens_per_param"]))
     best = max(candidates, key=lambda c: c[2], default=None)
     floor = max((a["noise_floor"] for a in analyses), default=0.0)
+    worst = max((abs(m["held_out_error"]) for a in analyses for m in a["methods"].values()
+                 if m["held_out_error"] is not None), default=None)
+    if worst is not None and worst > max(floor, 0.01):
+        notes.append(f"the fits miss a held-out budget by up to {worst:.3f} nats, more than the noise floor "
+                     f"({floor:.4f}): take the predictions as a direction, and the measured budgets as the evidence")
     verdict = "grow" if best and best[2] > floor else "train from scratch"
     if best and best[2] <= floor:
         notes.append(f"no growth method is predicted to beat scratch by more than the noise floor ({floor:.4f}) at "

@@ -1,6 +1,7 @@
 """The planner: power-law fits, held-out checks, and when growth stops paying, on results with known laws."""
 
 import json
+import math
 
 import pytest
 
@@ -18,6 +19,25 @@ def test_power_law_fit_recovers_known_parameters():
     law = fit_power_law(xs, [2.0 + 3.0 * x ** -0.35 for x in xs])
     assert law["alpha"] == pytest.approx(0.35, rel=1e-3) and law["E"] == pytest.approx(2.0, abs=1e-3)
     assert law["A"] == pytest.approx(3.0, rel=1e-3) and law["rmse"] < 1e-4 and law["x0"] < 1e-2
+
+
+def test_power_law_fit_keeps_the_irreducible_loss_non_negative():
+    """A curve a log fits best (alpha -> 0 with E -> -inf) gets E = 0, not an unphysical negative floor."""
+    xs = [0.1 * 1.1 ** i for i in range(40)]
+    law = fit_power_law(xs, [4.0 - 0.3 * math.log(x) for x in xs])
+    assert law["E"] == 0.0 and law["A"] > 0 and law["alpha"] > 0 and law["rmse"] < 0.05
+
+
+def test_plan_says_when_its_fits_miss_the_held_out_budget(tmp_path):
+    report = _report()
+    for point in report["budgets"][1]["methods"]["grown"]["curve"][-5:]:  # the long budget ends 0.3 nats lower
+        point["val_loss"] -= 0.3
+    report["budgets"][1]["methods"]["grown"]["final_val_loss"] -= 0.3
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(report))
+    n = analyse(report)["target_params"]
+    notes = plan([path], n, 10 * 6 * n * n)["notes"]
+    assert any("miss a held-out budget by up to 0.3" in note for note in notes), notes
 
 
 def _report():
