@@ -330,7 +330,7 @@ class _Bench:
             fit_info = (recipe.get("fit") or {}).get("bench")
         else:
             plan = GrowthPlan.from_dict({**{k: method[k] for k in PLAN_KEYS if k in method}, "seed": seed})
-            plan = plan.resolved(fitted=bool(method.get("fit")))
+            plan = plan.resolved()
             grower = Grower(self.out / "source", self.target_cfg, plan, tokenizer=self.tokenizer)
             fit_info = self._fit(grower, method, steps, seed) if method.get("fit") else None
             if fit_info:

@@ -177,8 +177,6 @@ class TrainConfig:
 # the fit that won on cpu-tiny (docs/benchmarks.md): a short warmup, a held-out check every 2 steps,
 # and a stop after 3 checks without improvement; the operator keeps its best held-out point
 FIT_DEFAULTS = {"steps": 0, "lr": 3e-3, "warmup": 1, "weight_decay": 0.0, "eval_every": 2, "patience": 3}
-# ligo grow-train fits for this share of its training budget's FLOPs unless told a number of steps
-FIT_SHARE = 0.02
 
 
 def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
@@ -200,7 +198,7 @@ class GrowthPlan:
 
     width: Literal["auto", "split", "copy", "random"] = setting(
         "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), "
-        "or auto: random when the operator is fitted, split when it is not (the measured winners)")
+        "or auto: split with identity depth (a lossless plan), else random (what measured best with stacked depth)")
     depth: Literal["stack", "interleave", "identity"] = setting(
         "stack", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
         "place), identity (new layers start as identities: with split or copy width, growth is lossless)")
@@ -216,11 +214,13 @@ class GrowthPlan:
     def __post_init__(self) -> None:
         validate(self, "growth plan")
 
-    def resolved(self, fitted: bool) -> "GrowthPlan":
-        """The plan with ``width="auto"`` made concrete: random when the operator is fitted, else split."""
+    def resolved(self) -> "GrowthPlan":
+        """The plan with ``width="auto"`` made concrete: ``split`` when the depth is ``identity`` (the plan
+        is then lossless), else ``random``, the paper's init, which beat every other width init with stacked
+        depth, fitted or not, at both cpu-tiny budgets (docs/benchmarks.md)."""
         if self.width != "auto":
             return self
-        return replace(self, width="random" if fitted else "split")
+        return replace(self, width="split" if self.depth == "identity" else "random")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "growth plan") -> "GrowthPlan":

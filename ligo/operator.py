@@ -140,7 +140,7 @@ class GrowthOperator(nn.Module):
                  plan: GrowthPlan | None = None):
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
-        self.plan = plan = (plan or GrowthPlan()).resolved(fitted=False)
+        self.plan = plan = (plan or GrowthPlan()).resolved()
         check_growth(spec, src_dims, tgt_dims)
         gen = torch.Generator().manual_seed(plan.seed)
         prefixes = {key[: len(key) - len(spec.layer_prefix.format(i=m.layer) + m.entry.name)]

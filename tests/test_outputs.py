@@ -134,20 +134,22 @@ def test_grow_and_grow_train_document_the_same_fit_defaults():
         return {a.dest: a.help for a in subs[cmd]._actions if a.dest.startswith("fit_")}
 
     grow, grow_train = fit_flags("grow"), fit_flags("grow-train")
-    # grow-train alone knows a budget: by default it fits for a share of it
-    assert grow_train.pop("fit_share").endswith("(default 0.02 unless --fit-steps is given; 0: no fit)")
+    # grow-train alone knows a budget: it may fit for a share of it
+    assert grow_train.pop("fit_share").endswith("(default: no fit; the unfitted operator measured best, see "
+                                                "docs/benchmarks.md)")
     assert grow.pop("fit_steps").endswith("(default: 0, no fit)")
-    assert grow_train.pop("fit_steps").endswith("(default: --fit-share of the budget; 0: no fit)")
+    assert grow_train.pop("fit_steps").endswith("(default: 0, no fit; or --fit-share)")
     assert grow == grow_train and len(grow) > 10
     assert grow["fit_warmup"].endswith("(default: 1)") and grow["fit_patience"].endswith("(default: 3)")
     assert grow["fit_lr"].endswith("(default: 0.003)") and "fit_weight_decay" not in grow  # never decayed
 
 
-def test_grow_train_fits_a_share_of_its_budget_by_default(sources, corpus, tmp_path, cli):
-    """The default plan: a fit of 2% of the training budget's FLOPs from the paper's init, stacked depth."""
+def test_grow_train_defaults_to_the_paper_init_unfitted_and_fits_a_share_when_asked(sources, corpus, tmp_path, cli):
+    """The default plan: the paper's width init with stacked depth, no fit (what measured best); --fit-share
+    0.02 fits for 2% of the training budget's FLOPs; identity depth makes auto width the lossless split."""
     out = tmp_path / "job"
     cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", out, "--steps", "150", *FAST,
-        "--fit-eval-every", "0", check=True)
+        "--fit-share", "0.02", "--fit-eval-every", "0", check=True)
     recipe = json.loads((out / "recipe.json").read_text())
     grown = json.loads((out / "grown" / "ligo_recipe.json").read_text())
     assert recipe["fit"]["share"] == 0.02 and "steps" not in recipe["fit"]
@@ -156,11 +158,15 @@ def test_grow_train_fits_a_share_of_its_budget_by_default(sources, corpus, tmp_p
     fit = grown["fit"]
     train_step = fit["flops_per_step"] - fit["build_flops"]
     assert 1 <= fit["steps"] <= 3 and fit["flops"] <= 0.02 * 150 * train_step < (fit["steps"] + 1) * fit["flops_per_step"]
-    # no fit: the lossless-width default, and the recipe says so
+    # the default: no fit, the paper's init, and the recipe says so
     cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", tmp_path / "plain", "--steps",
-        "2", *FAST, "--fit-share", "0", check=True)
+        "2", *FAST, check=True)
     assert json.loads((tmp_path / "plain" / "recipe.json").read_text())["fit"] == {"steps": 0}
-    assert json.loads((tmp_path / "plain" / "grown" / "ligo_recipe.json").read_text())["plan"]["width"] == "split"
+    plain = json.loads((tmp_path / "plain" / "grown" / "ligo_recipe.json").read_text())
+    assert plain["plan"]["width"] == "random" and plain["plan"]["depth"] == "stack" and plain.get("fit") in (None, {})
+    cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", tmp_path / "lossless",
+        "--steps", "2", "--depth", "identity", *FAST, check=True)
+    assert json.loads((tmp_path / "lossless" / "grown" / "ligo_recipe.json").read_text())["plan"]["width"] == "split"
 
 
 def test_help_and_version_import_nothing_heavy():

@@ -1,8 +1,8 @@
 """ligo demo: the whole story on an embedded default, with no arguments and no download.
 
 Trains a BPE tokenizer and a tiny Llama-shaped model on the Python standard library's source, grows it
-with a fitted LiGO operator, and trains the grown model, a fixed-growth baseline and a model from
-scratch at equal total FLOPs. Prints the table and writes a plot of held-out loss vs FLOPs.
+with the LiGO operator (at the paper's init, ligo's default, and fitted), and trains the grown models,
+a fixed-growth baseline and a model from scratch at equal total FLOPs. Prints the table and writes a plot of held-out loss vs FLOPs.
 """
 
 from __future__ import annotations

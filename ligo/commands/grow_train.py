@@ -3,7 +3,7 @@
 The recipe file (YAML or JSON) holds source, target, out, the data (data, data_config, data_split,
 text_column, streaming, num_proc), the growth plan (width, depth, per_layer, split_noise, width_lr,
 depth_lr_scale), seed, seq_len, batch_size, and two mappings of training-config keys: fit (the
-operator fit: its steps, or its share of the training budget, 0.02 by default; steps 0: no fit) and
+operator fit: its steps, or its share of the training budget such as 0.02; none by default) and
 train. Flags given on the command line override the recipe. Outputs: OUT/grown (the grown model),
 OUT/trained (the run: log, checkpoints, final model) and OUT/recipe.json (the recipe as run).
 --resume continues whichever stage is unfinished.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import FIT_SHARE, DataConfig, GrowthPlan, TrainConfig, fit_config
+from ..config import DataConfig, GrowthPlan, TrainConfig, fit_config
 from ..errors import LigoError
 from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, given, \
     parse_target
@@ -39,9 +39,9 @@ def add_parser(sub, name):
     add_fit_flags(p)
     for action in p._actions:
         if action.dest == "fit_steps":
-            action.help = "operator fit steps on --data (default: --fit-share of the budget; 0: no fit)"
-    p.add_argument("--fit-share", type=float, help=f"operator fit length as a share of the training budget's FLOPs "
-                   f"(default {FIT_SHARE} unless --fit-steps is given; 0: no fit)")
+            action.help = "operator fit steps on --data (default: 0, no fit; or --fit-share)"
+    p.add_argument("--fit-share", type=float, help="operator fit length as a share of the training budget's FLOPs, e.g. 0.02 "
+                   "(default: no fit; the unfitted operator measured best, see docs/benchmarks.md)")
     add_train_flags(p)
     return p
 
@@ -65,14 +65,12 @@ SHARE_STEPS = 10**9  # a stand-in until the share is turned into steps (keeps th
 
 
 def fit_share(fit_values: dict, flag: float | None) -> float | None:
-    """The fit's share of the training budget: --fit-share, else the recipe's ``fit.share``, else
-    :data:`FIT_SHARE` unless the steps are given (flag or recipe). Pops ``share`` from ``fit_values``."""
+    """The fit's share of the training budget: --fit-share, else the recipe's ``fit.share``; None when
+    the fit is given in steps or there is none (the default). Pops ``share`` from ``fit_values``."""
     share = fit_values.pop("share", None)
     if flag is not None:
         share = flag
         fit_values.pop("steps", None)
-    elif share is None and "steps" not in fit_values:
-        share = FIT_SHARE
     if share is not None and (not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share < 1):
         raise LigoError(f"fit share must be a number in [0, 1), got {share!r}; for example --fit-share 0.02")
     if share == 0:
