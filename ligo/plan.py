@@ -144,6 +144,10 @@ def plan(results: list[str | Path], target_params: float, budget_flops: float,
         if not lo / 2 <= x <= hi * 2:
             notes.append(f"{a['experiment']}: {x:.3g} tokens/parameter is outside the measured {lo:.3g}..{hi:.3g}; "
                          "the fits are extrapolated")
+        if not a["target_params"] / 10 <= target_params <= a["target_params"] * 10:
+            notes.append(f"{a['experiment']}: a target of {target_params:.3g} parameters is far from the measured "
+                         f"{a['target_params']:.3g}; tokens per parameter carry the curves across sizes only "
+                         "approximately (growth's advantage was seen to shrink at larger scale)")
         if source_params and target_params / source_params > a["growth_factor"] * 1.25:
             notes.append(f"{a['experiment']}: growth factor {target_params / source_params:.1f}x is larger than the "
                          f"measured {a['growth_factor']:.1f}x; growth's advantage shrinks with larger factors")

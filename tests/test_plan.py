@@ -83,6 +83,8 @@ def test_plan_recommends_growth_early_and_scratch_late(tmp_path, cli):
     assert any("outside the measured" in note for note in late["notes"])
     assert any("growth factor 8.0x is larger" in note for note in late["notes"])
     assert any("not expected to pay" in note for note in late["notes"])
+    far = plan([path], 100 * n, 10 * 6 * (100 * n) ** 2)["notes"]
+    assert any("is far from the measured" in note for note in far) and not any("far from" in note for note in early["notes"])
     proc = cli("plan", "--results", path, "--target-params", n, "--budget", 10 * 6 * n * n, check=True)
     assert "-> grow" in proc.stdout and "| grown |" in proc.stdout
 
