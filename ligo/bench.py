@@ -51,8 +51,9 @@ STAGE_KEYS = {"at", "optimizer_state", "fit_steps", "fit_lr"}
 GROWN_KEYS = {"lr_scale", "warmup"}
 
 
-def load_experiment(path: str | Path, smoke: bool = False) -> dict:
-    """Read and fully validate an experiment file (or the name of an embedded one, such as 'demo')."""
+def load_experiment(path: str | Path, smoke: bool = False, methods: list[str] | None = None) -> dict:
+    """Read and fully validate an experiment file (or the name of an embedded one, such as 'demo');
+    with ``methods``, only those (and scratch, the reference) are run."""
     from .checkpoint import parse_mapping
 
     p = Path(path)
@@ -68,6 +69,12 @@ def load_experiment(path: str | Path, smoke: bool = False) -> dict:
         exp = _merge(exp, exp.get("smoke") or {})
     exp["_where"] = where
     _validate(exp)
+    if methods:
+        unknown = [m for m in methods if m not in exp["methods"]]
+        if unknown:
+            raise LigoError(f"{where}: no method {', '.join(map(repr, unknown))}; its methods are "
+                            f"{', '.join(exp['methods'])}")
+        exp["methods"] = {k: v for k, v in exp["methods"].items() if k == "scratch" or k in methods}
     return exp
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from ligo.bench import load_experiment, run_experiment
 from ligo.errors import LigoError
 from ligo.report import flops_to_reach, summarize
@@ -124,6 +124,21 @@ def test_resume_keeps_finished_runs_and_finishes_the_rest(tmp_path):
     changed = dict(exp, seed=7)
     with pytest.raises(LigoError, match="different experiment"):
         run_experiment(changed, out, progress=False, log=lambda *_: None, resume=True)
+
+
+def test_methods_run_first_and_the_rest_join_with_resume(tmp_path, cli):
+    """--methods runs a subset (scratch always); the full experiment resumed later runs only the rest."""
+    out = tmp_path / "out"
+    cli("bench", "demo", "--smoke", "--no-progress", "--out", out, "--methods", "stack", check=True)
+    assert sorted(p.name for p in (out / "runs" / "1x").iterdir()) == ["scratch-lr0.002", "stack"]
+    stamp = (out / "runs" / "1x" / "stack" / "result.json").stat().st_mtime_ns
+    cli("bench", "demo", "--smoke", "--no-progress", "--out", out, "--resume", check=True)
+    assert (out / "runs" / "1x" / "stack" / "result.json").stat().st_mtime_ns == stamp
+    assert set(json.loads((out / "results.json").read_text())["budgets"][0]["methods"]) == {"scratch", "stack",
+                                                                                            "paper", "ligo"}
+    assert_one_line_error(cli("bench", "demo", "--smoke", "--out", tmp_path / "x", "--methods", "stak"),
+                          "bench", "no method 'stak'; its methods are scratch, stack, paper, ligo")
+    assert not (tmp_path / "x").exists()
 
 
 def test_resume_runs_added_and_changed_methods_only(tmp_path):

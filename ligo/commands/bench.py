@@ -3,7 +3,8 @@ other, at equal total FLOPs, at one or more budgets, with a noise floor (see doc
 
 EXPERIMENT is a YAML file (see benchmarks/experiments/) or the name of an embedded one ('demo').
 Writes results.json, table.md and loss-vs-FLOPs / loss-vs-wall plots into --out. A long experiment
-can be spread over several sessions: --resume keeps finished runs and resumes an interrupted one.
+can be spread over several sessions: --resume keeps finished runs and resumes an interrupted one, and
+--methods runs the most important methods first (the others join later with --resume).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ def add_parser(sub, name):
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted run of the same experiment in --out; methods added or changed "
                         "in the file since run (again), the rest are kept")
+    p.add_argument("--methods", nargs="+", metavar="NAME",
+                   help="run only these methods of the experiment (and scratch, the reference); the others can "
+                        "be added later into the same --out with --resume")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier run (kept until "
                    "the new one is complete)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -30,7 +34,7 @@ def run(args) -> int:
 
     from ..bench import load_experiment, run_experiment
 
-    exp = load_experiment(args.experiment, smoke=args.smoke)
+    exp = load_experiment(args.experiment, smoke=args.smoke, methods=args.methods)
     out = args.out or f"bench-results/{exp['name']}{'-smoke' if args.smoke else ''}"
     run_experiment(exp, out, data=args.data, progress=not args.no_progress, resume=args.resume,
                    overwrite=args.overwrite)
