@@ -165,9 +165,7 @@ def run_experiment(exp: dict, out: str | Path, data: str | None = None, progress
         raise LigoError(f"--resume: {output.final} holds a run of a different experiment (a setting other than its "
                         "methods changed since); pass --overwrite to start it again, or another --out")
     try:
-        bench = _Bench(exp, output.open(), data, progress, log)
-        bench.stale = _changed_methods(before, exp)
-        report = bench.run(spec_text)
+        report = _Bench(exp, output.open(), data, progress, log, stale=_changed_methods(before, exp)).run(spec_text)
     except BaseException:
         if not any(output.work.rglob("result.json")) and not (output.work / "source" / "config.json").exists():
             output.discard()  # nothing worth resuming: leave nothing behind
@@ -194,10 +192,9 @@ def _changed_methods(before: dict | None, exp: dict) -> set[str]:
 
 
 class _Bench:
-    stale: set[str] = set()  # methods changed since the folder's runs were made: run again
-
-    def __init__(self, exp: dict, out: Path, data, progress: bool, log):
+    def __init__(self, exp: dict, out: Path, data, progress: bool, log, stale: set[str] = frozenset()):
         self.exp, self.out, self.progress, self.log = exp, out, progress, log
+        self.stale = stale  # methods changed since the folder's runs were made: run again
         self.data = data if data is not None else exp.get("data")
         self.spec = get_spec(exp["model_type"])
         self.seq_len = int(exp.get("seq_len", 128))
@@ -322,7 +319,7 @@ class _Bench:
         from .pipelines import train
 
         exp = self.exp
-        run_dir = self.out / "runs" / label / (name if seed == exp.get("seed", 0) else f"{name}-seed{seed}")
+        run_dir = self._run_dir(label, name, seed)
         if (finished := self._finished(run_dir, name)) is not None:
             return finished
         grown_rule = exp.get("grown") or {}
@@ -337,7 +334,6 @@ class _Bench:
             fit_info = (recipe.get("fit") or {}).get("bench")
         else:
             plan = GrowthPlan.from_dict({**{k: method[k] for k in PLAN_KEYS if k in method}, "seed": seed})
-            plan = plan.resolved()
             grower = Grower(self.out / "source", self.target_cfg, plan, tokenizer=self.tokenizer)
             fit_info = self._fit(grower, method, steps, seed) if method.get("fit") else None
             if fit_info:
@@ -374,7 +370,7 @@ class _Bench:
         from .pipelines import train
 
         exp = self.exp
-        run_dir = self.out / "runs" / label / (name if seed == exp.get("seed", 0) else f"{name}-seed{seed}")
+        run_dir = self._run_dir(label, name, seed)
         if (finished := self._finished(run_dir, name)) is not None:
             return finished
         stage = method["stage"]
@@ -449,6 +445,9 @@ class _Bench:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         return result
+
+    def _run_dir(self, label: str, name: str, seed: int) -> Path:
+        return self.out / "runs" / label / (name if seed == self.exp.get("seed", 0) else f"{name}-seed{seed}")
 
     def _finished(self, run_dir: Path, name: str) -> dict | None:
         """A method's finished run in this folder; a run of a since-changed method is removed (done again)."""

@@ -53,7 +53,7 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
 
     if plan is not None and plan_fields:
         raise LigoError(f"give either plan= or plan fields ({', '.join(plan_fields)}), not both")
-    plan = (plan or GrowthPlan.from_dict(plan_fields, where="grow()")).resolved()
+    plan = plan or GrowthPlan.from_dict(plan_fields, where="grow()")
     data = DataConfig.of(data)
     if out is not None:
         parse_size(max_shard_size)
@@ -315,7 +315,7 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
             growth = json.loads((grown / RECIPE_NAME).read_text())
             fit_info = growth.get("fit")
         else:
-            grower = Grower(source, target, (plan or GrowthPlan()).resolved(), device=device,
+            grower = Grower(source, target, plan, device=device,
                             tokenizer=tokenizer)
             if fit is not None and fit_share:  # the fit's steps: its share of the training budget's FLOPs
                 steps = grower.fit_steps(fit_share, train_cfg, fit)

@@ -124,7 +124,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     source = Checkpoint(ckpt, config, spec, dims, weights, layout, weights_dtype(weights, layout, config),
                         has_head=True)
     model_dir = _model_dir(run_dir, state, manifest)
-    plan = (plan or GrowthStage().plan()).resolved()
+    plan = plan or GrowthStage().plan()
     grower = Grower(source, target, plan, tokenizer=load_tokenizer(model_dir) if model_dir and fit else None)
     fit_flops = 0.0
     if fit is not None:

@@ -2,7 +2,8 @@
 
 Trains a BPE tokenizer and a tiny Llama-shaped model on the Python standard library's source, grows it
 with the LiGO operator (at the paper's init, ligo's default, and fitted), and trains the grown models,
-a fixed-growth baseline and a model from scratch at equal total FLOPs. Prints the table and writes a plot of held-out loss vs FLOPs.
+a fixed-growth baseline and a model from scratch at equal total FLOPs. Prints the table and writes a
+plot of held-out loss vs FLOPs.
 """
 
 from __future__ import annotations
