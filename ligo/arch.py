@@ -13,9 +13,18 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``q``      query heads, written by the query projection (grown by whole heads)
 ``k``/``v`` key / value heads, written by the key / value projections (grown by whole heads)
 ``o.in``   per-query-head attention outputs, read by the output projection
+``qkv``    whole heads of a per-head interleaved query/key/value projection (GPT-NeoX: each head's
+           q, k and v slices side by side), grown with the query heads
 ``ffn``    FFN hidden units, written (up/gate/fc-in); ``ffn.in``: read (down/fc-out)
-``vocab``  vocabulary; ``pos`` positions; ``type`` token types: never grown
+``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
+           per-head norm over ``head_dim``): never grown
 =========  ================================================================================
+
+Besides the weights, a table states the family's numerics that growth must keep (see
+``docs/architectures.md``): ``norms`` (RMSNorm or LayerNorm, a gain offset such as Gemma's ``1 + w``,
+which weights are the gains of norms over the residual stream), ``embed_scale`` (an embedding multiplied
+by a power of the hidden size inside the model, as Gemma's ``sqrt(hidden)``) and ``layer_lists``
+(per-layer config lists that follow the depth plan, as ``layer_types`` or ``no_rope_layers``).
 """
 
 from __future__ import annotations
@@ -50,18 +59,22 @@ class Space:
 SPACES = (
     Space("res", ("res",), ("res.in",), "hidden", None, False),
     Space("ffn", ("ffn",), ("ffn.in",), "ffn", None, True),
-    Space("heads", ("q",), ("o.in",), "heads", "head_dim", True),
+    Space("heads", ("q", "qkv"), ("o.in",), "heads", "head_dim", True),
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
 )
 SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
-GROWN = {tok: (s.count, s.unit) for tok, s in SPACE_OF.items()}      # token -> (count dim, unit-size dim)
+# token -> (count dim, unit-size dim); a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim
+GROWN = {tok: (s.count, "qkv_unit" if tok == "qkv" else s.unit) for tok, s in SPACE_OF.items()}
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
-FIXED = {"vocab": "vocab", "pos": "positions", "type": None}
+FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim"}
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn")
 _TABLE_KEYS = {"model_type", "model_types", "objective", "rope", "config", "base_prefix", "layer_prefix", "globals",
-               "layer", "head", "tied", "identity_zero", "layer_lists", "ignore"}
+               "layer", "head", "tied", "identity_zero", "layer_lists", "ignore", "norms", "embed_scale"}
+_NORM_KEYS = {"type", "offset", "gains", "stream"}
+_EMBED_SCALE_KEYS = {"weight", "power", "tied_norm"}
+NORM_TYPES = ("rms", "layer")
 _CONFIG_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_default_factor",
                 "vocab", "positions", "tie"}
 _REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}
@@ -81,6 +94,10 @@ class Dims:
     vocab: int
     positions: int | None
     tie: bool
+
+    @property
+    def qkv_unit(self) -> int:
+        return 3 * self.head_dim
 
     def units(self, token: str) -> tuple[int, int]:
         """(number of units, unit size) of a grown map token."""
@@ -133,6 +150,8 @@ class ArchSpec:
     identity_zero: list[str]
     layer_lists: list[str]
     ignore: list[str]
+    norms: dict = field(default_factory=lambda: {"type": "layer", "offset": 0.0, "gains": [], "stream": "pre"})
+    embed_scale: dict | None = None
     source: str = ""
     model_type: str = ""  # the type this spec was looked up for (the family's first by default)
     _patterns: list[tuple[re.Pattern, Entry | None]] = field(default_factory=list, repr=False)
@@ -177,12 +196,32 @@ class ArchSpec:
         for m in data.get("identity_zero", []):
             if m not in layer_modules:
                 raise LigoError(f"{where}: identity_zero names {m!r}, which is no layer module")
+        names = {e.name for e in entries}
+        norms = data.get("norms", {"type": "layer", "offset": 0.0, "gains": []})
+        if (not isinstance(norms, dict) or set(norms) - _NORM_KEYS or norms.get("type") not in NORM_TYPES
+                or not isinstance(norms.get("offset", 0.0), (int, float)) or not isinstance(norms.get("gains", []), list)
+                or norms.get("stream", "pre") not in ("pre", "post")):
+            raise LigoError(f"{where}: norms must be a mapping with type ({' or '.join(NORM_TYPES)}) and optionally "
+                            "offset (a number: the gain is offset + weight), gains (the norm weights) and stream "
+                            "(pre, or post when the residual stream itself is normalized after each layer)")
+        norms = {"type": norms["type"], "offset": float(norms.get("offset", 0.0)), "gains": list(norms.get("gains", [])),
+                 "stream": norms.get("stream", "pre")}
+        for g in norms["gains"]:
+            if g not in names:
+                raise LigoError(f"{where}: norms.gains names {g!r}, which is no weight of the table")
+        scale = data.get("embed_scale")
+        if scale is not None and (not isinstance(scale, dict) or set(scale) - _EMBED_SCALE_KEYS
+                                  or scale.get("weight") not in names or not isinstance(scale.get("power"), (int, float))
+                                  or scale.get("tied_norm", scale.get("weight")) not in names):
+            raise LigoError(f"{where}: embed_scale must be a mapping with weight (the embedding it scales), power (the "
+                            "model multiplies it by hidden_size ** power) and optionally tied_norm (the norm in front "
+                            "of a head tied to it); each must name a weight of the table")
         spec = cls(model_types=tuple(types), objective=data["objective"], rope=bool(data.get("rope")),
                    config=dict(cfg), base_prefix=data["base_prefix"], layer_prefix=data["layer_prefix"],
                    entries=entries, tied=dict(data.get("tied", {})),
                    identity_zero=list(data.get("identity_zero", [])),
                    layer_lists=list(data.get("layer_lists", [])), ignore=list(data.get("ignore", [])),
-                   source=source, model_type=types[0])
+                   norms=norms, embed_scale=scale, source=source, model_type=types[0])
         spec._compile()
         return spec
 

@@ -203,6 +203,74 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
 
 
+class LazyWeights:
+    """A checkpoint's tensors read one at a time on demand (never the whole model in memory), each checked
+    to be finite as it is read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.files = {}
+        for f in _weight_files(path):
+            if not f.exists():
+                raise LigoError(f"weight shard {f} is missing; the checkpoint is incomplete")
+            self.files[f] = None
+        self.where: dict[str, Path] = {}
+
+    def _handle(self, f: Path):
+        from safetensors import safe_open
+
+        if self.files[f] is None:
+            self.files[f] = safe_open(f, framework="pt")
+            for key in self.files[f].keys():
+                self.where[key] = f
+        return self.files[f]
+
+    def __call__(self, key: str) -> torch.Tensor:
+        from safetensors import SafetensorError
+
+        if key not in self.where:
+            for f in self.files:
+                self._handle(f)
+        f = self.where[key]
+        try:
+            tensor = self._handle(f).get_tensor(key)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
+                            "truncated or corrupt, so re-download or re-save it") from None
+        check_finite({key: tensor}, self.path)
+        return tensor
+
+
+def save_weights_streaming(tensors, shapes: dict[str, torch.Tensor], out: Path,
+                           max_shard_size: str | int = "5GB") -> None:
+    """Write tensors that arrive one at a time (``(key, tensor)`` in the order of ``shapes``, a dict of
+    meta tensors giving every key's shape and dtype) as safetensors shards, each written as soon as its
+    last tensor arrives: the files and the index are those :func:`save_weights` writes for the same state."""
+    from huggingface_hub import constants, split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    split = split_torch_state_dict_into_shards(shapes, max_shard_size=parse_size(max_shard_size))
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        for key, tensor in tensors:
+            name = split.tensor_to_filename[key]
+            shard = pending.setdefault(name, {})
+            shard[key] = tensor.contiguous()
+            if len(shard) == len(split.filename_to_tensors[name]):
+                save_file(pending.pop(name), out / name, metadata={"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": {**split.metadata, "format": "pt"}, "weight_map": split.tensor_to_filename}
+            path = out / (constants.SAFETENSORS_WEIGHTS_FILE_PATTERN.format(suffix="") + ".index.json")
+            path.write_text(json.dumps(index, indent=2))
+    except Exception as exc:  # safetensors raises its own error types for a full disk
+        error = as_user_error(exc, f"writing the weights to {out}")
+        if error is None:
+            raise
+        raise error from None
+    if pending:
+        raise LigoError(f"internal error: shards {sorted(pending)} were not completed")
+
+
 def save_weights(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "5GB") -> None:
     from huggingface_hub import save_torch_state_dict
     from huggingface_hub.utils import disable_progress_bars

@@ -12,12 +12,12 @@ from torch import nn
 
 from . import __version__
 from .arch import Dims
-from .checkpoint import RECIPE_NAME, Checkpoint, copy_tokenizer, load_checkpoint, load_tokenizer, parse_size, \
-    read_config, save_weights, write_json
+from .checkpoint import RECIPE_NAME, Checkpoint, LazyWeights, copy_tokenizer, describe_checkpoint, load_checkpoint, \
+    load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming, write_json
 from .config import GrowthPlan, TrainConfig
 from .errors import LigoError
 from .loop import LoopResult, make_collate, train_loop
-from .operator import GrowthOperator, depth_plan
+from .operator import GrowthOperator, depth_plan, lossless_gaps
 
 
 def model_class(objective: str):
@@ -49,6 +49,21 @@ def known_config_keys(model_type: str) -> set[str]:
 
 def read_target(target: dict | str | Path) -> dict:
     return dict(target) if isinstance(target, dict) else read_config(target)
+
+
+def _check_layer_settings(config: dict, target: dict, dims: Dims, layer_lists: list[str]) -> None:
+    """A per-layer list the target sets must have one entry per target layer, and a sliding window it sets
+    must fit in the positions (the source's own values follow the depth plan and are not checked here)."""
+    for key in layer_lists:
+        value = target.get(key)
+        if value is not None and (not isinstance(value, list) or len(value) != dims.layers):
+            n = len(value) if isinstance(value, list) else "no"
+            raise LigoError(f"the target's {key} has {n} entries but the target has {dims.layers} layers; give one "
+                            f"entry per layer, or leave {key} out to take each new layer's from its source layer")
+    window, positions = target.get("sliding_window"), config.get("max_position_embeddings")
+    if isinstance(window, int) and isinstance(positions, int) and window > positions:
+        raise LigoError(f"the target's sliding_window {window} is larger than its max_position_embeddings {positions}; "
+                        f"choose a window of at most {positions} tokens")
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -155,26 +170,33 @@ class Grower:
     """
 
     def __init__(self, source: str | Path | Checkpoint, target: dict | str | Path, plan: GrowthPlan | None = None,
-                 device: str | torch.device | None = None, tokenizer=None):
+                 device: str | torch.device | None = None, tokenizer=None, stream: bool = False):
         t0 = time.perf_counter()
         self.device = torch.device(device or "cpu")
         loaded_here = not isinstance(source, Checkpoint)
-        self.source = load_checkpoint(source, self.device) if loaded_here else source
+        # streaming (no fit, on the CPU): only the source's headers now; save() reads each tensor when needed
+        self.stream = stream and loaded_here and self.device.type == "cpu"
+        self.source = (describe_checkpoint(source) if self.stream else load_checkpoint(source, self.device)) \
+            if loaded_here else source
         self.has_head, self.dtype, self.spec = self.source.has_head, self.source.dtype, self.source.spec
-        self.target_config = self.spec.target_config(self.source.config, read_target(target),
-                                                     known_config_keys(self.spec.model_type))
+        target = read_target(target)
+        self.target_config = self.spec.target_config(self.source.config, target, known_config_keys(self.spec.model_type))
         self.target_dims: Dims = self.spec.dims(self.target_config, where="target")
+        _check_layer_settings(self.target_config, target, self.target_dims, self.spec.layer_lists)
         self._check_memory()
         t1 = time.perf_counter()
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
-                                       self.source.state, plan).to(self.device)
+                                       self.source.state, plan)
+        if not self.stream:  # a streaming operator holds the source's shapes only (on the meta device)
+            self.operator.to(self.device)
         self.plan = self.operator.plan
-        if loaded_here:  # the operator holds what it needs (layers stacked): do not keep a second copy
+        self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims)
+        if loaded_here and not self.stream:  # the operator holds what it needs (layers stacked): no second copy
             self.source.state = {}
         sources, _ = depth_plan(self.plan.depth, self.source.dims.layers, self.target_dims.layers)
-        for key in self.spec.layer_lists:  # per-layer config lists follow the depth plan
+        for key in self.spec.layer_lists:  # per-layer config lists follow the depth plan (unless the target sets them)
             old = self.source.config.get(key)
-            if isinstance(old, list) and len(old) == self.source.dims.layers:
+            if key not in target and isinstance(old, list) and len(old) == self.source.dims.layers:
                 self.target_config[key] = [old[j] for j in sources]
         self.fit_result: LoopResult | None = None
         self.fit_info: dict = {}
@@ -182,23 +204,47 @@ class Grower:
         self.tokenizer_files: list[str] = []
         self.timings = {"load_s": t1 - t0, "build_s": time.perf_counter() - t1}
 
-    def target_parameters(self) -> int:
-        """Parameters of the grown model (tied weights once)."""
+    def _target_sizes(self) -> list[int]:
+        """The number of elements of every grown tensor kind (one per layer entry), tied weights once."""
         tied = set(self.spec.tied) if self.target_dims.tie else set()
-        total = 0
+        sizes = []
         for key, m in self.source.layout.items():
             if key in tied or (m.entry.scope == "layer" and m.layer != 0):
                 continue
             shape = [s if s > 0 else g for s, g in zip(self.spec.shape(m.entry, self.target_dims),
                                                        self.source.state[key].shape)]
-            total += int(torch.tensor(shape).prod()) * (self.target_dims.layers if m.entry.scope == "layer" else 1)
-        return total
+            sizes.append(int(torch.tensor(shape).prod()))
+            sizes.extend([sizes[-1]] * (self.target_dims.layers - 1 if m.entry.scope == "layer" else 0))
+        return sizes
+
+    def target_parameters(self) -> int:
+        """Parameters of the grown model (tied weights once)."""
+        return sum(self._target_sizes())
+
+    def _check_disk(self, out: Path) -> None:
+        """Streaming needs little memory but the whole grown model on disk: refuse a target that cannot fit."""
+        import shutil
+
+        need = self.target_parameters() * self.dtype.itemsize
+        parent = out.resolve().parent
+        free = shutil.disk_usage(parent).free if parent.exists() else None
+        if free is not None and need > free:
+            raise LigoError(f"the grown model needs {need / 1e9:.1f} GB of disk, but {parent} has {free / 1e9:.1f} GB "
+                            "free; free some space or write --out elsewhere")
 
     def _check_memory(self) -> None:
-        """The grown weights are gathered in host memory for saving: refuse a target that cannot fit
-        before anything is allocated (a typo of a few zeros would otherwise ask for terabytes)."""
-        need = self.target_parameters() * self.dtype.itemsize
+        """Refuse a target that cannot fit before anything is allocated (a typo of a few zeros would otherwise
+        ask for terabytes): in memory, the grown weights are gathered for saving; streaming, the largest
+        grown tensor is computed in float32 (twice: the result and its expansion's input)."""
         free = available_memory(torch.device("cpu"))
+        if self.stream:
+            need = 2 * 4 * max(self._target_sizes())
+            if free is not None and need > free:
+                raise LigoError(f"the target's largest tensor has {need // 8:,} elements: {need / 1e9:.1f} GB to "
+                                f"compute in float32, but this machine has {free / 1e9:.1f} GB of memory available; "
+                                "choose a smaller target")
+            return
+        need = self.target_parameters() * self.dtype.itemsize
         if free is not None and need > free:
             raise LigoError(f"the target has {self.target_parameters():,} parameters: {need / 1e9:.1f} GB in "
                             f"{str(self.dtype).removeprefix('torch.')}, but this machine has {free / 1e9:.1f} GB of "
@@ -244,6 +290,9 @@ class Grower:
         from .flops import step_flops
 
         cfg = cfg or TrainConfig(steps=100, weight_decay=0.0)
+        if self.stream:
+            raise LigoError("this Grower streams its source (stream=True) and cannot fit the operator; build it "
+                            "without stream=True to fit")
         if not self.has_head:
             raise LigoError(f"{self.source.path} is a bare model without an LM head, so there is no pretraining "
                             "loss to fit on; grow without --fit-steps, or use its *ForMaskedLM/*ForCausalLM form")
@@ -285,7 +334,8 @@ class Grower:
         return {"ligo_version": __version__, "source": str(self.source.path), "model_type": self.spec.model_type,
                 "objective": self.spec.objective,
                 "source_dims": asdict(self.source.dims), "target_dims": asdict(self.target_dims),
-                "plan": self.plan.to_dict(), "operator_parameters": self.operator.num_parameters(),
+                "plan": self.plan.to_dict(), "lossless": not self.gaps, "not_lossless_because": self.gaps,
+                "operator_parameters": self.operator.num_parameters(),
                 "fit": self.fit_info or None}
 
     def hf_config(self):
@@ -301,13 +351,22 @@ class Grower:
 
         parse_size(max_shard_size)  # a bad size fails before the work, not after
         check_output(out, overwrite=overwrite, inputs=[self.source.path])
+        if self.stream:
+            self._check_disk(Path(out))
         t0 = time.perf_counter()
-        state = self.materialize()
+        state = None if self.stream else self.materialize()
         t1 = time.perf_counter()
         config = self.hf_config()
         with staged(out, overwrite, inputs=[self.source.path]) as tmp:
-            save_weights(state, tmp, max_shard_size)
+            if self.stream:  # each target tensor from the source tensors it needs, each shard written when full
+                shapes = {key: torch.empty(shape, dtype=self.dtype, device="meta")
+                          for key, shape in self.operator.target_shapes().items()}
+                save_weights_streaming(self.operator.stream(LazyWeights(self.source.path), self.dtype), shapes, tmp,
+                                       max_shard_size)
+            else:
+                save_weights(state, tmp, max_shard_size)
             del state
+            t1 = time.perf_counter() if self.stream else t1
             config.save_pretrained(tmp)
             self.tokenizer_files = copy_tokenizer(self.source.path, tmp)
             recipe = self.recipe()

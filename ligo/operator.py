@@ -14,9 +14,18 @@ function-preserving start exists. The fixed growth methods are initial values of
 * width ``copy``: Net2Net. Out map copies units; in map copies them with fan-in divided by the
   number of copies. Lossless (for uniform ratios where a norm sees the space).
 * width ``split``: as ``copy`` but the copies' read weights are unequal shares ``a_c`` summing to 1,
-  so copies receive different gradients and grow apart. Lossless too. The default.
+  so copies receive different gradients and grow apart. Lossless too.
 * width ``random``: the paper's code: old units kept, new units random convex mixtures of old
   ones, one map for both sides. Not lossless.
+* a residual stream under RMSNorm that grows by a non-integer ratio ``r = d2 / d1`` (576 -> 960), where
+  some units have more copies than others, gets scaled copies: copy ``c`` of unit ``t`` carries
+  ``alpha_c * x_t`` with ``alpha_c = sqrt(r / copies_t)``, so every unit's squares sum to ``r x_t^2`` and the
+  RMS statistic is unchanged (epsilon included). Readers take ``share / alpha``, norm gains are plain
+  copies, and the norm in front of the head (which reads through the write map) ``share / alpha^2``.
+  ``copy``/``split`` are thus lossless at any ratio for RMSNorm families (integer ratios: ``alpha = 1``).
+* a table's numerics: norm gains stored with an offset (Gemma's ``1 + w``) are grown as gains
+  (``offset + w``), and an embedding the model multiplies by ``hidden ** p`` is divided by the growth of
+  that factor (and the norm in front of a head tied to it multiplied by it), so the function is kept.
 * depth ``stack`` (target layer i <- source layer i mod L1), ``interleave`` (each source layer
   repeated in place) and ``identity`` (as interleave, but the repeats' residual-writing modules are
   zero, so new layers start as identities in pre-norm models).
@@ -109,6 +118,49 @@ def unit_selection(token: str, src: Dims, tgt: Dims) -> torch.Tensor:
     return torch.arange(n2) % n1
 
 
+def residual_scales(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> torch.Tensor | None:
+    """Each residual unit's ``alpha`` when the stream grows by scaled copies (see the module docstring): a
+    lossless width init, an RMSNorm family and a hidden size that is no integer multiple of the source's.
+    None otherwise."""
+    if plan.width not in ("copy", "split") or spec.norms["type"] != "rms" or tgt.hidden % src.hidden == 0:
+        return None
+    sel = unit_selection("res", src, tgt)
+    copies = torch.bincount(sel, minlength=src.hidden).double()
+    return (tgt.hidden / src.hidden / copies[sel]).sqrt()
+
+
+def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
+    """Why growing ``src`` into ``tgt`` with ``plan`` does not keep the source's function exactly, one
+    sentence a reason; empty when it does (fp32 rounding aside)."""
+    plan = plan.resolved()
+    gaps = []
+    if plan.width == "random":
+        gaps.append("random-mixture width (the paper's init) does not keep the function; use --width split")
+    if plan.depth != "identity" and tgt.layers > src.layers:
+        gaps.append(f"{plan.depth} depth repeats trained layers, which changes the function; use --depth identity")
+    if plan.depth == "identity" and tgt.layers > src.layers and spec.norms.get("stream") == "post":
+        gaps.append(f"{spec.model_type} normalizes the residual stream after each layer (post-LN), so a new layer "
+                    "whose output is zero is not an identity: only growth without new layers is lossless")
+    if plan.width in ("copy", "split") and tgt.hidden % src.hidden and spec.norms["type"] == "layer":
+        gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
+                    f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
+    if plan.width in ("copy", "split"):
+        names = {e: t for e in spec.norms["gains"] for t in ("q", "k")
+                 if any(t in axis for entry in spec.entries if entry.name == e for axis in entry.axes)}
+        for name, tok in sorted(names.items()):
+            (n1, _), (n2, _) = src.units(tok), tgt.units(tok)
+            if n2 % n1:
+                gaps.append(f"{name.split('.')[-2]} normalizes the whole {tok} projection over all heads, whose "
+                            f"statistic changes when heads grow by a non-integer factor ({n1} -> {n2}); grow "
+                            "heads and kv heads by an integer factor")
+    return gaps
+
+
+def _random_rows(n: int, n1: int, gen: torch.Generator) -> torch.Tensor:
+    rows = torch.rand(n, n1, generator=gen, dtype=torch.float64)
+    return rows / rows.sum(1, keepdim=True)
+
+
 def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
                split_noise: float = 0.5) -> torch.Tensor:
     """Initial width map (target units x source units) of one map token."""
@@ -117,9 +169,7 @@ def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generat
     sel = unit_selection(token, src, tgt)
     onehot = torch.nn.functional.one_hot(sel, n1).double()
     if method == "random":
-        new = torch.rand(n2 - n1, n1, generator=gen, dtype=torch.float64)
-        new = new / new.sum(1, keepdim=True)
-        return torch.cat([torch.eye(n1, dtype=torch.float64), new])
+        return torch.cat([torch.eye(n1, dtype=torch.float64), _random_rows(n2 - n1, n1, gen)])
     if method not in ("copy", "split"):
         raise LigoError(f"unknown width method {method!r}; choose one of {', '.join(WIDTH_INITS)}")
     if token in WRITE_TOKENS:
@@ -184,8 +234,8 @@ class GrowthOperator(nn.Module):
 
         self.width = nn.ParameterDict()
         for tok in sorted(tokens, key=lambda t: (t in READ_PARTNER, t)):  # write maps first
-            partner = _param_name(READ_PARTNER.get(tok, ""))
-            if plan.width == "random" and partner in self.width:
+            partner = next((_param_name(w) for w in SPACE_OF[tok].write if _param_name(w) in self.width), None)
+            if plan.width == "random" and tok in READ_PARTNER and partner is not None:
                 m = self.width[partner].detach().clone()  # the paper ties a space's read and write maps
             elif tok in LAYER_TOKENS:
                 m = torch.stack([width_init("random" if new and tok in WRITE_TOKENS else plan.width, tok, src_dims,
@@ -193,6 +243,31 @@ class GrowthOperator(nn.Module):
             else:
                 m = width_init(plan.width, tok, src_dims, tgt_dims, gen, plan.split_noise).float()
             self.width[_param_name(tok)] = nn.Parameter(m)
+        # A residual stream of scaled copies: writers scale, readers divide, and the norms over the stream
+        # get maps of their own (plain copies; the head-side norm share / alpha^2).
+        self.gains = set(spec.norms["gains"])
+        alpha = residual_scales(spec, plan, src_dims, tgt_dims)
+        if alpha is not None:
+            alpha = alpha.float()[:, None]
+            gain_tokens = {t for e in [e for _, e in self.singles] + self.layer_entries if e.name in self.gains
+                           for axis in e.axes for t in axis if t in ("res", "res.in")}
+            with torch.no_grad():
+                if "res" in self.width:
+                    self.width["res"].mul_(alpha)
+                if "res_in" in self.width:
+                    self.width["res_in"].div_(alpha)
+            for tok in sorted(gain_tokens):
+                base = (torch.nn.functional.one_hot(unit_selection("res", src_dims, tgt_dims), src_dims.hidden).float()
+                        if tok == "res" else self.width["res_in"].detach() / alpha)
+                self.width[_param_name(tok) + "_gain"] = nn.Parameter(base)
+        # An embedding the model multiplies by hidden ** power: divided by the growth of that factor; the
+        # norm in front of a head tied to it multiplied by it (the head's logits would shrink otherwise).
+        self.scales: dict[str, float] = {}
+        if spec.embed_scale is not None:
+            factor = (src_dims.hidden / tgt_dims.hidden) ** spec.embed_scale["power"]
+            self.scales[spec.embed_scale["weight"]] = factor
+            if src_dims.tie and "tied_norm" in spec.embed_scale:
+                self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
 
         base = torch.nn.functional.one_hot(torch.tensor(sources), src_dims.layers).float()
         self.depth = nn.ParameterDict()
@@ -212,22 +287,23 @@ class GrowthOperator(nn.Module):
         return out
 
     # -- application ------------------------------------------------------------------------
-    def _map(self, token: str, absolute: bool) -> torch.Tensor:
-        m = self.width[_param_name(token)]
+    def _map(self, token: str, absolute: bool, gain: bool = False) -> torch.Tensor:
+        name = _param_name(token)
+        m = self.width[name + "_gain" if gain and name + "_gain" in self.width else name]
         return m.abs() if absolute else m
 
     def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups: torch.Tensor | None,
-                     absolute: bool) -> torch.Tensor:
+                     absolute: bool, gain: bool = False) -> torch.Tensor:
         """Grow one axis of ``w``. ``groups``: the map group of each row of a leading layer dimension
-        (None for a weight outside the layers)."""
+        (None for a weight outside the layers); ``gain``: ``w`` is a norm's gain."""
         if len(tokens) > 1:  # fused axis: grow each part, concatenate
             parts = w.split([self.src.axis_size(t) for t in tokens], dim=axis)
-            return torch.cat([self._expand_axis(p, axis, (t,), groups, absolute) for p, t in zip(parts, tokens)],
-                             dim=axis)
+            return torch.cat([self._expand_axis(p, axis, (t,), groups, absolute, gain)
+                              for p, t in zip(parts, tokens)], dim=axis)
         tok = tokens[0]
         if tok in FIXED:
             return w
-        m = self._map(tok, absolute)
+        m = self._map(tok, absolute, gain)
         _, unit = self.src.units(tok)
         w = rearrange(w.movedim(axis, -1), "... (unit d) -> ... unit d", d=unit)
         if m.dim() == 2 or len(m) == 1:
@@ -241,33 +317,64 @@ class GrowthOperator(nn.Module):
 
     def _expand(self, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None, absolute: bool) -> torch.Tensor:
         for a, tokens in enumerate(entry.axes):
-            w = self._expand_axis(w, a + int(groups is not None), tokens, groups, absolute)
-        return w
+            w = self._expand_axis(w, a + int(groups is not None), tokens, groups, absolute, entry.name in self.gains)
+        return w * self.scales[entry.name] if entry.name in self.scales else w
 
-    def _grown(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False
-               ) -> Iterator[tuple[str, torch.Tensor]]:
+    def _offset(self, entry: Entry, weights: bool) -> float:
+        """What a stored weight is offset by (a norm gain stored as ``gain - 1``): growth acts on the gain
+        itself, depth mix included. Optimizer moments (``weights=False``) have no offset."""
+        return self.spec.norms["offset"] if weights and entry.name in self.gains else 0.0
+
+    def _grown(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
+               read=None) -> Iterator[tuple[str, torch.Tensor]]:
         """The target's tensors one at a time (float32), tied duplicates left out.
 
         ``state``: a source-shaped state to grow instead of the source weights (e.g. optimizer
-        moments, keyed like the checkpoint); ``absolute``: apply the maps' absolute values.
+        moments, keyed like the checkpoint); ``absolute``: apply the maps' absolute values; ``read``: a
+        function from a checkpoint key to its tensor, to read the source on demand (streaming growth).
         Each layer entry is computed for all target layers at once (fast, for the fit), or one target
-        layer at a time (``layer_by_layer``: least memory, for materializing large models)."""
+        layer at a time from only the source layers its depth row uses (``layer_by_layer``: least
+        memory, for materializing large models; the same arithmetic whichever way the source is read)."""
         held = self._stacked(state) if state is not None else None
 
-        def source(kind: str, key: str) -> torch.Tensor:
-            return (held[(kind, key)] if held is not None else getattr(self, kind + _param_name(key))).float()
+        def single(key: str) -> torch.Tensor:
+            t = read(key) if read is not None else held[("w_", key)] if held is not None else getattr(
+                self, "w_" + _param_name(key))
+            return t.float()
+
+        def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
+            if read is not None:
+                return torch.stack([read(self.spec.layer_key(self.prefix, e, j)).float() for j in index])
+            t = held[("l_", e.name)] if held is not None else getattr(self, "l_" + _param_name(e.name))
+            return (t if index is None else t[index]).float()
 
         for key, entry in self.singles:
-            yield key, self._expand(source("w_", key), entry, None, absolute)
+            w = single(key)
+            grown = self._expand(w, entry, None, absolute)
+            offset = self._offset(entry, state is None)
+            if offset:  # E (w + o) - o, computed so that it is exactly E w where E's rows sum to one
+                grown = grown + offset * (self._expand(torch.ones_like(w), entry, None, absolute) - 1)
+            yield key, grown
         for e in self.layer_entries:
-            src = source("l_", e.name)
+            offset = self._offset(e, state is None)
             depth = self.depth[_param_name(e.module)]
             depth = depth.abs() if absolute else depth
-            chunks = [slice(i, i + 1) for i in range(self.tgt.layers)] if layer_by_layer else [slice(None)]
-            for chunk in chunks:
-                mixed = torch.einsum("ij,j...->i...", depth[chunk], src)
+            shape = getattr(self, "l_" + _param_name(e.name)).shape[1:]
+            if layer_by_layer:
+                steps = []
+                for i in range(self.tgt.layers):
+                    index = torch.nonzero(depth[i]).flatten().tolist()
+                    steps.append((slice(i, i + 1), depth[i, index][None], index))
+            else:
+                steps = [(slice(None), depth, None)]
+            for chunk, coef, index in steps:
+                src = layers(e, index) if index != [] else torch.zeros(0, *shape, device=depth.device)
+                mixed = torch.einsum("ij,j...->i...", coef, src)
                 grown = self._expand(mixed, e, self.layer_group[chunk], absolute)
-                del mixed
+                if offset:
+                    ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src))
+                    grown = grown + offset * (self._expand(ones, e, self.layer_group[chunk], absolute) - 1)
+                del mixed, src
                 for i, w in zip(range(self.tgt.layers)[chunk], grown):
                     yield self.spec.layer_key(self.prefix, e, i), w
                 del grown
@@ -277,12 +384,31 @@ class GrowthOperator(nn.Module):
         keys = [key for key, _ in self.singles] + list(self.tied)
         return keys + [self.spec.layer_key(self.prefix, e, i) for e in self.layer_entries for i in range(self.tgt.layers)]
 
+    def target_shapes(self) -> dict[str, list[int]]:
+        """Every tensor :meth:`materialize` returns, with its shape, in its order (nothing computed)."""
+        def shape(entry: Entry, src: torch.Size) -> list[int]:
+            return [t if t > 0 else s for t, s in zip(self.spec.shape(entry, self.tgt), src)]
+
+        out = {key: shape(e, getattr(self, "w_" + _param_name(key)).shape) for key, e in self.singles}
+        for e in self.layer_entries:
+            size = shape(e, getattr(self, "l_" + _param_name(e.name)).shape[1:])
+            out.update({self.spec.layer_key(self.prefix, e, i): size for i in range(self.tgt.layers)})
+        return out
+
     def forward(self) -> dict[str, torch.Tensor]:
         """The target state dict (tied keys point at the same tensor)."""
         out = dict(self._grown())
         for key, target in self.tied.items():
             out[key] = out[target]
         return out
+
+    @torch.no_grad()
+    def stream(self, read, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        """The target's tensors (cast to ``dtype``) one at a time, in :meth:`materialize`'s order and with its
+        arithmetic, from a source read on demand by ``read(key)``: only the source tensors one target
+        tensor depends on are held at a time."""
+        for key, v in self._grown(layer_by_layer=True, read=read):
+            yield key, v.to(dtype=dtype)
 
     @torch.no_grad()
     def materialize(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None,

@@ -43,10 +43,13 @@ class GrowTrainResult:
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
          plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
          overwrite: bool = False, max_shard_size: str | int = "5GB", device: str | None = None,
-         **plan_fields) -> GrowResult:
+         stream: bool = True, **plan_fields) -> GrowResult:
     """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
 
     The plan is ``plan``, or its fields as keywords: ``grow(src, {"hidden": 1024}, "out/", width="split")``.
+    Without a fit, on the CPU, growth streams (``stream``): the source is read tensor by tensor and each
+    shard is written as it fills, so memory stays near one shard; ``stream=False`` gathers the grown model
+    in memory first (the same bytes on disk).
     """
     from .checkpoint import parse_size
     from .outputs import check_output
@@ -58,7 +61,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     if out is not None:
         parse_size(max_shard_size)
         check_output(out, overwrite=overwrite, inputs=[source, data.data])
-    grower = Grower(source, target, plan, device=device)
+    # without a fit the operator streams on the CPU: the source is read tensor by tensor, shards written as they fill
+    grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None)
     if fit is not None:
         grower.fit(data, fit)
     path = grower.save(out, overwrite, max_shard_size) if out is not None else None

@@ -13,14 +13,16 @@ from ligo.errors import LigoError
 
 
 def test_every_shipped_type_is_tested_here():
-    assert set(supported_types()) == set(tiny.ARCHS)
+    assert set(supported_types()) == set(tiny.ALL)
 
 
 def test_one_table_per_family():
     files = sorted(p.name for p in resources.files("ligo.archs").iterdir() if p.name.endswith(".json"))
-    assert files == ["bert.json", "gpt2.json", "llama.json", "roberta.json"]
+    assert files == ["bert.json", "gemma.json", "gpt2.json", "gpt_neox.json", "llama.json", "olmo2.json", "phi3.json",
+                     "qwen3.json", "roberta.json"]
     family = get_spec("qwen2")
-    assert family.model_types == ("llama", "mistral", "qwen2") and family.model_type == "qwen2"
+    assert family.model_types == ("llama", "mistral", "qwen2", "granite", "smollm3") and family.model_type == "qwen2"
+    assert get_spec("gemma2").source == get_spec("gemma3_text").source == "ligo/archs/gemma.json"
     assert get_spec("mistral").source == get_spec("llama").source == "ligo/archs/llama.json"
 
 
@@ -33,7 +35,7 @@ def test_space_vocabulary_is_consistent():
 
 
 @pytest.mark.parametrize("bare", [False, True], ids=["lm-head", "bare"])
-@pytest.mark.parametrize("model_type", tiny.ARCHS)
+@pytest.mark.parametrize("model_type", tiny.ALL)
 def test_every_weight_matches_exactly_one_entry(model_type, bare):
     model = tiny.make_model(model_type, bare=bare)
     spec = get_spec(model_type)

@@ -25,6 +25,28 @@ SOURCE = {
     "qwen2": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=96, max_position_embeddings=128),
 }
+# The families released since 2024, each with the quirk that breaks naive growth switched on: an explicit
+# head_dim that is not hidden / heads, sliding and full attention layers with a window shorter than the
+# test text, partial rotary, NoPE layers, muP-style multipliers, norms over whole projections.
+_GQA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+            max_position_embeddings=128)
+FAMILIES = {
+    "qwen3": dict(_GQA, head_dim=32),
+    "gemma3_text": dict(_GQA, head_dim=32, query_pre_attn_scalar=24, sliding_window=8,
+                        layer_types=["sliding_attention", "full_attention"]),
+    "gemma2": dict(_GQA, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                   layer_types=["sliding_attention", "full_attention"]),
+    "gemma": dict(_GQA, head_dim=16),
+    "phi3": dict(_GQA, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+    "olmo2": dict(_GQA),
+    "gpt_neox": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                     max_position_embeddings=128, use_parallel_residual=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
+    "smollm3": dict(_GQA, no_rope_layers=[1, 0]),
+    "granite": dict(_GQA, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.04,
+                    logits_scaling=8.0),
+}
+SOURCE.update(FAMILIES)
 # Integer width ratio and more layers: the lossless case.
 TARGET = {
     "gpt2": dict(n_embd=64, n_layer=4, n_head=8),
@@ -37,8 +59,14 @@ TARGET = {
     "qwen2": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
                   intermediate_size=192),
 }
-DECODERS = ("gpt2", "llama", "mistral", "qwen2")
-ARCHS = tuple(SOURCE)
+_GQA_TARGET = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                   intermediate_size=192)
+TARGET.update({mt: dict(_GQA_TARGET) for mt in FAMILIES})
+TARGET["gpt_neox"] = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, intermediate_size=192)
+CLASSIC = ("gpt2", "bert", "roberta", "llama", "mistral", "qwen2")   # the families of ligo 0.2
+DECODERS = ("gpt2", "llama", "mistral", "qwen2", *FAMILIES)
+ARCHS = CLASSIC  # the families most tests run on; tests/test_families.py runs every guarantee on FAMILIES
+ALL = CLASSIC + tuple(FAMILIES)
 
 
 def config(model_type: str, **overrides):
@@ -48,7 +76,7 @@ def config(model_type: str, **overrides):
         kw.setdefault("attention_probs_dropout_prob", 0.0)
     if model_type == "gpt2":
         kw.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    if model_type in ("llama", "mistral", "qwen2"):
+    if model_type in ("llama", "mistral", "qwen2", *FAMILIES):
         kw.update(bos_token_id=0, eos_token_id=0, pad_token_id=1)
     return T.AutoConfig.for_model(model_type, **kw)
 

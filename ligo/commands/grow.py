@@ -26,6 +26,9 @@ def add_parser(sub, name):
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, like 5GB or 500MB "
                    "(default 5GB)")
     p.add_argument("--device", help="where to grow: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--in-memory", action="store_true", help="gather the grown model in memory before writing it "
+                   "(default without a fit on the CPU: stream, reading the source tensor by tensor and writing each "
+                   "shard as it fills; the files are the same)")
     p.add_argument("--seed", type=int, default=0, help="seed of the operator's init and of the fit (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for the fit")
     add_target_flag(p)
@@ -54,7 +57,8 @@ def run(args) -> int:
               f"ligo train --out {out} --resume --steps N")
         return 0
     result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
-                  overwrite=args.overwrite, max_shard_size=args.max_shard_size, device=_device(args.device))
+                  overwrite=args.overwrite, max_shard_size=args.max_shard_size, device=_device(args.device),
+                  stream=not args.in_memory)
     if result.fit is not None:
         info = result.recipe["fit"]
         print(f"fit: {info['steps']} steps, held-out loss {info['start_val_loss']:.4f} -> "
@@ -63,6 +67,9 @@ def run(args) -> int:
     print(f"grew {result.recipe['model_type']} {src['layers']}L-{src['hidden']} -> {tgt['layers']}L-{tgt['hidden']} "
           f"(width {result.recipe['plan']['width']}, depth {plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build "
           f"{t['build_s']:.1f}s, grow {t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")
+    if plan.resolved().width in ("split", "copy") and plan.depth == "identity":
+        for gap in result.recipe["not_lossless_because"]:  # the plan is meant to be lossless: say where it is not
+            print(f"note: not exactly lossless: {gap}", file=sys.stderr)
     if not set(result.tokenizer_files) & set(TOKENIZER_CORE):
         print(f"warning: {args.source} has no tokenizer files, so {result.out} has none either; copy the "
               "source's tokenizer there before training it", file=sys.stderr)

@@ -11,6 +11,8 @@ def add_parser(sub, name):
     p.add_argument("model", help="model directory")
     p.add_argument("--target", help="also report the operator for growing into this target (JSON file or object)")
     p.add_argument("--units", action="store_true", help="report duplicated units per space (the symmetry check)")
+    p.add_argument("--table", action="store_true", help="list every weight of the architecture table with the "
+                   "spaces of its axes")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
 
@@ -33,6 +35,11 @@ def run(args) -> int:
         "spaces": {"residual": d.hidden, "query heads": f"{d.heads} x {d.head_dim}",
                    "kv heads": f"{d.kv_heads} x {d.head_dim}", "ffn": d.ffn, "vocab": d.vocab},
     }
+    spec = ck.spec
+    info["numerics"] = {"norms": spec.norms["type"], "gain_offset": spec.norms["offset"],
+                        "embed_scale": spec.embed_scale, "layer_lists": [k for k in spec.layer_lists if k in ck.config]}
+    if args.table:
+        info["table_entries"] = {f"{e.scope}:{e.name}": ["+".join(axis) for axis in e.axes] for e in spec.entries}
     if args.target:
         g = Grower(ck, parse_target(args.target))
         info["target_dims"] = asdict(g.target_dims)
@@ -48,6 +55,14 @@ def run(args) -> int:
           f"{info['parameters']:,} parameters, {info['dtype']}, LM head: {'yes' if ck.has_head else 'no'}")
     print(f"  layers {d.layers}, residual {d.hidden}, heads {d.heads} (kv {d.kv_heads}) x head_dim {d.head_dim}, "
           f"ffn {d.ffn}, vocab {d.vocab}, tied embeddings: {d.tie}")
+    num = info["numerics"]
+    print(f"  norms: {'RMSNorm' if num['norms'] == 'rms' else 'LayerNorm'}"
+          + (f" (gain = {num['gain_offset']:g} + weight)" if num["gain_offset"] else "")
+          + (f"; embeddings x hidden^{spec.embed_scale['power']:g}" if spec.embed_scale else "")
+          + (f"; per-layer lists: {', '.join(num['layer_lists'])}" if num["layer_lists"] else ""))
+    if args.table:
+        for name, axes in info["table_entries"].items():
+            print(f"    {name:48s} [{', '.join(axes)}]")
     if args.target:
         t = g.target_dims
         print(f"  target: layers {t.layers}, residual {t.hidden}, heads {t.heads} (kv {t.kv_heads}), ffn {t.ffn}; "

@@ -1,0 +1,197 @@
+"""The families released since 2024 (Qwen3, Gemma 1/2/3, Phi-3/4, OLMo 2, GPT-NeoX/Pythia, SmolLM3, Granite):
+every guarantee of the classic families, on tiny random checkpoints that transformers' own config classes
+build, each with its quirk switched on (tests/tiny.py: FAMILIES)."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tiny
+from conftest import run_cli, write_json
+from ligo import GrowthPlan, TrainConfig, grow
+from ligo.checkpoint import load_checkpoint
+from ligo.errors import LigoError
+from ligo.operator import lossless_gaps
+from ligo.pipelines import train
+
+FAMILIES = tuple(tiny.FAMILIES)
+RMS = tuple(mt for mt in FAMILIES if mt != "gpt_neox")  # GPT-NeoX normalizes with LayerNorm
+
+
+@pytest.fixture(scope="module")
+def family_sources(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("families")
+    return {mt: tiny.save_model(tiny.make_model(mt), root / mt, tokenizer) for mt in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def text_ids(tokenizer):
+    """A batch of real text: the start of two standard-library modules, tokenized."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rows = [tokenizer((root / name).read_text()[:2000])["input_ids"][:40] for name in ("argparse.py", "textwrap.py")]
+    return torch.tensor(rows)
+
+
+def _logits(path, ids):
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits, model
+
+
+def _max_abs(src, out, ids):
+    (a, _), (b, model) = _logits(src, ids), _logits(out, ids)
+    return (a - b).abs().max().item(), model
+
+
+@pytest.mark.parametrize("width", ["split", "copy"])
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_lossless_plan_gives_the_sources_logits(model_type, width, family_sources, text_ids, tmp_path):
+    """Wider (x2 residual, heads, kv heads, FFN) and deeper (2 -> 4 layers): max |logit difference| <= 1e-4."""
+    out = tmp_path / "out"
+    grow(family_sources[model_type], tiny.TARGET[model_type], out, plan=GrowthPlan(width=width, depth="identity"))
+    diff, model = _max_abs(family_sources[model_type], out, text_ids)
+    assert diff <= 1e-4, diff
+    assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 128
+    assert model.config.model_type == model_type
+
+
+@pytest.mark.parametrize("model_type", [mt for mt in RMS if mt != "olmo2"])  # olmo2: the test after next
+def test_lossless_at_a_non_integer_residual_ratio(model_type, family_sources, text_ids, tmp_path):
+    """Hidden 64 -> 80 (5/4, as 576 -> 720) and 96 -> 120 FFN, 2 -> 3 layers: the scaled copies keep every
+    RMSNorm's statistic, so the plan stays exact (the plain copies of ligo 0.2 were not)."""
+    target = {"hidden_size": 80, "num_hidden_layers": 3, "intermediate_size": 120}
+    if model_type not in ("qwen3", "gemma3_text", "gemma2", "gemma"):  # no explicit head_dim: keep hidden / heads
+        target.update(hidden_size=96, num_attention_heads=6, num_key_value_heads=3)
+    out = tmp_path / "out"
+    grow(family_sources[model_type], target, out, plan=GrowthPlan(width="split", depth="identity"))
+    diff, _ = _max_abs(family_sources[model_type], out, text_ids)
+    assert diff <= 1e-4, diff
+
+
+def test_gemma_keeps_its_embedding_scale_and_offset_norms(family_sources, tmp_path):
+    """Gemma multiplies embeddings by sqrt(hidden) and stores norm gains as w in 1 + w: the grown embedding
+    is divided by sqrt(128 / 64) and its tied head's norm multiplied back; gains grow as 1 + w."""
+    out = tmp_path / "out"
+    grow(family_sources["gemma3_text"], tiny.TARGET["gemma3_text"], out, plan=GrowthPlan(width="copy", depth="stack"))
+    src, got = load_checkpoint(family_sources["gemma3_text"]).state, load_checkpoint(out).state
+    res = torch.arange(128) % 64
+    torch.testing.assert_close(got["model.embed_tokens.weight"], src["model.embed_tokens.weight"][:, res] / 2 ** 0.5)
+    # final norm: read shares of 1/2 (copy), times sqrt(2) for the tied head: gain' = (1 + w) / 2 * sqrt(2)
+    torch.testing.assert_close(1 + got["model.norm.weight"], (1 + src["model.norm.weight"][res]) / 2 * 2 ** 0.5)
+    for name in ("input_layernorm", "post_feedforward_layernorm"):
+        key = f"model.layers.3.{name}.weight"  # stacked: target layer 3 is source layer 1
+        torch.testing.assert_close(got[key], src[key.replace(".3.", ".1.")][res], rtol=0, atol=0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["layer_types"] == ["sliding_attention", "full_attention"] * 2  # stacked with its layers
+    assert config["head_dim"] == 32 and config["query_pre_attn_scalar"] == 24
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_stacking_is_an_exact_special_case(model_type, family_sources, tmp_path):
+    """Same width, 2 -> 5 layers with copy width: every target layer is its source layer verbatim."""
+    grow(family_sources[model_type], {"num_hidden_layers": 5}, tmp_path / "out", plan=GrowthPlan(width="copy",
+                                                                                                   depth="stack"))
+    src, out = load_checkpoint(family_sources[model_type]).state, load_checkpoint(tmp_path / "out").state
+    for key, value in out.items():
+        if ".layers." in key:
+            i = int(key.split(".layers.")[1].split(".")[0])
+            key_src = key.replace(f".layers.{i}.", f".layers.{i % 2}.")
+        else:
+            key_src = key
+        torch.testing.assert_close(value, src[key_src], rtol=0, atol=0, msg=key)
+
+
+def test_per_layer_lists_follow_the_depth_plan(family_sources, tmp_path):
+    """SmolLM3's no_rope_layers and Gemma's layer_types: each target layer keeps its source layer's entry."""
+    grow(family_sources["smollm3"], {"num_hidden_layers": 4}, tmp_path / "smol", plan=GrowthPlan(depth="interleave"))
+    assert json.loads((tmp_path / "smol" / "config.json").read_text())["no_rope_layers"] == [1, 1, 0, 0]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "smol")
+    assert [layer.self_attn.use_rope for layer in model.model.layers] == [1, 1, 0, 0]
+    grow(family_sources["gemma2"], {"num_hidden_layers": 3}, tmp_path / "g2", plan=GrowthPlan(depth="stack"))
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "g2").config.layer_types == [
+        "sliding_attention", "full_attention", "sliding_attention"]
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_default_plan_loads_and_trains(model_type, family_sources, blocks, tmp_path):
+    """The default plan's output loads with AutoModelForCausalLM and its loss falls in a few steps."""
+    grow(family_sources[model_type], tiny.TARGET[model_type], tmp_path / "grown")
+    res = train(tmp_path / "grown", None, tmp_path / "run", TrainConfig(steps=6, batch_size=4, seq_len=32, lr=3e-3,
+                                                                         warmup=0, eval_every=0, eval_batches=2,
+                                                                         progress=False), blocks=blocks)
+    assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
+
+
+def test_the_console_script_shows_and_grows_a_new_family(family_sources, corpus, tmp_path):
+    proc = run_cli("inspect", family_sources["qwen3"], "--table", check=True)
+    assert "qwen3" in proc.stdout and "q_norm" in proc.stdout
+    target = write_json(tmp_path / "t.json", {"hidden": 128, "layers": 3, "heads": 8, "kv_heads": 4})
+    proc = run_cli("grow-train", family_sources["phi3"], "--target", target, "--out", tmp_path / "job", "--data",
+                   corpus, "--steps", "3", "--seq-len", "32", "--batch-size", "2", "--no-progress", check=True)
+    assert (tmp_path / "job" / "trained" / "config.json").exists()
+
+
+def test_olmo2_says_when_its_whole_projection_norms_cannot_stay_exact(family_sources, text_ids, tmp_path):
+    """OLMo 2 normalizes q and k over all heads together: copies of every head keep the statistic (exact, the
+    lossless test above), a non-integer head ratio does not, and `ligo grow` says so instead of calling the
+    plan lossless."""
+    from ligo.arch import get_spec
+
+    spec, ck = get_spec("olmo2"), load_checkpoint(family_sources["olmo2"], "meta")
+    even = spec.dims({**ck.config, "num_attention_heads": 8, "num_key_value_heads": 4, "hidden_size": 128})
+    assert lossless_gaps(spec, GrowthPlan(width="split", depth="identity"), ck.dims, even) == []
+    target = write_json(tmp_path / "t.json", {"hidden": 96, "heads": 6, "kv_heads": 3})
+    proc = run_cli("grow", family_sources["olmo2"], "--target", target, "--out", tmp_path / "out", "--width", "split",
+                   "--depth", "identity", check=True)
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: not exactly lossless")]
+    assert len(notes) == 2 and "q_norm" in notes[1] and "k_norm" in notes[0] and "(4 -> 6)" in notes[1], proc.stderr
+    diff, _ = _max_abs(family_sources["olmo2"], tmp_path / "out", text_ids)
+    assert diff > 1e-3  # the statistic really moved
+    assert json.loads((tmp_path / "out" / "ligo_recipe.json").read_text())["lossless"] is False
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"head_dim": 64}, r"head_dim would change from 32 to 64"),
+    ({"num_hidden_layers": 3, "layer_types": ["full_attention"] * 2}, r"layer_types has 2 entries .* 3 layers"),
+    ({"sliding_window": 4096}, r"sliding_window 4096 .* max_position_embeddings 128"),
+])
+def test_bad_targets_are_one_clear_line(target, message, family_sources, tmp_path):
+    with pytest.raises(LigoError, match=message):
+        grow(family_sources["qwen3"], target, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fused_tensor_that_does_not_split_is_refused(family_sources, tmp_path):
+    """Phi-3's fused qkv_proj must be exactly q + k + v rows for its config."""
+    from safetensors.torch import load_file, save_file
+    import shutil
+
+    bad = tmp_path / "phi3"
+    shutil.copytree(family_sources["phi3"], bad)
+    state = load_file(bad / "model.safetensors")
+    key = "model.layers.0.self_attn.qkv_proj.weight"
+    state[key] = state[key][:-8].contiguous()
+    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LigoError, match=r"qkv_proj.weight has shape \[120, 64\], but config.json implies \[128, 64\]"):
+        grow(bad, tiny.TARGET["phi3"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "gpt_neox", "llama", "bert"])
+def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sources, tmp_path):
+    """`ligo grow` streams by default (the source read tensor by tensor, each shard written when full); its
+    shards and index are byte for byte those of the in-memory path, for a sharded output."""
+    import filecmp
+
+    src = family_sources.get(model_type) or sources[model_type]
+    for mode in ("stream", "memory"):
+        grow(src, tiny.TARGET[model_type], tmp_path / mode, max_shard_size="40KB", stream=mode == "stream")
+    names = sorted(p.name for p in (tmp_path / "stream").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "memory").iterdir())
+    weights = [n for n in names if n.endswith(".safetensors") or n.endswith(".index.json")]
+    assert len(weights) > 5  # really sharded
+    assert all(filecmp.cmp(tmp_path / "stream" / n, tmp_path / "memory" / n, shallow=False) for n in weights)
