@@ -407,6 +407,33 @@ def supported_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None) -> ArchSpec:
+    """The table of a checkpoint: its ``model_type``'s, or with ``arch`` the named table (serving the
+    checkpoint's own model_type). An unknown type whose weights and config fit a table is refused with
+    that table named, to pass as ``arch``."""
+    if arch is not None:
+        spec = get_spec(arch)
+        return replace(spec, model_type=model_type or spec.model_type)
+    try:
+        return get_spec(model_type)
+    except LigoError as exc:
+        fits = []  # (entries of the table the checkpoint lacks, table): the closest table first
+        for spec in {id(s): s for s in _REGISTRY.values()}.values():
+            try:
+                layout = spec.layout(keys, spec.dims(config))
+            except (LigoError, TypeError, ValueError):
+                continue
+            fits.append((len({e.name for e in spec.entries} - {m.entry.name for m in layout.values()}),
+                         spec.model_types[0]))
+        if not fits:
+            raise
+        fits = [name for missing, name in sorted(fits) if missing == min(fits)[0]]
+        raise LigoError(f"model_type {model_type!r} is not supported, but its weights and config fit the "
+                        f"{' and '.join(fits)} table: grow it with --arch {fits[0]} (ligo checks names and shapes, "
+                        "not numerics such as the norm type: compare the lossless plan's logits with the source's), "
+                        f"or write a table for it ({DOCS_ADDING})") from exc
+
+
 def get_spec(model_type: str | None) -> ArchSpec:
     """The table serving ``model_type``, as a spec whose ``model_type`` is that type."""
     _builtin_tables()

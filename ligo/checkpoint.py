@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .arch import ArchSpec, Dims, Match, get_spec
+from .arch import ArchSpec, Dims, Match, spec_for
 from .errors import LigoError, as_user_error
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -147,19 +147,21 @@ def check_finite(state: dict[str, torch.Tensor], where: Path, keys=None) -> None
                             "corrupt or was saved after training diverged: use an earlier checkpoint")
 
 
-def describe_checkpoint(path: str | Path, device: str | torch.device = "meta") -> Checkpoint:
+def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", arch: str | None = None) -> Checkpoint:
     """A local HF checkpoint directory, checked against its architecture table and config. With the
     default ``device="meta"`` only the safetensors headers are read (``state`` holds empty tensors);
-    with a real device the weights are loaded and checked to be finite."""
+    with a real device the weights are loaded and checked to be finite. ``arch``: the table to read it
+    with when its model_type has none (``llama`` for a Llama clone)."""
     p = Path(path)
     if not p.exists():
         raise LigoError(f"model directory {p} does not exist; check the path")
     if not p.is_dir():
         raise LigoError(f"{p} is not a directory; pass the directory that holds config.json and the weights")
     config = read_config(p)
-    spec = get_spec(config.get("model_type"))
+    headers = read_headers(p)
+    spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
     dims = spec.dims(config, where=str(p / "config.json"))
-    state = read_headers(p) if str(device) == "meta" else read_weights(p, device)
+    state = headers if str(device) == "meta" else read_weights(p, device)
     layout = spec.layout(state.keys(), dims)
     for key, m in layout.items():
         expect, got = spec.shape(m.entry, dims), list(state[key].shape)
@@ -173,9 +175,9 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta") -
     return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", arch: str | None = None) -> Checkpoint:
     """Read a local HF checkpoint directory: config.json plus safetensors weights, all checked."""
-    return describe_checkpoint(path, device)
+    return describe_checkpoint(path, device, arch)
 
 
 def load_tokenizer(path: str | Path):

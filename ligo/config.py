@@ -20,6 +20,9 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 WIDTH_INITS = ("split", "copy", "random")
 DEPTH_INITS = ("stack", "interleave", "identity")
+# Below this many training tokens per parameter a source counts as weak for the auto plan (growth's gains
+# are largest below ~20 tokens per parameter: ../shared/METHOD.md section 6; cpu-tiny's source has 5).
+WEAK_SOURCE_TOKENS_PER_PARAM = 20
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -197,11 +200,13 @@ class GrowthPlan:
     """Everything that defines an operator besides the weights: recorded in the recipe."""
 
     width: Literal["auto", "split", "copy", "random"] = setting(
-        "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), "
-        "or auto: split with identity depth (a lossless plan), else random (what measured best with stacked depth)")
-    depth: Literal["stack", "interleave", "identity"] = setting(
-        "stack", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
-        "place), identity (new layers start as identities: with split or copy width, growth is lossless)")
+        "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), or "
+        "auto: random for a weakly trained source (a ligo-trained one under 20 tokens per parameter, where it "
+        "measured best), else split")
+    depth: Literal["auto", "stack", "interleave", "identity"] = setting(
+        "auto", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
+        "place), identity (new layers start as identities: with split or copy width, growth is lossless), or auto: "
+        "stack for a weakly trained source or random width, else identity")
     per_layer: bool = setting(False, "separate width maps per target layer for the layer spaces (heads, FFN)")
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are (0: plain copies)", low=0,
                                  high=0.99)
@@ -214,13 +219,19 @@ class GrowthPlan:
     def __post_init__(self) -> None:
         validate(self, "growth plan")
 
-    def resolved(self) -> "GrowthPlan":
-        """The plan with ``width="auto"`` made concrete: ``split`` when the depth is ``identity`` (the plan
-        is then lossless), else ``random``, the paper's init, which beat every other width init with stacked
-        depth, fitted or not, at both cpu-tiny budgets (docs/benchmarks.md)."""
-        if self.width != "auto":
-            return self
-        return replace(self, width="split" if self.depth == "identity" else "random")
+    def resolved(self, tokens_per_param: float | None = None) -> "GrowthPlan":
+        """The plan with ``auto`` made concrete from what is known of the source: ``tokens_per_param``, the
+        tokens it was trained on per parameter (None: unknown, as for any checkpoint ligo did not train).
+
+        A weakly trained source (under :data:`WEAK_SOURCE_TOKENS_PER_PARAM`) gets the paper's random-mixture
+        width with stacked depth, which beat every other plan on cpu-tiny's 5-tokens-per-parameter source at
+        both budgets; any other source gets the lossless split width with identity depth, since on
+        pretrained checkpoints random width forgets what the source knew (135M Llama: 3.14 -> 11.16 nats)
+        (docs/benchmarks.md)."""
+        weak = tokens_per_param is not None and tokens_per_param < WEAK_SOURCE_TOKENS_PER_PARAM
+        width = self.width if self.width != "auto" else "random" if weak and self.depth != "identity" else "split"
+        depth = self.depth if self.depth != "auto" else "stack" if weak or width == "random" else "identity"
+        return replace(self, width=width, depth=depth)
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "growth plan") -> "GrowthPlan":

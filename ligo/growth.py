@@ -47,6 +47,23 @@ def known_config_keys(model_type: str) -> set[str]:
         return set()
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def trained_tokens(path: Path) -> int | None:
+    """Tokens the model in ``path`` was trained on, from the recipe ligo saved beside it (None when it has
+    none: a checkpoint from elsewhere, whose training ligo cannot know)."""
+    import json
+
+    try:
+        recipe = json.loads((Path(path) / RECIPE_NAME).read_text())
+        steps, cfg = recipe["ledger"]["steps"], TrainConfig.from_dict(recipe["config"])
+    except (OSError, ValueError, KeyError, TypeError, LigoError):
+        return None
+    return int(steps) * cfg.tokens_per_step
+
+
 def read_target(target: dict | str | Path) -> dict:
     return dict(target) if isinstance(target, dict) else read_config(target)
 
@@ -150,6 +167,19 @@ class FitModule(nn.Module):
         enable_grad_checkpointing(self.target)
 
 
+START_GAP_WARNING = 1.0  # nats: a grown model that starts this far above its source gets a warning
+
+
+@torch.no_grad()
+def held_out_loss(path: Path, blocks: torch.Tensor, objective: str, tokenizer=None, batch_size: int = 4) -> float:
+    """Mean loss of the model saved in ``path`` on ``blocks`` (fp32, CPU; masked LM with a fixed masking seed)."""
+    model = model_class(objective).from_pretrained(str(path), dtype=torch.float32, use_safetensors=True,
+                                                   trust_remote_code=False, local_files_only=True).eval()
+    collate = make_collate(objective, None if objective == "causal-lm" else tokenizer, seed=0)
+    losses = [model(**collate(list(blocks[i:i + batch_size]))).loss.item() for i in range(0, len(blocks), batch_size)]
+    return sum(losses) / len(losses)
+
+
 @dataclass
 class GrowResult:
     out: Path | None
@@ -170,14 +200,15 @@ class Grower:
     """
 
     def __init__(self, source: str | Path | Checkpoint, target: dict | str | Path, plan: GrowthPlan | None = None,
-                 device: str | torch.device | None = None, tokenizer=None, stream: bool = False):
+                 device: str | torch.device | None = None, tokenizer=None, stream: bool = False,
+                 arch: str | None = None):
         t0 = time.perf_counter()
         self.device = torch.device(device or "cpu")
         loaded_here = not isinstance(source, Checkpoint)
         # streaming (no fit, on the CPU): only the source's headers now; save() reads each tensor when needed
         self.stream = stream and loaded_here and self.device.type == "cpu"
-        self.source = (describe_checkpoint(source) if self.stream else load_checkpoint(source, self.device)) \
-            if loaded_here else source
+        self.source = (describe_checkpoint(source, arch=arch) if self.stream else
+                       load_checkpoint(source, self.device, arch)) if loaded_here else source
         self.has_head, self.dtype, self.spec = self.source.has_head, self.source.dtype, self.source.spec
         target = read_target(target)
         self.target_config = self.spec.target_config(self.source.config, target, known_config_keys(self.spec.model_type))
@@ -185,8 +216,10 @@ class Grower:
         _check_layer_settings(self.target_config, target, self.target_dims, self.spec.layer_lists)
         self._check_memory()
         t1 = time.perf_counter()
+        self.source_tokens = trained_tokens(self.source.path)
+        tpp = None if self.source_tokens is None else self.source_tokens / self.source_parameters()
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
-                                       self.source.state, plan)
+                                       self.source.state, plan, tokens_per_param=tpp)
         if not self.stream:  # a streaming operator holds the source's shapes only (on the meta device)
             self.operator.to(self.device)
         self.plan = self.operator.plan
@@ -200,9 +233,15 @@ class Grower:
                 self.target_config[key] = [old[j] for j in sources]
         self.fit_result: LoopResult | None = None
         self.fit_info: dict = {}
+        self.start_check: dict | None = None
         self._tokenizer = tokenizer
         self.tokenizer_files: list[str] = []
         self.timings = {"load_s": t1 - t0, "build_s": time.perf_counter() - t1}
+
+    def source_parameters(self) -> int:
+        """Parameters of the source (tied weights once)."""
+        tied = set(self.spec.tied) if self.source.dims.tie else set()
+        return sum(self.source.state[k].numel() for k in self.source.layout if k not in tied)
 
     def _target_sizes(self) -> list[int]:
         """The number of elements of every grown tensor kind (one per layer entry), tied weights once."""
@@ -229,8 +268,8 @@ class Grower:
         parent = out.resolve().parent
         free = shutil.disk_usage(parent).free if parent.exists() else None
         if free is not None and need > free:
-            raise LigoError(f"the grown model needs {need / 1e9:.1f} GB of disk, but {parent} has {free / 1e9:.1f} GB "
-                            "free; free some space or write --out elsewhere")
+            raise LigoError(f"no space left on the device for the grown model: it needs {_size(need)} of disk, but "
+                            f"{parent} has {_size(free)} free; free some space or write --out elsewhere")
 
     def _check_memory(self) -> None:
         """Refuse a target that cannot fit before anything is allocated (a typo of a few zeros would otherwise
@@ -334,9 +373,10 @@ class Grower:
         return {"ligo_version": __version__, "source": str(self.source.path), "model_type": self.spec.model_type,
                 "objective": self.spec.objective,
                 "source_dims": asdict(self.source.dims), "target_dims": asdict(self.target_dims),
-                "plan": self.plan.to_dict(), "lossless": not self.gaps, "not_lossless_because": self.gaps,
+                "plan": self.plan.to_dict(), "source_tokens": self.source_tokens,
+                "lossless": not self.gaps, "not_lossless_because": self.gaps,
                 "operator_parameters": self.operator.num_parameters(),
-                "fit": self.fit_info or None}
+                "fit": self.fit_info or None, "start_check": self.start_check}
 
     def hf_config(self):
         config = build_config(self.target_config)
@@ -344,8 +384,11 @@ class Grower:
         config.dtype = str(self.dtype).removeprefix("torch.")
         return config
 
-    def save(self, out: str | Path, overwrite: bool = False, max_shard_size: str | int = "5GB") -> Path:
-        """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card."""
+    def save(self, out: str | Path, overwrite: bool = False, max_shard_size: str | int = "5GB",
+             check: torch.Tensor | None = None) -> Path:
+        """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card.
+        ``check``: held-out token blocks on which the grown model's start loss is measured beside the
+        source's before the output is committed (recorded in the recipe as ``start_check``)."""
         from .modelcard import write_model_card
         from .outputs import check_output, staged
 
@@ -369,6 +412,11 @@ class Grower:
             t1 = time.perf_counter() if self.stream else t1
             config.save_pretrained(tmp)
             self.tokenizer_files = copy_tokenizer(self.source.path, tmp)
+            if check is not None:
+                src, grown = (held_out_loss(p, check, self.spec.objective, self._tokenizer)
+                              for p in (self.source.path, tmp))
+                self.start_check = {"tokens": int(check.numel()), "source_loss": src, "grown_loss": grown,
+                                    "gap": grown - src}
             recipe = self.recipe()
             write_json(tmp / RECIPE_NAME, recipe)
             write_model_card(tmp, recipe, kind="grown")

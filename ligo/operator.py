@@ -130,9 +130,8 @@ def residual_scales(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> t
 
 
 def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
-    """Why growing ``src`` into ``tgt`` with ``plan`` does not keep the source's function exactly, one
-    sentence a reason; empty when it does (fp32 rounding aside)."""
-    plan = plan.resolved()
+    """Why growing ``src`` into ``tgt`` with ``plan`` (resolved) does not keep the source's function
+    exactly, one sentence a reason; empty when it does (fp32 rounding aside)."""
     gaps = []
     if plan.width == "random":
         gaps.append("random-mixture width (the paper's init) does not keep the function; use --width split")
@@ -187,10 +186,11 @@ class GrowthOperator(nn.Module):
     """Learnable depth and width maps from a frozen source state dict to a target state dict."""
 
     def __init__(self, spec: ArchSpec, src_dims: Dims, tgt_dims: Dims, layout: dict, src_state: dict,
-                 plan: GrowthPlan | None = None):
+                 plan: GrowthPlan | None = None, tokens_per_param: float | None = None):
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
-        self.plan = plan = (plan or GrowthPlan()).resolved()
+        # the one place a plan's auto fields are resolved: from what is known of the source's training
+        self.plan = plan = (plan or GrowthPlan()).resolved(tokens_per_param)
         check_growth(spec, src_dims, tgt_dims)
         gen = torch.Generator().manual_seed(plan.seed)
         prefixes = {key[: len(key) - len(spec.layer_prefix.format(i=m.layer) + m.entry.name)]

@@ -43,13 +43,15 @@ class GrowTrainResult:
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
          plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
          overwrite: bool = False, max_shard_size: str | int = "5GB", device: str | None = None,
-         stream: bool = True, **plan_fields) -> GrowResult:
+         stream: bool = True, arch: str | None = None, check_blocks: int = 16, **plan_fields) -> GrowResult:
     """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
 
     The plan is ``plan``, or its fields as keywords: ``grow(src, {"hidden": 1024}, "out/", width="split")``.
     Without a fit, on the CPU, growth streams (``stream``): the source is read tensor by tensor and each
     shard is written as it fills, so memory stays near one shard; ``stream=False`` gathers the grown model
-    in memory first (the same bytes on disk).
+    in memory first (the same bytes on disk). ``arch``: the table for a model_type ligo has none for.
+    With ``data``, the grown model's loss on ``check_blocks`` held-out blocks of it is measured beside the
+    source's before the output is committed (``recipe["start_check"]``; 0: no check).
     """
     from .checkpoint import parse_size
     from .outputs import check_output
@@ -62,10 +64,17 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         parse_size(max_shard_size)
         check_output(out, overwrite=overwrite, inputs=[source, data.data])
     # without a fit the operator streams on the CPU: the source is read tensor by tensor, shards written as they fill
-    grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None)
+    grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None, arch=arch)
     if fit is not None:
         grower.fit(data, fit)
-    path = grower.save(out, overwrite, max_shard_size) if out is not None else None
+    check = None
+    if out is not None and data.data is not None and check_blocks:  # the start loss, grown vs source
+        from .data import load_blocks
+
+        seq_len = min(fit.seq_len if fit else 128, grower.source.dims.positions or 128)
+        blocks = load_blocks(data, grower.tokenizer, seq_len, max_tokens=40 * check_blocks * seq_len)
+        check = blocks.val[:check_blocks]
+    path = grower.save(out, overwrite, max_shard_size, check=check) if out is not None else None
     return GrowResult(path, grower.operator, grower.target_config, grower.recipe(), grower.fit_result, grower.timings,
                       grower.tokenizer_files)
 
@@ -302,7 +311,8 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     ``--resume`` continues whichever stage is unfinished: it grows again if the grown model is not
     complete, resumes training from its newest checkpoint, or starts training if there is none.
     With ``fit_share``, the fit's steps are that share of ``train_cfg``'s budget in FLOPs (they replace
-    ``fit.steps``); the plan's ``width="auto"`` becomes random when there is a fit, split when not.
+    ``fit.steps``); the plan's ``auto`` fields are resolved from the source's training (see
+    :meth:`GrowthPlan.resolved`).
     """
     from .data import load_blocks
 

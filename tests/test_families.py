@@ -195,3 +195,15 @@ def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sour
     weights = [n for n in names if n.endswith(".safetensors") or n.endswith(".index.json")]
     assert len(weights) > 5  # really sharded
     assert all(filecmp.cmp(tmp_path / "stream" / n, tmp_path / "memory" / n, shallow=False) for n in weights)
+
+
+def test_a_llama_clone_is_offered_the_llama_table(tokenizer, text_ids, tmp_path):
+    """Helium (a model_type ligo has no table for) has Llama's weights: the refusal names --arch llama, and with
+    it the clone grows losslessly into a checkpoint of its own type."""
+    src = tiny.save_model(tiny.make_model_of("helium", **tiny.FAMILIES["olmo2"], head_dim=16), tmp_path / "helium", tokenizer)
+    proc = run_cli("grow", src, "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4}', "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "--arch llama" in proc.stderr and not (tmp_path / "out").exists()
+    grow(src, {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 3}, tmp_path / "out", arch="llama",
+         plan=GrowthPlan(width="split", depth="identity"))
+    diff, model = _max_abs(src, tmp_path / "out", text_ids)
+    assert diff <= 1e-4 and model.config.model_type == "helium"

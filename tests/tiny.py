@@ -81,6 +81,14 @@ def config(model_type: str, **overrides):
     return T.AutoConfig.for_model(model_type, **kw)
 
 
+def make_model_of(model_type: str, seed: int = 0, **kw):
+    """A tiny random causal LM of any transformers model_type (one ligo may have no table for)."""
+    torch.manual_seed(seed)
+    cfg = T.AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=1, **kw)
+    cfg._attn_implementation = "eager"
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+
 def model_cls(model_type: str, bare: bool = False):
     if bare:
         return T.AutoModel

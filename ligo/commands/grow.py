@@ -26,6 +26,11 @@ def add_parser(sub, name):
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, like 5GB or 500MB "
                    "(default 5GB)")
     p.add_argument("--device", help="where to grow: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--arch", help="read the source with this architecture table (e.g. llama) when its model_type "
+                   "has none of its own; ligo suggests one when the weights fit")
+    p.add_argument("--check-blocks", type=int, default=16, help="with --data: measure the grown model's start "
+                   "loss beside the source's on this many held-out blocks, and warn when it starts more than 1 nat "
+                   "above (0: no check; default 16)")
     p.add_argument("--in-memory", action="store_true", help="gather the grown model in memory before writing it "
                    "(default without a fit on the CPU: stream, reading the source tensor by tensor and writing each "
                    "shard as it fills; the files are the same)")
@@ -40,6 +45,7 @@ def add_parser(sub, name):
 
 def run(args) -> int:
     from ..checkpoint import TOKENIZER_CORE
+    from ..growth import START_GAP_WARNING
     from ..pipelines import grow
 
     # a live run grows losslessly by default (split + identity, as `ligo train --grow-at`): its
@@ -58,16 +64,27 @@ def run(args) -> int:
         return 0
     result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
                   overwrite=args.overwrite, max_shard_size=args.max_shard_size, device=_device(args.device),
-                  stream=not args.in_memory)
+                  stream=not args.in_memory, arch=args.arch, check_blocks=args.check_blocks)
     if result.fit is not None:
         info = result.recipe["fit"]
         print(f"fit: {info['steps']} steps, held-out loss {info['start_val_loss']:.4f} -> "
               f"{info['final_val_loss']:.4f}")
     t, src, tgt = result.timings, result.recipe["source_dims"], result.recipe["target_dims"]
     print(f"grew {result.recipe['model_type']} {src['layers']}L-{src['hidden']} -> {tgt['layers']}L-{tgt['hidden']} "
-          f"(width {result.recipe['plan']['width']}, depth {plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build "
+          f"(width {result.recipe['plan']['width']}, depth {result.recipe['plan']['depth']}) into {result.out}  "
+          f"[load {t['load_s']:.1f}s, build "
           f"{t['build_s']:.1f}s, grow {t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")
-    if plan.resolved().width in ("split", "copy") and plan.depth == "identity":
+    check = result.recipe.get("start_check")
+    if check:
+        print(f"start loss on {check['tokens']:,} held-out tokens of --data: source {check['source_loss']:.4f}, "
+              f"grown {check['grown_loss']:.4f} ({check['gap']:+.4f} nats)")
+        if check["gap"] > START_GAP_WARNING:
+            print(f"warning: the grown model starts {check['gap']:.2f} nats above its source, so it has lost much of "
+                  f"what the source knew (plan: width {result.recipe['plan']['width']}, depth "
+                  f"{result.recipe['plan']['depth']}); grow "
+                  "with --width split --depth identity (lossless), or fit the operator with --fit-steps N",
+                  file=sys.stderr)
+    if result.recipe["plan"]["width"] in ("split", "copy") and result.recipe["plan"]["depth"] == "identity":
         for gap in result.recipe["not_lossless_because"]:  # the plan is meant to be lossless: say where it is not
             print(f"note: not exactly lossless: {gap}", file=sys.stderr)
     if not set(result.tokenizer_files) & set(TOKENIZER_CORE):

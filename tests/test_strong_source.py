@@ -1,0 +1,67 @@
+"""A strongly trained source (20 tokens per parameter, trained here): the default plan keeps what it knows, and
+`ligo grow --data` measures the start and warns when a plan loses more than a nat."""
+
+import json
+
+import pytest
+
+import tiny
+from conftest import run_cli
+from ligo import TrainConfig, grow
+from ligo.config import WEAK_SOURCE_TOKENS_PER_PARAM
+from ligo.pipelines import train
+
+SOURCE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+              intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True)
+TARGET = {"hidden": 64, "layers": 3, "heads": 4, "kv_heads": 2, "ffn": 128}
+
+
+@pytest.fixture(scope="module")
+def strong_source(tmp_path_factory, tokenizer, corpus):
+    """A 2x32 Llama trained on the corpus for 20 tokens per parameter (ligo's recipe records them)."""
+    from ligo.data import load_blocks
+
+    blocks = load_blocks(corpus, tokenizer, 64)
+    out = tmp_path_factory.mktemp("strong") / "source"
+    tokenizer.save_pretrained(out.parent / "tok")
+    cfg = {**SOURCE, "model_type": "llama", "vocab_size": len(tokenizer), "bos_token_id": 0, "eos_token_id": 0}
+    steps = 640  # x 16 x 64 tokens = 655k tokens for ~31k parameters
+    train(None, None, out, TrainConfig(steps=steps, batch_size=16, seq_len=64, lr=1e-2, warmup=20, eval_every=0,
+                                       progress=False), from_config=cfg, tokenizer=out.parent / "tok", blocks=blocks)
+    return out
+
+
+def test_the_source_counts_as_strong(strong_source):
+    from ligo.growth import Grower, trained_tokens
+
+    params = Grower(strong_source, TARGET).source_parameters()
+    assert trained_tokens(strong_source) == 640 * 16 * 64
+    assert trained_tokens(strong_source) / params >= WEAK_SOURCE_TOKENS_PER_PARAM, params
+
+
+def test_the_default_plan_keeps_a_strong_source_and_random_width_is_warned(strong_source, corpus, tmp_path):
+    target = json.dumps(TARGET)
+    proc = run_cli("grow", strong_source, "--target", target, "--out", tmp_path / "default", "--data", corpus,
+                   check=True)
+    recipe = json.loads((tmp_path / "default" / "ligo_recipe.json").read_text())
+    assert recipe["plan"]["width"] == "split" and recipe["plan"]["depth"] == "identity"
+    check = recipe["start_check"]
+    assert abs(check["gap"]) < 1e-3 and "warning" not in proc.stderr, (check, proc.stderr)
+    assert f"source {check['source_loss']:.4f}, grown {check['grown_loss']:.4f}" in proc.stdout
+    proc = run_cli("grow", strong_source, "--target", target, "--out", tmp_path / "random", "--data", corpus,
+                   "--width", "random", "--depth", "stack", check=True)
+    gap = json.loads((tmp_path / "random" / "ligo_recipe.json").read_text())["start_check"]["gap"]
+    assert gap > 1.0, gap
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "--width split --depth identity" in warning[0] and "--fit-steps" in warning[0]
+
+
+def test_a_weak_source_keeps_the_measured_weak_source_default(tokenizer, blocks, tmp_path):
+    """A source ligo trained for under 20 tokens per parameter gets the paper's init with stacked depth."""
+    cfg = {**SOURCE, "model_type": "llama", "vocab_size": len(tokenizer), "bos_token_id": 0, "eos_token_id": 0}
+    tokenizer.save_pretrained(tmp_path / "tok")
+    train(None, None, tmp_path / "weak", TrainConfig(steps=4, batch_size=4, seq_len=32, eval_every=0, progress=False),
+          from_config=cfg, tokenizer=tmp_path / "tok", blocks=blocks)
+    result = grow(tmp_path / "weak", TARGET, tmp_path / "grown")
+    assert (result.recipe["plan"]["width"], result.recipe["plan"]["depth"]) == ("random", "stack")
+    assert result.recipe["source_tokens"] == 4 * 4 * 32
