@@ -71,7 +71,7 @@ READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read m
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim"}
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn")
 _TABLE_KEYS = {"model_type", "model_types", "objective", "rope", "config", "base_prefix", "layer_prefix", "globals",
-               "layer", "head", "tied", "identity_zero", "layer_lists", "ignore", "norms", "embed_scale"}
+               "layer", "head", "tied", "identity_zero", "layer_lists", "ignore", "norms", "embed_scale", "renamed"}
 _NORM_KEYS = {"type", "offset", "gains", "stream"}
 _EMBED_SCALE_KEYS = {"weight", "power", "tied_norm"}
 NORM_TYPES = ("rms", "layer")
@@ -152,6 +152,7 @@ class ArchSpec:
     ignore: list[str]
     norms: dict = field(default_factory=lambda: {"type": "layer", "offset": 0.0, "gains": [], "stream": "pre"})
     embed_scale: dict | None = None
+    renamed: dict = field(default_factory=dict)  # checkpoint key -> the model's parameter name, where they differ
     source: str = ""
     model_type: str = ""  # the type this spec was looked up for (the family's first by default)
     _patterns: list[tuple[re.Pattern, Entry | None]] = field(default_factory=list, repr=False)
@@ -216,12 +217,16 @@ class ArchSpec:
             raise LigoError(f"{where}: embed_scale must be a mapping with weight (the embedding it scales), power (the "
                             "model multiplies it by hidden_size ** power) and optionally tied_norm (the norm in front "
                             "of a head tied to it); each must name a weight of the table")
+        renamed = data.get("renamed", {})
+        if not isinstance(renamed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in renamed.items()):
+            raise LigoError(f"{where}: renamed must map checkpoint keys to the model's parameter names (strings)")
         spec = cls(model_types=tuple(types), objective=data["objective"], rope=bool(data.get("rope")),
                    config=dict(cfg), base_prefix=data["base_prefix"], layer_prefix=data["layer_prefix"],
                    entries=entries, tied=dict(data.get("tied", {})),
                    identity_zero=list(data.get("identity_zero", [])),
                    layer_lists=list(data.get("layer_lists", [])), ignore=list(data.get("ignore", [])),
-                   norms=norms, embed_scale=scale, source=source, model_type=types[0])
+                   norms=norms, embed_scale=scale, renamed=dict(renamed), source=source,
+                   model_type=types[0])
         spec._compile()
         return spec
 
@@ -320,6 +325,14 @@ class ArchSpec:
                 written[key] = name
             out[key] = value
         out["model_type"] = self.model_type
+        # per-layer lists the target leaves out get one entry per target layer (the source's pattern repeated;
+        # growth then rewrites them by its depth plan), so the target config is valid on its own
+        src_layers, layers = source_config.get(self.config["layers"]), out.get(self.config["layers"])
+        for key in self.layer_lists:
+            old = source_config.get(key)
+            if key not in target and isinstance(old, list) and old and len(old) == src_layers and \
+                    isinstance(layers, int) and layers != src_layers:
+                out[key] = [old[i % len(old)] for i in range(layers)]
         return out
 
     def shape(self, entry: Entry, dims: Dims) -> list[int]:

@@ -227,7 +227,8 @@ class LazyWeights:
                 self.where[key] = f
         return self.files[f]
 
-    def __call__(self, key: str) -> torch.Tensor:
+    def __call__(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        """The tensor ``key``, or the slice ``rows`` of its first axis."""
         from safetensors import SafetensorError
 
         if key not in self.where:
@@ -235,7 +236,8 @@ class LazyWeights:
                 self._handle(f)
         f = self.where[key]
         try:
-            tensor = self._handle(f).get_tensor(key)
+            handle = self._handle(f)
+            tensor = handle.get_tensor(key) if rows is None else handle.get_slice(key)[rows]
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
                             "truncated or corrupt, so re-download or re-save it") from None

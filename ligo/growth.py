@@ -117,7 +117,8 @@ class FitModule(nn.Module):
         for name, p in target_model.named_parameters(remove_duplicate=False):
             by_tensor.setdefault(id(p), []).append(name)
         self._ties = {name: names for names in by_tensor.values() for name in names}  # name -> names sharing it
-        built = set(operator.singles_and_layers_keys())
+        self._renamed = operator.spec.renamed  # checkpoint keys saved under another name than the parameter's
+        built = {self._renamed.get(k, k) for k in operator.singles_and_layers_keys()}
         missing = sorted(n for n in self._ties if not set(self._ties[n]) & built)
         if missing:
             raise LigoError(f"the operator builds no weight for {missing[:3]} of the target; the architecture "
@@ -137,6 +138,7 @@ class FitModule(nn.Module):
 
     def _install(self, weights: dict) -> None:
         for key, tensor in weights.items():
+            key = self._renamed.get(key, key)
             for name in self._ties.get(key, (key,)):
                 owner, _, attr = name.rpartition(".")
                 module = self.target.get_submodule(owner)

@@ -33,6 +33,7 @@ function-preserving start exists. The fixed growth methods are initial values of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -42,6 +43,9 @@ from torch import nn
 from .arch import FIXED, GROWN, LAYER_TOKENS, READ_PARTNER, SPACE_OF, WRITE_TOKENS, ArchSpec, Dims, Entry
 from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan
 from .errors import LigoError
+
+
+_CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of about this many elements
 
 
 def _param_name(token: str) -> str:
@@ -326,21 +330,25 @@ class GrowthOperator(nn.Module):
         return self.spec.norms["offset"] if weights and entry.name in self.gains else 0.0
 
     def _grown(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
-               read=None) -> Iterator[tuple[str, torch.Tensor]]:
+               read=None, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """The target's tensors one at a time (float32), tied duplicates left out.
 
         ``state``: a source-shaped state to grow instead of the source weights (e.g. optimizer
         moments, keyed like the checkpoint); ``absolute``: apply the maps' absolute values; ``read``: a
-        function from a checkpoint key to its tensor, to read the source on demand (streaming growth).
+        function ``read(key, rows=None)`` returning a checkpoint tensor (or a slice of rows of its first
+        axis), to read the source on demand (streaming growth).
         Each layer entry is computed for all target layers at once (fast, for the fit), or one target
         layer at a time from only the source layers its depth row uses (``layer_by_layer``: least
-        memory, for materializing large models; the same arithmetic whichever way the source is read)."""
+        memory, for materializing large models; the same arithmetic whichever way the source is read).
+        With ``layer_by_layer`` a weight outside the layers whose first axis is never grown (embeddings,
+        heads: vocab rows) is computed in slices of rows, each cast to ``dtype`` at once."""
         held = self._stacked(state) if state is not None else None
 
-        def single(key: str) -> torch.Tensor:
-            t = read(key) if read is not None else held[("w_", key)] if held is not None else getattr(
-                self, "w_" + _param_name(key))
-            return t.float()
+        def single(key: str, rows: slice | None = None) -> torch.Tensor:
+            if read is not None:
+                return read(key, rows).float()
+            t = held[("w_", key)] if held is not None else getattr(self, "w_" + _param_name(key))
+            return (t if rows is None else t[rows]).float()
 
         def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
             if read is not None:
@@ -348,13 +356,25 @@ class GrowthOperator(nn.Module):
             t = held[("l_", e.name)] if held is not None else getattr(self, "l_" + _param_name(e.name))
             return (t if index is None else t[index]).float()
 
-        for key, entry in self.singles:
-            w = single(key)
+        def grow_single(w: torch.Tensor, entry: Entry) -> torch.Tensor:
             grown = self._expand(w, entry, None, absolute)
             offset = self._offset(entry, state is None)
             if offset:  # E (w + o) - o, computed so that it is exactly E w where E's rows sum to one
                 grown = grown + offset * (self._expand(torch.ones_like(w), entry, None, absolute) - 1)
-            yield key, grown
+            return grown
+
+        shapes = self.target_shapes() if layer_by_layer else {}
+        for key, entry in self.singles:
+            if not (layer_by_layer and all(t in FIXED for t in entry.axes[0]) and len(entry.axes) > 1):
+                yield key, grow_single(single(key), entry)
+                continue
+            shape = shapes[key]
+            out = torch.empty(shape, dtype=dtype or torch.float32, device=self.depth_device)
+            step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+            for start in range(0, shape[0], step):
+                rows = slice(start, min(start + step, shape[0]))
+                out[rows] = grow_single(single(key, rows), entry)
+            yield key, out
         for e in self.layer_entries:
             offset = self._offset(e, state is None)
             depth = self.depth[_param_name(e.module)]
@@ -402,12 +422,17 @@ class GrowthOperator(nn.Module):
             out[key] = out[target]
         return out
 
+    @property
+    def depth_device(self) -> torch.device:
+        """Where the operator's maps live (and the grown tensors are computed)."""
+        return next(iter(self.width.values())).device
+
     @torch.no_grad()
     def stream(self, read, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         """The target's tensors (cast to ``dtype``) one at a time, in :meth:`materialize`'s order and with its
-        arithmetic, from a source read on demand by ``read(key)``: only the source tensors one target
-        tensor depends on are held at a time."""
-        for key, v in self._grown(layer_by_layer=True, read=read):
+        arithmetic, from a source read on demand by ``read(key, rows=None)``: only the source tensors one
+        target tensor depends on are held at a time."""
+        for key, v in self._grown(layer_by_layer=True, read=read, dtype=dtype):
             yield key, v.to(dtype=dtype)
 
     @torch.no_grad()
@@ -420,7 +445,7 @@ class GrowthOperator(nn.Module):
         ``state``/``absolute``: grow another source-shaped state instead (see :meth:`_grown`).
         """
         return {key: v.to(device=device or v.device, dtype=dtype or v.dtype)
-                for key, v in self._grown(layer_by_layer=True, state=state, absolute=absolute)}
+                for key, v in self._grown(layer_by_layer=True, state=state, absolute=absolute, dtype=dtype)}
 
     def build_flops(self) -> int:
         """FLOPs of building the target's weights once, forward and backward (what

@@ -182,14 +182,17 @@ def test_a_fused_tensor_that_does_not_split_is_refused(family_sources, tmp_path)
 
 
 @pytest.mark.parametrize("model_type", ["gemma3_text", "gpt_neox", "llama", "bert"])
-def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sources, tmp_path):
-    """`ligo grow` streams by default (the source read tensor by tensor, each shard written when full); its
-    shards and index are byte for byte those of the in-memory path, for a sharded output."""
+def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sources, tmp_path, monkeypatch):
+    """`ligo grow` streams by default (the source read tensor by tensor, embeddings in slices of rows, each
+    shard written when full); its shards and index are byte for byte those of the in-memory path."""
     import filecmp
 
+    import ligo.operator
+
     src = family_sources.get(model_type) or sources[model_type]
-    for mode in ("stream", "memory"):
-        grow(src, tiny.TARGET[model_type], tmp_path / mode, max_shard_size="40KB", stream=mode == "stream")
+    grow(src, tiny.TARGET[model_type], tmp_path / "memory", max_shard_size="40KB", stream=False)
+    monkeypatch.setattr(ligo.operator, "_CHUNK_ELEMENTS", 1000)  # many slices of embedding rows
+    grow(src, tiny.TARGET[model_type], tmp_path / "stream", max_shard_size="40KB")
     names = sorted(p.name for p in (tmp_path / "stream").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "memory").iterdir())
     weights = [n for n in names if n.endswith(".safetensors") or n.endswith(".index.json")]
@@ -207,3 +210,20 @@ def test_a_llama_clone_is_offered_the_llama_table(tokenizer, text_ids, tmp_path)
          plan=GrowthPlan(width="split", depth="identity"))
     diff, model = _max_abs(src, tmp_path / "out", text_ids)
     assert diff <= 1e-4 and model.config.model_type == "helium"
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "gpt_neox"])
+def test_bench_smoke_on_a_new_family(model_type, tmp_path):
+    """The benchmark protocol (source, scratch sweep, fixed and learned methods, report) on a new family."""
+    from ligo.bench import load_experiment, run_experiment
+
+    exp = load_experiment("demo", smoke=True)
+    config = {k: v for k, v in tiny.FAMILIES[model_type].items() if k != "max_position_embeddings"}
+    exp.update(model_type=model_type, target=dict(tiny.TARGET[model_type]),
+               source={**exp["source"], "config": {**config, "max_position_embeddings": 128}},
+               methods={"scratch": {}, "split": {"width": "split", "depth": "identity"},
+                        "ligo": {"width": "random", "depth": "stack", "fit": True}})
+    report = run_experiment(exp, tmp_path / "out", progress=False, log=lambda *_: None)
+    methods = report["budgets"][0]["methods"]
+    assert set(methods) >= {"split", "ligo"} and all(m["final_val_loss"] > 0 for m in methods.values())
+    assert (tmp_path / "out" / "table.md").exists()
