@@ -1,8 +1,9 @@
 """Initial loss gap of the lossless inits: held-out loss of the grown model minus the source's.
 
-Exact (zero gap) for integer width ratios; approximate for non-integer ones, where a norm sees
-some units copied more often than others (e.g. a Llama 576 -> 960 hidden). Run it on a trained
-source, such as the one `ligo bench` leaves in bench-results/<experiment>/source:
+Exact (zero gap, up to fp32 rounding) for RMSNorm families at any width ratio (scaled copies keep the
+statistic where some units are copied more often than others, e.g. a Llama 576 -> 960 hidden), and for
+LayerNorm families at integer ratios. Run it on a trained source, such as the one `ligo bench` leaves in
+bench-results/<experiment>/source:
 
     python benchmarks/lossless_gap.py bench-results/cpu-tiny/source
 """
