@@ -245,19 +245,72 @@ class LazyWeights:
         return tensor
 
 
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+class _ShardFile:
+    """One safetensors file written tensor by tensor: the header first (every shape is known), then each
+    tensor's bytes at its offset as it arrives. The bytes are those of safetensors' ``save_file`` for the
+    same tensors (one floating dtype: tensors sorted by name, compact JSON, padded to 8 bytes)."""
+
+    def __init__(self, path: Path, shapes: dict[str, torch.Tensor], metadata: dict):
+        dtype = _SAFETENSORS_DTYPES[next(iter(shapes.values())).dtype]
+        header, start = {"__metadata__": metadata}, 0
+        self.offsets = {}
+        for name in sorted(shapes):
+            t = shapes[name]
+            size = t.numel() * t.element_size()
+            header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [start, start + size]}
+            self.offsets[name] = (start, size)
+            start += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+        self.base = 8 + len(text)
+        self.missing = set(shapes)
+        self.file = open(path, "wb")
+        self.file.write(len(text).to_bytes(8, "little") + text)
+        self.file.truncate(self.base + start)
+
+    def write(self, name: str, tensor: torch.Tensor) -> bool:
+        """Write one tensor; True when the file is complete (and closed)."""
+        start, size = self.offsets[name]
+        data = tensor.detach().contiguous().cpu().view(torch.uint8).numpy()
+        if data.nbytes != size:
+            raise LigoError(f"internal error: {name} has {data.nbytes} bytes, its shard expected {size}")
+        self.file.seek(self.base + start)
+        self.file.write(memoryview(data))
+        self.missing.discard(name)
+        if not self.missing:
+            self.file.close()
+        return not self.missing
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def save_weights_streaming(tensors, shapes: dict[str, torch.Tensor], out: Path,
                            max_shard_size: str | int = "5GB") -> None:
-    """Write tensors that arrive one at a time (``(key, tensor)`` in the order of ``shapes``, a dict of
-    meta tensors giving every key's shape and dtype) as safetensors shards, each written as soon as its
-    last tensor arrives: the files and the index are those :func:`save_weights` writes for the same state."""
+    """Write tensors that arrive one at a time (``(key, tensor)``, every key of ``shapes``, a dict of meta
+    tensors giving each key's shape and dtype) as safetensors shards, each tensor written into its shard
+    file at once, so no shard is gathered in memory. The files and the index are byte for byte those
+    :func:`save_weights` writes for the same state (a state of mixed dtypes is gathered shard by shard)."""
     from huggingface_hub import constants, split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
     split = split_torch_state_dict_into_shards(shapes, max_shard_size=parse_size(max_shard_size))
+    direct = len({t.dtype for t in shapes.values()}) == 1 and next(iter(shapes.values())).dtype in _SAFETENSORS_DTYPES
+    files: dict[str, _ShardFile] = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}
     try:
         for key, tensor in tensors:
             name = split.tensor_to_filename[key]
+            if direct:
+                if name not in files:
+                    files[name] = _ShardFile(out / name, {k: shapes[k] for k in split.filename_to_tensors[name]},
+                                             {"format": "pt"})
+                if files[name].write(key, tensor.to(shapes[key].dtype)):
+                    del files[name]
+                continue
             shard = pending.setdefault(name, {})
             shard[key] = tensor.contiguous()
             if len(shard) == len(split.filename_to_tensors[name]):
@@ -266,13 +319,16 @@ def save_weights_streaming(tensors, shapes: dict[str, torch.Tensor], out: Path,
             index = {"metadata": {**split.metadata, "format": "pt"}, "weight_map": split.tensor_to_filename}
             path = out / (constants.SAFETENSORS_WEIGHTS_FILE_PATTERN.format(suffix="") + ".index.json")
             path.write_text(json.dumps(index, indent=2))
-    except Exception as exc:  # safetensors raises its own error types for a full disk
+    except Exception as exc:  # a full disk, a file-size limit
         error = as_user_error(exc, f"writing the weights to {out}")
         if error is None:
             raise
         raise error from None
-    if pending:
-        raise LigoError(f"internal error: shards {sorted(pending)} were not completed")
+    finally:
+        for f in files.values():
+            f.close()
+    if pending or files:
+        raise LigoError(f"internal error: shards {sorted(set(pending) | set(files))} were not completed")
 
 
 def save_weights(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "5GB") -> None:

@@ -222,7 +222,9 @@ class Grower:
         tpp = None if self.source_tokens is None else self.source_tokens / self.source_parameters()
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
                                        self.source.state, plan, tokens_per_param=tpp)
-        if not self.stream:  # a streaming operator holds the source's shapes only (on the meta device)
+        if self.stream:  # the source's shapes only (on the meta device), and the maps' selections, not dense
+            self.operator.compact_()
+        else:
             self.operator.to(self.device)
         self.plan = self.operator.plan
         self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims)

@@ -273,6 +273,8 @@ class GrowthOperator(nn.Module):
             if src_dims.tie and "tied_norm" in spec.embed_scale:
                 self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
 
+        self._sparse: dict = {}         # width map selections, computed when materializing (see _selection)
+        self._compacted: set[str] = set()
         base = torch.nn.functional.one_hot(torch.tensor(sources), src_dims.layers).float()
         self.depth = nn.ParameterDict()
         for module in sorted({e.module for e in self.layer_entries}):
@@ -280,6 +282,7 @@ class GrowthOperator(nn.Module):
             if plan.depth == "identity" and module in spec.identity_zero:
                 d[torch.tensor(repeat, dtype=torch.bool)] = 0
             self.depth[_param_name(module)] = nn.Parameter(d)
+        self._num_parameters = sum(p.numel() for p in self.parameters())
 
     def _stacked(self, state: dict) -> dict[tuple[str, str], torch.Tensor]:
         """A source-shaped state (checkpoint keys) as the operator holds it: weights outside the layers
@@ -291,10 +294,41 @@ class GrowthOperator(nn.Module):
         return out
 
     # -- application ------------------------------------------------------------------------
-    def _map(self, token: str, absolute: bool, gain: bool = False) -> torch.Tensor:
+    def _map_name(self, token: str, gain: bool = False) -> str:
         name = _param_name(token)
-        m = self.width[name + "_gain" if gain and name + "_gain" in self.width else name]
+        return name + "_gain" if gain and name + "_gain" in self.width else name
+
+    def _map(self, token: str, absolute: bool, gain: bool = False) -> torch.Tensor:
+        name = self._map_name(token, gain)
+        if name in self._compacted:
+            raise LigoError(f"internal error: the width map {name} was compacted for streaming and cannot be fitted")
+        m = self.width[name]
         return m.abs() if absolute else m
+
+    def _selection(self, name: str, absolute: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A width map whose every row has at most one nonzero entry (a copy, a split share, a zero row), as
+        (source unit, coefficient) per target unit and group, or None for a dense map. Applying it is an
+        index and a product, with the values of the matrix product (zeros' signs aside)."""
+        key = (name, absolute)
+        if key not in self._sparse:
+            m = self.width[name].detach()
+            m = m.abs() if absolute else m
+            if bool(((m != 0).sum(-1) <= 1).all()):
+                index = m.abs().argmax(-1)
+                self._sparse[key] = (index, m.gather(-1, index.unsqueeze(-1)).squeeze(-1))
+            else:
+                self._sparse[key] = None
+        return self._sparse[key]
+
+    @torch.no_grad()
+    def compact_(self) -> "GrowthOperator":
+        """Free the dense storage of every width map that is a selection (streaming growth: nothing will be
+        fitted); the operator then materializes from the selections alone. Dense maps are kept."""
+        for name, param in self.width.items():
+            if self._selection(name, False) is not None:
+                param.data = torch.empty(0, device=param.device)
+                self._compacted.add(name)
+        return self
 
     def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups: torch.Tensor | None,
                      absolute: bool, gain: bool = False) -> torch.Tensor:
@@ -307,9 +341,22 @@ class GrowthOperator(nn.Module):
         tok = tokens[0]
         if tok in FIXED:
             return w
-        m = self._map(tok, absolute, gain)
         _, unit = self.src.units(tok)
         w = rearrange(w.movedim(axis, -1), "... (unit d) -> ... unit d", d=unit)
+        name = self._map_name(tok, gain)
+        sel = None if torch.is_grad_enabled() else self._selection(name, absolute)
+        if sel is not None:  # a selection: gather the source units, scale them (no matrix product)
+            index, coef = sel
+            if index.dim() == 1 or len(index) == 1:
+                index, coef = (index, coef) if index.dim() == 1 else (index[0], coef[0])
+                w = w.index_select(-2, index) * coef[:, None]
+            else:
+                present = [int(g) for g in torch.unique(groups)]
+                parts = [w[groups == g].index_select(-2, index[g]) * coef[g][:, None] for g in present]
+                order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
+                w = torch.cat(parts)[torch.argsort(order)]
+            return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
+        m = self._map(tok, absolute, gain)
         if m.dim() == 2 or len(m) == 1:
             w = torch.einsum("...sd,ts->...td", w, m if m.dim() == 2 else m[0])
         else:  # one map per group of layers
@@ -343,6 +390,8 @@ class GrowthOperator(nn.Module):
         With ``layer_by_layer`` a weight outside the layers whose first axis is never grown (embeddings,
         heads: vocab rows) is computed in slices of rows, each cast to ``dtype`` at once."""
         held = self._stacked(state) if state is not None else None
+        if not self._compacted:
+            self._sparse.clear()  # the maps may have been fitted since the last call
 
         def single(key: str, rows: slice | None = None) -> torch.Tensor:
             if read is not None:
@@ -489,4 +538,4 @@ class GrowthOperator(nn.Module):
         return groups
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return self._num_parameters

@@ -109,3 +109,25 @@ def test_tokenizers_are_read_from_local_directories_only(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LigoError, match="cannot load a tokenizer"):
         load_tokenizer(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_streamed_shards_are_the_bytes_safetensors_writes(dtype, tmp_path):
+    """Shards written tensor by tensor (header first, each tensor at its offset as it arrives) equal
+    save_weights' files byte for byte, index included."""
+    import filecmp
+
+    from ligo.checkpoint import save_weights, save_weights_streaming
+
+    gen = torch.Generator().manual_seed(0)
+    state = {f"model.layers.{i}.w{j}": torch.randn(3 + i, 5 + j, generator=gen).to(dtype)
+             for i in range(12) for j in range(3)}
+    state["lm_head.weight"] = torch.randn(7, 1, generator=gen).to(dtype)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    save_weights(state, tmp_path / "a", max_shard_size=200)
+    shapes = {k: torch.empty(v.shape, dtype=dtype, device="meta") for k, v in state.items()}
+    save_weights_streaming(((k, state[k]) for k in state), shapes, tmp_path / "b", max_shard_size=200)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(names) > 5 and names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert all(filecmp.cmp(tmp_path / "a" / n, tmp_path / "b" / n, shallow=False) for n in names)
