@@ -207,37 +207,33 @@ def parse_size(text: str | int) -> int:
 
 class LazyWeights:
     """A checkpoint's tensors read one at a time on demand (never the whole model in memory), each checked
-    to be finite as it is read."""
+    to be finite as it is read. Each read opens its file and closes it again, so no part of the source
+    stays mapped into this process once its tensor is read."""
 
     def __init__(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
         self.path = path
-        self.files = {}
+        self.where: dict[str, Path] = {}
         for f in _weight_files(path):
             if not f.exists():
                 raise LigoError(f"weight shard {f} is missing; the checkpoint is incomplete")
-            self.files[f] = None
-        self.where: dict[str, Path] = {}
-
-    def _handle(self, f: Path):
-        from safetensors import safe_open
-
-        if self.files[f] is None:
-            self.files[f] = safe_open(f, framework="pt")
-            for key in self.files[f].keys():
-                self.where[key] = f
-        return self.files[f]
+            try:
+                with safe_open(f, framework="pt") as handle:
+                    self.where.update(dict.fromkeys(handle.keys(), f))
+            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+                raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
+                                "truncated or corrupt, so re-download or re-save it") from None
 
     def __call__(self, key: str, rows: slice | None = None) -> torch.Tensor:
         """The tensor ``key``, or the slice ``rows`` of its first axis."""
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
 
-        if key not in self.where:
-            for f in self.files:
-                self._handle(f)
         f = self.where[key]
         try:
-            handle = self._handle(f)
-            tensor = handle.get_tensor(key) if rows is None else handle.get_slice(key)[rows]
+            with safe_open(f, framework="pt") as handle:
+                tensor = handle.get_tensor(key) if rows is None else handle.get_slice(key)[rows]
+            tensor = tensor.clone()
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
                             "truncated or corrupt, so re-download or re-save it") from None
