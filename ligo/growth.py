@@ -220,11 +220,10 @@ class Grower:
         t1 = time.perf_counter()
         self.source_tokens = trained_tokens(self.source.path)
         tpp = None if self.source_tokens is None else self.source_tokens / self.source_parameters()
+        # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
-                                       self.source.state, plan, tokens_per_param=tpp)
-        if self.stream:  # the source's shapes only (on the meta device), and the maps' selections, not dense
-            self.operator.compact_()
-        else:
+                                       self.source.state, plan, tokens_per_param=tpp, compact=self.stream)
+        if not self.stream:
             self.operator.to(self.device)
         self.plan = self.operator.plan
         self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims)

@@ -166,23 +166,25 @@ def _random_rows(n: int, n1: int, gen: torch.Generator) -> torch.Tensor:
 
 def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
                split_noise: float = 0.5) -> torch.Tensor:
-    """Initial width map (target units x source units) of one map token."""
+    """Initial width map (target units x source units) of one map token, in float32 (the coefficients
+    are computed in float64 and rounded once)."""
     n1, _ = src.units(token)
     n2, _ = tgt.units(token)
     sel = unit_selection(token, src, tgt)
-    onehot = torch.nn.functional.one_hot(sel, n1).double()
     if method == "random":
-        return torch.cat([torch.eye(n1, dtype=torch.float64), _random_rows(n2 - n1, n1, gen)])
+        return torch.cat([torch.eye(n1), _random_rows(n2 - n1, n1, gen).float()])
     if method not in ("copy", "split"):
         raise LigoError(f"unknown width method {method!r}; choose one of {', '.join(WIDTH_INITS)}")
     if token in WRITE_TOKENS:
-        return onehot
-    if method == "copy":
-        share = torch.ones(n2, dtype=torch.float64)
-    else:  # unequal shares break the symmetry between copies
-        share = 1 + split_noise * (2 * torch.rand(n2, generator=gen, dtype=torch.float64) - 1)
-    total = torch.zeros(n1, dtype=torch.float64).index_add_(0, sel, share)
-    return onehot * (share / total[sel])[:, None]
+        coef = torch.ones(n2, dtype=torch.float64)
+    else:
+        if method == "copy":
+            share = torch.ones(n2, dtype=torch.float64)
+        else:  # unequal shares break the symmetry between copies
+            share = 1 + split_noise * (2 * torch.rand(n2, generator=gen, dtype=torch.float64) - 1)
+        total = torch.zeros(n1, dtype=torch.float64).index_add_(0, sel, share)
+        coef = share / total[sel]
+    return torch.zeros(n2, n1).scatter_(1, sel[:, None], coef.float()[:, None])  # one entry a row
 
 
 # -- the operator -------------------------------------------------------------------------------
@@ -190,7 +192,9 @@ class GrowthOperator(nn.Module):
     """Learnable depth and width maps from a frozen source state dict to a target state dict."""
 
     def __init__(self, spec: ArchSpec, src_dims: Dims, tgt_dims: Dims, layout: dict, src_state: dict,
-                 plan: GrowthPlan | None = None, tokens_per_param: float | None = None):
+                 plan: GrowthPlan | None = None, tokens_per_param: float | None = None, compact: bool = False):
+        """``compact``: the operator will only be materialized, never fitted (streaming growth): each width
+        map that is a selection keeps only its (unit, coefficient) form, not its dense matrix."""
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
         # the one place a plan's auto fields are resolved: from what is known of the source's training
@@ -237,16 +241,21 @@ class GrowthOperator(nn.Module):
         fresh = [fresh_group and any(r for r, g in zip(repeat, groups) if g == k) for k in range(max(groups) + 1)]
 
         self.width = nn.ParameterDict()
+        self._sparse: dict = {}         # width map selections, computed when materializing (see _selection)
+        self._compacted: set[str] = set()
+        self._compacted_numel = 0
         for tok in sorted(tokens, key=lambda t: (t in READ_PARTNER, t)):  # write maps first
             partner = next((_param_name(w) for w in SPACE_OF[tok].write if _param_name(w) in self.width), None)
             if plan.width == "random" and tok in READ_PARTNER and partner is not None:
                 m = self.width[partner].detach().clone()  # the paper ties a space's read and write maps
             elif tok in LAYER_TOKENS:
                 m = torch.stack([width_init("random" if new and tok in WRITE_TOKENS else plan.width, tok, src_dims,
-                                            tgt_dims, gen, plan.split_noise) for new in fresh]).float()
+                                            tgt_dims, gen, plan.split_noise) for new in fresh])
             else:
-                m = width_init(plan.width, tok, src_dims, tgt_dims, gen, plan.split_noise).float()
+                m = width_init(plan.width, tok, src_dims, tgt_dims, gen, plan.split_noise)
             self.width[_param_name(tok)] = nn.Parameter(m)
+            if compact and tok not in ("res", "res.in"):  # (the residual maps may still be rescaled below)
+                self._compact(_param_name(tok))
         # A residual stream of scaled copies: writers scale, readers divide, and the norms over the stream
         # get maps of their own (plain copies; the head-side norm share / alpha^2).
         self.gains = set(spec.norms["gains"])
@@ -264,6 +273,9 @@ class GrowthOperator(nn.Module):
                 base = (torch.nn.functional.one_hot(unit_selection("res", src_dims, tgt_dims), src_dims.hidden).float()
                         if tok == "res" else self.width["res_in"].detach() / alpha)
                 self.width[_param_name(tok) + "_gain"] = nn.Parameter(base)
+        if compact:
+            for name in list(self.width):
+                self._compact(name)
         # An embedding the model multiplies by hidden ** power: divided by the growth of that factor; the
         # norm in front of a head tied to it multiplied by it (the head's logits would shrink otherwise).
         self.scales: dict[str, float] = {}
@@ -273,8 +285,6 @@ class GrowthOperator(nn.Module):
             if src_dims.tie and "tied_norm" in spec.embed_scale:
                 self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
 
-        self._sparse: dict = {}         # width map selections, computed when materializing (see _selection)
-        self._compacted: set[str] = set()
         base = torch.nn.functional.one_hot(torch.tensor(sources), src_dims.layers).float()
         self.depth = nn.ParameterDict()
         for module in sorted({e.module for e in self.layer_entries}):
@@ -282,7 +292,6 @@ class GrowthOperator(nn.Module):
             if plan.depth == "identity" and module in spec.identity_zero:
                 d[torch.tensor(repeat, dtype=torch.bool)] = 0
             self.depth[_param_name(module)] = nn.Parameter(d)
-        self._num_parameters = sum(p.numel() for p in self.parameters())
 
     def _stacked(self, state: dict) -> dict[tuple[str, str], torch.Tensor]:
         """A source-shaped state (checkpoint keys) as the operator holds it: weights outside the layers
@@ -321,14 +330,13 @@ class GrowthOperator(nn.Module):
         return self._sparse[key]
 
     @torch.no_grad()
-    def compact_(self) -> "GrowthOperator":
-        """Free the dense storage of every width map that is a selection (streaming growth: nothing will be
-        fitted); the operator then materializes from the selections alone. Dense maps are kept."""
-        for name, param in self.width.items():
-            if self._selection(name, False) is not None:
-                param.data = torch.empty(0, device=param.device)
-                self._compacted.add(name)
-        return self
+    def _compact(self, name: str) -> None:
+        """Free the dense storage of a width map that is a selection (streaming growth: nothing will be
+        fitted); the operator then materializes from the selection alone. A dense map is kept."""
+        if name not in self._compacted and self._selection(name, False) is not None:
+            self._compacted_numel += self.width[name].numel()
+            self.width[name].data = torch.empty(0, device=self.width[name].device)
+            self._compacted.add(name)
 
     def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups: torch.Tensor | None,
                      absolute: bool, gain: bool = False) -> torch.Tensor:
@@ -538,4 +546,4 @@ class GrowthOperator(nn.Module):
         return groups
 
     def num_parameters(self) -> int:
-        return self._num_parameters
+        return sum(p.numel() for p in self.parameters()) + self._compacted_numel

@@ -198,6 +198,8 @@ def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sour
     weights = [n for n in names if n.endswith(".safetensors") or n.endswith(".index.json")]
     assert len(weights) > 5  # really sharded
     assert all(filecmp.cmp(tmp_path / "stream" / n, tmp_path / "memory" / n, shallow=False) for n in weights)
+    recipes = [json.loads((tmp_path / mode / "ligo_recipe.json").read_text()) for mode in ("stream", "memory")]
+    assert recipes[0]["operator_parameters"] == recipes[1]["operator_parameters"] > 0
 
 
 def test_a_llama_clone_is_offered_the_llama_table(tokenizer, text_ids, tmp_path):
