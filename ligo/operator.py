@@ -164,17 +164,18 @@ def _random_rows(n: int, n1: int, gen: torch.Generator) -> torch.Tensor:
     return rows / rows.sum(1, keepdim=True)
 
 
-def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
-               split_noise: float = 0.5) -> torch.Tensor:
-    """Initial width map (target units x source units) of one map token, in float32 (the coefficients
-    are computed in float64 and rounded once)."""
+def width_selection(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
+                    split_noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The initial width map of one map token as a selection, (source unit, coefficient) for each target
+    unit, when every row has one entry (copy, split, and random with no new units); None when the map is
+    dense (random mixtures). Draws the same random numbers as :func:`width_init`."""
     n1, _ = src.units(token)
     n2, _ = tgt.units(token)
-    sel = unit_selection(token, src, tgt)
     if method == "random":
-        return torch.cat([torch.eye(n1), _random_rows(n2 - n1, n1, gen).float()])
+        return (torch.arange(n1), torch.ones(n1)) if n2 == n1 else None
     if method not in ("copy", "split"):
         raise LigoError(f"unknown width method {method!r}; choose one of {', '.join(WIDTH_INITS)}")
+    sel = unit_selection(token, src, tgt)
     if token in WRITE_TOKENS:
         coef = torch.ones(n2, dtype=torch.float64)
     else:
@@ -184,7 +185,22 @@ def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generat
             share = 1 + split_noise * (2 * torch.rand(n2, generator=gen, dtype=torch.float64) - 1)
         total = torch.zeros(n1, dtype=torch.float64).index_add_(0, sel, share)
         coef = share / total[sel]
-    return torch.zeros(n2, n1).scatter_(1, sel[:, None], coef.float()[:, None])  # one entry a row
+    return sel, coef.float()  # the coefficients computed in float64, rounded once
+
+
+def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
+               split_noise: float = 0.5) -> torch.Tensor:
+    """Initial width map (target units x source units) of one map token, in float32."""
+    n1, _ = src.units(token)
+    n2, _ = tgt.units(token)
+    selection = width_selection(method, token, src, tgt, gen, split_noise)
+    if selection is None:  # the paper's init: old units kept, new units random convex mixtures of old ones
+        return torch.cat([torch.eye(n1), _random_rows(n2 - n1, n1, gen).float()])
+    return _dense(*selection, n1)
+
+
+def _dense(index: torch.Tensor, coef: torch.Tensor, n1: int) -> torch.Tensor:
+    return torch.zeros(*index.shape, n1).scatter_(-1, index.unsqueeze(-1), coef.unsqueeze(-1))
 
 
 # -- the operator -------------------------------------------------------------------------------
@@ -246,16 +262,30 @@ class GrowthOperator(nn.Module):
         self._compacted_numel = 0
         for tok in sorted(tokens, key=lambda t: (t in READ_PARTNER, t)):  # write maps first
             partner = next((_param_name(w) for w in SPACE_OF[tok].write if _param_name(w) in self.width), None)
+            if plan.width == "random" and tok in READ_PARTNER and partner in self._compacted:
+                self._sparse[(_param_name(tok), False)] = self._sparse[(partner, False)]
+                self._compacted.add(_param_name(tok))
+                self._compacted_numel += self._compacted_numel_of(partner)
+                self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
+                continue
             if plan.width == "random" and tok in READ_PARTNER and partner is not None:
                 m = self.width[partner].detach().clone()  # the paper ties a space's read and write maps
-            elif tok in LAYER_TOKENS:
-                m = torch.stack([width_init("random" if new and tok in WRITE_TOKENS else plan.width, tok, src_dims,
-                                            tgt_dims, gen, plan.split_noise) for new in fresh])
-            else:
-                m = width_init(plan.width, tok, src_dims, tgt_dims, gen, plan.split_noise)
+            else:  # (a selection is kept as one, without its dense matrix, when the operator is compact)
+                inits = ["random" if new and tok in WRITE_TOKENS else plan.width for new in fresh] \
+                    if tok in LAYER_TOKENS else [plan.width]
+                parts = [width_selection(init, tok, src_dims, tgt_dims, gen, plan.split_noise) or
+                         width_init(init, tok, src_dims, tgt_dims, gen, plan.split_noise) for init in inits]
+                n1 = src_dims.units(tok)[0]
+                if compact and tok not in ("res", "res.in") and all(isinstance(p, tuple) for p in parts):
+                    index, coef = (torch.stack(x) for x in zip(*parts)) if tok in LAYER_TOKENS else parts[0]
+                    self._sparse[(_param_name(tok), False)] = (index, coef)
+                    self._compacted.add(_param_name(tok))
+                    self._compacted_numel += index.numel() * n1
+                    self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
+                    continue
+                parts = [_dense(*p, n1) if isinstance(p, tuple) else p for p in parts]
+                m = torch.stack(parts) if tok in LAYER_TOKENS else parts[0]
             self.width[_param_name(tok)] = nn.Parameter(m)
-            if compact and tok not in ("res", "res.in"):  # (the residual maps may still be rescaled below)
-                self._compact(_param_name(tok))
         # A residual stream of scaled copies: writers scale, readers divide, and the norms over the stream
         # get maps of their own (plain copies; the head-side norm share / alpha^2).
         self.gains = set(spec.norms["gains"])
@@ -328,6 +358,14 @@ class GrowthOperator(nn.Module):
             else:
                 self._sparse[key] = None
         return self._sparse[key]
+
+    def _compacted_numel_of(self, name: str) -> int:
+        index, _ = self._sparse[(name, False)]
+        return index.numel() * self.src.units(self._token_of(name))[0]
+
+    @staticmethod
+    def _token_of(name: str) -> str:
+        return next(t for t in GROWN if _param_name(t) == name.removesuffix("_gain"))
 
     @torch.no_grad()
     def _compact(self, name: str) -> None:
@@ -402,10 +440,12 @@ class GrowthOperator(nn.Module):
             self._sparse.clear()  # the maps may have been fitted since the last call
 
         def single(key: str, rows: slice | None = None) -> torch.Tensor:
+            # a fresh float32 copy either way: the same memory layout gives the same kernels, so streaming
+            # and in-memory growth compute the same bits
             if read is not None:
-                return read(key, rows).float()
+                return read(key, rows).to(torch.float32, copy=True)
             t = held[("w_", key)] if held is not None else getattr(self, "w_" + _param_name(key))
-            return (t if rows is None else t[rows]).float()
+            return (t if rows is None else t[rows]).to(torch.float32, copy=True)
 
         def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
             if read is not None:

@@ -190,16 +190,20 @@ def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sour
     import ligo.operator
 
     src = family_sources.get(model_type) or sources[model_type]
-    grow(src, tiny.TARGET[model_type], tmp_path / "memory", max_shard_size="40KB", stream=False)
-    monkeypatch.setattr(ligo.operator, "_CHUNK_ELEMENTS", 1000)  # many slices of embedding rows
-    grow(src, tiny.TARGET[model_type], tmp_path / "stream", max_shard_size="40KB")
-    names = sorted(p.name for p in (tmp_path / "stream").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "memory").iterdir())
-    weights = [n for n in names if n.endswith(".safetensors") or n.endswith(".index.json")]
-    assert len(weights) > 5  # really sharded
-    assert all(filecmp.cmp(tmp_path / "stream" / n, tmp_path / "memory" / n, shallow=False) for n in weights)
-    recipes = [json.loads((tmp_path / mode / "ligo_recipe.json").read_text()) for mode in ("stream", "memory")]
-    assert recipes[0]["operator_parameters"] == recipes[1]["operator_parameters"] > 0
+    target = dict(tiny.TARGET[model_type], **({"intermediate_size": 96} if model_type != "gpt2" else {}))
+    for plan in (GrowthPlan(), GrowthPlan(width="random", depth="stack")):  # selections; dense random maps
+        out = tmp_path / plan.width
+        with monkeypatch.context() as m:
+            m.setattr(ligo.operator, "_CHUNK_ELEMENTS", 1000)  # many slices of embedding rows, in both paths
+            grow(src, target, out / "memory", max_shard_size="40KB", stream=False, plan=plan)
+            grow(src, target, out / "stream", max_shard_size="40KB", plan=plan)
+        names = sorted(p.name for p in (out / "stream").iterdir())
+        assert names == sorted(p.name for p in (out / "memory").iterdir())
+        weights = [n for n in names if n.endswith(".safetensors") or n.endswith(".index.json")]
+        assert len(weights) > 5  # really sharded
+        assert all(filecmp.cmp(out / "stream" / n, out / "memory" / n, shallow=False) for n in weights), plan
+        recipes = [json.loads((out / mode / "ligo_recipe.json").read_text()) for mode in ("stream", "memory")]
+        assert recipes[0]["operator_parameters"] == recipes[1]["operator_parameters"] > 0
 
 
 def test_a_llama_clone_is_offered_the_llama_table(tokenizer, text_ids, tmp_path):
