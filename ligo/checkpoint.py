@@ -262,23 +262,30 @@ class _ShardFile:
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * ((8 - len(text) % 8) % 8)
         self.base = 8 + len(text)
-        self.missing = set(shapes)
+        self.left = {name: size for name, (_, size) in self.offsets.items()}  # bytes still to write
+        self.rows = {name: t.shape[0] if t.dim() else 1 for name, t in shapes.items()}
         self.file = open(path, "wb")
         self.file.write(len(text).to_bytes(8, "little") + text)
         self.file.truncate(self.base + start)
 
-    def write(self, name: str, tensor: torch.Tensor) -> bool:
-        """Write one tensor; True when the file is complete (and closed)."""
+    def write(self, name: str, tensor: torch.Tensor, rows: slice | None = None) -> bool:
+        """Write one tensor, or the slice ``rows`` of its first axis; True when the file is complete (and
+        closed)."""
         start, size = self.offsets[name]
         data = tensor.detach().contiguous().cpu().view(torch.uint8).numpy()
+        if rows is not None:
+            row_bytes = size // self.rows[name]
+            start, size = start + rows.start * row_bytes, (rows.stop - rows.start) * row_bytes
         if data.nbytes != size:
             raise LigoError(f"internal error: {name} has {data.nbytes} bytes, its shard expected {size}")
         self.file.seek(self.base + start)
         self.file.write(memoryview(data))
-        self.missing.discard(name)
-        if not self.missing:
+        self.left[name] -= size
+        if not self.left[name]:
+            del self.left[name]
+        if not self.left:
             self.file.close()
-        return not self.missing
+        return not self.left
 
     def close(self) -> None:
         self.file.close()
@@ -286,9 +293,10 @@ class _ShardFile:
 
 def save_weights_streaming(tensors, shapes: dict[str, torch.Tensor], out: Path,
                            max_shard_size: str | int = "5GB") -> None:
-    """Write tensors that arrive one at a time (``(key, tensor)``, every key of ``shapes``, a dict of meta
-    tensors giving each key's shape and dtype) as safetensors shards, each tensor written into its shard
-    file at once, so no shard is gathered in memory. The files and the index are byte for byte those
+    """Write tensors that arrive one at a time (``(key, rows, tensor)``: a whole tensor when ``rows`` is None,
+    else the slice of its first axis; every key of ``shapes``, a dict of meta tensors giving each key's shape
+    and dtype) as safetensors shards, each piece written into its shard file at once, so no shard (and no
+    whole embedding) is gathered in memory. The files and the index are byte for byte those
     :func:`save_weights` writes for the same state (a state of mixed dtypes is gathered shard by shard)."""
     from huggingface_hub import constants, split_torch_state_dict_into_shards
     from safetensors.torch import save_file
@@ -298,17 +306,22 @@ def save_weights_streaming(tensors, shapes: dict[str, torch.Tensor], out: Path,
     files: dict[str, _ShardFile] = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}
     try:
-        for key, tensor in tensors:
+        for key, rows, tensor in tensors:
             name = split.tensor_to_filename[key]
             if direct:
                 if name not in files:
                     files[name] = _ShardFile(out / name, {k: shapes[k] for k in split.filename_to_tensors[name]},
                                              {"format": "pt"})
-                if files[name].write(key, tensor.to(shapes[key].dtype)):
+                if files[name].write(key, tensor.to(shapes[key].dtype), rows):
                     del files[name]
                 continue
             shard = pending.setdefault(name, {})
-            shard[key] = tensor.contiguous()
+            if rows is not None:  # gather the slices of a tensor of mixed-dtype shards
+                shard.setdefault(key, torch.empty(shapes[key].shape, dtype=shapes[key].dtype))[rows] = tensor
+                if rows.stop < shapes[key].shape[0]:
+                    continue
+            else:
+                shard[key] = tensor.contiguous()
             if len(shard) == len(split.filename_to_tensors[name]):
                 save_file(pending.pop(name), out / name, metadata={"format": "pt"})
         if split.is_sharded:

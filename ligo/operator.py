@@ -12,7 +12,7 @@ pairs stay intact. Each space has independent *write* (out) and *read* (in) maps
 function-preserving start exists. The fixed growth methods are initial values of these maps:
 
 * width ``copy``: Net2Net. Out map copies units; in map copies them with fan-in divided by the
-  number of copies. Lossless (for uniform ratios where a norm sees the space).
+  number of copies. Lossless (for LayerNorm families at integer ratios; RMSNorm: see below).
 * width ``split``: as ``copy`` but the copies' read weights are unequal shares ``a_c`` summing to 1,
   so copies receive different gradients and grow apart. Lossless too.
 * width ``random``: the paper's code: old units kept, new units random convex mixtures of old
@@ -422,9 +422,10 @@ class GrowthOperator(nn.Module):
         itself, depth mix included. Optimizer moments (``weights=False``) have no offset."""
         return self.spec.norms["offset"] if weights and entry.name in self.gains else 0.0
 
-    def _grown(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
-               read=None, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """The target's tensors one at a time (float32), tied duplicates left out.
+    def _pieces(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
+                read=None, dtype: torch.dtype | None = None) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
+        """The target's tensors one at a time (float32), tied duplicates left out, as ``(key, rows, tensor)``:
+        ``rows`` is None for a whole tensor, or the slice of its first axis that this piece holds.
 
         ``state``: a source-shaped state to grow instead of the source weights (e.g. optimizer
         moments, keyed like the checkpoint); ``absolute``: apply the maps' absolute values; ``read``: a
@@ -434,7 +435,7 @@ class GrowthOperator(nn.Module):
         layer at a time from only the source layers its depth row uses (``layer_by_layer``: least
         memory, for materializing large models; the same arithmetic whichever way the source is read).
         With ``layer_by_layer`` a weight outside the layers whose first axis is never grown (embeddings,
-        heads: vocab rows) is computed in slices of rows, each cast to ``dtype`` at once."""
+        heads: vocab rows) comes in slices of rows."""
         held = self._stacked(state) if state is not None else None
         if not self._compacted:
             self._sparse.clear()  # the maps may have been fitted since the last call
@@ -463,15 +464,13 @@ class GrowthOperator(nn.Module):
         shapes = self.target_shapes() if layer_by_layer else {}
         for key, entry in self.singles:
             if not (layer_by_layer and all(t in FIXED for t in entry.axes[0]) and len(entry.axes) > 1):
-                yield key, grow_single(single(key), entry)
+                yield key, None, grow_single(single(key), entry)
                 continue
             shape = shapes[key]
-            out = torch.empty(shape, dtype=dtype or torch.float32, device=self.depth_device)
             step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
             for start in range(0, shape[0], step):
                 rows = slice(start, min(start + step, shape[0]))
-                out[rows] = grow_single(single(key, rows), entry)
-            yield key, out
+                yield key, rows, grow_single(single(key, rows), entry)
         for e in self.layer_entries:
             offset = self._offset(e, state is None)
             depth = self.depth[_param_name(e.module)]
@@ -493,8 +492,23 @@ class GrowthOperator(nn.Module):
                     grown = grown + offset * (self._expand(ones, e, self.layer_group[chunk], absolute) - 1)
                 del mixed, src
                 for i, w in zip(range(self.tgt.layers)[chunk], grown):
-                    yield self.spec.layer_key(self.prefix, e, i), w
+                    yield self.spec.layer_key(self.prefix, e, i), None, w
                 del grown
+
+    def _grown(self, dtype: torch.dtype | None = None, **kwargs) -> Iterator[tuple[str, torch.Tensor]]:
+        """:meth:`_pieces` with the slices of rows put together: whole tensors (the pieces cast to ``dtype``)."""
+        shapes = self.target_shapes()
+        key, out = None, None
+        for name, rows, v in self._pieces(dtype=dtype, **kwargs):
+            if rows is None:
+                yield name, v
+                continue
+            if name != key:
+                key, out = name, torch.empty(shapes[name], dtype=dtype or torch.float32, device=v.device)
+            out[rows] = v
+            if rows.stop == shapes[name][0]:
+                yield name, out
+                key, out = None, None
 
     def singles_and_layers_keys(self) -> list[str]:
         """The keys :meth:`forward` returns (checkpoint naming), without computing anything."""
@@ -525,12 +539,12 @@ class GrowthOperator(nn.Module):
         return next(iter(self.width.values())).device
 
     @torch.no_grad()
-    def stream(self, read, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-        """The target's tensors (cast to ``dtype``) one at a time, in :meth:`materialize`'s order and with its
-        arithmetic, from a source read on demand by ``read(key, rows=None)``: only the source tensors one
-        target tensor depends on are held at a time."""
-        for key, v in self._grown(layer_by_layer=True, read=read, dtype=dtype):
-            yield key, v.to(dtype=dtype)
+    def stream(self, read, dtype: torch.dtype) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
+        """The target's tensors (cast to ``dtype``) as ``(key, rows, piece)``, in :meth:`materialize`'s order
+        and with its arithmetic, from a source read on demand by ``read(key, rows=None)``: only the source
+        tensors one piece depends on are held at a time (embeddings and heads come in slices of rows)."""
+        for key, rows, v in self._pieces(layer_by_layer=True, read=read):
+            yield key, rows, v.to(dtype=dtype)
 
     @torch.no_grad()
     def materialize(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
