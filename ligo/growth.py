@@ -219,7 +219,9 @@ class Grower:
         self._check_memory()
         t1 = time.perf_counter()
         self.source_tokens = trained_tokens(self.source.path)
-        tpp = None if self.source_tokens is None else self.source_tokens / self.source_parameters()
+        tied = set(self.spec.tied) if self.source.dims.tie else set()
+        self.source_params = sum(self.source.state[k].numel() for k in self.source.layout if k not in tied)
+        tpp = None if self.source_tokens is None else self.source_tokens / self.source_params
         # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
                                        self.source.state, plan, tokens_per_param=tpp, compact=self.stream)
@@ -240,11 +242,6 @@ class Grower:
         self._tokenizer = tokenizer
         self.tokenizer_files: list[str] = []
         self.timings = {"load_s": t1 - t0, "build_s": time.perf_counter() - t1}
-
-    def source_parameters(self) -> int:
-        """Parameters of the source (tied weights once)."""
-        tied = set(self.spec.tied) if self.source.dims.tie else set()
-        return sum(self.source.state[k].numel() for k in self.source.layout if k not in tied)
 
     def _target_sizes(self) -> list[int]:
         """The number of elements of every grown tensor kind (one per layer entry), tied weights once."""

@@ -144,12 +144,13 @@ def test_grow_and_grow_train_document_the_same_fit_defaults():
     assert grow["fit_lr"].endswith("(default: 0.003)") and "fit_weight_decay" not in grow  # never decayed
 
 
-def test_grow_train_defaults_to_the_paper_init_unfitted_and_fits_a_share_when_asked(sources, corpus, tmp_path, cli):
-    """The default plan: the paper's width init with stacked depth, no fit (what measured best); --fit-share
-    0.02 fits for 2% of the training budget's FLOPs; identity depth makes auto width the lossless split."""
+def test_grow_train_defaults_follow_the_source_and_fit_a_share_when_asked(sources, corpus, tmp_path, cli):
+    """The default plan for a checkpoint ligo did not train (its training unknown): the lossless split width
+    with identity depth, no fit; --fit-share 0.02 fits for 2% of the training budget's FLOPs (here with the
+    paper's init, asked for); identity depth makes auto width the lossless split."""
     out = tmp_path / "job"
     cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", out, "--steps", "150", *FAST,
-        "--fit-share", "0.02", "--fit-eval-every", "0", check=True)
+        "--fit-share", "0.02", "--fit-eval-every", "0", "--width", "random", "--depth", "stack", check=True)
     recipe = json.loads((out / "recipe.json").read_text())
     grown = json.loads((out / "grown" / "ligo_recipe.json").read_text())
     assert recipe["fit"]["share"] == 0.02 and "steps" not in recipe["fit"]
@@ -158,12 +159,13 @@ def test_grow_train_defaults_to_the_paper_init_unfitted_and_fits_a_share_when_as
     fit = grown["fit"]
     train_step = fit["flops_per_step"] - fit["build_flops"]
     assert 1 <= fit["steps"] <= 3 and fit["flops"] <= 0.02 * 150 * train_step < (fit["steps"] + 1) * fit["flops_per_step"]
-    # the default: no fit, the paper's init, and the recipe says so
+    # the default: no fit, the lossless plan for a source of unknown training, and the recipe says so
     cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", tmp_path / "plain", "--steps",
         "2", *FAST, check=True)
     assert json.loads((tmp_path / "plain" / "recipe.json").read_text())["fit"] == {"steps": 0}
     plain = json.loads((tmp_path / "plain" / "grown" / "ligo_recipe.json").read_text())
-    assert plain["plan"]["width"] == "random" and plain["plan"]["depth"] == "stack" and plain.get("fit") in (None, {})
+    assert plain["plan"]["width"] == "split" and plain["plan"]["depth"] == "identity" and plain.get("fit") in (None, {})
+    assert plain["source_tokens"] is None and plain["lossless"] is True
     cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", tmp_path / "lossless",
         "--steps", "2", "--depth", "identity", *FAST, check=True)
     assert json.loads((tmp_path / "lossless" / "grown" / "ligo_recipe.json").read_text())["plan"]["width"] == "split"

@@ -34,7 +34,7 @@ def strong_source(tmp_path_factory, tokenizer, corpus):
 def test_the_source_counts_as_strong(strong_source):
     from ligo.growth import Grower, trained_tokens
 
-    params = Grower(strong_source, TARGET).source_parameters()
+    params = Grower(strong_source, TARGET).source_params
     assert trained_tokens(strong_source) == 640 * 16 * 64
     assert trained_tokens(strong_source) / params >= WEAK_SOURCE_TOKENS_PER_PARAM, params
 
