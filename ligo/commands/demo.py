@@ -1,7 +1,7 @@
 """ligo demo: the whole story on an embedded default, with no arguments and no download.
 
 Trains a BPE tokenizer and a tiny Llama-shaped model on the Python standard library's source, grows it
-with the LiGO operator (at the paper's init, ligo's default, and fitted), and trains the grown models,
+with the LiGO operator (at the paper's init, ligo's default for such a weakly trained source, and fitted), and trains the grown models,
 a fixed-growth baseline and a model from scratch at equal total FLOPs. Prints the table and writes a
 plot of held-out loss vs FLOPs.
 """
