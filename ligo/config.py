@@ -20,9 +20,10 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 WIDTH_INITS = ("split", "copy", "random")
 DEPTH_INITS = ("stack", "interleave", "identity")
-# Below this many training tokens per parameter a source counts as weak for the auto plan (growth's gains
-# are largest below ~20 tokens per parameter: ../shared/METHOD.md section 6; cpu-tiny's source has 5).
-WEAK_SOURCE_TOKENS_PER_PARAM = 20
+# Below this many training tokens per parameter a ligo-trained source gets the paper's init from the auto plan:
+# it ended best on cpu-tiny's sources of 5 and 100 tokens per parameter (docs/benchmarks.md); a real
+# checkpoint (10^3-10^4) forgets what it knew with it (a 135M Llama: 3.14 -> 11.16 nats at the start).
+WEAK_SOURCE_TOKENS_PER_PARAM = 200
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -201,8 +202,8 @@ class GrowthPlan:
 
     width: Literal["auto", "split", "copy", "random"] = setting(
         "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), or "
-        "auto: random for a weakly trained source (a ligo-trained one under 20 tokens per parameter, where it "
-        "measured best), else split")
+        "auto: random for a source ligo trained on under 200 tokens per parameter (where it measured best), "
+        "else split")
     depth: Literal["auto", "stack", "interleave", "identity"] = setting(
         "auto", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
         "place), identity (new layers start as identities: with split or copy width, growth is lossless), or auto: "
@@ -223,10 +224,11 @@ class GrowthPlan:
         """The plan with ``auto`` made concrete from what is known of the source: ``tokens_per_param``, the
         tokens it was trained on per parameter (None: unknown, as for any checkpoint ligo did not train).
 
-        A weakly trained source (under :data:`WEAK_SOURCE_TOKENS_PER_PARAM`) gets the paper's random-mixture
-        width with stacked depth, which beat every other plan on cpu-tiny's 5-tokens-per-parameter source at
-        both budgets; any other source gets the lossless split width with identity depth, since on
-        pretrained checkpoints random width forgets what the source knew (135M Llama: 3.14 -> 11.16 nats)
+        A source ligo trained on fewer than :data:`WEAK_SOURCE_TOKENS_PER_PARAM` tokens per parameter gets the
+        paper's random-mixture width with stacked depth, which ended best on cpu-tiny's sources of 5 (both
+        budgets) and 100 tokens per parameter; any other source (a checkpoint from elsewhere: its training
+        unknown, real ones have 10^3-10^4) gets the lossless split width with identity depth, since random
+        width makes a pretrained checkpoint forget what it knew (135M Llama: 3.14 -> 11.16 nats)
         (docs/benchmarks.md)."""
         weak = tokens_per_param is not None and tokens_per_param < WEAK_SOURCE_TOKENS_PER_PARAM
         width = self.width if self.width != "auto" else "random" if weak and self.depth != "identity" else "split"

@@ -1,5 +1,6 @@
-"""A strongly trained source (20 tokens per parameter, trained here): the default plan keeps what it knows, and
-`ligo grow --data` measures the start and warns when a plan loses more than a nat."""
+"""A strongly trained source (trained here for 20 tokens per parameter; then, like a checkpoint from elsewhere,
+without ligo's record of its training): the default plan keeps what it knows, `ligo grow --data` measures the
+start and warns when a plan loses more than a nat; the auto plan's rule from the source's training."""
 
 import json
 
@@ -28,15 +29,23 @@ def strong_source(tmp_path_factory, tokenizer, corpus):
     steps = 640  # x 16 x 64 tokens = 655k tokens for ~31k parameters
     train(None, None, out, TrainConfig(steps=steps, batch_size=16, seq_len=64, lr=1e-2, warmup=20, eval_every=0,
                                        progress=False), from_config=cfg, tokenizer=out.parent / "tok", blocks=blocks)
+    from ligo.growth import Grower, trained_tokens
+
+    assert trained_tokens(out) / Grower(out, TARGET).source_params >= 20
+    (out / "ligo_recipe.json").unlink()  # now a checkpoint from elsewhere: its training unknown to ligo
     return out
 
 
-def test_the_source_counts_as_strong(strong_source):
-    from ligo.growth import Grower, trained_tokens
+@pytest.mark.parametrize("tokens_per_param, plan", [(5, ("random", "stack")), (100, ("random", "stack")),
+                                                    (WEAK_SOURCE_TOKENS_PER_PARAM, ("split", "identity")),
+                                                    (15_000, ("split", "identity")), (None, ("split", "identity"))])
+def test_the_auto_plan_follows_the_sources_training(tokens_per_param, plan):
+    from ligo import GrowthPlan
 
-    params = Grower(strong_source, TARGET).source_params
-    assert trained_tokens(strong_source) == 640 * 16 * 64
-    assert trained_tokens(strong_source) / params >= WEAK_SOURCE_TOKENS_PER_PARAM, params
+    resolved = GrowthPlan().resolved(tokens_per_param)
+    assert (resolved.width, resolved.depth) == plan
+    assert GrowthPlan(depth="identity").resolved(tokens_per_param).width == "split"  # identity asks for lossless
+    assert GrowthPlan(width="random").resolved(tokens_per_param).depth == "stack"
 
 
 def test_the_default_plan_keeps_a_strong_source_and_random_width_is_warned(strong_source, corpus, tmp_path):
@@ -45,6 +54,7 @@ def test_the_default_plan_keeps_a_strong_source_and_random_width_is_warned(stron
                    check=True)
     recipe = json.loads((tmp_path / "default" / "ligo_recipe.json").read_text())
     assert recipe["plan"]["width"] == "split" and recipe["plan"]["depth"] == "identity"
+    assert recipe["source_tokens"] is None
     check = recipe["start_check"]
     assert abs(check["gap"]) < 1e-3 and "warning" not in proc.stderr, (check, proc.stderr)
     assert f"source {check['source_loss']:.4f}, grown {check['grown_loss']:.4f}" in proc.stdout
@@ -56,8 +66,8 @@ def test_the_default_plan_keeps_a_strong_source_and_random_width_is_warned(stron
     assert len(warning) == 1 and "--width split --depth identity" in warning[0] and "--fit-steps" in warning[0]
 
 
-def test_a_weak_source_keeps_the_measured_weak_source_default(tokenizer, blocks, tmp_path):
-    """A source ligo trained for under 20 tokens per parameter gets the paper's init with stacked depth."""
+def test_a_weakly_trained_ligo_source_gets_the_paper_init(tokenizer, blocks, tmp_path):
+    """A source ligo trained (its recipe says for how long) under the threshold: the paper's init, stacked."""
     cfg = {**SOURCE, "model_type": "llama", "vocab_size": len(tokenizer), "bos_token_id": 0, "eos_token_id": 0}
     tokenizer.save_pretrained(tmp_path / "tok")
     train(None, None, tmp_path / "weak", TrainConfig(steps=4, batch_size=4, seq_len=32, eval_every=0, progress=False),
