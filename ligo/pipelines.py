@@ -59,6 +59,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     if plan is not None and plan_fields:
         raise LigoError(f"give either plan= or plan fields ({', '.join(plan_fields)}), not both")
     plan = plan or GrowthPlan.from_dict(plan_fields, where="grow()")
+    if not isinstance(check_blocks, int) or isinstance(check_blocks, bool) or check_blocks < 0:
+        raise LigoError(f"--check-blocks must be a number of blocks, 0 or more (0: no start check), got {check_blocks!r}")
     data = DataConfig.of(data)
     if out is not None:
         parse_size(max_shard_size)

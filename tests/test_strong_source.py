@@ -75,3 +75,10 @@ def test_a_weakly_trained_ligo_source_gets_the_paper_init(tokenizer, blocks, tmp
     result = grow(tmp_path / "weak", TARGET, tmp_path / "grown")
     assert (result.recipe["plan"]["width"], result.recipe["plan"]["depth"]) == ("random", "stack")
     assert result.recipe["source_tokens"] == 4 * 4 * 32
+
+
+def test_a_negative_check_is_one_clear_line(strong_source, corpus, tmp_path):
+    proc = run_cli("grow", strong_source, "--target", json.dumps(TARGET), "--out", tmp_path / "o", "--data", corpus,
+                   "--check-blocks", "-1")
+    assert proc.returncode == 2 and "--check-blocks must be a number of blocks, 0 or more" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
