@@ -81,6 +81,11 @@ def _weight_files(path: Path) -> list[Path]:
     raise LigoError(f"{path} has no model.safetensors; save the model with save_pretrained first")
 
 
+def _unreadable(f: Path, exc: Exception) -> LigoError:
+    return LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is truncated or "
+                     "corrupt, so re-download or re-save it")
+
+
 def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -92,8 +97,7 @@ def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, to
         try:
             state.update(load_file(f, device=str(device)))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
-                            "truncated or corrupt, so re-download or re-save it") from None
+            raise _unreadable(f, exc) from None
     return state
 
 
@@ -117,8 +121,7 @@ def read_headers(path: Path) -> dict[str, torch.Tensor]:
                     out[key] = torch.empty(sl.get_shape(), dtype=_DTYPES.get(sl.get_dtype(), torch.float32),
                                            device="meta")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
-                            "truncated or corrupt, so re-download or re-save it") from None
+            raise _unreadable(f, exc) from None
     return out
 
 
@@ -222,8 +225,7 @@ class LazyWeights:
                 with safe_open(f, framework="pt") as handle:
                     self.where.update(dict.fromkeys(handle.keys(), f))
             except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-                raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
-                                "truncated or corrupt, so re-download or re-save it") from None
+                raise _unreadable(f, exc) from None
 
     def __call__(self, key: str, rows: slice | None = None) -> torch.Tensor:
         """The tensor ``key``, or the slice ``rows`` of its first axis."""
@@ -235,8 +237,7 @@ class LazyWeights:
                 tensor = handle.get_tensor(key) if rows is None else handle.get_slice(key)[rows]
             tensor = tensor.clone()
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise LigoError(f"{f} is not a readable safetensors file ({str(exc).splitlines()[0]}); the file is "
-                            "truncated or corrupt, so re-download or re-save it") from None
+            raise _unreadable(f, exc) from None
         check_finite({key: tensor}, self.path)
         return tensor
 
