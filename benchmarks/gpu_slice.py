@@ -123,7 +123,7 @@ def calibrate(exp: dict, which: str, steps: int = 6) -> dict:
 
     from ligo.arch import get_spec
     from ligo.config import TrainConfig
-    from ligo.growth import build_config, model_class
+    from ligo.hf import build_config, model_class
     from ligo.loop import make_collate, train_loop
 
     spec = get_spec(exp["model_type"])
@@ -204,10 +204,9 @@ def _bench_slice(name, spec, out: Path, results: Path, limit: float, smoke: bool
                  steps: int | None = None) -> dict:
     import yaml
 
-    from ligo.bench import load_experiment
+    from ligo.experiment import read_experiment
 
-    exp = load_experiment(ROOT / "benchmarks" / "experiments" / spec["experiment"], smoke=smoke)
-    exp.pop("_where")
+    exp, _ = read_experiment(ROOT / "benchmarks" / "experiments" / spec["experiment"], smoke=smoke)
     exp["methods"] = _methods(spec, exp, results)
     exp.update(budgets=[spec.get("budget", 1)], noise_seeds=[], seed=spec.get("seed", exp.get("seed", 0)))
     if not smoke:

@@ -30,7 +30,7 @@ SHAPES = {  # generic target shapes, relative to the source's width (x1.5 and x2
 
 
 def held_out_loss(model_dir: Path, blocks: torch.Tensor, objective: str, tok) -> float:
-    from ligo.growth import model_class
+    from ligo.hf import model_class
     from ligo.loop import make_collate
 
     model = model_class(objective).from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -3,7 +3,7 @@
 The package face is lazy: names are imported on first use, so ``import ligo`` (and ``ligo --help``)
 does not pay for torch and transformers.
 
->>> from ligo import Grower, GrowthPlan, TrainConfig, grow, train, grow_train
+>>> from ligo import Grower, GrowthPlan, TrainConfig, Start, grow, train, grow_train
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ __version__ = "0.2.0"
 
 # public name -> module that defines it
 _API = {
-    "LigoError": "errors",
-    "GrowthPlan": "config", "TrainConfig": "config",
+    "LigoError": "errors", "Preempted": "errors",
+    "GrowthPlan": "config", "TrainConfig": "config", "DataConfig": "config", "GrowthStage": "config",
     "get_spec": "arch", "register_architecture": "arch", "supported_types": "arch",
     "GrowthOperator": "operator",
     "Grower": "growth",
-    "grow": "pipelines", "train": "pipelines", "grow_train": "pipelines",
+    "grow": "pipelines", "train": "pipelines", "grow_train": "pipelines", "Start": "pipelines", "FitSpec": "pipelines",
+    "Experiment": "experiment", "load_experiment": "experiment", "run_experiment": "bench",
 }
 __all__ = [*_API, "__version__"]
 

@@ -3,9 +3,11 @@
 Each command module has ``add_parser`` and ``run``; ``run`` parses, makes one API call and prints.
 Nothing heavy (torch, transformers) is imported until a command runs, so ``--help`` and
 ``--version`` answer at once. Errors are mapped here, in one place: a :class:`LigoError` or an
-environment failure (disk full, permission denied) is one line and exit status 2; SIGTERM outside a
-training loop is exit 143 with temporary files removed; anything else is a bug, reported in one line
-with exit status 1 (``--debug`` shows the traceback).
+environment failure (disk full, permission denied) is one line and exit status 2. SIGTERM (and
+Ctrl-C) inside a training loop checkpoints the step in progress; every command then ends the same way:
+``preempted at RUN step N; continue with: ligo ... --resume`` and exit status 143. SIGTERM outside a
+loop is exit 143 too (Ctrl-C: 130), with temporary files removed and resumable work kept. Anything
+else is a bug, reported in one line with exit status 1 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import traceback
 
 from . import __version__
-from .errors import LigoError, as_user_error
+from .errors import LigoError, Preempted, as_user_error
 
 # The one list of commands: name -> module in ligo.commands (each has ``add_parser`` and ``run``).
 COMMANDS = {
@@ -77,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _quiet_libraries()
         return int(args._run(args) or 0)
+    except Preempted as stop:
+        if _rank() == 0:
+            print(f"ligo {args.command}: preempted at {stop.run} step {stop.step}; continue with: "
+                  f"{_resume_command(argv)}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"ligo {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -97,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _resume_command(argv: list[str] | None) -> str:
+    """The command line that continues this one: the same, with --resume (and without --overwrite)."""
+    import shlex
+
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if w != "--overwrite"]
+    return shlex.join(["ligo", *words, *([] if "--resume" in words else ["--resume"])])
 
 
 def _main_thread() -> bool:

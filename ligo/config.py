@@ -181,6 +181,7 @@ class TrainConfig:
 # the fit that won on cpu-tiny (docs/benchmarks.md): a short warmup, a held-out check every 2 steps,
 # and a stop after 3 checks without improvement; the operator keeps its best held-out point
 FIT_DEFAULTS = {"steps": 0, "lr": 3e-3, "warmup": 1, "weight_decay": 0.0, "eval_every": 2, "patience": 3}
+FIT_STEPS_API = 100  # Grower.fit() called without settings: the longest it runs (patience usually stops it sooner)
 
 
 def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
@@ -287,7 +288,7 @@ class GrowthStage:
     optimizer_state: Literal["grow", "reset"] = setting(
         "grow", "AdamW state: grow it through the operator (moments and step counts kept), or reset it")
     fit_steps: int = setting(0, "operator fit steps on the training data before the grown model continues", low=0)
-    fit_lr: float = setting(1e-3, "the stage fit's peak LR", positive=True)
+    fit_lr: float = setting(FIT_DEFAULTS["lr"], "the stage fit's peak LR", positive=True)
 
     def __post_init__(self) -> None:
         validate(self, "growth stage")

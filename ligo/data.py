@@ -204,6 +204,15 @@ def _tokenize(ds, tokenizer, column: str, num_proc: int | None):
     return ds.map(tokenize, **kwargs)
 
 
+VAL_FRACTION = 0.05  # the held-out share of every corpus's blocks
+
+
+def tokens_to_read(cfg) -> int:
+    """Tokens a streamed corpus must yield for ``cfg.steps`` steps: the training share of what is read is
+    ``1 - VAL_FRACTION``, less a margin of 1% for the partial blocks at document edges."""
+    return int(cfg.steps * cfg.tokens_per_step / (1 - VAL_FRACTION - 0.01))
+
+
 def _blocks(ids: list[int], seq_len: int, val_fraction: float, min_val_blocks: int = 1) -> Blocks:
     if seq_len < 2:
         raise LigoError(f"sequence length {seq_len} is too short; use at least 2")
@@ -227,14 +236,14 @@ def _stream(tokenized, sep: int | None, limit: int | None) -> list[int]:
     return ids
 
 
-def pack(texts: list[str], tokenizer, seq_len: int, val_fraction: float = 0.05) -> Blocks:
+def pack(texts: list[str], tokenizer, seq_len: int, val_fraction: float = VAL_FRACTION) -> Blocks:
     """Blocks from documents held in memory (the embedded corpus, a benchmark's texts)."""
     datasets = _quiet()
     ds = datasets.Dataset.from_dict({"text": [t for t in texts if t.strip()]})
     return _blocks(_stream(_tokenize(ds, tokenizer, "text", None), _separator(tokenizer), None), seq_len, val_fraction)
 
 
-def load_blocks(data: DataConfig | str | Path | None, tokenizer, seq_len: int, val_fraction: float = 0.05,
+def load_blocks(data: DataConfig | str | Path | None, tokenizer, seq_len: int, val_fraction: float = VAL_FRACTION,
                 max_tokens: int | None = None) -> Blocks:
     """Blocks from ``data``, or from the embedded default corpus (the stdlib) when it names none.
 

@@ -19,6 +19,15 @@ class LigoError(Exception):
     """A problem with the user's input: the message names it and says how to fix it."""
 
 
+class Preempted(Exception):
+    """A run stopped by SIGTERM or Ctrl-C after checkpointing: ``--resume`` continues it from ``step``.
+    Every command ends on it the same way: one line and exit status 143 (the SIGTERM convention)."""
+
+    def __init__(self, run, step: int):
+        super().__init__(f"preempted at {run} step {step}")
+        self.run, self.step = run, step
+
+
 def disk_errno(exc: BaseException) -> int | None:
     """The errno of a full disk, a quota or a file-size limit behind ``exc`` (an OSError or a library's
     own exception about one), else None."""

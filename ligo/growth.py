@@ -14,37 +14,11 @@ from . import __version__
 from .arch import Dims
 from .checkpoint import RECIPE_NAME, Checkpoint, LazyWeights, copy_tokenizer, describe_checkpoint, load_checkpoint, \
     load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming, write_json
-from .config import GrowthPlan, TrainConfig
+from .config import FIT_STEPS_API, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
+from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
 from .operator import GrowthOperator, depth_plan, lossless_gaps
-
-
-def model_class(objective: str):
-    import transformers
-
-    return transformers.AutoModelForCausalLM if objective == "causal-lm" else transformers.AutoModelForMaskedLM
-
-
-def build_config(config: dict):
-    """A transformers config object from a dict (the model type's own class; never remote code)."""
-    import transformers
-
-    data = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map")}
-    try:
-        return transformers.AutoConfig.for_model(config["model_type"], **data)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise LigoError(f"invalid {config['model_type']} config: {str(exc).splitlines()[0][:200]}") from None
-
-
-def known_config_keys(model_type: str) -> set[str]:
-    """Every key the model type's config class writes (what a full target config.json may hold)."""
-    import transformers
-
-    try:
-        return set(transformers.AutoConfig.for_model(model_type).to_dict())
-    except (ValueError, TypeError, KeyError):
-        return set()
 
 
 def _size(n: int) -> str:
@@ -314,8 +288,7 @@ class Grower:
         a fit step is a training step of the target plus building the weights from the operator."""
         from .flops import step_flops
 
-        with torch.device("meta"):
-            meta = model_class(self.spec.objective).from_config(build_config(self.target_config))
+        meta = meta_model(self.spec.objective, self.target_config)
         budget = step_flops(meta, self.target_dims, train_cfg) * train_cfg.steps
         per_step = step_flops(meta, self.target_dims, fit_cfg) + self.operator.build_flops() * fit_cfg.grad_accum
         return max(1, int(share * budget / per_step))
@@ -325,10 +298,10 @@ class Grower:
         """Fit the operator for ``cfg.steps`` steps on ``blocks`` (or on ``data``: a path, or None for the
         embedded default corpus). The operator ends at its best held-out point, so a fit never ends
         worse than the plan it started from."""
-        from .data import load_blocks
+        from .data import load_blocks, tokens_to_read
         from .flops import step_flops
 
-        cfg = cfg or TrainConfig(steps=100, weight_decay=0.0)
+        cfg = cfg or fit_config({"steps": FIT_STEPS_API})
         if self.stream:
             raise LigoError("this Grower streams its source (stream=True) and cannot fit the operator; build it "
                             "without stream=True to fit")
@@ -336,9 +309,8 @@ class Grower:
             raise LigoError(f"{self.source.path} is a bare model without an LM head, so there is no pretraining "
                             "loss to fit on; grow without --fit-steps, or use its *ForMaskedLM/*ForCausalLM form")
         if blocks is None:
-            blocks = load_blocks(data, self.tokenizer, cfg.seq_len, max_tokens=int(cfg.steps * cfg.tokens_per_step / 0.94))
-        with torch.device("meta"):
-            meta_target = model_class(self.spec.objective).from_config(build_config(self.target_config))
+            blocks = load_blocks(data, self.tokenizer, cfg.seq_len, max_tokens=tokens_to_read(cfg))
+        meta_target = meta_model(self.spec.objective, self.target_config)
         build = self.operator.build_flops()
         per_step = step_flops(meta_target, self.target_dims, cfg) + build * cfg.grad_accum
         best: dict = {}
@@ -360,7 +332,7 @@ class Grower:
                          "flops": self.fit_result.flops, "flops_per_step": per_step, "build_flops": build,
                          "start_val_loss": self.fit_result.evals[0]["val_loss"], "best_step": best.get("step"),
                          "final_val_loss": best.get("val", self.fit_result.final_val),
-                         "wall_s": time.perf_counter() - t0}
+                         "wall_s": time.perf_counter() - t0, "loop_wall_s": self.fit_result.wall}
         return self.fit_result
 
     # -- output -----------------------------------------------------------------------------------

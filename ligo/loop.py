@@ -13,7 +13,6 @@ where the NaN check runs and the throughput (tokens/s, TFLOP/s, MFU) is logged.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .errors import LigoError
 from .flops import device_peak_tflops
+from .optim import MasterWeights, make_optimizer, optimizer_step, precision
 from .rundir import Preemption, RunDir, latest_checkpoint
 
 
@@ -107,56 +107,6 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path | None):
                        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
 
 
-def precision(cfg: TrainConfig, device: torch.device):
-    """(name, autocast context factory, GradScaler or None) for ``cfg.mixed_precision`` on ``device``."""
-    mp = cfg.mixed_precision
-    if mp == "auto":
-        mp = os.environ.get("ACCELERATE_MIXED_PRECISION") or (
-            "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    return mp, autocast, (torch.amp.GradScaler(device.type) if mp == "fp16" else None)
-
-
-def make_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda" and all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
-
-
-class MasterWeights:
-    """bf16 model weights with fp32 master copies: gradients are accumulated into the masters (fp32),
-    the optimizer (and its state) works on the masters, and the model's weights are refreshed from them
-    after every step. Checkpointed with the run (``state_dict``)."""
-
-    def __init__(self, groups: list[dict]):
-        self.model_groups = groups
-        self.params = [p for g in groups for p in g["params"]]
-        self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.params]
-        index = {id(p): m for p, m in zip(self.params, self.masters)}
-        self.groups = [dict(g, params=[index[id(p)] for p in g["params"]]) for g in groups]
-
-    def accumulate(self) -> None:
-        """Move the model's gradients into the masters (after every backward)."""
-        for p, m in zip(self.params, self.masters):
-            if p.grad is not None:
-                m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
-                p.grad = None
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        for p, m in zip(self.params, self.masters):
-            p.copy_(m)
-
-    def state_dict(self) -> dict:
-        return {"masters": [m.detach() for m in self.masters]}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            for m, saved in zip(self.masters, state["masters"]):
-                m.copy_(saved)
-        self.refresh()
-
-
 def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cfg: TrainConfig, *,
                collate: Callable, eval_collate: Callable | None = None, flops_per_step: float = 0.0,
                flops_offset: float = 0.0, run_dir: str | Path | None = None, resume: bool = False,
@@ -171,159 +121,180 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
     ``stop_at``: pause after that step with a checkpoint (status "paused"; the schedule is still that of
     ``cfg.steps``), as mid-run growth does. ``checkpoint_info`` is stored in every checkpoint's state.
     ``on_step(step, model)`` runs after every step, ``on_eval(step, val_loss, model)`` after every
-    evaluation (step 0 included).
+    evaluation (step 0 included). SIGTERM or Ctrl-C ends the step, checkpoints and returns "preempted".
     """
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    loop = _Loop(model, train_data, val_data, cfg, collate=collate, eval_collate=eval_collate,
+                 run_dir=Path(run_dir) if run_dir else None, desc=desc, checkpoint_info=checkpoint_info,
+                 on_step=on_step, on_eval=on_eval)
+    loop.start(resume, float(flops_offset), data_digest, manifest)
+    status = loop.run(flops_per_step, stop_at)
+    return LoopResult(steps=loop.step, status=status, history=loop.history, evals=loop.evals, flops=loop.flops,
+                      wall=loop.wall, model=loop.model, accelerator=loop.accelerator)
 
-    accelerator = make_accelerator(cfg, Path(run_dir) if run_dir else None)
-    device, nproc = accelerator.device, accelerator.num_processes
-    if cfg.batch_size % nproc:
-        raise LigoError(f"batch_size {cfg.batch_size} is not divisible by the {nproc} processes; "
-                        "pick a multiple of the process count")
-    if len(train_data) < cfg.batch_size:
-        raise LigoError(f"the training split holds {len(train_data)} blocks, fewer than one batch of "
-                        f"{cfg.batch_size}; give more data or a smaller batch size / seq_len")
-    set_seed(cfg.seed)
-    if cfg.grad_checkpointing:
-        enable_grad_checkpointing(model)
-    mp, autocast, scaler = precision(cfg, device)
-    per_proc = cfg.batch_size // nproc
-    masters = None
-    if cfg.weights_dtype == "bfloat16":
-        model = model.to(device=device, dtype=torch.bfloat16)
-        masters = MasterWeights(param_groups(model, cfg.weight_decay))
-        accelerator.register_for_checkpointing(masters)
-    groups = masters.groups if masters else param_groups(model, cfg.weight_decay)
-    names = {id(p): n for n, p in model.named_parameters()}  # which parameter each optimizer slot belongs to
-    slots = [[names.get(id(p)) for p in g["params"]] for g in (masters.model_groups if masters else groups)]
-    model, optimizer = accelerator.prepare(model, make_optimizer(groups, cfg, device))
-    trained = [p for g in optimizer.param_groups for p in g["params"]]
-    if scaler is not None:
-        accelerator.register_for_checkpointing(scaler)
-    forward = compiled(model, cfg, device)
-    run = RunDir(run_dir, accelerator)
-    val_batches = _val_batches(val_data, eval_collate or collate, cfg, per_proc, nproc, accelerator)
 
-    def evaluate() -> float:
-        model.eval()
-        with torch.no_grad(), autocast():
-            losses = [accelerator.gather_for_metrics(forward(**b).loss.detach().float().reshape(1)) for b in val_batches]
-        model.train()
+class _Loop:
+    """One run of the loop: the prepared model, optimizer and data, and where the run stands."""
+
+    def __init__(self, model, train_data, val_data, cfg: TrainConfig, *, collate, eval_collate, run_dir, desc,
+                 checkpoint_info, on_step, on_eval):
+        from accelerate.utils import set_seed
+
+        self.cfg, self.train_data, self.collate, self.run_dir, self.desc = cfg, train_data, collate, run_dir, desc
+        self.checkpoint_info, self.on_step, self.on_eval = checkpoint_info or {}, on_step, on_eval
+        self.accelerator = accelerator = make_accelerator(cfg, run_dir)
+        self.device, nproc = accelerator.device, accelerator.num_processes
+        if cfg.batch_size % nproc:
+            raise LigoError(f"batch_size {cfg.batch_size} is not divisible by the {nproc} processes; "
+                            "pick a multiple of the process count")
+        if len(train_data) < cfg.batch_size:
+            raise LigoError(f"the training split holds {len(train_data)} blocks, fewer than one batch of "
+                            f"{cfg.batch_size}; give more data or a smaller batch size / seq_len")
+        set_seed(cfg.seed)
+        if cfg.grad_checkpointing:
+            enable_grad_checkpointing(model)
+        _, self.autocast, self.scaler = precision(cfg, self.device)
+        self.per_proc = cfg.batch_size // nproc
+        self.masters = None
+        if cfg.weights_dtype == "bfloat16":
+            model = model.to(device=self.device, dtype=torch.bfloat16)
+            self.masters = MasterWeights(param_groups(model, cfg.weight_decay))
+            accelerator.register_for_checkpointing(self.masters)
+        groups = self.masters.groups if self.masters else param_groups(model, cfg.weight_decay)
+        names = {id(p): n for n, p in model.named_parameters()}  # which parameter each optimizer slot belongs to
+        self.slots = [[names.get(id(p)) for p in g["params"]] for g in (self.masters.model_groups if self.masters
+                                                                         else groups)]
+        self.model, self.optimizer = accelerator.prepare(model, make_optimizer(groups, cfg, self.device))
+        self.trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.scaler is not None:
+            accelerator.register_for_checkpointing(self.scaler)
+        self.forward = compiled(self.model, cfg, self.device)
+        self.rundir = RunDir(run_dir, accelerator)
+        self.val_batches = _val_batches(val_data, eval_collate or collate, cfg, self.per_proc, nproc, accelerator)
+
+    def evaluate(self) -> float:
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            losses = [self.accelerator.gather_for_metrics(self.forward(**b).loss.detach().float().reshape(1))
+                      for b in self.val_batches]
+        self.model.train()
         return torch.cat(losses).mean().item()
 
-    def batches(epoch: int, skip: int):
-        order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        data = train_data[order][: len(train_data) - len(train_data) % cfg.batch_size]  # whole global batches
-        loader = accelerator.prepare_data_loader(DataLoader(list(data), batch_size=per_proc, shuffle=False,
-                                                            collate_fn=collate, pin_memory=device.type == "cuda"))
-        return accelerator.skip_first_batches(loader, skip) if skip else loader
+    def batches(self, epoch: int, skip: int):
+        cfg, data = self.cfg, self.train_data
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        data = data[order][: len(data) - len(data) % cfg.batch_size]  # whole global batches
+        loader = self.accelerator.prepare_data_loader(DataLoader(
+            list(data), batch_size=self.per_proc, shuffle=False, collate_fn=self.collate,
+            pin_memory=self.device.type == "cuda"))
+        return self.accelerator.skip_first_batches(loader, skip) if skip else loader
 
-    step, epoch, batch_in_epoch, flops, wall, history, evals = 0, 0, 0, float(flops_offset), 0.0, [], []
-    if resume:
-        state = run.restore(cfg.to_dict(), data_digest)
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        flops, wall, evals = state["flops"], state["wall"], state["evals"]
-        history = [r for r in run.read_log() if r["step"] <= step]
-        run.start_log(history)
-    else:
-        run.start_log([])
-        run.write_manifest(manifest or {})
-    if cfg.trackers:
-        accelerator.init_trackers(desc, config=cfg.to_dict())
-    if step == 0:  # the starting point of every curve
-        evals.append({"step": 0, "flops": flops, "wall": 0.0, "val_loss": evaluate()})
-        if on_eval:
-            on_eval(0, evals[0]["val_loss"], model)
-    best, bad_evals = min((e["val_loss"] for e in evals), default=math.inf), 0
-    meter = _Meter(cfg, flops_per_step, device_peak_tflops(device) if cfg.peak_tflops is None else cfg.peak_tflops,
-                   nproc, wall)
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not (cfg.progress and accelerator.is_main_process),
-               dynamic_ncols=True, leave=False)
-    status, pending, step_loss = "running", [], torch.zeros((), device=device)
-    model.train()
-    with Preemption(enabled=run_dir is not None) as preempt:
-        while status == "running" and step < cfg.steps:
-            step_start = time.perf_counter()
-            for batch in batches(epoch, batch_in_epoch):
-                lr = cfg.lr_at(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                with accelerator.accumulate(model):
-                    with autocast():
-                        loss = forward(**batch).loss
-                    accelerator.backward(scaler.scale(loss) if scaler else loss)
-                    _update(accelerator, optimizer, scaler, masters, trained, cfg.clip)
-                step_loss += loss.detach().float() / cfg.grad_accum
-                batch_in_epoch += 1
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                flops += flops_per_step
-                wall += time.perf_counter() - step_start
-                pending.append({"step": step, "loss": accelerator.reduce(step_loss, reduction="mean"), "lr": lr,
-                                "tokens": step * cfg.tokens_per_step, "flops": flops, "wall": wall})
-                step_loss = torch.zeros((), device=device)
-                eval_due = bool(cfg.eval_every and step % cfg.eval_every == 0) or step in (cfg.steps, stop_at)
-                save_due = bool(cfg.save_every and step % cfg.save_every == 0) or preempt.requested or step == stop_at
-                if eval_due or save_due or step % cfg.log_every == 0 or step == cfg.steps:
-                    rows, wall = meter.flush(pending, desc, run_dir), pending[-1]["wall"]
-                    pending = []
-                    if eval_due:
-                        val = rows[-1]["val_loss"] = evaluate()
-                        evals.append({"step": step, "flops": flops, "wall": wall, "val_loss": val})
-                        best, bad_evals = (val, 0) if val < best else (best, bad_evals + 1)
-                        if on_eval:
-                            on_eval(step, val, model)
-                        if cfg.patience and bad_evals >= cfg.patience:
-                            status = "stopped"
-                    history.extend(rows)
-                    run.append_log(rows)
-                    if cfg.trackers:
-                        for r in rows:
-                            accelerator.log({k: v for k, v in r.items() if k != "step" and v is not None},
-                                            step=r["step"])
-                    bar.update(len(rows))
-                    bar.set_postfix(meter.postfix(rows[-1]), refresh=False)
-                if on_step:
-                    on_step(step, accelerator.unwrap_model(model))
-                if save_due:
-                    run.save({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "flops": flops,
-                              "wall": wall, "evals": evals, "config": cfg.to_dict(), "data": data_digest,
-                              "param_names": slots, **(checkpoint_info or {})}, cfg.keep_last)
-                if preempt.requested:
-                    status = "preempted"
-                elif step == stop_at:
-                    status = "paused"
-                if status != "running" or step >= cfg.steps:
-                    break
-                step_start = time.perf_counter()  # evaluation and checkpoints are not training time
-            else:
-                epoch, batch_in_epoch = epoch + 1, 0
-    bar.close()
-    if cfg.trackers:
-        accelerator.end_training()
-    return LoopResult(steps=step, status="done" if status == "running" else status, history=history, evals=evals,
-                      flops=flops, wall=wall, model=model, accelerator=accelerator)
+    def start(self, resume: bool, flops_offset: float, data_digest: str | None, manifest: dict | None) -> None:
+        """Where the run starts: step 0 (evaluated: the first point of every curve) or its newest checkpoint."""
+        cfg, run = self.cfg, self.rundir
+        self.step, self.epoch, self.batch_in_epoch, self.flops, self.wall = 0, 0, 0, flops_offset, 0.0
+        self.history, self.evals, self.digest = [], [], data_digest
+        if resume:
+            state = run.restore(cfg.to_dict(), data_digest)
+            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            self.flops, self.wall, self.evals = state["flops"], state["wall"], state["evals"]
+            self.history = [r for r in run.read_log() if r["step"] <= self.step]
+            run.start_log(self.history)
+        else:
+            run.start_log([])
+            run.write_manifest(manifest or {})
+        if cfg.trackers:
+            self.accelerator.init_trackers(self.desc, config=cfg.to_dict())
+        if self.step == 0:
+            self.evals.append({"step": 0, "flops": self.flops, "wall": 0.0, "val_loss": self.evaluate()})
+            if self.on_eval:
+                self.on_eval(0, self.evals[0]["val_loss"], self.model)
 
+    def run(self, flops_per_step: float, stop_at: int | None) -> str:
+        from tqdm.auto import tqdm
 
-def _update(accelerator, optimizer, scaler, masters, trained: list, clip: float) -> None:
-    """The optimizer's part of a micro-step (accelerate skips the step between accumulation steps):
-    fp32 masters take the reduced gradients, clipping, the (scaled) step, and the bf16 weights refreshed."""
-    if masters and accelerator.sync_gradients:  # after the (DDP) gradient reduction
-        masters.accumulate()
-    if accelerator.sync_gradients and clip > 0:
-        if scaler:
-            scaler.unscale_(optimizer)
-        accelerator.clip_grad_norm_(trained, clip)
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if masters and accelerator.sync_gradients:
-        masters.refresh()
+        cfg, acc = self.cfg, self.accelerator
+        self.best, self.bad_evals = min((e["val_loss"] for e in self.evals), default=math.inf), 0
+        self.flops_per_step = flops_per_step
+        peak = device_peak_tflops(self.device) if cfg.peak_tflops is None else cfg.peak_tflops
+        self.meter = _Meter(cfg, flops_per_step, peak, acc.num_processes, self.wall)
+        self.bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, dynamic_ncols=True, leave=False,
+                        disable=not (cfg.progress and acc.is_main_process))
+        status, self.pending, self.step_loss = "running", [], torch.zeros((), device=self.device)
+        self.model.train()
+        with Preemption(enabled=self.run_dir is not None) as preempt:
+            while status == "running" and self.step < cfg.steps:
+                step_start = time.perf_counter()
+                for batch in self.batches(self.epoch, self.batch_in_epoch):
+                    if not self._micro_step(batch):
+                        continue
+                    self.wall += time.perf_counter() - step_start
+                    status = self._after_step(stop_at, preempt.requested)
+                    if status != "running" or self.step >= cfg.steps:
+                        break
+                    step_start = time.perf_counter()  # evaluation and checkpoints are not training time
+                else:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.bar.close()
+        if cfg.trackers:
+            acc.end_training()
+        return "done" if status == "running" else status
+
+    def _micro_step(self, batch) -> bool:
+        """Forward, backward and (on the last micro-batch of a step) the update; True when a step ended."""
+        cfg, acc = self.cfg, self.accelerator
+        self.lr = lr = cfg.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        with acc.accumulate(self.model):
+            with self.autocast():
+                loss = self.forward(**batch).loss
+            acc.backward(self.scaler.scale(loss) if self.scaler else loss)
+            optimizer_step(acc, self.optimizer, self.scaler, self.masters, self.trained, cfg.clip)
+        self.step_loss += loss.detach().float() / cfg.grad_accum
+        self.batch_in_epoch += 1
+        return acc.sync_gradients
+
+    def _after_step(self, stop_at: int | None, preempted: bool) -> str:
+        """Count the step; log, evaluate and checkpoint when due. Returns the run's status."""
+        cfg, acc, step = self.cfg, self.accelerator, self.step + 1
+        self.step, self.flops = step, self.flops + self.flops_per_step
+        self.pending.append({"step": step, "loss": acc.reduce(self.step_loss, reduction="mean"), "lr": self.lr,
+                             "tokens": step * cfg.tokens_per_step, "flops": self.flops, "wall": self.wall})
+        self.step_loss = torch.zeros((), device=self.device)
+        eval_due = bool(cfg.eval_every and step % cfg.eval_every == 0) or step in (cfg.steps, stop_at)
+        save_due = bool(cfg.save_every and step % cfg.save_every == 0) or preempted or step == stop_at
+        status = "running"
+        if eval_due or save_due or step % cfg.log_every == 0 or step == cfg.steps:
+            status = self._report(eval_due)
+        if self.on_step:
+            self.on_step(step, acc.unwrap_model(self.model))
+        if save_due:
+            self.rundir.save({"step": step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                           "flops": self.flops, "wall": self.wall, "evals": self.evals, "config": cfg.to_dict(),
+                           "data": self.digest, "param_names": self.slots, **self.checkpoint_info}, cfg.keep_last)
+        return "preempted" if preempted else "paused" if step == stop_at else status
+
+    def _report(self, eval_due: bool) -> str:
+        """Read the pending losses back, evaluate when due, and log; "stopped" when patience ran out."""
+        cfg, status = self.cfg, "running"
+        rows, self.wall = self.meter.flush(self.pending, self.desc, self.run_dir), self.pending[-1]["wall"]
+        self.pending = []
+        if eval_due:
+            val = rows[-1]["val_loss"] = self.evaluate()
+            self.evals.append({"step": self.step, "flops": self.flops, "wall": self.wall, "val_loss": val})
+            self.best, self.bad_evals = (val, 0) if val < self.best else (self.best, self.bad_evals + 1)
+            if self.on_eval:
+                self.on_eval(self.step, val, self.model)
+            if cfg.patience and self.bad_evals >= cfg.patience:
+                status = "stopped"
+        self.history.extend(rows)
+        self.rundir.append_log(rows)
+        if cfg.trackers:
+            for r in rows:
+                self.accelerator.log({k: v for k, v in r.items() if k != "step" and v is not None}, step=r["step"])
+        self.bar.update(len(rows))
+        self.bar.set_postfix(self.meter.postfix(rows[-1]), refresh=False)
+        return status
 
 
 class _Meter:

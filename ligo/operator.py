@@ -216,11 +216,45 @@ class GrowthOperator(nn.Module):
         # the one place a plan's auto fields are resolved: from what is known of the source's training
         self.plan = plan = (plan or GrowthPlan()).resolved(tokens_per_param)
         check_growth(spec, src_dims, tgt_dims)
-        gen = torch.Generator().manual_seed(plan.seed)
+        tokens = self._collect(layout)
+        # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast to float32
+        # where they are used, which is exact
+        for (kind, key), src in self._stacked(src_state).items():
+            self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
+        self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
+        sources, repeat = depth_plan(plan.depth, src_dims.layers, tgt_dims.layers)
+        self.width = nn.ParameterDict()
+        self._sparse: dict = {}         # width map selections, computed when materializing (see _selection)
+        self._compacted: set[str] = set()
+        self._compacted_numel = 0
+        self._init_width(tokens, self._layer_groups(repeat), compact)
+        self._scale_residual()
+        if compact:
+            for name in list(self.width):
+                self._compact(name)
+        # An embedding the model multiplies by hidden ** power: divided by the growth of that factor; the
+        # norm in front of a head tied to it multiplied by it (the head's logits would shrink otherwise).
+        self.scales: dict[str, float] = {}
+        if spec.embed_scale is not None:
+            factor = (src_dims.hidden / tgt_dims.hidden) ** spec.embed_scale["power"]
+            self.scales[spec.embed_scale["weight"]] = factor
+            if src_dims.tie and "tied_norm" in spec.embed_scale:
+                self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
+        base = torch.nn.functional.one_hot(torch.tensor(sources), src_dims.layers).float()
+        self.depth = nn.ParameterDict()
+        for module in sorted({e.module for e in self.layer_entries}):
+            d = base.clone()
+            if plan.depth == "identity" and module in spec.identity_zero:
+                d[torch.tensor(repeat, dtype=torch.bool)] = 0
+            self.depth[_param_name(module)] = nn.Parameter(d)
+
+    def _collect(self, layout: dict) -> set[str]:
+        """The weights outside the layers (``singles``), one entry per layer weight, the layers' key prefix,
+        and the grown spaces they use."""
+        spec, tied = self.spec, set(self.spec.tied) if self.src.tie else set()
         prefixes = {key[: len(key) - len(spec.layer_prefix.format(i=m.layer) + m.entry.name)]
                     for key, m in layout.items() if m.entry.scope == "layer"}
         self.prefix = prefixes.pop() if prefixes else ""
-        tied = set(spec.tied) if src_dims.tie else set()
         self.singles: list[tuple[str, Entry]] = []
         self.layer_entries: list[Entry] = []
         tokens: set[str] = set()
@@ -235,32 +269,26 @@ class GrowthOperator(nn.Module):
                 if any(t in LAYER_TOKENS for axis in m.entry.axes for t in axis):
                     raise LigoError(f"table {spec.source}: {key} is outside the layers but uses a layer space")
                 self.singles.append((key, m.entry))
-        # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast to float32
-        # where they are used, which is exact
-        for (kind, key), src in self._stacked(src_state).items():
-            self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
-        self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
+        return tokens
 
-        # Layer spaces (FFN, heads) have one map per *group* of target layers: one group by default,
-        # one per layer with per_layer, and with the split init a second group for the new layers of
-        # identity depth, whose copies would otherwise stay identical (their outputs start at zero,
-        # so their units may start as random mixtures instead of copies without changing the function).
-        sources, repeat = depth_plan(plan.depth, src_dims.layers, tgt_dims.layers)
+    def _layer_groups(self, repeat: list[bool]) -> list[bool]:
+        """Layer spaces (FFN, heads) have one map per *group* of target layers: one group by default, one
+        per layer with per_layer, and with the split init a second group for the new layers of identity
+        depth, whose copies would otherwise stay identical (their outputs start at zero, so their units may
+        start as random mixtures instead of copies without changing the function). Returns, per group,
+        whether it is such a group of fresh layers."""
+        plan, layers = self.plan, self.tgt.layers
         fresh_group = plan.width == "split" and plan.depth == "identity" and any(repeat)
-        if plan.per_layer:
-            groups = list(range(tgt_dims.layers))
-        elif fresh_group:
-            groups = [int(r) for r in repeat]
-        else:
-            groups = [0] * tgt_dims.layers
+        groups = list(range(layers)) if plan.per_layer else [int(r) for r in repeat] if fresh_group else [0] * layers
         self.register_buffer("layer_group", torch.tensor(groups), persistent=False)
-        fresh = [fresh_group and any(r for r, g in zip(repeat, groups) if g == k) for k in range(max(groups) + 1)]
+        return [fresh_group and any(r for r, g in zip(repeat, groups) if g == k) for k in range(max(groups) + 1)]
 
-        self.width = nn.ParameterDict()
-        self._sparse: dict = {}         # width map selections, computed when materializing (see _selection)
-        self._compacted: set[str] = set()
-        self._compacted_numel = 0
-        for tok in sorted(tokens, key=lambda t: (t in READ_PARTNER, t)):  # write maps first
+    def _init_width(self, tokens: set[str], fresh: list[bool], compact: bool) -> None:
+        """One width map per grown space, write maps first (a random read map copies its write map, as the
+        paper ties them); a selection is kept as one, without its dense matrix, when the operator is compact."""
+        plan, src_dims, tgt_dims = self.plan, self.src, self.tgt
+        gen = torch.Generator().manual_seed(plan.seed)
+        for tok in sorted(tokens, key=lambda t: (t in READ_PARTNER, t)):
             partner = next((_param_name(w) for w in SPACE_OF[tok].write if _param_name(w) in self.width), None)
             if plan.width == "random" and tok in READ_PARTNER and partner in self._compacted:
                 self._sparse[(_param_name(tok), False)] = self._sparse[(partner, False)]
@@ -269,8 +297,8 @@ class GrowthOperator(nn.Module):
                 self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
                 continue
             if plan.width == "random" and tok in READ_PARTNER and partner is not None:
-                m = self.width[partner].detach().clone()  # the paper ties a space's read and write maps
-            else:  # (a selection is kept as one, without its dense matrix, when the operator is compact)
+                m = self.width[partner].detach().clone()
+            else:
                 inits = ["random" if new and tok in WRITE_TOKENS else plan.width for new in fresh] \
                     if tok in LAYER_TOKENS else [plan.width]
                 parts = [width_selection(init, tok, src_dims, tgt_dims, gen, plan.split_noise) or
@@ -286,42 +314,26 @@ class GrowthOperator(nn.Module):
                 parts = [_dense(*p, n1) if isinstance(p, tuple) else p for p in parts]
                 m = torch.stack(parts) if tok in LAYER_TOKENS else parts[0]
             self.width[_param_name(tok)] = nn.Parameter(m)
-        # A residual stream of scaled copies: writers scale, readers divide, and the norms over the stream
-        # get maps of their own (plain copies; the head-side norm share / alpha^2).
-        self.gains = set(spec.norms["gains"])
-        alpha = residual_scales(spec, plan, src_dims, tgt_dims)
-        if alpha is not None:
-            alpha = alpha.float()[:, None]
-            gain_tokens = {t for e in [e for _, e in self.singles] + self.layer_entries if e.name in self.gains
-                           for axis in e.axes for t in axis if t in ("res", "res.in")}
-            with torch.no_grad():
-                if "res" in self.width:
-                    self.width["res"].mul_(alpha)
-                if "res_in" in self.width:
-                    self.width["res_in"].div_(alpha)
-            for tok in sorted(gain_tokens):
-                base = (torch.nn.functional.one_hot(unit_selection("res", src_dims, tgt_dims), src_dims.hidden).float()
-                        if tok == "res" else self.width["res_in"].detach() / alpha)
-                self.width[_param_name(tok) + "_gain"] = nn.Parameter(base)
-        if compact:
-            for name in list(self.width):
-                self._compact(name)
-        # An embedding the model multiplies by hidden ** power: divided by the growth of that factor; the
-        # norm in front of a head tied to it multiplied by it (the head's logits would shrink otherwise).
-        self.scales: dict[str, float] = {}
-        if spec.embed_scale is not None:
-            factor = (src_dims.hidden / tgt_dims.hidden) ** spec.embed_scale["power"]
-            self.scales[spec.embed_scale["weight"]] = factor
-            if src_dims.tie and "tied_norm" in spec.embed_scale:
-                self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
 
-        base = torch.nn.functional.one_hot(torch.tensor(sources), src_dims.layers).float()
-        self.depth = nn.ParameterDict()
-        for module in sorted({e.module for e in self.layer_entries}):
-            d = base.clone()
-            if plan.depth == "identity" and module in spec.identity_zero:
-                d[torch.tensor(repeat, dtype=torch.bool)] = 0
-            self.depth[_param_name(module)] = nn.Parameter(d)
+    def _scale_residual(self) -> None:
+        """A residual stream of scaled copies: writers scale, readers divide, and the norms over the stream
+        get maps of their own (plain copies; the head-side norm share / alpha^2)."""
+        self.gains = set(self.spec.norms["gains"])
+        alpha = residual_scales(self.spec, self.plan, self.src, self.tgt)
+        if alpha is None:
+            return
+        alpha = alpha.float()[:, None]
+        gain_tokens = {t for e in [e for _, e in self.singles] + self.layer_entries if e.name in self.gains
+                       for axis in e.axes for t in axis if t in ("res", "res.in")}
+        with torch.no_grad():
+            if "res" in self.width:
+                self.width["res"].mul_(alpha)
+            if "res_in" in self.width:
+                self.width["res_in"].div_(alpha)
+        for tok in sorted(gain_tokens):
+            base = (torch.nn.functional.one_hot(unit_selection("res", self.src, self.tgt), self.src.hidden).float()
+                    if tok == "res" else self.width["res_in"].detach() / alpha)
+            self.width[_param_name(tok) + "_gain"] = nn.Parameter(base)
 
     def _stacked(self, state: dict) -> dict[tuple[str, str], torch.Tensor]:
         """A source-shaped state (checkpoint keys) as the operator holds it: weights outside the layers

@@ -8,16 +8,20 @@ work, never one of the inputs, an existing output replaced only when the new one
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import __version__
 from .checkpoint import RECIPE_NAME, copy_tokenizer, describe_checkpoint, load_tokenizer, read_config, write_json
 from .config import DataConfig, GrowthPlan, TrainConfig
-from .errors import LigoError, as_user_error
-from .growth import GrowResult, Grower, build_config, model_class
+from .errors import LigoError, Preempted, as_user_error
+from .growth import GrowResult, Grower
+from .hf import build_config, model_class
+from .data import tokens_to_read
 from .loop import LoopResult, make_collate, train_loop
 from .outputs import RunOutput
 from .rundir import MANIFEST, data_digest, latest_checkpoint
@@ -112,19 +116,34 @@ def _manifest(output: RunOutput, model, from_config, tokenizer, data) -> tuple:
     return m.get("model"), m.get("from_config"), tokenizer or m.get("tokenizer"), data
 
 
-def train(model: str | Path | None, data: DataConfig | str | Path | None, out: str | Path, cfg: TrainConfig, *,
-          from_config: str | Path | dict | None = None, tokenizer: str | Path | None = None, resume: bool = False,
-          overwrite: bool = False, attn_implementation: str | None = None, blocks=None, tokenizer_obj=None,
-          prior: dict | None = None, source_card: dict | None = None, stages: list | None = None) -> TrainResult:
-    """Continue pretraining ``model`` (a checkpoint dir), or train ``from_config`` from scratch, into ``out``.
+@dataclass
+class Start:
+    """How a training run starts besides its checkpoint, and what its caller already holds in memory."""
+
+    from_config: str | Path | dict | None = None  # train from scratch: a config.json (or a config mapping)
+    tokenizer: Any = None  # a tokenizer directory, or the tokenizer itself (default: the model directory's)
+    attn_implementation: str | None = None
+    stages: list = field(default_factory=list)  # mid-run growth (:class:`ligo.config.GrowthStage`)
+    blocks: Any = None  # the token blocks, already read (default: read from ``data``)
+    prior: dict | None = None  # the FLOPs already spent (default: from the model's recipe)
+    source_card: dict | None = None  # the growth recipe for the model card (default: the model's own)
+
+
+def train(model: str | Path | None, data: DataConfig | str | Path | None, out: str | Path, cfg: TrainConfig,
+          start: Start | None = None, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Continue pretraining ``model`` (a checkpoint dir), or train ``start.from_config`` from scratch, into ``out``.
 
     ``out`` receives ``run.json``, ``log.jsonl``, ``checkpoints/`` and, at the end, the trained model
-    (config.json last, so a directory with a config.json always holds a complete model). ``blocks``,
-    ``tokenizer_obj`` and ``prior`` (the FLOPs already spent) may be handed over by a caller that has them.
-    ``stages`` (:class:`ligo.config.GrowthStage`) grow the model in the middle of the run: after step
-    ``at`` the checkpoint is grown (weights and optimizer state) and training continues as the grown
-    model, with one log and one FLOPs ledger; ``--resume`` continues from wherever a kill left it.
+    (config.json last, so a directory with a config.json always holds a complete model). ``start.stages``
+    grow the model in the middle of the run: after step ``at`` the checkpoint is grown (weights and
+    optimizer state) and training continues as the grown model, with one log and one FLOPs ledger.
+    SIGTERM or Ctrl-C checkpoints the step in progress and raises :class:`ligo.errors.Preempted`;
+    ``resume=True`` continues from wherever a stop or a kill left the run.
     """
+    start = start or Start()
+    tokenizer = start.tokenizer if isinstance(start.tokenizer, (str, Path)) or start.tokenizer is None else None
+    tokenizer_obj = None if tokenizer is not None or start.tokenizer is None else start.tokenizer
+    from_config, blocks, prior = start.from_config, start.blocks, start.prior
     from .data import load_blocks
     from .flops import step_flops
     from .rundir import read_state
@@ -148,7 +167,7 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
             raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
         tok_dir = Path(tokenizer) if tokenizer else None
         prior = prior or dict(EMPTY_LEDGER)
-    stages = sorted(stages or [], key=lambda st: st.at)
+    stages = sorted(start.stages, key=lambda st: st.at)
     _check_stages(stages, spec, config, cfg)
     tok = tokenizer_obj or load_tokenizer(tok_dir)
     if len(tok) > dims.vocab:
@@ -157,7 +176,7 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
     if dims.positions is not None and cfg.seq_len > dims.positions:
         raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
     if blocks is None:  # with streaming, read only what the run will use (and its held-out share)
-        blocks = load_blocks(data, tok, cfg.seq_len, max_tokens=int(cfg.steps * cfg.tokens_per_step / 0.94))
+        blocks = load_blocks(data, tok, cfg.seq_len, max_tokens=tokens_to_read(cfg))
     offset = prior["fit_flops"] + prior["previous_train_flops"]
     manifest = {"ligo_version": __version__, "model": None if model is None else str(model),
                 "from_config": str(cfg_path) if cfg_path else None, "tokenizer": str(tok_dir) if tok_dir else None,
@@ -178,7 +197,7 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
                 resume = True
                 continue
             net_spec, net_dims, net_config = _describe(current, from_config if current is None else None, cfg_path)
-            net = _build_model(net_spec, current, net_config, cfg, attn_implementation)
+            net = _build_model(net_spec, current, net_config, cfg, start.attn_implementation)
             per_step = step_flops(net, net_dims, cfg)
             result = train_loop(net, blocks.train, blocks.val, cfg, collate=collate, flops_per_step=per_step,
                                 flops_offset=offset, run_dir=output.work, resume=resume, desc="train",
@@ -195,20 +214,21 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
     ledger = dict(prior, train_flops=result.flops - offset, flops_per_step=per_step, steps=result.steps,
                   wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
     acc = result.accelerator
-    if result.status != "preempted":
-        acc.wait_for_everyone()
-        state = acc.get_state_dict(result.model)
-        if acc.is_main_process:
-            recipe = {"ligo_version": __version__, "kind": "train", "objective": spec.objective,
-                      "model_type": spec.model_type, "model": manifest["model"],
-                      "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
-                      "data": data.data, "data_config": data.to_dict(), "config": cfg.to_dict(),
-                      "stages": manifest["stages"], "ledger": ledger}
-            growth = source_card or _growth_recipe(current)
-            _save_final(acc.unwrap_model(result.model), state, tok, output.work, recipe, growth)
-            output.commit()
-        acc.wait_for_everyone()
-    return TrainResult(output.final if result.status != "preempted" else output.work, result, ledger)
+    if result.status == "preempted":
+        raise Preempted(output.work, result.steps)
+    acc.wait_for_everyone()
+    state = acc.get_state_dict(result.model)
+    if acc.is_main_process:
+        recipe = {"ligo_version": __version__, "kind": "train", "objective": spec.objective,
+                  "model_type": spec.model_type, "model": manifest["model"],
+                  "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
+                  "data": data.data, "data_config": data.to_dict(), "config": cfg.to_dict(),
+                  "stages": manifest["stages"], "ledger": ledger}
+        growth = start.source_card or _growth_recipe(current)
+        _save_final(acc.unwrap_model(result.model), state, tok, output.work, recipe, growth)
+        output.commit()
+    acc.wait_for_everyone()
+    return TrainResult(output.final, result, ledger)
 
 
 def _describe(model, from_config, cfg_path):
@@ -230,7 +250,7 @@ def _describe(model, from_config, cfg_path):
 
 def _check_stages(stages: list, spec, config: dict, cfg: TrainConfig) -> None:
     """Mid-run growth stages checked before any training: inside the run, in order, valid targets."""
-    from .growth import known_config_keys
+    from .hf import known_config_keys
     from .operator import check_growth
 
     before, current = 0, config
@@ -304,57 +324,114 @@ def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: 
     tmp.rmdir()
 
 
+def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, plan: GrowthPlan | None,
+                   train_cfg: TrainConfig, fit: FitSpec | None = None, *, data: DataConfig | None = None,
+                   start: Start, resume: bool = False, device: str | None = None) -> tuple[TrainResult, dict]:
+    """The one grow -> fit -> train path, for ``ligo grow-train`` and every grown method of ``ligo bench``.
+
+    Grows ``source`` (fitting the operator when ``fit`` is given) into ``job/grown``, unless a finished
+    grown model is already there, then trains it into ``job/trained``. ``train_cfg.steps`` is the whole
+    budget: the fit's FLOPs come out of it, so the training run gets the steps left (the fair protocol of
+    the benchmarks). ``start`` carries what the caller holds (tokenizer, blocks, a loaded source in
+    ``start.prior`` is not used). Returns the training result and the grown model's recipe.
+    """
+    from .flops import step_flops
+    from .hf import meta_model
+
+    grown, trained = job / "grown", job / "trained"
+    if (grown / "config.json").exists() and (grown / RECIPE_NAME).exists():  # grown (and fitted) before a stop
+        growth = json.loads((grown / RECIPE_NAME).read_text())
+    else:
+        grower = Grower(source, target, plan, device=device, tokenizer=start.tokenizer)
+        if fit is not None:
+            cfg = fit.config(grower, train_cfg)
+            same = cfg.seq_len == train_cfg.seq_len and start.blocks is not None
+            grower.fit(data, cfg, blocks=start.blocks if same else None)
+        grower.save(grown, overwrite=True)
+        growth = grower.recipe()
+    fit_flops = (growth.get("fit") or {}).get("flops", 0.0)
+    steps = train_cfg.steps
+    if fit_flops:
+        config = read_config(grown)
+        spec = describe_checkpoint(grown).spec
+        steps -= math.ceil(fit_flops / step_flops(meta_model(spec.objective, config), spec.dims(config), train_cfg))
+        if steps < 1:
+            raise LigoError("the operator fit costs more than the whole training budget; use a smaller fit share "
+                            "or more training steps")
+    prior = {"source_flops": None, "fit_flops": fit_flops, "previous_train_flops": 0.0}
+    result = train(grown, data, trained, train_cfg.replace(steps=steps),
+                   replace(start, prior=prior, source_card=growth),
+                   resume=resume and latest_checkpoint(trained) is not None, overwrite=True)
+    return result, growth
+
+
+@dataclass
+class FitSpec:
+    """An operator fit inside a budget: its settings, and its length as ``share`` of the budget's FLOPs
+    (then ``cfg.steps`` is replaced) or as ``cfg.steps``."""
+
+    cfg: TrainConfig
+    share: float | None = None
+
+    def config(self, grower: Grower, train_cfg: TrainConfig) -> TrainConfig:
+        if not self.share:
+            return self.cfg
+        steps = grower.fit_steps(self.share, train_cfg, self.cfg)
+        return self.cfg.replace(steps=steps, warmup=min(self.cfg.warmup, steps),
+                                eval_every=min(self.cfg.eval_every or steps, steps))
+
+
 def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *, plan: GrowthPlan | None = None,
-               fit: TrainConfig | None = None, fit_share: float | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
+               fit: FitSpec | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
                resume: bool = False, overwrite: bool = False, recipe: dict | None = None,
                device: str | None = None) -> GrowTrainResult:
     """Grow (and fit), then train the grown model: ``OUT/grown``, ``OUT/trained`` and ``OUT/recipe.json``.
 
+    ``train_cfg.steps`` is the whole budget, the fit's FLOPs included (see :func:`grow_and_train`).
     ``--resume`` continues whichever stage is unfinished: it grows again if the grown model is not
-    complete, resumes training from its newest checkpoint, or starts training if there is none.
-    With ``fit_share``, the fit's steps are that share of ``train_cfg``'s budget in FLOPs (they replace
-    ``fit.steps``); the plan's ``auto`` fields are resolved from the source's training (see
-    :meth:`GrowthPlan.resolved`).
+    complete, resumes training from its newest checkpoint, or starts training if there is none; a job
+    that finished, or one whose recipe differs from ``recipe``, is refused. The plan's ``auto`` fields are
+    resolved from the source's training (see :meth:`GrowthPlan.resolved`).
     """
     from .data import load_blocks
 
     data = DataConfig.of(data)
     output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data])
+    if resume:
+        _check_job(output.work, recipe)
     tokenizer = load_tokenizer(source)
     # read the data once, before any work, so bad data fails fast and leaves nothing behind
-    blocks = load_blocks(data, tokenizer, train_cfg.seq_len,
-                         max_tokens=int(train_cfg.steps * train_cfg.tokens_per_step / 0.94))
-    grown, trained = output.work / "grown", output.work / "trained"
-    fit_info, growth = None, None
+    blocks = load_blocks(data, tokenizer, train_cfg.seq_len, max_tokens=tokens_to_read(train_cfg))
     try:
-        if resume and (grown / "config.json").exists() and (grown / RECIPE_NAME).exists():
-            growth = json.loads((grown / RECIPE_NAME).read_text())
-            fit_info = growth.get("fit")
-        else:
-            grower = Grower(source, target, plan, device=device,
-                            tokenizer=tokenizer)
-            if fit is not None and fit_share:  # the fit's steps: its share of the training budget's FLOPs
-                steps = grower.fit_steps(fit_share, train_cfg, fit)
-                fit = fit.replace(steps=steps, warmup=min(fit.warmup, steps), eval_every=min(fit.eval_every, steps))
-            if fit is not None:
-                grower.fit(data, fit, blocks=blocks if fit.seq_len == train_cfg.seq_len else None)
-            output.open()
-            grower.save(grown, overwrite=True)
-            growth, fit_info = grower.recipe(), grower.fit_info or None
+        output.open()
+        if not (output.work / "recipe.json").exists():
             write_json(output.work / "recipe.json", recipe or {})
-        prior = {"source_flops": None, "fit_flops": (fit_info or {}).get("flops", 0.0), "previous_train_flops": 0.0}
-        result = train(grown, data, trained, train_cfg, resume=resume and latest_checkpoint(trained) is not None,
-                       overwrite=True, blocks=blocks, tokenizer_obj=tokenizer, prior=prior, source_card=growth)
+        result, growth = grow_and_train(source, target, output.work, plan, train_cfg, fit, data=data,
+                                        start=Start(tokenizer=tokenizer, blocks=blocks), resume=resume, device=device)
     except BaseException as exc:
         # a failure before the first training checkpoint leaves nothing behind; after it, the work is kept
-        if latest_checkpoint(trained) is None:
+        if latest_checkpoint(output.work / "trained") is None:
             output.discard()
-        if isinstance(exc, Exception) and not isinstance(exc, LigoError):
+        if isinstance(exc, Exception) and not isinstance(exc, (LigoError, Preempted)):
             error = as_user_error(exc, "grow-train")
             if error is not None:
                 raise error from None
         raise
-    if result.loop.status != "preempted":
-        output.commit()
-    final = output.final if result.loop.status != "preempted" else output.work
-    return GrowTrainResult(final, final / "grown", result, fit_info)
+    output.commit()
+    return GrowTrainResult(output.final, output.final / "grown", result, growth.get("fit"))
+
+
+def _check_job(job: Path, recipe: dict | None) -> None:
+    """--resume of a grow-train job: refuse a finished one, and one started with other settings."""
+    if (job / "trained" / "config.json").exists():
+        raise LigoError(f"--resume: the job in {job} has finished (its trained model is there); use --overwrite to "
+                        "run it again, or another --out")
+    try:
+        before = json.loads((job / "recipe.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    changed = sorted(k for k in set(before) | set(recipe or {}) if k not in ("out",) and
+                     before.get(k) != (recipe or {}).get(k))
+    if recipe is not None and changed:
+        raise LigoError(f"--resume: the job in {job} was started with other settings ({', '.join(changed)} changed); "
+                        "give the same ones, or --overwrite to start it again")

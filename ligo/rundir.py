@@ -209,26 +209,31 @@ def check_pickles(ckpt: Path) -> None:
 
 
 class Preemption:
-    """SIGTERM (cluster preemption) sets a flag; the loop checkpoints at the end of the step and stops.
-    Disabled (``enabled=False``) where there is nowhere to checkpoint: SIGTERM then ends the process."""
+    """SIGTERM (cluster preemption) or Ctrl-C sets a flag; the loop checkpoints at the end of the step and
+    stops. A second Ctrl-C interrupts at once. Disabled (``enabled=False``) where there is nowhere to
+    checkpoint: the signals then act as they do outside the loop."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, enabled: bool = True) -> None:
         self.requested = False
         self.enabled = enabled
-        self._old: Any = None
+        self._old: dict = {}
 
     def __enter__(self) -> "Preemption":
         if not self.enabled:
             return self
         try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread
-            self._old = None
+            self._old = {}
         return self
 
-    def _handle(self, *_: Any) -> None:
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -85,11 +85,10 @@ def _slots(state: dict, config: dict, spec, weight_decay: float) -> list[list[st
     """The parameter name of every optimizer slot: recorded in the checkpoint, or rebuilt for old ones."""
     if state.get("param_names"):
         return state["param_names"]
-    from .growth import build_config, model_class
+    from .hf import meta_model
     from .loop import param_groups
 
-    with torch.device("meta"):
-        model = model_class(spec.objective).from_config(build_config(config))
+    model = meta_model(spec.objective, config)
     names = {id(p): n for n, p in model.named_parameters()}
     return [[names[id(p)] for p in g["params"]] for g in param_groups(model, weight_decay)]
 

@@ -75,24 +75,24 @@ def test_experiment_files_are_strict(text, message, tmp_path):
         load_experiment(tmp_path / "bad.yaml")
 
 
-def _check_report(out: Path, exp: dict):
+def _check_report(out: Path, exp):
     report = json.loads((out / "results.json").read_text())
     budgets = report["budgets"]
-    assert len(budgets) == len(exp.get("budgets") or [1])
+    assert len(budgets) == len(exp.budgets)
     for b in budgets:
-        assert set(b["methods"]) == set(exp["methods"])
+        assert set(b["methods"]) == set(exp.methods)
         for name, m in b["methods"].items():
             # equal total FLOPs: a fitted method trains for fewer steps, never for more FLOPs than scratch
             assert m["total_flops"] <= b["methods"]["scratch"]["total_flops"] * 1.02, name
             assert len(m["curve"]) >= 2 and all(p["val_loss"] > 0 for p in m["curve"])
-            assert (m["fit"] is not None) == bool(exp["methods"][name] and exp["methods"][name].get("fit")), name
-            if exp.get("unit_report", True) and name != "scratch":
+            assert (m["fit"] is not None) == bool(exp.methods[name].fit), name
+            if exp.unit_report and name != "scratch":
                 assert {"res", "ffn", "heads"} <= set(m["units"]), name
         assert b["summary"]["best_fixed"] in (*b["methods"], None)
-    if len(exp.get("lr_sweep") or [1]) > 1:
+    if len(exp.lr_sweep) > 1:
         sweep = report["scratch_sweep"][budgets[0]["label"]]
         assert budgets[0]["scratch_lr"] == min(sweep, key=lambda p: p["final_val_loss"])["lr"]
-    if exp.get("noise_seeds"):
+    if exp.noise_seeds:
         assert len(report["noise"]) == 3 and budgets[0]["summary"]["noise_floor"] is not None
     assert (out / "loss_vs_flops.png").stat().st_size > 10_000
     table = (out / "table.md").read_text()
@@ -121,7 +121,7 @@ def test_resume_keeps_finished_runs_and_finishes_the_rest(tmp_path):
     assert [p for p in results if p != victim and p.stat().st_mtime_ns != stamps[p]] == []
     assert victim.exists() and any("1x ligo:" in line for line in lines)
     assert second["budgets"][0]["methods"]["stack"] == first["budgets"][0]["methods"]["stack"]
-    changed = dict(exp, seed=7)
+    changed = exp.changed(seed=7)
     with pytest.raises(LigoError, match="different experiment"):
         run_experiment(changed, out, progress=False, log=lambda *_: None, resume=True)
 
@@ -147,12 +147,12 @@ def test_resume_runs_added_and_changed_methods_only(tmp_path):
     out = tmp_path / "out"
     run_experiment(exp, out, progress=False, log=lambda *_: None)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
-    methods = copy.deepcopy(exp["methods"])
+    methods = copy.deepcopy(exp.raw["methods"])
     methods["stack"]["label"] = "renamed"  # words only: kept
     methods["ligo"]["fit"] = {"share": 0.2}  # changed: run again
     methods["copy"] = {"width": "copy", "depth": "identity"}  # added: run
     lines = []
-    report = run_experiment(dict(exp, methods=methods), out, progress=False, log=lines.append, resume=True)
+    report = run_experiment(exp.changed(methods=methods), out, progress=False, log=lines.append, resume=True)
     rerun = sorted(p.parent.name for p, t in stamps.items() if not p.exists() or p.stat().st_mtime_ns != t)
     assert rerun == ["ligo"], lines
     assert (out / "runs" / "1x" / "copy" / "result.json").exists()
@@ -164,7 +164,7 @@ def test_scratch_runs_are_reused_across_experiments(tmp_path):
     exp = load_experiment("demo", smoke=True)
     run_experiment(exp, tmp_path / "a", progress=False, log=lambda *_: None)
     lines = []
-    run_experiment(dict(exp, name="other"), tmp_path / "b", progress=False, log=lines.append)
+    run_experiment(exp.changed(name="other"), tmp_path / "b", progress=False, log=lines.append)
     assert any("scratch" in line and "reused from" in line for line in lines), lines
 
 

@@ -53,8 +53,7 @@ def test_eval_without_lm_eval_is_one_clear_line(sources, task, cli, monkeypatch)
 def test_bench_adds_a_downstream_column(task, tmp_path):
     from ligo.bench import load_experiment, run_experiment
 
-    exp = load_experiment("demo", smoke=True)
-    exp["eval"] = {"tasks": [str(task)], "limit": 4}
+    exp = load_experiment("demo", smoke=True).changed(eval={"tasks": [str(task)], "limit": 4})
     report = run_experiment(exp, tmp_path / "out", progress=False, log=lambda *_: None)
     for name, m in report["budgets"][0]["methods"].items():
         assert 0.0 <= m["downstream"]["ligo_next_line"]["acc"] <= 1.0, name

@@ -16,7 +16,7 @@ from ligo import GrowthPlan, TrainConfig, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
 from ligo.operator import lossless_gaps
-from ligo.pipelines import train
+from ligo.pipelines import Start, train
 
 FAMILIES = tuple(tiny.FAMILIES)
 RMS = tuple(mt for mt in FAMILIES if mt != "gpt_neox")  # GPT-NeoX normalizes with LayerNorm
@@ -122,7 +122,7 @@ def test_default_plan_loads_and_trains(model_type, family_sources, blocks, tmp_p
     grow(family_sources[model_type], tiny.TARGET[model_type], tmp_path / "grown")
     res = train(tmp_path / "grown", None, tmp_path / "run", TrainConfig(steps=6, batch_size=4, seq_len=32, lr=3e-3,
                                                                          warmup=0, eval_every=0, eval_batches=2,
-                                                                         progress=False), blocks=blocks)
+                                                                         progress=False), Start(blocks=blocks))
     assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
 
@@ -225,10 +225,10 @@ def test_bench_smoke_on_a_new_family(model_type, tmp_path):
 
     exp = load_experiment("demo", smoke=True)
     config = {k: v for k, v in tiny.FAMILIES[model_type].items() if k != "max_position_embeddings"}
-    exp.update(model_type=model_type, target=dict(tiny.TARGET[model_type]),
-               source={**exp["source"], "config": {**config, "max_position_embeddings": 128}},
-               methods={"scratch": {}, "split": {"width": "split", "depth": "identity"},
-                        "ligo": {"width": "random", "depth": "stack", "fit": True}})
+    exp = exp.changed(model_type=model_type, target=dict(tiny.TARGET[model_type]),
+                      source={**exp.source, "config": {**config, "max_position_embeddings": 128}},
+                      methods={"scratch": {}, "split": {"width": "split", "depth": "identity"},
+                               "ligo": {"width": "random", "depth": "stack", "fit": True}})
     report = run_experiment(exp, tmp_path / "out", progress=False, log=lambda *_: None)
     methods = report["budgets"][0]["methods"]
     assert set(methods) >= {"split", "ligo"} and all(m["final_val_loss"] > 0 for m in methods.values())

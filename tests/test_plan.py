@@ -6,7 +6,7 @@ import math
 import pytest
 
 from conftest import assert_one_line_error
-from ligo.plan import analyse, fit_power_law, plan, predict
+from ligo.planner import analyse, fit_power_law, plan, predict
 
 EXPERIMENT = {"name": "synthetic", "model_type": "llama", "vocab_size": 512,
               "source": {"config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -42,9 +42,9 @@ def test_plan_says_when_its_fits_miss_the_held_out_budget(tmp_path):
 
 def _report():
     """Two budgets; scratch L = 2 + 6 x^-0.5, a grown model has a head start of 4 tokens/param that fades."""
-    from ligo.plan import _params
+    from ligo.planner import _params
 
-    n = _params(EXPERIMENT, "target")
+    n = _params(EXPERIMENT, "target", "test")
 
     def curve(head: float, end_x: float):
         pts = []

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import tiny
 from conftest import LIGO, assert_one_line_error, wait_for
-from ligo import GrowthPlan, TrainConfig, grow, train
+from ligo import GrowthPlan, Start, TrainConfig, grow, train
 from ligo.rungrowth import grow_checkpoint
 
 QUICK = dict(seq_len=32, batch_size=4, eval_every=0, eval_batches=1, progress=False, lr=3e-3, warmup=1)
@@ -21,7 +21,7 @@ FAST = ["--seq-len", "32", "--batch-size", "4", "--eval-every", "0", "--eval-bat
 
 def _run(sources, blocks, tmp_path, model_type="llama", steps=3, **extra):
     out = tmp_path / f"run-{model_type}"
-    train(sources[model_type], None, out, TrainConfig(steps=steps, save_every=steps, **QUICK, **extra), blocks=blocks)
+    train(sources[model_type], None, out, TrainConfig(steps=steps, save_every=steps, **QUICK, **extra), Start(blocks=blocks))
     return out
 
 
@@ -77,13 +77,13 @@ def test_second_moments_keep_the_update_size_of_copies(sources, blocks, tmp_path
 def test_a_lossless_growth_continues_the_run_without_a_jump(optimizer_state, sources, blocks, tmp_path):
     """Split + identity at integer ratios: the step after growth sees the same function on the same batch."""
     small = tmp_path / "small"
-    train(sources["llama"], None, small, TrainConfig(steps=8, save_every=4, keep_last=5, **QUICK), blocks=blocks)
+    train(sources["llama"], None, small, TrainConfig(steps=8, save_every=4, keep_last=5, **QUICK), Start(blocks=blocks))
     from ligo.rungrowth import grow_run
 
     shutil.rmtree(small / "checkpoints" / "step-0000008")  # grow at step 4, compare with the small run's step 5
     grown = grow_run(small, {"hidden": 128, "layers": 4, "heads": 8, "kv_heads": 4, "ffn": 192}, tmp_path / "grown",
                      optimizer_state=optimizer_state)
-    train(None, None, grown, TrainConfig(steps=8, save_every=4, keep_last=5, **QUICK), resume=True, blocks=blocks)
+    train(None, None, grown, TrainConfig(steps=8, save_every=4, keep_last=5, **QUICK), Start(blocks=blocks), resume=True)
     before = {r["step"]: r["loss"] for r in map(json.loads, (small / "log.jsonl").read_text().splitlines())}
     after = {r["step"]: r["loss"] for r in map(json.loads, (grown / "log.jsonl").read_text().splitlines())}
     assert [after[s] for s in range(1, 5)] == [before[s] for s in range(1, 5)]  # the log carries over

@@ -10,7 +10,7 @@ import tiny
 from conftest import run_cli
 from ligo import TrainConfig, grow
 from ligo.config import WEAK_SOURCE_TOKENS_PER_PARAM
-from ligo.pipelines import train
+from ligo.pipelines import Start, train
 
 SOURCE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
               intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True)
@@ -28,7 +28,7 @@ def strong_source(tmp_path_factory, tokenizer, corpus):
     cfg = {**SOURCE, "model_type": "llama", "vocab_size": len(tokenizer), "bos_token_id": 0, "eos_token_id": 0}
     steps = 640  # x 16 x 64 tokens = 655k tokens for ~31k parameters
     train(None, None, out, TrainConfig(steps=steps, batch_size=16, seq_len=64, lr=1e-2, warmup=20, eval_every=0,
-                                       progress=False), from_config=cfg, tokenizer=out.parent / "tok", blocks=blocks)
+                                       progress=False), Start(from_config=cfg, tokenizer=out.parent / "tok", blocks=blocks))
     from ligo.growth import Grower, trained_tokens
 
     assert trained_tokens(out) / Grower(out, TARGET).source_params >= 20
@@ -71,7 +71,7 @@ def test_a_weakly_trained_ligo_source_gets_the_paper_init(tokenizer, blocks, tmp
     cfg = {**SOURCE, "model_type": "llama", "vocab_size": len(tokenizer), "bos_token_id": 0, "eos_token_id": 0}
     tokenizer.save_pretrained(tmp_path / "tok")
     train(None, None, tmp_path / "weak", TrainConfig(steps=4, batch_size=4, seq_len=32, eval_every=0, progress=False),
-          from_config=cfg, tokenizer=tmp_path / "tok", blocks=blocks)
+          Start(from_config=cfg, tokenizer=tmp_path / "tok", blocks=blocks))
     result = grow(tmp_path / "weak", TARGET, tmp_path / "grown")
     assert (result.recipe["plan"]["width"], result.recipe["plan"]["depth"]) == ("random", "stack")
     assert result.recipe["source_tokens"] == 4 * 4 * 32

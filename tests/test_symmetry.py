@@ -13,7 +13,7 @@ import tiny
 from ligo import TrainConfig, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.diagnostics import unit_report
-from ligo.growth import model_class
+from ligo.hf import model_class
 from ligo.loop import make_collate, train_loop
 
 ARCHS = ["llama", "gpt2", "bert"]  # RMSNorm + SwiGLU + GQA/RoPE; LayerNorm + fused qkv; post-norm encoder

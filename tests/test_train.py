@@ -193,14 +193,16 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(sources, cor
     assert not list((out / "checkpoints").glob(".step-*"))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_zero(sources, corpus, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_143(sources, corpus, tmp_path):
     out = tmp_path / "run"
     proc = _start(sources, corpus, out, 500, ["--log-every", "1"])
     assert wait_for(lambda: _log_len(out) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    assert "preempted" in stdout
+    assert proc.returncode == 143, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("ligo train: preempted at ") and line.endswith("--resume"), stderr
+    assert "continue with: ligo train " in line
     ckpts = sorted((out / "checkpoints").glob("step-*"))
     assert ckpts and json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"] == _log_len(out)
     assert not (out / "config.json").exists()  # no final model: the run is not finished

@@ -4,9 +4,10 @@ The recipe file (YAML or JSON) holds source, target, out, the data (data, data_c
 text_column, streaming, num_proc), the growth plan (width, depth, per_layer, split_noise, width_lr,
 depth_lr_scale), seed, seq_len, batch_size, and two mappings of training-config keys: fit (the
 operator fit: its steps, or its share of the training budget such as 0.02; none by default) and
-train. Flags given on the command line override the recipe. Outputs: OUT/grown (the grown model),
+train. Flags given on the command line override the recipe. --steps is the whole budget: a fit's FLOPs come
+out of it and the grown model trains for the steps left (as in ligo bench). Outputs: OUT/grown (the grown model),
 OUT/trained (the run: log, checkpoints, final model) and OUT/recipe.json (the recipe as run).
---resume continues whichever stage is unfinished.
+--resume continues whichever stage is unfinished (a finished job, or changed settings, are refused).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import DataConfig, GrowthPlan, TrainConfig, fit_config
+from ..config import FIT_DEFAULTS, DataConfig, GrowthPlan, TrainConfig, fit_config
 from ..errors import LigoError
 from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, given, \
     parse_target
@@ -33,7 +34,8 @@ def add_parser(sub, name):
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (kept until the new run "
                    "finishes)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
-    p.add_argument("--device", help="where to grow: cpu, cuda (default: cuda when available)")
+    p.add_argument("--device", help="where to grow and fit: cpu or cuda (default: cpu; training itself runs where "
+                   "accelerate puts it)")
     add_data_flags(p)
     add_plan_flags(p)
     add_fit_flags(p)
@@ -61,9 +63,6 @@ def load_recipe(path: str | None) -> dict:
     return data
 
 
-SHARE_STEPS = 10**9  # a stand-in until the share is turned into steps (keeps the warmup unclipped)
-
-
 def fit_share(fit_values: dict, flag: float | None) -> float | None:
     """The fit's share of the training budget: --fit-share, else the recipe's ``fit.share``; None when
     the fit is given in steps or there is none (the default). Pops ``share`` from ``fit_values``."""
@@ -79,7 +78,7 @@ def fit_share(fit_values: dict, flag: float | None) -> float | None:
 
 
 def run(args) -> int:
-    from ..pipelines import grow_train
+    from ..pipelines import FitSpec, grow_train
 
     recipe = load_recipe(args.config)
     for key in ("source", "target", "out"):
@@ -101,21 +100,21 @@ def run(args) -> int:
                   "mixed_precision": train_cfg.mixed_precision, **recipe.get("fit", {}),
                   **given(args, TrainConfig, prefix="fit-"), "progress": train_cfg.progress}
     share = fit_share(fit_values, args.fit_share)
-    fit = fit_config({**fit_values, "steps": SHARE_STEPS} if share else fit_values, where="fit")
+    # with a share, the steps are worked out from the budget once the target is known (FitSpec.config)
+    fit_cfg = fit_config({**fit_values, "steps": 1} if share else fit_values, where="fit")
+    if share:
+        fit_cfg = fit_cfg.replace(warmup=fit_values.get("warmup", FIT_DEFAULTS["warmup"]))
     plan = GrowthPlan.from_dict({**{k: recipe[k] for k in PLAN_KEYS if k in recipe}, "seed": train_cfg.seed})
-    fit_recipe = {"steps": 0} if fit is None else fit.to_dict()
+    fit_recipe = {"steps": 0} if fit_cfg is None else fit_cfg.to_dict()
     if share:  # its steps are worked out from the budget once the target is known
         fit_recipe = {**{k: v for k, v in fit_recipe.items() if k != "steps"}, "share": share}
     recipe.update(seed=train_cfg.seed, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size,
                   fit=fit_recipe, train=train_cfg.to_dict())
-    result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, fit_share=share,
-                        train_cfg=train_cfg, data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
-                        device=args.device)
+    fit = None if fit_cfg is None else FitSpec(fit_cfg, share)
+    result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, train_cfg=train_cfg,
+                        data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe, device=args.device)
     loop = result.trained.loop
     if not loop.accelerator.is_main_process:
-        return 0
-    if loop.status == "preempted":
-        print(f"preempted at step {loop.steps}; rerun with --resume")
         return 0
     print(f"grown model in {result.grown}; trained {loop.steps} steps, held-out loss {loop.final_val:.4f}; "
           f"final model in {result.out / 'trained'}")

@@ -21,7 +21,7 @@ def add_parser(sub, name):
 def run(args) -> int:
     import json
 
-    from ..plan import plan
+    from ..planner import plan
 
     out = plan(args.results, args.target_params, args.budget, args.source_params)
     if args.json:

@@ -54,20 +54,17 @@ def run(args) -> int:
     from dataclasses import fields
     from pathlib import Path
 
-    from ..pipelines import train
+    from ..pipelines import Start, train
     from ..rundir import resumed_settings
 
     # with --resume, the run's own settings are the defaults: only what is given again is compared
     base = resumed_settings(Path(args.out)) if args.resume else {}
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig.from_dict({**{k: v for k, v in base.items() if k in known}, **given(args, TrainConfig)})
-    result = train(args.model, data_config(args), args.out, cfg, from_config=args.from_config, tokenizer=args.tokenizer,
-                   resume=args.resume, overwrite=args.overwrite, stages=stages(args))
+    start = Start(from_config=args.from_config, tokenizer=args.tokenizer, stages=stages(args))
+    result = train(args.model, data_config(args), args.out, cfg, start, resume=args.resume, overwrite=args.overwrite)
     loop = result.loop
     if not loop.accelerator.is_main_process:
-        return 0
-    if loop.status == "preempted":
-        print(f"preempted at step {loop.steps}: checkpoint saved in {result.out}/checkpoints; rerun with --resume")
         return 0
     first, last = loop.evals[0]["val_loss"] if loop.evals else float("nan"), loop.final_val
     stopped = f" (stopped early: no held-out improvement in {cfg.patience} evaluations)" if loop.status == "stopped" \

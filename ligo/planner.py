@@ -23,19 +23,15 @@ from pathlib import Path
 from .errors import LigoError
 
 
-def _params(exp: dict, which: str) -> int:
+def _params(exp: dict, which: str, where: str) -> int:
     """Parameters of the experiment's source or target model (tied weights once), from its config."""
-    import torch
-
     from .arch import get_spec
-    from .growth import build_config, model_class
+    from .experiment import Experiment
+    from .hf import meta_model
 
-    spec = get_spec(exp["model_type"])
-    src = {**exp["source"]["config"], "vocab_size": exp.get("vocab_size", 2048), "model_type": spec.model_type}
-    config = src if which == "source" else spec.target_config(dict(build_config(src).to_dict()), exp["target"])
-    with torch.device("meta"):
-        model = model_class(spec.objective).from_config(build_config(config))
-    return sum(p.numel() for p in model.parameters())
+    experiment = Experiment.from_dict(exp, where)
+    config = experiment.configs()[0 if which == "source" else 1]
+    return sum(p.numel() for p in meta_model(get_spec(experiment.model_type).objective, config).parameters())
 
 
 def _solve(xs: list[float], ys: list[float], alpha: float, x0: float) -> dict | None:
@@ -91,7 +87,8 @@ def _points(method: dict, n_params: int, skip: float = 0.1) -> list[tuple[float,
 def analyse(report: dict) -> dict:
     """Power-law fits per method, their held-out error, and where growth stops paying."""
     exp = report["experiment"]
-    n_target, n_source = _params(exp, "target"), _params(exp, "source")
+    where = f"the experiment of {report.get('source_file', 'the results')}"
+    n_target, n_source = _params(exp, "target", where), _params(exp, "source", where)
     budgets = report["budgets"]
     names = list(budgets[0]["methods"])
     noise = budgets[0]["summary"].get("noise_floor") or 0.0

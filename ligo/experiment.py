@@ -1,0 +1,256 @@
+"""Benchmark experiments as typed settings: a YAML file (``benchmarks/experiments/``) read into an
+:class:`Experiment` and its :class:`Method` s, every key checked before any work.
+
+Defaults are stated once: an experiment's training settings default to :class:`ligo.config.TrainConfig`'s,
+its fit to :data:`ligo.config.FIT_DEFAULTS`, its plans to :class:`ligo.config.GrowthPlan`'s. The file's
+own mapping is kept (``raw``): it is what ``results.json`` records and what ``--resume`` compares.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional
+
+from .arch import get_spec
+from .config import FIT_DEFAULTS, GrowthPlan, GrowthStage, TrainConfig, setting, validate
+from .errors import LigoError
+
+PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
+STAGE_KEYS = {"at", "optimizer_state", "fit_steps", "fit_lr"}
+REQUIRED = ("name", "model_type", "source", "target", "train", "methods")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of an experiment: scratch (the reference), a grown start (optionally fitted), or staged growth."""
+
+    name: str
+    label: str
+    plan: dict  # the growth-plan keys the file gives (recorded in the results as given)
+    fit: Optional[dict]  # the fit section (the experiment's, the method's mapping over it); None: no fit
+    train: dict  # the method's own training settings over the grown-model rule
+    stage: Optional[dict]  # staged growth: at (the budget's share spent small), optimizer_state, fit_steps, fit_lr
+
+    @property
+    def kind(self) -> str:
+        return "scratch" if self.name == "scratch" else "staged" if self.stage else "grown"
+
+    def growth_plan(self, seed: int) -> GrowthPlan:
+        return GrowthPlan.from_dict({**self.plan, "seed": seed}, where=f"method {self.name}")
+
+    def growth_stage(self, at: int, target: dict) -> GrowthStage:
+        """The stage of a staged method, at optimizer step ``at``."""
+        return GrowthStage.from_dict({"at": at, "target": target, **self.plan,
+                                      **{k: v for k, v in self.stage.items() if k != "at"}}, where=f"method {self.name}")
+
+
+@dataclass
+class Experiment:
+    """An experiment file, validated. Required: name, model_type, source (config, train), target, train, methods."""
+
+    name: str
+    model_type: str
+    source: dict
+    target: dict
+    train: dict
+    methods: dict  # name -> Method, in the file's order
+    description: str = setting("", "what the experiment asks")
+    data: Optional[str] = setting(None, "the corpus (default: the Python standard library's source)")
+    corpus: str = setting("stdlib", "the embedded corpus when data is not given")
+    corpus_bytes: int = setting(4_000_000, "characters of text read", low=1)
+    vocab_size: int = setting(2048, "the BPE tokenizer trained on the corpus", low=2)
+    seq_len: int = setting(TrainConfig.seq_len, "tokens per block", low=2)
+    batch_size: int = setting(TrainConfig.batch_size, "blocks per step", low=1)
+    seed: int = setting(TrainConfig.seed, "seed of every run (noise runs use noise_seeds)", low=0)
+    mixed_precision: Optional[Literal["auto", "no", "bf16", "fp16"]] = setting(None, "as TrainConfig's (default: its own)")
+    attn_implementation: Optional[str] = setting(None, "transformers' attention implementation")
+    budgets: list = setting([1], "multipliers of train.steps, reported side by side")
+    lr_sweep: list = setting([1], "multipliers of train.lr tried for scratch")
+    noise_seeds: list = setting([], "seeds that repeat the first budget for scratch and the two best methods")
+    fit: dict = setting({}, "the fit settings every fitted method starts from (share or steps, and TrainConfig keys)")
+    grown: dict = setting({}, "the grown-model rule: lr_scale (of scratch's best LR) and warmup")
+    eval: Optional[dict] = setting(None, "downstream tasks after training: tasks, limit, num_fewshot")
+    unit_report: bool = setting(True, "report duplicated units of every trained model")
+    smoke: dict = setting({}, "overrides for --smoke")
+    where: str = ""  # the file it was read from
+    raw: dict = field(default_factory=dict, repr=False)  # the file's mapping, as read
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "Experiment":
+        if not isinstance(data, dict):
+            raise LigoError(f"{where}: an experiment file must hold a mapping")
+        for key in REQUIRED:
+            if key not in data:
+                raise LigoError(f"{where}: missing key {key!r}")
+        get_spec(data["model_type"])
+        methods = data["methods"]
+        if not isinstance(methods, dict):
+            raise LigoError(f"{where}: methods must be a mapping of method names to settings (e.g. 'scratch: {{}}'), "
+                            f"got a {type(methods).__name__}")
+        if "scratch" not in methods:
+            raise LigoError(f"{where}: methods must include 'scratch' (the reference every saving is measured against)")
+        unknown = set(data) - FILE_KEYS
+        if unknown:
+            raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(FILE_KEYS)}")
+        exp = cls(**{k: copy.deepcopy(v) for k, v in data.items() if k != "methods"}, methods={}, where=where,
+                  raw=copy.deepcopy(data))
+        validate(exp, where)
+        exp.methods = {name: exp._method(name, m) for name, m in methods.items()}
+        exp._check()
+        return exp
+
+    def changed(self, **raw_changes) -> "Experiment":
+        """This experiment with some of its file's keys replaced (validated again)."""
+        return Experiment.from_dict({**copy.deepcopy(self.raw), **raw_changes}, self.where)
+
+    def only(self, names: list[str]) -> "Experiment":
+        """Only the methods ``names`` (and scratch, the reference)."""
+        unknown = [m for m in names if m not in self.methods]
+        if unknown:
+            raise LigoError(f"{self.where}: no method {', '.join(map(repr, unknown))}; its methods are "
+                            f"{', '.join(self.methods)}")
+        return self.changed(methods={k: v for k, v in self.raw["methods"].items() if k == "scratch" or k in names})
+
+    # -- the settings of the runs ----------------------------------------------------------------
+    def train_config(self, section: dict, **extra) -> TrainConfig:
+        """A TrainConfig: the experiment's shared settings, then ``section``, then ``extra``."""
+        base = {"seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
+                **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {})}
+        return TrainConfig.from_dict({**base, **section, **extra}, where=self.where)
+
+    def fit_config(self, method: Method, steps: int, **extra) -> TrainConfig:
+        """The fit's settings: FIT_DEFAULTS, the experiment's fit section, the method's mapping (without
+        ``share``); scored on the same held-out batches as training, so the curves join up."""
+        section = {k: v for k, v in (method.fit or {}).items() if k != "share"}
+        section.setdefault("eval_batches", self.train.get("eval_batches", TrainConfig.eval_batches))
+        return self.train_config({**FIT_DEFAULTS, **section, "steps": steps}, **extra)
+
+    def configs(self, vocab_size: int | None = None) -> tuple[dict, dict]:
+        """The source's and the target's config dicts (the target read against the source's full config)."""
+        from .hf import build_config
+
+        spec = get_spec(self.model_type)
+        src = {**self.source["config"], "vocab_size": vocab_size or self.vocab_size, "model_type": spec.model_type}
+        return src, spec.target_config(dict(build_config(src).to_dict()), self.target)
+
+    # -- validation --------------------------------------------------------------------------------
+    def _method(self, name: str, m) -> Method:
+        where = f"{self.where}: method {name}"
+        if m is None:
+            m = {}
+        if not isinstance(m, dict):
+            raise LigoError(f"{where} must be a mapping of settings (or empty), got {m!r}")
+        allowed = PLAN_KEYS | {"fit", "label", "train", "stage"}
+        if set(m) - allowed:
+            raise LigoError(f"{where}: unknown key(s) {sorted(set(m) - allowed)}; allowed: {sorted(allowed)}")
+        plan = {k: m[k] for k in PLAN_KEYS if k in m}
+        GrowthPlan.from_dict(plan, where=where)
+        fit = m.get("fit")
+        if fit is not None and not isinstance(fit, (bool, dict)):
+            raise LigoError(f"{where}: fit must be true or a mapping of fit settings, got {fit!r}")
+        fit = {**self.fit, **(fit if isinstance(fit, dict) else {})} if fit else None
+        train = m.get("train") or {}
+        if not isinstance(train, dict):
+            raise LigoError(f"{where}: train must be a mapping of training settings, got {train!r}")
+        stage = m.get("stage")
+        if stage is not None:
+            _check_stage(where, stage, m, plan)
+        method = Method(name, str(m.get("label", name)), plan, fit, train, stage)
+        if method.kind != "scratch":
+            self.train_config({**self.train, **train}, progress=False)
+        if fit:
+            _check_share(where, fit)
+            self.fit_config(method, steps=1)
+        if stage is not None:
+            method.growth_stage(1, self.target)
+        return method
+
+    def _check(self) -> None:
+        where = self.where
+        if not isinstance(self.source.get("config"), dict):
+            raise LigoError(f"{where}: source must hold config (the small model's config keys) and train")
+        self.train_config(self.source.get("train", {}), progress=False)
+        self.train_config(self.train, progress=False)
+        for key in ("budgets", "lr_sweep", "noise_seeds"):
+            values = getattr(self, key)
+            kind_ok = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if key == "noise_seeds" else \
+                (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+            if not isinstance(values, list) or not all(kind_ok(v) and v > 0 for v in values) or \
+                    (key != "noise_seeds" and not values):
+                raise LigoError(f"{where}: {key} must be a list of positive numbers, got {values!r}")
+        ev = self.eval
+        if ev is not None and (not isinstance(ev, dict) or set(ev) - {"tasks", "limit", "num_fewshot"} or
+                               not ev.get("tasks")):
+            raise LigoError(f"{where}: eval must be a mapping with tasks (lm-eval names or task YAML files) and "
+                            "optionally limit and num_fewshot")
+        if set(self.grown) - {"lr_scale", "warmup"}:
+            raise LigoError(f"{where}: grown: unknown key(s) {sorted(set(self.grown) - {'lr_scale', 'warmup'})}; "
+                            "allowed: ['lr_scale', 'warmup']")
+        from .hf import build_config
+        from .operator import check_growth
+
+        spec = get_spec(self.model_type)
+        src, target = self.configs()
+        check_growth(spec, spec.dims(dict(build_config(src).to_dict())), spec.dims(target, where=f"{where}: target"))
+
+
+def _check_stage(where: str, stage, m: dict, plan: dict) -> None:
+    if not isinstance(stage, dict) or set(stage) - STAGE_KEYS or not isinstance(stage.get("at"), (int, float)) \
+            or isinstance(stage.get("at"), bool) or not 0 < stage["at"] < 1 or m.get("fit") or m.get("per_layer") \
+            or m.get("width_lr") not in (None, "uniform") or "depth_lr_scale" in m:
+        raise LigoError(f"{where}: stage must be a mapping with at (the budget's share spent on the small model, "
+                        f"between 0 and 1) and optionally {sorted(STAGE_KEYS - {'at'})}; a staged method has no "
+                        "separate fit (use stage.fit_steps) and takes only width, depth and split_noise")
+    if plan.get("width") == "auto" or plan.get("depth") == "auto":
+        raise LigoError(f"{where}: a staged method needs a concrete width and depth (auto is decided from a finished "
+                        "source; a staged run grows mid-run): give width split/copy/random and depth "
+                        "stack/interleave/identity")
+
+
+def _check_share(where: str, fit: dict) -> None:
+    share = fit.get("share")
+    if share is not None and (not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1):
+        raise LigoError(f"{where}: fit share must be a number between 0 and 1 (a share of the budget's FLOPs, "
+                        f"e.g. 0.02), got {share!r}")
+
+
+def read_experiment(path: str | Path, smoke: bool = False) -> tuple[dict, str]:
+    """The mapping of an experiment file (or of an embedded one, such as 'demo') and where it was read;
+    with ``smoke``, its ``smoke`` section merged over it (an experiment without one is refused)."""
+    from .checkpoint import parse_mapping
+
+    p = Path(path)
+    if not p.exists():
+        embedded = resources.files("ligo.experiments").joinpath(f"{path}.yaml")
+        if not embedded.is_file():
+            raise LigoError(f"experiment {path} not found; pass a YAML file such as benchmarks/experiments/cpu-tiny.yaml")
+        text, where = embedded.read_text(), f"ligo/experiments/{path}.yaml"
+    else:
+        text, where = p.read_text(), str(p)
+    data = parse_mapping(text, where, FILE_KEYS)
+    if smoke:
+        if not isinstance(data.get("smoke"), dict) or not data["smoke"]:
+            raise LigoError(f"{where} has no smoke section, so --smoke would run the full-size experiment; add a "
+                            "'smoke:' mapping of smaller settings (see benchmarks/experiments/cpu-tiny.yaml), or run "
+                            "without --smoke")
+        data = _merge(data, data["smoke"])
+    return data, where
+
+
+def load_experiment(path: str | Path, smoke: bool = False, methods: list[str] | None = None) -> Experiment:
+    """Read and fully validate an experiment file; with ``methods``, only those (and scratch) are run."""
+    exp = Experiment.from_dict(*read_experiment(path, smoke))
+    return exp.only(methods) if methods else exp
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+FILE_KEYS = {f.name for f in fields(Experiment)} - {"where", "raw"}

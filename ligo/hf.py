@@ -1,0 +1,43 @@
+"""The Hugging Face side of a model, in one place: its Auto class, its config object, and the model on
+the meta device (shapes without memory, for FLOPs and parameter counts). Never remote code."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import LigoError
+
+
+def model_class(objective: str):
+    import transformers
+
+    return transformers.AutoModelForCausalLM if objective == "causal-lm" else transformers.AutoModelForMaskedLM
+
+
+def build_config(config: dict):
+    """A transformers config object from a dict (the model type's own class; never remote code)."""
+    import transformers
+
+    data = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map")}
+    try:
+        return transformers.AutoConfig.for_model(config["model_type"], **data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LigoError(f"invalid {config['model_type']} config: {str(exc).splitlines()[0][:200]}") from None
+
+
+def known_config_keys(model_type: str) -> set[str]:
+    """Every key the model type's config class writes (what a full target config.json may hold)."""
+    import transformers
+
+    try:
+        return set(transformers.AutoConfig.for_model(model_type).to_dict())
+    except (ValueError, TypeError, KeyError):
+        return set()
+
+
+def meta_model(objective: str, config: dict | object):
+    """The model of ``config`` (a dict or a config object) on the meta device: no memory, no init."""
+    hf_config = build_config(config) if isinstance(config, dict) else config
+    with torch.device("meta"):
+        return model_class(objective).from_config(hf_config)
+

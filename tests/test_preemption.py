@@ -1,0 +1,88 @@
+"""Preemption through a whole benchmark: SIGTERM to a real `ligo bench` checkpoints the run in progress,
+stops the experiment with one line and exit 143, keeps everything resumable, and `--resume` ends with the
+results of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import LIGO, run_cli, wait_for
+
+EXPERIMENT = """\
+name: preempt
+model_type: llama
+corpus_bytes: 200000
+vocab_size: 300
+seq_len: 32
+batch_size: 4
+lr_sweep: [1]
+source:
+  config: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1,
+           intermediate_size: 64, max_position_embeddings: 64, tie_word_embeddings: true}
+  train: {steps: 40, lr: 0.003, warmup: 2, eval_every: 20, eval_batches: 2, log_every: 1}
+target: {hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
+         intermediate_size: 128}
+train: {steps: 40, lr: 0.002, warmup: 2, eval_every: 20, eval_batches: 2, log_every: 1}
+fit: {share: 0.1, eval_every: 1}
+unit_report: false
+methods:
+  scratch: {}
+  ligo: {width: random, depth: stack, fit: true}
+"""
+VOLATILE = {"wall", "wall_s", "throughput", "peak_rss_mb", "peak_gpu_mb", "date", "wall_to_scratch_final"}
+
+
+def _stable(obj):
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_stable(v) for v in obj]
+    return obj
+
+
+def _lines(path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def _bench(exp, out, cache, *extra):
+    env = dict(os.environ, LIGO_CACHE=str(cache), OMP_NUM_THREADS="1")
+    return subprocess.Popen([LIGO, "bench", str(exp), "--out", str(out), "--no-progress", *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    root = tmp_path_factory.mktemp("preempt")
+    (root / "exp.yaml").write_text(EXPERIMENT)
+    proc = _bench(root / "exp.yaml", root / "ref", root / "cache-ref")
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    return root, json.loads((root / "ref" / "results.json").read_text())
+
+
+@pytest.mark.parametrize("where", ["source", "runs/1x/ligo/trained"])
+def test_sigterm_stops_bench_and_resume_matches_an_uninterrupted_run(where, reference, tmp_path):
+    root, ref = reference
+    out = tmp_path / "out"
+    proc = _bench(root / "exp.yaml", out, tmp_path / "cache")
+    assert wait_for(lambda: _lines(out / where / "log.jsonl") >= 5, proc), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    line = err.strip().splitlines()[-1]
+    assert proc.returncode == 143, err
+    assert line.startswith(f"ligo bench: preempted at {out / where} step "), err
+    assert line.endswith(f"continue with: ligo bench {root / 'exp.yaml'} --out {out} --no-progress --resume"), err
+    assert sorted((out / where / "checkpoints").glob("step-*")), "the run in progress is checkpointed"
+    assert not (out / "results.json").exists()  # stopped at once: no report from half the runs
+    resumed = run_cli("bench", root / "exp.yaml", "--out", out, "--no-progress", "--resume", check=True,
+                      env=dict(os.environ, LIGO_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1"))
+    report = json.loads((out / "results.json").read_text())
+    assert _stable(report["budgets"]) == _stable(ref["budgets"])
+    assert report["source"] == ref["source"]
