@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .config import MAX_SHARD_SIZE
 from .arch import ArchSpec, Dims, Match, spec_for
 from .errors import LigoError, as_user_error
 
@@ -293,7 +294,7 @@ class _ShardFile:
 
 
 def save_weights_streaming(tensors, shapes: dict[str, torch.Tensor], out: Path,
-                           max_shard_size: str | int = "5GB") -> None:
+                           max_shard_size: str | int = MAX_SHARD_SIZE) -> None:
     """Write tensors that arrive one at a time (``(key, rows, tensor)``: a whole tensor when ``rows`` is None,
     else the slice of its first axis; every key of ``shapes``, a dict of meta tensors giving each key's shape
     and dtype) as safetensors shards, each piece written into its shard file at once, so no shard (and no
@@ -341,7 +342,7 @@ def save_weights_streaming(tensors, shapes: dict[str, torch.Tensor], out: Path,
         raise LigoError(f"internal error: shards {sorted(set(pending) | set(files))} were not completed")
 
 
-def save_weights(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "5GB") -> None:
+def save_weights(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = MAX_SHARD_SIZE) -> None:
     from huggingface_hub import save_torch_state_dict
     from huggingface_hub.utils import disable_progress_bars
 
@@ -362,35 +363,6 @@ def copy_tokenizer(src: Path, out: Path) -> list[str]:
             shutil.copy2(src / name, out / name)
             copied.append(name)
     return copied
-
-
-def read_yaml(path: str | Path, what: str, hint: str = "check the path"):
-    """A YAML (or JSON) file's content, or one clear error naming ``what`` it is: missing or unparsable."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise LigoError(f"{what} {p} does not exist; {hint}")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise LigoError(f"{what} {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
-
-
-def parse_mapping(text: str, where: str, allowed: set[str]) -> dict:
-    """A YAML (or JSON, which YAML reads too) mapping with only ``allowed`` keys, or one clear error."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LigoError(f"{where} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
-    if not isinstance(data, dict):
-        raise LigoError(f"{where} must hold a mapping of keys to values")
-    unknown = set(data) - allowed
-    if unknown:
-        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return data
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -12,18 +12,20 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .errors import LigoError
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
-PRECISIONS = ("auto", "no", "bf16", "fp16")
-WIDTH_INITS = ("split", "copy", "random")
-DEPTH_INITS = ("stack", "interleave", "identity")
+# the choices of the settings below, named once (the tuples are read off the Literal types)
+WidthInit = Literal["split", "copy", "random"]
+DepthInit = Literal["stack", "interleave", "identity"]
+WIDTH_INITS, DEPTH_INITS = typing.get_args(WidthInit), typing.get_args(DepthInit)
 # Below this many training tokens per parameter a ligo-trained source gets the paper's init from the auto plan:
 # it ended best on cpu-tiny's sources of 5 and 100 tokens per parameter (docs/benchmarks.md); a real
 # checkpoint (10^3-10^4) forgets what it knew with it (a 135M Llama: 3.14 -> 11.16 nats at the start).
 WEAK_SOURCE_TOKENS_PER_PARAM = 200
+MAX_SHARD_SIZE = "5GB"  # the largest safetensors shard written by default (as transformers' save_pretrained)
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -97,6 +99,35 @@ def from_mapping(cls, data: dict, where: str):
         object.__setattr__(obj, f.name, data.get(f.name, default))
     validate(obj, where)
     return cls(**data)
+
+
+def read_yaml(path: str | Path, what: str, hint: str = "check the path"):
+    """A YAML (or JSON) file's content, or one clear error naming ``what`` it is: missing or unparsable."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise LigoError(f"{what} {p} does not exist; {hint}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise LigoError(f"{what} {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+
+
+def parse_mapping(text: str, where: str, allowed: set[str]) -> dict:
+    """A YAML (or JSON, which YAML reads too) mapping with only ``allowed`` keys, or one clear error."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LigoError(f"{where} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+    if not isinstance(data, dict):
+        raise LigoError(f"{where} must hold a mapping of keys to values")
+    unknown = set(data) - allowed
+    if unknown:
+        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return data
 
 
 def defaults(cls) -> dict:
@@ -201,11 +232,11 @@ def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
 class GrowthPlan:
     """Everything that defines an operator besides the weights: recorded in the recipe."""
 
-    width: Literal["auto", "split", "copy", "random"] = setting(
+    width: Literal["auto", WidthInit] = setting(
         "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), or "
         "auto: random for a source ligo trained on under 200 tokens per parameter (where it measured best), "
         "else split")
-    depth: Literal["auto", "stack", "interleave", "identity"] = setting(
+    depth: Literal["auto", DepthInit] = setting(
         "auto", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
         "place), identity (new layers start as identities: with split or copy width, growth is lossless), or auto: "
         "stack for a weakly trained source or random width, else identity")
@@ -242,6 +273,9 @@ class GrowthPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}  # what a recipe or an experiment method may set
 
 
 @dataclass
@@ -282,8 +316,8 @@ class GrowthStage:
 
     at: int = setting(0, "grow after this optimizer step (0: no mid-run growth)", low=0)
     target: dict = setting({}, "target sizes, as for ligo grow --target (a JSON object)")
-    width: Literal["split", "copy", "random"] = setting("split", "width init of the stage's operator")
-    depth: Literal["stack", "interleave", "identity"] = setting("identity", "depth init of the stage's operator")
+    width: WidthInit = setting("split", "width init of the stage's operator")
+    depth: DepthInit = setting("identity", "depth init of the stage's operator")
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are", low=0, high=0.99)
     optimizer_state: Literal["grow", "reset"] = setting(
         "grow", "AdamW state: grow it through the operator (moments and step counts kept), or reset it")

@@ -15,6 +15,8 @@ cut into blocks of ``seq_len``; the last 5% of the stream is held out (never see
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import sysconfig
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ def _quiet():
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load ..." lines: ligo says it once
     return datasets
 
 
@@ -86,6 +88,9 @@ def open_dataset(data: DataConfig | str | None):
                 ds = ds[dc.data_split]
             ds = ds.to_iterable_dataset() if dc.streaming else ds
         elif p.exists():
+            if dc.data_split != "train":
+                raise LigoError(f"--data-split {dc.data_split} does not apply to {p}: a local file or folder is one "
+                                "split; give the held-out text as its own --data, or drop --data-split")
             builder, files = _local_files(p)
             kwargs = {"sample_by": "document"} if builder == "text" else {}
             ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=dc.streaming, **kwargs)
@@ -93,34 +98,49 @@ def open_dataset(data: DataConfig | str | None):
             raise LigoError(f"data path {p} does not exist; pass a file, a folder, or a dataset name")
         else:
             ds = datasets.load_dataset(dc.data, dc.data_config, split=dc.data_split, streaming=dc.streaming)
-    except LigoError:
-        raise
-    except ValueError as exc:
-        if "Unknown split" in str(exc):
-            raise LigoError(f"split {dc.data_split!r} does not exist in {dc.data} ({str(exc).splitlines()[0]}); pass "
-                            "--data-split") from None
-        raise LigoError(f"cannot read {dc.data}: {str(exc).splitlines()[0][:200]}") from None
-    except UnicodeDecodeError:
-        raise LigoError(f"data {dc.data} is not UTF-8 text; convert it to UTF-8") from None
-    except (ConnectionError, FileNotFoundError, OSError) as exc:
-        raise LigoError(f"cannot load dataset {dc.data!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                        "check the name, or give a local file or folder") from None
-    except Exception as exc:  # datasets' own errors (a malformed JSON line, a broken parquet file, ...)
-        if not type(exc).__module__.startswith("datasets"):
-            raise
-        cause = exc
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            cause = cause.__cause__ or cause.__context__
-            if isinstance(cause, UnicodeDecodeError):
-                raise LigoError(f"data {dc.data} is not UTF-8 text; convert it to UTF-8") from None
-        detail = str(cause).splitlines()[0][:160] if cause is not exc else ""
-        raise LigoError(f"cannot read {dc.data}: {str(exc).splitlines()[0][:120]}" + (f" ({detail})" if detail else "")
-                        ) from None
+    except Exception as exc:
+        raise _data_error(exc, dc) from None
     columns = ds.column_names
     if columns is not None and dc.text_column not in columns:
         raise LigoError(f"{dc.data} has no column {dc.text_column!r} (columns: {', '.join(columns)}); pass "
                         "--text-column")
     return ds
+
+
+def _data_error(exc: BaseException, dc: DataConfig) -> BaseException:
+    """The one clear error for a failure to read ``dc`` (opening it or iterating over it); anything that is
+    not about the data is returned as it is."""
+    if isinstance(exc, LigoError):
+        return exc
+    cause = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        if isinstance(cause, UnicodeDecodeError):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, UnicodeDecodeError) or isinstance(cause, UnicodeDecodeError):
+        return LigoError(f"data {dc.data} is not UTF-8 text; convert it to UTF-8")
+    if isinstance(exc, StopIteration) or "BatchSize must be greater than 0" in str(cause):
+        return LigoError(f"data {dc.data} holds no rows; give it some text")
+    if isinstance(exc, ValueError) and "Unknown split" in str(exc):
+        return LigoError(f"split {dc.data_split!r} does not exist in {dc.data} ({str(exc).splitlines()[0]}); pass "
+                         "--data-split")
+    if isinstance(exc, (ConnectionError, FileNotFoundError, OSError)):
+        return LigoError(f"cannot load dataset {dc.data!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                         "check the name, or give a local file or folder")
+    module = type(exc).__module__
+    if isinstance(exc, ValueError) or module.startswith(("datasets", "pyarrow")):
+        detail = str(cause).splitlines()[0][:160] if cause is not exc else ""
+        return LigoError(f"cannot read {dc.data}: {str(exc).splitlines()[0][:120]}" + (f" ({detail})" if detail else ""))
+    return exc
+
+
+@contextlib.contextmanager
+def _reading(dc: DataConfig):
+    """Failures while the rows of ``dc`` are read (datasets reads lazily) become one clear error."""
+    try:
+        yield
+    except Exception as exc:
+        raise _data_error(exc, dc) from None
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -134,15 +154,17 @@ def read_texts(data: DataConfig | str, limit_bytes: int | None = None) -> list[s
     dc = DataConfig.of(data)
     ds = open_dataset(dc)
     texts, total = [], 0
-    for row in ds:
-        t = row[dc.text_column]
-        if isinstance(t, str) and t.strip():
-            texts.append(t)
-            total += len(t)
-            if limit_bytes and total >= limit_bytes:
-                break
+    with _reading(dc):
+        for row in ds:
+            t = row[dc.text_column]
+            if isinstance(t, str) and t.strip():
+                texts.append(t)
+                total += len(t)
+                if limit_bytes and total >= limit_bytes:
+                    break
     if not texts:
-        raise LigoError(f"data {dc.data} holds no text; give it some UTF-8 text")
+        raise LigoError(f"data {dc.data} holds no text in its {dc.text_column!r} column; give it UTF-8 text (a "
+                        "column of strings), or name the right column with --text-column")
     return texts
 
 
@@ -252,10 +274,12 @@ def load_blocks(data: DataConfig | str | Path | None, tokenizer, seq_len: int, v
     if dc.data is None:
         return pack(stdlib_texts(), tokenizer, seq_len, val_fraction)
     ds = open_dataset(dc)
-    ids = _stream(_tokenize(ds, tokenizer, dc.text_column, dc.num_proc), _separator(tokenizer),
-                  max_tokens if dc.streaming else None)
+    with _reading(dc):
+        ids = _stream(_tokenize(ds, tokenizer, dc.text_column, dc.num_proc), _separator(tokenizer),
+                      max_tokens if dc.streaming else None)
     if not ids:
-        raise LigoError(f"data {dc.data} holds no text; give it some UTF-8 text")
+        raise LigoError(f"data {dc.data} holds no text in its {dc.text_column!r} column; give it UTF-8 text (a "
+                        "column of strings), or name the right column with --text-column")
     return _blocks(ids, seq_len, val_fraction)
 
 

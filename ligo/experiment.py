@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from .arch import get_spec
-from .config import FIT_DEFAULTS, GrowthPlan, GrowthStage, TrainConfig, setting, validate
+from .config import FIT_DEFAULTS, PLAN_KEYS, GrowthPlan, GrowthStage, TrainConfig, setting, validate
 from .errors import LigoError
 
-PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
 STAGE_KEYS = {"at", "optimizer_state", "fit_steps", "fit_lr"}
 REQUIRED = ("name", "model_type", "source", "target", "train", "methods")
 
@@ -220,7 +219,7 @@ def _check_share(where: str, fit: dict) -> None:
 def read_experiment(path: str | Path, smoke: bool = False) -> tuple[dict, str]:
     """The mapping of an experiment file (or of an embedded one, such as 'demo') and where it was read;
     with ``smoke``, its ``smoke`` section merged over it (an experiment without one is refused)."""
-    from .checkpoint import parse_mapping
+    from .config import parse_mapping
 
     p = Path(path)
     if not p.exists():

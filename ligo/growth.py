@@ -14,7 +14,7 @@ from . import __version__
 from .arch import Dims
 from .checkpoint import RECIPE_NAME, Checkpoint, LazyWeights, copy_tokenizer, describe_checkpoint, load_checkpoint, \
     load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming, write_json
-from .config import FIT_STEPS_API, GrowthPlan, TrainConfig, fit_config
+from .config import FIT_STEPS_API, MAX_SHARD_SIZE, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
@@ -356,7 +356,7 @@ class Grower:
         config.dtype = str(self.dtype).removeprefix("torch.")
         return config
 
-    def save(self, out: str | Path, overwrite: bool = False, max_shard_size: str | int = "5GB",
+    def save(self, out: str | Path, overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE,
              check: torch.Tensor | None = None) -> Path:
         """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card.
         ``check``: held-out token blocks on which the grown model's start loss is measured beside the

@@ -41,3 +41,21 @@ def meta_model(objective: str, config: dict | object):
     with torch.device("meta"):
         return model_class(objective).from_config(hf_config)
 
+
+
+def check_device(name: str | None, default_cuda: bool = True) -> str:
+    """A device name torch can use on this machine, or one clear error (None: CUDA when available, else the
+    CPU; with ``default_cuda=False``, the CPU)."""
+    if name is None:
+        return "cuda" if default_cuda and torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LigoError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LigoError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LigoError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0..")
+    if device.type not in ("cpu", "cuda"):
+        raise LigoError(f"--device {name}: ligo grows and evaluates on cpu or cuda; use one of them")
+    return name

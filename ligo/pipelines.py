@@ -17,7 +17,7 @@ import torch
 
 from . import __version__
 from .checkpoint import RECIPE_NAME, copy_tokenizer, describe_checkpoint, load_tokenizer, read_config, write_json
-from .config import DataConfig, GrowthPlan, TrainConfig
+from .config import MAX_SHARD_SIZE, DataConfig, GrowthPlan, TrainConfig
 from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
 from .hf import build_config, model_class
@@ -46,7 +46,7 @@ class GrowTrainResult:
 
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
          plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
-         overwrite: bool = False, max_shard_size: str | int = "5GB", device: str | None = None,
+         overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE, device: str | None = None,
          stream: bool = True, arch: str | None = None, check_blocks: int = 16, **plan_fields) -> GrowResult:
     """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
 
@@ -68,7 +68,7 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     data = DataConfig.of(data)
     if out is not None:
         parse_size(max_shard_size)
-        check_output(out, overwrite=overwrite, inputs=[source, data.data])
+        check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target)])
     # without a fit the operator streams on the CPU: the source is read tensor by tensor, shards written as they fill
     grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None, arch=arch)
     if fit is not None:
@@ -83,6 +83,11 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     path = grower.save(out, overwrite, max_shard_size, check=check) if out is not None else None
     return GrowResult(path, grower.operator, grower.target_config, grower.recipe(), grower.fit_result, grower.timings,
                       grower.tokenizer_files)
+
+
+def _paths(target) -> list:
+    """A target given as a file (a config.json or its folder) is an input: never inside the output."""
+    return [target] if isinstance(target, (str, Path)) else []
 
 
 def prior_ledger(model_dir: Path | None) -> dict:
@@ -396,7 +401,7 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     from .data import load_blocks
 
     data = DataConfig.of(data)
-    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data])
+    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data, *_paths(target)])
     if resume:
         _check_job(output.work, recipe)
     tokenizer = load_tokenizer(source)

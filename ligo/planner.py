@@ -119,19 +119,30 @@ def analyse(report: dict) -> dict:
     return out
 
 
+def _read_results(path: str | Path) -> dict:
+    """A results.json of ligo bench with finite losses, or one clear error."""
+    try:
+        report = json.loads(Path(path).read_text(), parse_constant=lambda c: float("nan"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise LigoError(f"cannot read benchmark results {path} ({why}); pass results.json files of ligo bench") from None
+    if not isinstance(report, dict) or "budgets" not in report or "experiment" not in report:
+        raise LigoError(f"{path} is not a results.json of this ligo version's bench (no budgets); rerun the benchmark")
+    losses = [p["val_loss"] for b in report["budgets"] for m in b["methods"].values() for p in m.get("curve", [])]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses):
+        raise LigoError(f"{path} holds a loss that is not a finite number (NaN or inf): a run diverged; fit the "
+                        "planner on results whose runs all finished")
+    return report
+
+
 def plan(results: list[str | Path], target_params: float, budget_flops: float,
          source_params: float | None = None) -> dict:
     """The recommendation for a target of ``target_params`` trained for ``budget_flops`` FLOPs."""
-    reports = []
-    for r in results:
-        try:
-            reports.append(json.loads(Path(r).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise LigoError(f"cannot read benchmark results {r} ({exc}); pass results.json files of ligo bench") from None
-        if "budgets" not in reports[-1]:
-            raise LigoError(f"{r} is not a results.json of this ligo version's bench (no budgets); rerun the benchmark")
-    if target_params <= 0 or budget_flops <= 0:
-        raise LigoError("--target-params and --budget must be positive")
+    for flag, value in (("--target-params", target_params), ("--budget", budget_flops),
+                        ("--source-params", source_params)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise LigoError(f"{flag} must be a positive finite number, got {value}")
+    reports = [_read_results(r) for r in results]
     x = budget_flops / (6 * target_params) / target_params
     analyses = [analyse(r) for r in reports]
     notes, candidates = [], []

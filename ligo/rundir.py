@@ -27,6 +27,11 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
 MANIFEST = "run.json"
+# accelerate's save_state layout, named once (tests/test_train.py checks them against accelerate's constants)
+WEIGHTS_FILE = "model.safetensors"  # SAFE_WEIGHTS_NAME
+OPTIMIZER_FILE = "optimizer.bin"  # OPTIMIZER_NAME + ".bin"
+MASTERS_FILE = "custom_checkpoint_0.pkl"  # the first object registered for checkpointing: the fp32 master weights
+CARRIED_PREFIXES = ("random_states", "scaler")  # RNG_STATE_NAME, SCALER_NAME: carried over as they are
 # settings that may change on --resume (the rest shape the trajectory and must match)
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "keep_last", "log_every", "progress", "trackers",
                      "compile", "grad_checkpointing", "peak_tflops", "patience", "mixed_precision"}

@@ -30,7 +30,7 @@ from . import __version__
 from .checkpoint import RECIPE_NAME, Checkpoint, copy_tokenizer, load_tokenizer, read_config, save_weights, write_json
 from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
-from .rundir import CHECKPOINTS, LOG_FILE, MANIFEST, STATE_FILE, _file_digests, check_pickles, latest_checkpoint, \
+from .rundir import CARRIED_PREFIXES, CHECKPOINTS, LOG_FILE, MANIFEST, MASTERS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, _file_digests, check_pickles, latest_checkpoint, \
     read_state
 
 OPTIMIZER_STATES = ("grow", "reset")
@@ -107,12 +107,12 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     config = run_config(run_dir, state, manifest)
     spec = get_spec(config.get("model_type"))
     cfg = state.get("config") or {}
-    if not (ckpt / "model.safetensors").exists():
-        raise LigoError(f"{ckpt} has no model.safetensors; only single-file checkpoints of `ligo train` can be grown")
+    if not (ckpt / WEIGHTS_FILE).exists():
+        raise LigoError(f"{ckpt} has no {WEIGHTS_FILE}; only single-file checkpoints of `ligo train` can be grown")
     from .checkpoint import check_finite, read_weights, weights_dtype
 
     weights = read_weights(ckpt)
-    masters = _torch_load(ckpt / "custom_checkpoint_0.pkl") if (ckpt / "custom_checkpoint_0.pkl").exists() else None
+    masters = _torch_load(ckpt / MASTERS_FILE) if (ckpt / MASTERS_FILE).exists() else None
     dims = spec.dims(config)
     layout = spec.layout(weights.keys(), dims)
     check_finite(weights, ckpt, layout)
@@ -137,7 +137,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
                                  "train_flops": state["flops"]}},
            "model_dir": model_dir}
     new_slots = _slots({}, grower.target_config, spec, cfg.get("weight_decay", 0.1))
-    optim = _torch_load(ckpt / "optimizer.bin") if (ckpt / "optimizer.bin").exists() else None
+    optim = _torch_load(ckpt / OPTIMIZER_FILE) if (ckpt / OPTIMIZER_FILE).exists() else None
     if optimizer_state == "grow":
         if optim is None:
             raise LigoError(f"{ckpt} has no optimizer state to grow; pass --optimizer-state reset")
@@ -192,11 +192,11 @@ def write_checkpoint(grown: dict, ckpt_src: Path, dest: Path, model_dir: Path) -
     """The grown checkpoint into ``dest`` (a folder that does not exist yet), digests last."""
     dest.mkdir(parents=True)
     save_weights({k: v.contiguous() for k, v in grown["state"].items()}, dest, max_shard_size=10**15)  # one file
-    torch.save(grown["optimizer"], dest / "optimizer.bin")
+    torch.save(grown["optimizer"], dest / OPTIMIZER_FILE)
     if "masters" in grown:
-        torch.save(grown["masters"], dest / "custom_checkpoint_0.pkl")
+        torch.save(grown["masters"], dest / MASTERS_FILE)
     for f in ckpt_src.iterdir():  # RNG states (and a GradScaler's) carry over as they are
-        if f.name.startswith(("random_states_", "scaler")):
+        if f.name.startswith(CARRIED_PREFIXES):
             shutil.copy2(f, dest / f.name)
     state = {**grown["trainer_state"], "model": str(model_dir)}
     state["files"] = _file_digests(dest)

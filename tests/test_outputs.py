@@ -91,9 +91,9 @@ def test_grow_train_resume_after_a_crash_in_the_grow_stage(sources, corpus, tmp_
     cli(*args, "--resume", check=True)
     assert (out / "trained" / "config.json").exists() and (out / "grown" / "config.json").exists()
     assert not list(out.glob(".grown*"))
-    # resumed again when finished: nothing to redo, the same final model
+    # resumed again when finished: refused, the final model untouched
     weights = (out / "trained" / "model.safetensors").read_bytes()
-    cli(*args, "--resume", check=True)
+    assert_one_line_error(cli(*args, "--resume"), "grow-train", "has finished")
     assert (out / "trained" / "model.safetensors").read_bytes() == weights
 
 

@@ -11,7 +11,8 @@ from ligo.planner import analyse, fit_power_law, plan, predict
 EXPERIMENT = {"name": "synthetic", "model_type": "llama", "vocab_size": 512,
               "source": {"config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                                     "num_key_value_heads": 2, "intermediate_size": 128}},
-              "target": {"hidden": 128, "layers": 4, "heads": 8, "kv_heads": 4, "ffn": 256}}
+              "target": {"hidden": 128, "layers": 4, "heads": 8, "kv_heads": 4, "ffn": 256},
+              "train": {"steps": 100}, "methods": {"scratch": {}}}
 
 
 def test_power_law_fit_recovers_known_parameters():

@@ -15,7 +15,8 @@ def add_parser(sub, name):
     p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
     p.add_argument("--batch-size", type=int, default=8, help="default 8")
     p.add_argument("--device", help="default: cuda when available, else cpu")
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--json", help="also write the results to this file (an existing file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     return p
 
 
@@ -24,14 +25,40 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..downstream import evaluate
+    from ..errors import LigoError
+    from ..hf import check_device
 
+    if args.limit is not None and not (args.limit > 0 and (args.limit < 1 or args.limit == int(args.limit))):
+        raise LigoError(f"--limit must be a number of examples (1, 2, ...) or a fraction below 1, got {args.limit:g}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise LigoError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
+    if args.batch_size < 1:
+        raise LigoError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.json:
+        _check_json(Path(args.json), Path(args.model), args.overwrite)
+    device = check_device(args.device)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    result = evaluate(args.model, args.tasks, limit=limit, batch_size=args.batch_size, device=args.device,
+    result = evaluate(args.model, args.tasks, limit=limit, batch_size=args.batch_size, device=device,
                       num_fewshot=args.num_fewshot)
     print("| task | metric | value |\n|---|---|---|")
     for task, metrics in result["tasks"].items():
         for metric, value in metrics.items():
             print(f"| {task} | {metric} | {value:.4f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(args.json)
     return 0
+
+
+def _check_json(path, model, overwrite: bool) -> None:
+    """The --json file, checked before the evaluation: its folder exists, it is not one of the model's
+    files, and an existing file is replaced only with --overwrite."""
+    from ..errors import LigoError
+
+    if not path.parent.is_dir():
+        raise LigoError(f"--json {path}: the folder {path.parent} does not exist; create it or write elsewhere")
+    if path.resolve().parent == model.resolve():
+        raise LigoError(f"--json {path} is inside the model directory {model}; write the results elsewhere")
+    if path.exists() and not overwrite:
+        raise LigoError(f"--json {path} exists; pass --overwrite to replace it, or choose another file")

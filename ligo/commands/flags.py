@@ -114,7 +114,23 @@ def data_config(args: argparse.Namespace, extra: dict | None = None) -> DataConf
     return DataConfig.from_dict({**(extra or {}), **given(args, DataConfig)})
 
 
+def check_target_not_in_output(text, out, overwrite: bool) -> None:
+    """A target given as a file is an input: an output that is, or holds, it is refused before any work."""
+    from ..outputs import check_output
+
+    if isinstance(text, str) and text.strip() and not text.lstrip().startswith("{") and out:
+        check_output(out, overwrite=overwrite, inputs=[text], resume=False)
+
+
 def parse_target(text: str, flag: str = "--target") -> dict:
+    """A target: a JSON object of sizes or config keys, or the path of a config.json (or of its folder)."""
+    if not text.strip():
+        raise LigoError(f"{flag} is empty; give sizes as a JSON object such as '{{\"hidden\": 1024, \"layers\": 24}}' "
+                        "or a config.json")
+    if text.lstrip().startswith(("[", '"')) or text.strip() in ("null", "true", "false") or \
+            text.strip().lstrip("-").replace(".", "", 1).isdigit():
+        raise LigoError(f"{flag} {text!r} is not a JSON object; give sizes such as "
+                        "'{\"hidden\": 1024, \"layers\": 24}' or a config.json")
     if text.lstrip().startswith("{"):
         try:
             value = json.loads(text)

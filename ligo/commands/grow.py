@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from ..config import GrowthPlan, GrowthStage, TrainConfig, fit_config
-from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, given, parse_target
+from ..config import MAX_SHARD_SIZE, GrowthPlan, GrowthStage, TrainConfig, fit_config
+from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, \
+    check_target_not_in_output, given, parse_target
 
 
 def add_parser(sub, name):
@@ -23,7 +24,7 @@ def add_parser(sub, name):
     p.add_argument("--out", required=True, help="output directory for the grown model")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (kept until the new one "
                    "is complete)")
-    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, like 5GB or 500MB "
+    p.add_argument("--max-shard-size", default=MAX_SHARD_SIZE, help="largest safetensors shard, like 5GB or 500MB "
                    "(default 5GB)")
     p.add_argument("--device", help="where to grow: cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--arch", help="read the source with this architecture table (e.g. llama) when its model_type "
@@ -54,6 +55,7 @@ def run(args) -> int:
     plan = GrowthPlan.from_dict({**live, **given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
     fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
                       "progress": not args.no_progress}, where="fit")
+    check_target_not_in_output(args.target, args.out, args.overwrite)
     if args.optimizer_state:
         from ..rungrowth import grow_run
 
@@ -93,9 +95,7 @@ def run(args) -> int:
     return 0
 
 
-def _device(name: str | None):
-    if name is not None:
-        return name
-    import torch
+def _device(name: str | None) -> str:
+    from ..hf import check_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(name)

@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import FIT_DEFAULTS, DataConfig, GrowthPlan, TrainConfig, fit_config
+from ..config import FIT_DEFAULTS, PLAN_KEYS, DataConfig, GrowthPlan, TrainConfig, fit_config
 from ..errors import LigoError
-from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, given, \
-    parse_target
+from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, \
+    check_target_not_in_output, given, parse_target
 
-PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
 DATA_KEYS = {f.name for f in fields(DataConfig)}
 RECIPE_KEYS = {"source", "target", "out", "seed", "seq_len", "batch_size", "fit", "train"} | PLAN_KEYS | DATA_KEYS
 
@@ -51,7 +50,7 @@ def add_parser(sub, name):
 def load_recipe(path: str | None) -> dict:
     if not path:
         return {}
-    from ..checkpoint import parse_mapping
+    from ..config import parse_mapping
 
     p = Path(path)
     if not p.is_file():
@@ -78,6 +77,7 @@ def fit_share(fit_values: dict, flag: float | None) -> float | None:
 
 
 def run(args) -> int:
+    from ..hf import check_device
     from ..pipelines import FitSpec, grow_train
 
     recipe = load_recipe(args.config)
@@ -91,6 +91,7 @@ def run(args) -> int:
         if not recipe.get(key):
             raise LigoError(f"no {key} given; pass it as a flag or put '{key}' in the --config recipe")
     if not isinstance(recipe["target"], dict):
+        check_target_not_in_output(str(recipe["target"]), recipe["out"], args.overwrite)
         recipe["target"] = parse_target(str(recipe["target"]))
     flags = given(args, TrainConfig)
     shared = {k: flags.pop(k) if k in flags else recipe[k] for k in ("seq_len", "batch_size", "seed")
@@ -112,7 +113,8 @@ def run(args) -> int:
                   fit=fit_recipe, train=train_cfg.to_dict())
     fit = None if fit_cfg is None else FitSpec(fit_cfg, share)
     result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, train_cfg=train_cfg,
-                        data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe, device=args.device)
+                        data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
+                        device=check_device(args.device, default_cuda=False))
     loop = result.trained.loop
     if not loop.accelerator.is_main_process:
         return 0

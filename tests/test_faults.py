@@ -1,0 +1,131 @@
+"""The foreign-fault round of issue 23: each case as a new user met it, now one clear line and nothing lost."""
+
+import json
+import math
+
+import pytest
+
+from conftest import assert_one_line_error
+
+QUICK = ["--steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path_factory.mktemp("bad-data")
+    (d / "empty.jsonl").write_text("")
+    (d / "latin.jsonl").write_bytes(b'{"text": "caf\xe9 ol\xe9, some text to read"}\n')
+    (d / "junk.jsonl").write_text("junk {{{ not json\n")
+    (d / "numbers.jsonl").write_text('{"text": 5}\n{"text": 7}\n')
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), d / "empty.parquet")
+    (d / "a.txt").write_text("some text to train on, the quick brown fox\n" * 200)
+    return d
+
+
+@pytest.mark.parametrize("name, extra, message", [
+    ("empty.jsonl", [], "holds no rows"),
+    ("empty.jsonl", ["--streaming"], "holds no rows"),
+    ("latin.jsonl", [], "is not UTF-8 text"),
+    ("junk.jsonl", ["--streaming"], "cannot read .*junk.jsonl: JSON parse error"),
+    ("numbers.jsonl", [], "holds no text in its 'text' column; .*--text-column"),
+    ("empty.parquet", [], "holds no rows"),
+    ("a.txt", ["--data-split", "validation"], "--data-split validation does not apply"),
+])
+def test_bad_data_is_one_line(name, extra, message, bad_data, sources, tmp_path, cli):
+    proc = cli("train", sources["llama"], "--data", bad_data / name, "--out", tmp_path / "r", *QUICK, *extra)
+    assert_one_line_error(proc, "train", message)
+    assert "Failed to" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("target, message", [("[1,2]", "is not a JSON object"), ("", "is empty"),
+                                             ("5", "is not a JSON object")])
+def test_a_target_that_is_not_an_object(target, message, sources, tmp_path, cli):
+    assert_one_line_error(cli("grow", sources["llama"], "--target", target, "--out", tmp_path / "g"), "grow", message)
+
+
+def test_grow_never_replaces_the_folder_holding_its_target(sources, tmp_path, cli):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "target.json").write_text(json.dumps({"hidden_size": 64}))
+    proc = cli("grow", sources["llama"], "--target", d / "target.json", "--out", d, "--overwrite")
+    assert_one_line_error(proc, "grow")
+    assert (d / "target.json").exists()
+
+
+@pytest.mark.parametrize("device", ["tpu9", "cuda:7", "banana"])
+def test_grow_device_is_checked(device, sources, tmp_path, cli):
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("a machine with 8 GPUs")
+    assert_one_line_error(cli("grow", sources["llama"], "--target", '{"hidden": 64}', "--out", tmp_path / "g",
+                              "--device", device), "grow", "device")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "-3"], "--limit must be"), (["--limit", "2.5"], "--limit must be"),
+    (["--num-fewshot", "-2"], "--num-fewshot must be 0 or more"), (["--batch-size", "0"], "--batch-size"),
+    (["--json", "nodir/x.json"], "the folder nodir does not exist"),
+])
+def test_eval_arguments_are_checked_before_the_evaluation(args, message, sources, cli):
+    assert_one_line_error(cli("eval", sources["llama"], "--tasks", "x", *args), "eval", message)
+
+
+def test_eval_never_overwrites_a_file_it_was_not_told_to(sources, tmp_path, cli):
+    config = sources["llama"] / "config.json"
+    before = config.read_text()
+    assert_one_line_error(cli("eval", sources["llama"], "--tasks", "x", "--json", config), "eval",
+                          "inside the model directory")
+    (tmp_path / "r.json").write_text("{}")
+    assert_one_line_error(cli("eval", sources["llama"], "--tasks", "x", "--json", tmp_path / "r.json"), "eval",
+                          "exists; pass --overwrite")
+    assert config.read_text() == before and (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_eval_device_cuda_without_a_gpu(sources, cli):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_one_line_error(cli("eval", sources["llama"], "--tasks", "x", "--device", "cuda"), "eval", "no CUDA GPU")
+
+
+@pytest.mark.parametrize("flag, value", [("--target-params", "nan"), ("--budget", "inf"),
+                                         ("--source-params", "nan"), ("--budget", "-1")])
+def test_plan_refuses_numbers_that_are_not(flag, value, tmp_path, cli):
+    from test_plan import _report
+
+    (tmp_path / "r.json").write_text(json.dumps(_report()))
+    args = {"--target-params": "1e8", "--budget": "1e18", flag: value}
+    proc = cli("plan", "--results", tmp_path / "r.json", *[x for kv in args.items() for x in kv])
+    assert_one_line_error(proc, "plan", f"{flag} must be a positive finite number")
+
+
+def test_plan_refuses_binary_files_and_diverged_runs(tmp_path, cli):
+    from test_plan import _report
+
+    (tmp_path / "bin.json").write_bytes(bytes(range(256)) * 4)
+    assert_one_line_error(cli("plan", "--results", tmp_path / "bin.json", "--target-params", "1e8", "--budget",
+                              "1e18"), "plan", "cannot read benchmark results")
+    report = _report()
+    first = next(iter(report["budgets"][0]["methods"].values()))
+    first["curve"][3]["val_loss"] = math.nan
+    (tmp_path / "nan.json").write_text(json.dumps(report))
+    assert_one_line_error(cli("plan", "--results", tmp_path / "nan.json", "--target-params", "1e8", "--budget",
+                              "1e18"), "plan", "not a finite number")
+
+
+def test_grow_train_resume_refuses_a_finished_job_and_changed_settings(sources, corpus, tmp_path, cli):
+    job = tmp_path / "job"
+    common = [sources["llama"], "--data", corpus, "--out", job, *QUICK, "--warmup", "1"]
+    cli("grow-train", *common, "--target", '{"hidden": 64}', check=True)
+    trained = (job / "trained" / "model.safetensors").read_bytes()
+    assert_one_line_error(cli("grow-train", *common, "--target", '{"hidden": 64}', "--resume"), "grow-train",
+                          "has finished")
+    assert (job / "trained" / "model.safetensors").read_bytes() == trained
+    (job / "trained" / "config.json").unlink()  # as if it had stopped before the end
+    assert_one_line_error(cli("grow-train", *common, "--target", '{"hidden": 96}', "--resume"), "grow-train",
+                          "other settings \\(target changed\\)")
