@@ -75,6 +75,8 @@ def run_experiment(exp: Experiment, out: str | Path, data: str | None = None, pr
         if not _resumable_work(output.work):
             output.discard()  # nothing worth resuming: leave nothing behind
         raise
+    finally:
+        output.release()
     output.commit()
     return report
 

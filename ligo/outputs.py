@@ -11,6 +11,9 @@
 * Temporary siblings carry the writing process's id; ones left by a killed process are removed the
   next time anything is written to the same output.
 * Folders are created with the user's umask (not 0700).
+* One process writes a run's output at a time: a second ``train``/``grow-train``/``bench`` into the same
+  ``--out`` is refused while the first runs (an advisory lock, released when the process ends, even by
+  kill -9; rank 0 of a multi-process launch holds it).
 """
 
 from __future__ import annotations
@@ -165,12 +168,51 @@ def staged(out: str | Path, overwrite: bool = False, inputs=()) -> Iterator[Path
         raise
 
 
+_HELD: dict[str, int] = {}  # output path -> the lock file this process holds for it
+
+
+def lock_output(out: Path) -> None:
+    """Hold the lock of ``out`` for the rest of this process, or refuse: another process writes there."""
+    import fcntl
+    import tempfile
+
+    if os.environ.get("RANK", "0") != "0":  # the other ranks of a launch write through rank 0
+        return
+    key = str(out.resolve())
+    if key in _HELD:
+        return
+    root = Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "locks"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        root = Path(tempfile.gettempdir()) / f"ligo-locks-{os.getuid()}"
+        root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / hashlib.sha256(key.encode()).hexdigest()[:32], os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 64).decode(errors="ignore").strip()
+        os.close(fd)
+        raise LigoError(f"another ligo process{f' (pid {owner})' if owner else ''} is writing {out}; wait for it to "
+                        "finish, or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[key] = fd
+
+
+def unlock_output(out: Path) -> None:
+    fd = _HELD.pop(str(out.resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing releases the lock
+
+
 class RunOutput:
     """The directory of a run that writes as it goes: the output itself when it is new, a staging
     sibling when it replaces an existing one (renamed over it by :meth:`commit`)."""
 
     def __init__(self, out: str | Path, *, overwrite: bool = False, resume: bool = False, inputs=()):
         self.final = check_output(out, overwrite=overwrite, resume=resume, inputs=inputs)
+        lock_output(self.final)
         staging = sibling(self.final, STAGING)
         if resume:
             self.work = staging if staging.is_dir() else self.final
@@ -194,6 +236,10 @@ class RunOutput:
             _swap_into_place(self.work, self.final)
             self.work = self.final
         return self.final
+
+    def release(self) -> None:
+        """Let other processes write this output (the run ended, one way or another)."""
+        unlock_output(self.final)
 
     def discard(self) -> None:
         """The run failed before it had anything worth keeping: remove what it created."""

@@ -157,83 +157,92 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
     cfg_path = None if isinstance(from_config, dict) else from_config
     data = DataConfig.of(data)
     output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[model, cfg_path, tokenizer, data.data])
-    if resume and latest_checkpoint(output.work) is None:
-        raise LigoError(f"--resume: {output.final} holds no complete checkpoint; start without --resume")
-    model, from_config, tokenizer, data = _manifest(output, model, from_config, tokenizer, data) if resume else (
-        model, from_config, tokenizer, data)
-    if (model is None) == (from_config is None):
-        raise LigoError("give either a model directory or --from-config (a config for training from scratch)")
-    spec, dims, config = _describe(model, from_config, cfg_path)
-    if model is not None:
-        tok_dir = Path(tokenizer or model)
-        prior = prior or prior_ledger(Path(model))
-    else:
-        if tokenizer is None and tokenizer_obj is None:
-            raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
-        tok_dir = Path(tokenizer) if tokenizer else None
-        prior = prior or dict(EMPTY_LEDGER)
-    stages = sorted(start.stages, key=lambda st: st.at)
-    _check_stages(stages, spec, config, cfg)
-    tok = tokenizer_obj or load_tokenizer(tok_dir)
-    if len(tok) > dims.vocab:
-        raise LigoError(f"the tokenizer in {tok_dir} has {len(tok)} tokens but the model's vocab_size is {dims.vocab}; "
-                        "use the model's own tokenizer")
-    if dims.positions is not None and cfg.seq_len > dims.positions:
-        raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
-    if blocks is None:  # with streaming, read only what the run will use (and its held-out share)
-        blocks = load_blocks(data, tok, cfg.seq_len, max_tokens=tokens_to_read(cfg))
-    offset = prior["fit_flops"] + prior["previous_train_flops"]
-    manifest = {"ligo_version": __version__, "model": None if model is None else str(model),
-                "from_config": str(cfg_path) if cfg_path else None, "tokenizer": str(tok_dir) if tok_dir else None,
-                "data": data.to_dict(), "stages": [st.to_dict() for st in stages],
-                "config": config if isinstance(from_config, dict) else None}  # a config given as a mapping
-    collate, digest = make_collate(spec.objective, tok), data_digest(blocks.train, blocks.val)
-    output.open()
     try:
-        while True:  # one phase per model size; a phase ends at the next stage's step
-            ck = latest_checkpoint(output.work) if resume else None
-            state = read_state(ck) if ck else {}
-            done, current = state.get("stages_done", []), state.get("model") or model
-            upcoming = next((st for st in stages if st.at not in done), None)
-            if upcoming is not None and state.get("step", 0) >= upcoming.at:  # paused there, not grown yet
-                grow_in_place(output.work, upcoming.target, upcoming.plan(cfg.seed),
-                              optimizer_state=upcoming.optimizer_state, fit=_stage_fit(upcoming, cfg), blocks=blocks,
-                              info={"stages_done": [*done, upcoming.at]})
+        if resume and latest_checkpoint(output.work) is None:
+            raise LigoError(f"--resume: {output.final} holds no complete checkpoint; start without --resume")
+        model, from_config, tokenizer, data = _manifest(output, model, from_config, tokenizer, data) if resume else (
+            model, from_config, tokenizer, data)
+        if (model is None) == (from_config is None):
+            raise LigoError("give either a model directory or --from-config (a config for training from scratch)")
+        spec, dims, config = _describe(model, from_config, cfg_path)
+        if model is not None:
+            tok_dir = Path(tokenizer or model)
+            prior = prior or prior_ledger(Path(model))
+        else:
+            if tokenizer is None and tokenizer_obj is None:
+                raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
+            tok_dir = Path(tokenizer) if tokenizer else None
+            prior = prior or dict(EMPTY_LEDGER)
+        stages = sorted(start.stages, key=lambda st: st.at)
+        _check_stages(stages, spec, config, cfg)
+        tok = tokenizer_obj or load_tokenizer(tok_dir)
+        if len(tok) > dims.vocab:
+            raise LigoError(f"the tokenizer in {tok_dir} has {len(tok)} tokens but the model's vocab_size is "
+                            f"{dims.vocab}; "
+                            "use the model's own tokenizer")
+        if dims.positions is not None and cfg.seq_len > dims.positions:
+            raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
+        if blocks is None:  # with streaming, read only what the run will use (and its held-out share)
+            blocks = load_blocks(data, tok, cfg.seq_len, max_tokens=tokens_to_read(cfg))
+        offset = prior["fit_flops"] + prior["previous_train_flops"]
+        manifest = {"ligo_version": __version__, "model": None if model is None else str(model),
+                    "from_config": str(cfg_path) if cfg_path else None, "tokenizer": str(tok_dir) if tok_dir else None,
+                    "data": data.to_dict(), "stages": [st.to_dict() for st in stages],
+                    "config": config if isinstance(from_config, dict) else None}  # a config given as a mapping
+        collate, digest = make_collate(spec.objective, tok), data_digest(blocks.train, blocks.val)
+        output.open()
+        try:
+            while True:  # one phase per model size; a phase ends at the next stage's step
+                ck = latest_checkpoint(output.work) if resume else None
+                state = read_state(ck) if ck else {}
+                done, current = state.get("stages_done", []), state.get("model") or model
+                upcoming = next((st for st in stages if st.at not in done), None)
+                if upcoming is not None and state.get("step", 0) >= upcoming.at:  # paused there, not grown yet
+                    grow_in_place(output.work, upcoming.target, upcoming.plan(cfg.seed),
+                                  optimizer_state=upcoming.optimizer_state, fit=_stage_fit(upcoming, cfg),
+                                  blocks=blocks,
+                                  info={"stages_done": [*done, upcoming.at]})
+                    resume = True
+                    continue
+                net_spec, net_dims, net_config = _describe(current, from_config if current is None else None, cfg_path)
+                net = _build_model(net_spec, current, net_config, cfg, start.attn_implementation)
+                per_step = step_flops(net, net_dims, cfg)
+                result = train_loop(net, blocks.train, blocks.val, cfg, collate=collate, flops_per_step=per_step,
+                                    flops_offset=offset, run_dir=output.work, resume=resume, desc="train",
+                                    data_digest=digest, manifest=manifest, stop_at=upcoming.at if upcoming else None,
+                                    checkpoint_info={"model": None if current is None else str(current),
+                                                     "stages_done": done})
+                if result.status != "paused":
+                    break
                 resume = True
-                continue
-            net_spec, net_dims, net_config = _describe(current, from_config if current is None else None, cfg_path)
-            net = _build_model(net_spec, current, net_config, cfg, start.attn_implementation)
-            per_step = step_flops(net, net_dims, cfg)
-            result = train_loop(net, blocks.train, blocks.val, cfg, collate=collate, flops_per_step=per_step,
-                                flops_offset=offset, run_dir=output.work, resume=resume, desc="train",
-                                data_digest=digest, manifest=manifest, stop_at=upcoming.at if upcoming else None,
-                                checkpoint_info={"model": None if current is None else str(current),
-                                                 "stages_done": done})
-            if result.status != "paused":
-                break
-            resume = True
-    except BaseException:
-        if latest_checkpoint(output.work) is None:  # nothing worth resuming: leave nothing behind
-            output.discard()
-        raise
-    ledger = dict(prior, train_flops=result.flops - offset, flops_per_step=per_step, steps=result.steps,
-                  wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
-    acc = result.accelerator
-    if result.status == "preempted":
-        raise Preempted(output.work, result.steps)
-    acc.wait_for_everyone()
-    state = acc.get_state_dict(result.model)
-    if acc.is_main_process:
+        except BaseException:
+            if latest_checkpoint(output.work) is None:  # nothing worth resuming: leave nothing behind
+                output.discard()
+            raise
+        ledger = dict(prior, train_flops=result.flops - offset, flops_per_step=per_step, steps=result.steps,
+                      wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
+        if result.status == "preempted":
+            raise Preempted(output.work, result.steps)
         recipe = {"ligo_version": __version__, "kind": "train", "objective": spec.objective,
                   "model_type": spec.model_type, "model": manifest["model"],
                   "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
                   "data": data.data, "data_config": data.to_dict(), "config": cfg.to_dict(),
                   "stages": manifest["stages"], "ledger": ledger}
-        growth = start.source_card or _growth_recipe(current)
-        _save_final(acc.unwrap_model(result.model), state, tok, output.work, recipe, growth)
+        _finish(result, tok, output, recipe, start.source_card or _growth_recipe(current))
+        return TrainResult(output.final, result, ledger)
+    finally:
+        output.release()
+
+
+def _finish(result: LoopResult, tokenizer, output: RunOutput, recipe: dict, growth: dict | None) -> None:
+    """Save the trained model (rank 0; the state gathered from every rank) and commit the output."""
+    acc = result.accelerator
+    acc.wait_for_everyone()
+    state = acc.get_state_dict(result.model)
+    if acc.is_main_process:
+        _save_final(acc.unwrap_model(result.model), state, tokenizer, output.work, recipe, growth)
         output.commit()
     acc.wait_for_everyone()
-    return TrainResult(output.final, result, ledger)
 
 
 def _describe(model, from_config, cfg_path):
@@ -402,28 +411,32 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
 
     data = DataConfig.of(data)
     output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data, *_paths(target)])
-    if resume:
-        _check_job(output.work, recipe)
-    tokenizer = load_tokenizer(source)
-    # read the data once, before any work, so bad data fails fast and leaves nothing behind
-    blocks = load_blocks(data, tokenizer, train_cfg.seq_len, max_tokens=tokens_to_read(train_cfg))
     try:
-        output.open()
-        if not (output.work / "recipe.json").exists():
-            write_json(output.work / "recipe.json", recipe or {})
-        result, growth = grow_and_train(source, target, output.work, plan, train_cfg, fit, data=data,
-                                        start=Start(tokenizer=tokenizer, blocks=blocks), resume=resume, device=device)
-    except BaseException as exc:
-        # a failure before the first training checkpoint leaves nothing behind; after it, the work is kept
-        if latest_checkpoint(output.work / "trained") is None:
-            output.discard()
-        if isinstance(exc, Exception) and not isinstance(exc, (LigoError, Preempted)):
-            error = as_user_error(exc, "grow-train")
-            if error is not None:
-                raise error from None
-        raise
-    output.commit()
-    return GrowTrainResult(output.final, output.final / "grown", result, growth.get("fit"))
+        if resume:
+            _check_job(output.work, recipe)
+        tokenizer = load_tokenizer(source)
+        # read the data once, before any work, so bad data fails fast and leaves nothing behind
+        blocks = load_blocks(data, tokenizer, train_cfg.seq_len, max_tokens=tokens_to_read(train_cfg))
+        try:
+            output.open()
+            if not (output.work / "recipe.json").exists():
+                write_json(output.work / "recipe.json", recipe or {})
+            result, growth = grow_and_train(source, target, output.work, plan, train_cfg, fit, data=data,
+                                            start=Start(tokenizer=tokenizer, blocks=blocks), resume=resume,
+                                            device=device)
+        except BaseException as exc:
+            # a failure before the first training checkpoint leaves nothing behind; after it, the work is kept
+            if latest_checkpoint(output.work / "trained") is None:
+                output.discard()
+            if isinstance(exc, Exception) and not isinstance(exc, (LigoError, Preempted)):
+                error = as_user_error(exc, "grow-train")
+                if error is not None:
+                    raise error from None
+            raise
+        output.commit()
+        return GrowTrainResult(output.final, output.final / "grown", result, growth.get("fit"))
+    finally:
+        output.release()
 
 
 def _check_job(job: Path, recipe: dict | None) -> None:

@@ -129,3 +129,25 @@ def test_grow_train_resume_refuses_a_finished_job_and_changed_settings(sources, 
     (job / "trained" / "config.json").unlink()  # as if it had stopped before the end
     assert_one_line_error(cli("grow-train", *common, "--target", '{"hidden": 96}', "--resume"), "grow-train",
                           "other settings \\(target changed\\)")
+
+
+def test_two_runs_into_one_folder_refuse_the_second(sources, corpus, tmp_path):
+    """Two `ligo train --out R` at once: the second is refused at once, the first finishes alone."""
+    import subprocess
+
+    from conftest import LIGO, run_cli, wait_for
+
+    out = tmp_path / "r"
+    args = [LIGO, "train", str(sources["llama"]), "--data", str(corpus), "--out", str(out), "--steps", "400",
+            "--batch-size", "2", "--seq-len", "16", "--eval-every", "0", "--eval-batches", "1", "--log-every", "1",
+            "--no-progress"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: (out / "log.jsonl").exists(), first)
+        second = run_cli("train", sources["llama"], "--data", corpus, "--out", out, "--steps", "2", "--lr", "1e-2",
+                         "--resume")
+        assert_one_line_error(second, "train", f"another ligo process \\(pid {first.pid}\\) is writing")
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    assert first.returncode == 143
