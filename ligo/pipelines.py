@@ -80,7 +80,10 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         seq_len = min(fit.seq_len if fit else 128, grower.source.dims.positions or 128)
         blocks = load_blocks(data, grower.tokenizer, seq_len, max_tokens=40 * check_blocks * seq_len)
         check = blocks.val[:check_blocks]
-    path = grower.save(out, overwrite, max_shard_size, check=check) if out is not None else None
+    path = None
+    if out is not None:  # under a multi-process launch (a data-parallel fit), the main process writes it
+        with _main_process_first():
+            path = grower.save(out, overwrite, max_shard_size, check=check) if _is_main() else Path(out)
     return GrowResult(path, grower.operator, grower.target_config, grower.recipe(), grower.fit_result, grower.timings,
                       grower.tokenizer_files)
 
@@ -357,11 +360,13 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
         growth = json.loads((grown / RECIPE_NAME).read_text())
     else:
         grower = Grower(source, target, plan, device=device, tokenizer=start.tokenizer)
-        if fit is not None:
+        if fit is not None:  # every process of a launch fits (one data-parallel fit)
             cfg = fit.config(grower, train_cfg)
             same = cfg.seq_len == train_cfg.seq_len and start.blocks is not None
             grower.fit(data, cfg, blocks=start.blocks if same else None)
-        grower.save(grown, overwrite=True)
+        with _main_process_first():  # the grown model is written once, by the first process
+            if not (grown / "config.json").exists():
+                grower.save(grown, overwrite=True)
         growth = grower.recipe()
     fit_flops = (growth.get("fit") or {}).get("flops", 0.0)
     steps = train_cfg.steps
@@ -377,6 +382,21 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
                    replace(start, prior=prior, source_card=growth),
                    resume=resume and latest_checkpoint(trained) is not None, overwrite=True)
     return result, growth
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _main_process_first():
+    """Under a multi-process launch, the main process runs the block first and the others after it."""
+    from accelerate import PartialState
+
+    from .loop import has_accelerator_device
+
+    return PartialState(cpu=not has_accelerator_device()).main_process_first()
 
 
 @dataclass
