@@ -189,6 +189,7 @@ class Grower:
         target = read_target(target)
         self.target_config = self.spec.target_config(self.source.config, target, known_config_keys(self.spec.model_type))
         self.target_dims: Dims = self.spec.dims(self.target_config, where="target")
+        build_config(self.target_config)  # transformers' own checks of the target, before any work
         _check_layer_settings(self.target_config, target, self.target_dims, self.spec.layer_lists)
         self._check_memory()
         t1 = time.perf_counter()
@@ -327,7 +328,8 @@ class Grower:
             desc="fit", on_eval=keep_best)
         if best and best["step"] != self.fit_result.steps:
             self.operator.load_state_dict(best["maps"])
-        self.fit_info = {"data": None if data is None else str(getattr(data, "data", data)), "config": cfg.to_dict(),
+        source = getattr(data, "data", data)  # a DataConfig or a path; None: the default corpus
+        self.fit_info = {"data": None if source is None else str(source), "config": cfg.to_dict(),
                          "steps": self.fit_result.steps, "status": self.fit_result.status,
                          "flops": self.fit_result.flops, "flops_per_step": per_step, "build_flops": build,
                          "start_val_loss": self.fit_result.evals[0]["val_loss"], "best_step": best.get("step"),
@@ -342,8 +344,10 @@ class Grower:
     def recipe(self) -> dict:
         from dataclasses import asdict
 
-        return {"ligo_version": __version__, "source": str(self.source.path), "model_type": self.spec.model_type,
-                "objective": self.spec.objective,
+        from .modelcard import model_name
+
+        return {"ligo_version": __version__, "source": model_name(self.source.path, self.source.config),
+                "model_type": self.spec.model_type, "objective": self.spec.objective, "has_head": self.has_head,
                 "source_dims": asdict(self.source.dims), "target_dims": asdict(self.target_dims),
                 "plan": self.plan.to_dict(), "source_tokens": self.source_tokens,
                 "lossless": not self.gaps, "not_lossless_because": self.gaps,

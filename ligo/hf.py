@@ -18,11 +18,16 @@ def build_config(config: dict):
     """A transformers config object from a dict (the model type's own class; never remote code)."""
     import transformers
 
+    from huggingface_hub.errors import StrictDataclassError
+
     data = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map")}
     try:
         return transformers.AutoConfig.for_model(config["model_type"], **data)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise LigoError(f"invalid {config['model_type']} config: {str(exc).splitlines()[0][:200]}") from None
+    except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:
+        cause = exc.__cause__ if isinstance(exc, StrictDataclassError) and exc.__cause__ else exc
+        why = " ".join(str(cause).split())[:240] or type(cause).__name__
+        raise LigoError(f"invalid {config['model_type']} config: {why}; check the target's sizes (heads must divide "
+                        "the hidden size, kv_heads the heads)") from None
 
 
 def known_config_keys(model_type: str) -> set[str]:

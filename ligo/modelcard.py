@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from . import __version__
+
+
+def model_name(path: str | Path | None, config: dict | None = None) -> str | None:
+    """What a card and a recipe call a model: its Hub id when it has one (a Hub cache folder, or a config
+    whose ``_name_or_path`` is an id), else its folder's name, never the machine's directories."""
+    if path is None:
+        return None
+    p = Path(path)
+    for part in p.resolve().parts:
+        if part.startswith("models--"):  # the Hub cache: models--org--name/snapshots/<revision>
+            return part[len("models--"):].replace("--", "/", 1)
+    name = (config or {}).get("_name_or_path")
+    if isinstance(name, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists():
+        return name
+    return p.resolve().name or str(p)
 
 
 def _fmt(x) -> str:
@@ -29,8 +45,9 @@ def card_text(recipe: dict, kind: str, growth: dict | None = None) -> str:
     model_type = recipe.get("model_type") or (growth or {}).get("model_type")
     objective = recipe.get("objective")
     base = recipe.get("source") if kind == "grown" else recipe.get("model")
-    data = ModelCardData(base_model=str(base) if base else None, library_name="transformers",
-                         pipeline_tag="fill-mask" if objective == "masked-lm" else "text-generation",
+    tag = "text-generation" if objective != "masked-lm" else "fill-mask" if recipe.get("has_head", True) else \
+        "feature-extraction"
+    data = ModelCardData(base_model=str(base) if base else None, library_name="transformers", pipeline_tag=tag,
                          tags=[t for t in ("ligo", "model-growth", model_type) if t])
     lines = ["---", data.to_yaml(), "---", "",
              f"# {'Grown' if kind == 'grown' else 'Trained'} {model_type or ''} model", "",

@@ -226,8 +226,10 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
                       wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
         if result.status == "preempted":
             raise Preempted(output.work, result.steps)
+        from .modelcard import model_name
+
         recipe = {"ligo_version": __version__, "kind": "train", "objective": spec.objective,
-                  "model_type": spec.model_type, "model": manifest["model"],
+                  "model_type": spec.model_type, "model": model_name(model, config if model else None),
                   "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
                   "data": data.data, "data_config": data.to_dict(), "config": cfg.to_dict(),
                   "stages": manifest["stages"], "ledger": ledger}
@@ -334,7 +336,10 @@ def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: 
         error = as_user_error(exc, f"saving the model into {out}")
         if error is None:
             raise
-        raise LigoError(f"{error} with --resume (the checkpoints are intact)") from None
+        if latest_checkpoint(out) is not None:
+            raise LigoError(f"{error} with --resume (the checkpoints are intact)") from None
+        raise LigoError(f"{error}; no checkpoint was kept to resume from (--save-every N keeps them), so run it "
+                        "again") from None
     names = sorted(p.name for p in tmp.iterdir())
     for name in [n for n in names if n != "config.json"] + ["config.json"]:
         os.replace(tmp / name, out / name)

@@ -202,11 +202,15 @@ def check_pickles(ckpt: Path) -> None:
     """Open every pickle of a checkpoint with ``weights_only=True`` before accelerate does: accelerate
     skips an RNG state it cannot load without a word (the resumed run would silently differ) and loads
     registered custom objects with ``weights_only=False``."""
+    import warnings
+
     from accelerate.utils import load
 
     for f in sorted(p for p in ckpt.rglob("*") if p.suffix in (".pkl", ".bin", ".pt")):
         try:
-            load(f, map_location="cpu")
+            with warnings.catch_warnings():  # torch's weights_only warning would come before ligo's one line
+                warnings.simplefilter("ignore")
+                load(f, map_location="cpu")
         except Exception as exc:  # UnpicklingError, or anything else a crafted file raises
             raise LigoError(f"--resume: {f} is not plain tensors ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:60]}); ligo never unpickles code: delete {ckpt} to resume "

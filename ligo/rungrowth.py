@@ -94,7 +94,7 @@ def _slots(state: dict, config: dict, spec, weight_decay: float) -> list[list[st
 
 
 def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None, *, optimizer_state: str = "grow",
-                    fit: TrainConfig | None = None, blocks=None) -> dict:
+                    fit: TrainConfig | None = None, blocks=None, data=None) -> dict:
     """Grow the newest checkpoint of ``run_dir``. Returns what to write: the grown model (``state``,
     ``config``, ``recipe``), the checkpoint's files (``weights``, ``optimizer``, ``masters``) and its
     trainer state."""
@@ -127,7 +127,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     grower = Grower(source, target, plan, tokenizer=load_tokenizer(model_dir) if model_dir and fit else None)
     fit_flops = 0.0
     if fit is not None:
-        grower.fit(cfg=fit, blocks=blocks)
+        grower.fit(data, cfg=fit, blocks=blocks)  # data: what the fit's blocks were read from (recorded)
         fit_flops = grower.fit_info["flops"]
     op = grower.operator
     grown = op.materialize(dtype=grower.dtype)
@@ -217,8 +217,11 @@ def write_model(grown: dict, dest: Path, tokenizer_dir: Path | None) -> None:
 
 
 def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPlan | None = None, *,
-             optimizer_state: str = "grow", fit: TrainConfig | None = None, overwrite: bool = False) -> Path:
-    """``ligo grow RUN_DIR --optimizer-state ...``: a new run directory holding the grown run."""
+             optimizer_state: str = "grow", fit: TrainConfig | None = None, overwrite: bool = False,
+             data=None) -> Path:
+    """``ligo grow RUN_DIR --optimizer-state ...``: a new run directory holding the grown run. The fit (if
+    any) reads ``data`` (a DataConfig), or the run's own data when it names none."""
+    from .config import DataConfig
     from .data import load_blocks
     from .outputs import check_output, staged
 
@@ -230,8 +233,10 @@ def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPla
         model_dir = _model_dir(run_dir, state, manifest)
         if model_dir is None:
             raise LigoError(f"the run in {run_dir} names no model folder with a tokenizer; grow it without a fit")
-        blocks = load_blocks(_data(manifest), load_tokenizer(model_dir), fit.seq_len)
-    grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks)
+        data = data if data is not None and DataConfig.of(data).data is not None else _data(manifest)
+        blocks = load_blocks(data, load_tokenizer(model_dir), fit.seq_len)
+    grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks,
+                            data=DataConfig.of(data) if fit is not None else None)
     ckpt, state, manifest = open_run(run_dir)
     with staged(out, overwrite, inputs=[run_dir]) as tmp:
         final = Path(out).resolve()

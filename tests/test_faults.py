@@ -151,3 +151,42 @@ def test_two_runs_into_one_folder_refuse_the_second(sources, corpus, tmp_path):
         first.terminate()
         first.communicate(timeout=120)
     assert first.returncode == 143
+
+
+def test_cards_and_recipes_name_the_source_without_the_machines_folders(sources, tmp_path, cli):
+    import shutil
+
+    import tiny
+
+    hub = tmp_path / "cache" / "models--someorg--tiny-llama" / "snapshots" / "abc123"
+    shutil.copytree(sources["llama"], hub)
+    cli("grow", hub, "--target", '{"hidden": 64}', "--out", tmp_path / "g", check=True)
+    card = (tmp_path / "g" / "README.md").read_text()
+    recipe = json.loads((tmp_path / "g" / "ligo_recipe.json").read_text())
+    assert "base_model: someorg/tiny-llama" in card and recipe["source"] == "someorg/tiny-llama"
+    cli("grow", sources["llama"], "--target", '{"hidden": 64}', "--out", tmp_path / "h", check=True)
+    assert json.loads((tmp_path / "h" / "ligo_recipe.json").read_text())["source"] == "llama"
+    assert str(tmp_path) not in (tmp_path / "h" / "README.md").read_text()
+    bare = tiny.save_model(tiny.make_model("bert", bare=True), tmp_path / "bare-bert")
+    cli("grow", bare, "--target", '{"hidden": 64, "heads": 8}', "--out", tmp_path / "b", check=True)
+    assert "pipeline_tag: feature-extraction" in (tmp_path / "b" / "README.md").read_text()
+
+
+def test_heads_that_do_not_divide_the_hidden_size_fail_before_any_work(sources, tmp_path, cli):
+    proc = cli("grow", sources["llama"], "--target", '{"heads": 6, "kv_heads": 3}', "--out", tmp_path / "g")
+    assert_one_line_error(proc, "grow", "hidden size \\(64\\) is not a multiple of the number of attention heads "
+                          "\\(6\\).*check the target's sizes")
+    assert not (tmp_path / "g").exists()
+
+
+def test_growing_a_live_run_fits_on_the_data_it_is_given(sources, corpus, bad_data, tmp_path, cli):
+    run = tmp_path / "run"
+    cli("train", sources["llama"], "--data", corpus, "--out", run, "--save-every", "2", *QUICK, check=True)
+    other = bad_data / "a.txt"
+    cli("grow", run, "--optimizer-state", "grow", "--target", '{"hidden": 64}', "--out", tmp_path / "g",
+        "--fit-steps", "2", "--data", other, "--seq-len", "16", "--fit-batch-size", "2", "--fit-eval-batches", "1",
+        "--no-progress", check=True)
+    recipe = json.loads((tmp_path / "g" / "model" / "ligo_recipe.json").read_text())
+    assert recipe["fit"]["data"] == str(other)
+    assert_one_line_error(cli("grow", run, "--optimizer-state", "grow", "--target", '{"hidden": 64}', "--out",
+                              tmp_path / "h", "--device", "cuda"), "grow", "a live run is grown on the CPU")

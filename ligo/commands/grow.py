@@ -60,8 +60,13 @@ def run(args) -> int:
     if args.optimizer_state:
         from ..rungrowth import grow_run
 
+        if args.device not in (None, "cpu"):
+            from ..errors import LigoError
+
+            raise LigoError(f"--device {args.device}: a live run is grown on the CPU (its checkpoint and optimizer "
+                            "state are read there); drop --device, or grow a finished model with --device")
         out = grow_run(args.source, parse_target(args.target), args.out, plan, optimizer_state=args.optimizer_state,
-                       fit=fit, overwrite=args.overwrite)
+                       fit=fit, overwrite=args.overwrite, data=data_config(args))
         print(f"grew the run {args.source} (optimizer state: {args.optimizer_state}) into {out}; continue it with: "
               f"ligo train --out {out} --resume --steps N")
         return 0
