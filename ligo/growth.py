@@ -189,8 +189,8 @@ class Grower:
         target = read_target(target)
         self.target_config = self.spec.target_config(self.source.config, target, known_config_keys(self.spec.model_type))
         self.target_dims: Dims = self.spec.dims(self.target_config, where="target")
-        build_config(self.target_config)  # transformers' own checks of the target, before any work
         _check_layer_settings(self.target_config, target, self.target_dims, self.spec.layer_lists)
+        build_config(self.target_config)  # transformers' own checks of the target, before any work
         self._check_memory()
         t1 = time.perf_counter()
         self.source_tokens = trained_tokens(self.source.path)

@@ -26,8 +26,7 @@ def build_config(config: dict):
     except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:
         cause = exc.__cause__ if isinstance(exc, StrictDataclassError) and exc.__cause__ else exc
         why = " ".join(str(cause).split())[:240] or type(cause).__name__
-        raise LigoError(f"invalid {config['model_type']} config: {why}; check the target's sizes (heads must divide "
-                        "the hidden size, kv_heads the heads)") from None
+        raise LigoError(f"invalid {config['model_type']} config: {why}; check its sizes and settings") from None
 
 
 def known_config_keys(model_type: str) -> set[str]:

@@ -175,7 +175,7 @@ def test_cards_and_recipes_name_the_source_without_the_machines_folders(sources,
 def test_heads_that_do_not_divide_the_hidden_size_fail_before_any_work(sources, tmp_path, cli):
     proc = cli("grow", sources["llama"], "--target", '{"heads": 6, "kv_heads": 3}', "--out", tmp_path / "g")
     assert_one_line_error(proc, "grow", "hidden size \\(64\\) is not a multiple of the number of attention heads "
-                          "\\(6\\).*check the target's sizes")
+                          "\\(6\\).*check its sizes")
     assert not (tmp_path / "g").exists()
 
 

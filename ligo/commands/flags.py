@@ -124,20 +124,17 @@ def check_target_not_in_output(text, out, overwrite: bool) -> None:
 
 def parse_target(text: str, flag: str = "--target") -> dict:
     """A target: a JSON object of sizes or config keys, or the path of a config.json (or of its folder)."""
+    example = "'{\"hidden\": 1024, \"layers\": 24}'"
     if not text.strip():
-        raise LigoError(f"{flag} is empty; give sizes as a JSON object such as '{{\"hidden\": 1024, \"layers\": 24}}' "
-                        "or a config.json")
-    if text.lstrip().startswith(("[", '"')) or text.strip() in ("null", "true", "false") or \
-            text.strip().lstrip("-").replace(".", "", 1).isdigit():
-        raise LigoError(f"{flag} {text!r} is not a JSON object; give sizes such as "
-                        "'{\"hidden\": 1024, \"layers\": 24}' or a config.json")
-    if text.lstrip().startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
+        raise LigoError(f"{flag} is empty; give sizes as a JSON object such as {example} or a config.json")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("{"):
             raise LigoError(f"{flag} is not valid JSON ({exc.msg}); pass a JSON object or a file") from None
+    else:
         if not isinstance(value, dict):
-            raise LigoError(f"{flag} must be a JSON object")
+            raise LigoError(f"{flag} {text!r} is not a JSON object; give sizes such as {example} or a config.json")
         return value
     from ..checkpoint import read_config
 
