@@ -97,17 +97,13 @@ def _methods(spec, exp: dict, results: Path) -> dict:
 
 def default_method(exp: dict) -> str | None:
     """The method whose plan is what `ligo grow` would choose for this source (unfitted)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from ligo.config import GrowthPlan
+    from ligo.experiment import Experiment
+    from ligo.hf import meta_model
 
-    from ligo.config import GrowthPlan, TrainConfig
-
-    src = exp["source"]
-    cfg = AutoConfig.for_model(exp["model_type"], **src["config"], vocab_size=int(exp.get("vocab_size", 2048)))
-    with torch.device("meta"):
-        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
-    train = TrainConfig.from_dict({"seq_len": exp.get("seq_len", 128), "batch_size": exp.get("batch_size", 8),
-                                   **src.get("train", {})})
+    experiment = Experiment.from_dict(exp, "the slice's experiment")
+    params = sum(p.numel() for p in meta_model("causal-lm", experiment.configs()[0]).parameters())
+    train = experiment.train_config(experiment.source.get("train", {}))
     plan = GrowthPlan().resolved(train.steps * train.tokens_per_step / params)
     for name, m in exp["methods"].items():
         if name != "scratch" and not (m or {}).get("fit") and not (m or {}).get("stage") and \
@@ -122,22 +118,19 @@ def calibrate(exp: dict, which: str, steps: int = 6) -> dict:
     import torch
 
     from ligo.arch import get_spec
-    from ligo.config import TrainConfig
+    from ligo.experiment import Experiment
     from ligo.hf import build_config, model_class
     from ligo.loop import make_collate, train_loop
 
-    spec = get_spec(exp["model_type"])
-    src = {**exp["source"]["config"], "vocab_size": int(exp.get("vocab_size", 2048)), "model_type": exp["model_type"]}
-    config = src if which == "source" else spec.target_config(dict(build_config(src).to_dict()), exp["target"])
-    hf = build_config(config)
-    if exp.get("attn_implementation"):
-        hf._attn_implementation = exp["attn_implementation"]
+    experiment = Experiment.from_dict(exp, "the slice's experiment")
+    spec = get_spec(experiment.model_type)
+    hf = build_config(experiment.configs()[0 if which == "source" else 1])
+    if experiment.attn_implementation:
+        hf._attn_implementation = experiment.attn_implementation
     model = model_class(spec.objective).from_config(hf)
-    cfg = TrainConfig.from_dict({"seq_len": exp.get("seq_len", 128), "batch_size": exp.get("batch_size", 8),
-                                 "mixed_precision": exp.get("mixed_precision", "no"),
-                                 **{k: v for k, v in exp["train"].items() if k in ("grad_accum",)},
-                                 "steps": steps, "warmup": 0, "eval_every": 0, "eval_batches": 1, "progress": False,
-                                 "log_every": 1})
+    cfg = experiment.train_config({**{k: v for k, v in experiment.train.items() if k in ("grad_accum",)},
+                                   "steps": steps, "warmup": 0, "eval_every": 0, "eval_batches": 1, "progress": False,
+                                   "log_every": 1})
     gen = torch.Generator().manual_seed(0)
     blocks = torch.randint(0, hf.vocab_size, (cfg.batch_size * (steps + 2), cfg.seq_len), generator=gen)
     stamps, t0 = [], time.perf_counter()
@@ -262,8 +255,10 @@ def _bench_slice(name, spec, out: Path, results: Path, limit: float, smoke: bool
                        "final_val_loss": r["final_val_loss"], "curve": r.get("curve")}
                    for m, r in report["budgets"][0]["methods"].items()}
         return {**settings, "complete": True, "default_method": default, "methods": methods, "report": report}
+    # a stopped bench keeps its finished runs (in the output, or its staging sibling when it replaced one)
     partial = {p.parent.name: json.loads(p.read_text()).get("final_val_loss")
-               for p in Path(f"{work}.ligo-new").rglob("result.json")} if Path(f"{work}.ligo-new").exists() else {}
+               for where in (work, work.parent / f".{work.name}.ligo-new") if where.exists()
+               for p in where.rglob("result.json")}
     return {**settings, "complete": False, "returncode": proc.returncode, "finished_runs": partial,
             "log_tail": log[-20:]}
 
