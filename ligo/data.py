@@ -50,6 +50,9 @@ def _quiet():
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load ..." lines: ligo says it once
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # the hub client's "Retrying in 8s" lines when offline: ligo says it once
     return datasets
 
 
@@ -97,6 +100,8 @@ def open_dataset(data: DataConfig | str | None):
         elif _looks_like_a_path(dc.data):
             raise LigoError(f"data path {p} does not exist; pass a file, a folder, or a dataset name")
         else:
+            if not _hub_reachable():  # offline: the local cache only, at once (not 30 s of the client's retries)
+                datasets.config.HF_HUB_OFFLINE = True
             ds = datasets.load_dataset(dc.data, dc.data_config, split=dc.data_split, streaming=dc.streaming)
     except Exception as exc:
         raise _data_error(exc, dc) from None
@@ -105,6 +110,21 @@ def open_dataset(data: DataConfig | str | None):
         raise LigoError(f"{dc.data} has no column {dc.text_column!r} (columns: {', '.join(columns)}); pass "
                         "--text-column")
     return ds
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to the Hub (``HF_ENDPOINT``)? False when offline mode is set."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _data_error(exc: BaseException, dc: DataConfig) -> BaseException:
@@ -124,6 +144,9 @@ def _data_error(exc: BaseException, dc: DataConfig) -> BaseException:
     if isinstance(exc, ValueError) and "Unknown split" in str(exc):
         return LigoError(f"split {dc.data_split!r} does not exist in {dc.data} ({str(exc).splitlines()[0]}); pass "
                          "--data-split")
+    if isinstance(exc, ConnectionError) and "Couldn't reach" in str(exc):
+        return LigoError(f"cannot load dataset {dc.data!r}: the Hub is not reachable from here and it is not in the local "
+                         "datasets cache; give a local file or folder (or a dataset saved with save_to_disk)")
     if isinstance(exc, (ConnectionError, FileNotFoundError, OSError)):
         return LigoError(f"cannot load dataset {dc.data!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
                          "check the name, or give a local file or folder")

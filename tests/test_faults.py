@@ -190,3 +190,13 @@ def test_growing_a_live_run_fits_on_the_data_it_is_given(sources, corpus, bad_da
     assert recipe["fit"]["data"] == str(other)
     assert_one_line_error(cli("grow", run, "--optimizer-state", "grow", "--target", '{"hidden": 64}', "--out",
                               tmp_path / "h", "--device", "cuda"), "grow", "a live run is grown on the CPU")
+
+
+def test_a_dataset_name_offline_is_one_line_at_once(sources, tmp_path, cli):
+    """Offline, a Hub dataset name is looked up in the local cache only (no retries of the hub client)."""
+    from ligo.data import _hub_reachable
+
+    if _hub_reachable():
+        pytest.skip("the Hub is reachable from this machine")
+    proc = cli("train", sources["llama"], "--data", "someone/no-such-dataset", "--out", tmp_path / "r", *QUICK)
+    assert_one_line_error(proc, "train", "the Hub is not reachable from here and it is not in the local datasets cache")

@@ -86,3 +86,37 @@ def test_sigterm_stops_bench_and_resume_matches_an_uninterrupted_run(where, refe
     report = json.loads((out / "results.json").read_text())
     assert _stable(report["budgets"]) == _stable(ref["budgets"])
     assert report["source"] == ref["source"]
+
+
+def test_ctrl_c_checkpoints_and_a_second_one_interrupts(sources, corpus, tmp_path):
+    """Ctrl-C (SIGINT) in `ligo train` does what SIGTERM does; the run then resumes to the same curve."""
+    out = tmp_path / "run"
+    args = [LIGO, "train", str(sources["llama"]), "--data", str(corpus), "--out", str(out), "--steps", "60",
+            "--seq-len", "32", "--batch-size", "4", "--eval-every", "20", "--eval-batches", "1", "--log-every", "1",
+            "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: _lines(out / "log.jsonl") >= 5, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "ligo train: preempted at" in err, err
+    run_cli(*args[1:], "--resume", check=True)
+    ref = tmp_path / "ref"
+    run_cli(*[a if a != str(out) else str(ref) for a in args[1:]], check=True)
+    losses = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (out, ref)]
+    assert losses[0] == losses[1]
+
+
+def test_sigterm_stops_grow_train_and_resume_finishes_it(sources, corpus, tmp_path):
+    job = tmp_path / "job"
+    args = ["grow-train", str(sources["llama"]), "--target", '{"hidden": 128}', "--data", str(corpus), "--out",
+            str(job), "--steps", "60", "--seq-len", "32", "--batch-size", "4", "--eval-every", "20", "--eval-batches",
+            "1", "--log-every", "1", "--no-progress"]
+    proc = subprocess.Popen([LIGO, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: _lines(job / "trained" / "log.jsonl") >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith(f"ligo grow-train: preempted at {job / 'trained'} step "), err
+    assert (job / "grown" / "config.json").exists() and sorted((job / "trained" / "checkpoints").glob("step-*"))
+    run_cli(*args, "--resume", check=True)
+    assert (job / "trained" / "config.json").exists()
