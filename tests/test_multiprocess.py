@@ -16,11 +16,11 @@ from conftest import run_cli, wait_for
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 QUICK = ["--batch-size", "4", "--seq-len", "32", "--eval-batches", "2", "--no-progress"]
-PORTS = iter(range(29540, 29600))
 
 
 def _launch(*args, wait=True):
-    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(next(PORTS)), "-m", "ligo", *map(str, args)]
+    # --standalone: a free port of its own (tests run in parallel workers)
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "ligo", *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

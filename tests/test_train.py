@@ -214,7 +214,7 @@ def test_two_processes_same_global_batch(sources, corpus, tmp_path):
     common = [str(sources["llama"]), "--data", str(corpus), "--steps", "6", "--save-every", "3", *ARGS]
     run_cli("train", *common, "--out", out1, check=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "ligo", "train",
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ligo", "train",
                            *common, "--out", str(out2)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = losses(out1), losses(out2)
