@@ -200,3 +200,27 @@ def test_a_dataset_name_offline_is_one_line_at_once(sources, tmp_path, cli):
         pytest.skip("the Hub is reachable from this machine")
     proc = cli("train", sources["llama"], "--data", "someone/no-such-dataset", "--out", tmp_path / "r", *QUICK)
     assert_one_line_error(proc, "train", "the Hub is not reachable from here and it is not in the local datasets cache")
+
+
+def test_a_failed_final_save_says_whether_a_checkpoint_is_left(tmp_path):
+    """A full disk at the final save: "--resume" only when a checkpoint is there to resume from."""
+    import errno
+
+    from ligo.errors import LigoError
+    from ligo.pipelines import _save_final
+
+    class Full:
+        def save_pretrained(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(LigoError, match="no space left on the device.*no checkpoint was kept"):
+        _save_final(Full(), {}, None, tmp_path, {}, None)
+    ckpt = tmp_path / "checkpoints" / "step-0000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 2, "files": {}}))
+    from ligo.rundir import latest_checkpoint
+
+    if latest_checkpoint(tmp_path) is None:
+        pytest.skip("a complete checkpoint needs more than its state file here")
+    with pytest.raises(LigoError, match="with --resume \\(the checkpoints are intact\\)"):
+        _save_final(Full(), {}, None, tmp_path, {}, None)
