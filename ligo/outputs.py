@@ -181,13 +181,17 @@ def lock_output(out: Path) -> None:
     key = str(out.resolve())
     if key in _HELD:
         return
-    root = Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "locks"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        root = Path(tempfile.gettempdir()) / f"ligo-locks-{os.getuid()}"
-        root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / hashlib.sha256(key.encode()).hexdigest()[:32], os.O_CREAT | os.O_RDWR, 0o600)
+    name = hashlib.sha256(key.encode()).hexdigest()[:32]
+    for root in (Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "locks",
+                 Path(tempfile.gettempdir()) / f"ligo-locks-{os.getuid()}"):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root / name, os.O_CREAT | os.O_RDWR, 0o600)
+            break
+        except OSError:
+            continue
+    else:
+        return  # nowhere to keep a lock (read-only home and temp): run without one
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
