@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
         return int(args._run(args) or 0)
     except Preempted as stop:
-        if _rank() == 0:
+        from .outputs import main_rank
+
+        if main_rank():
             print(f"ligo {args.command}: preempted at {stop.run} step {stop.step}; continue with: "
                   f"{_resume_command(argv)}", file=sys.stderr)
         return 143
@@ -104,10 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _resume_command(argv: list[str] | None) -> str:

@@ -112,6 +112,11 @@ def open_dataset(data: DataConfig | str | None):
     return ds
 
 
+def _no_text(dc: DataConfig) -> LigoError:
+    return LigoError(f"data {dc.data} holds no text in its {dc.text_column!r} column; give it UTF-8 text (a column "
+                     "of strings), or name the right column with --text-column")
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Can this machine open a connection to the Hub (``HF_ENDPOINT``)? False when offline mode is set."""
     import socket
@@ -186,8 +191,7 @@ def read_texts(data: DataConfig | str, limit_bytes: int | None = None) -> list[s
                 if limit_bytes and total >= limit_bytes:
                     break
     if not texts:
-        raise LigoError(f"data {dc.data} holds no text in its {dc.text_column!r} column; give it UTF-8 text (a "
-                        "column of strings), or name the right column with --text-column")
+        raise _no_text(dc)
     return texts
 
 
@@ -301,8 +305,7 @@ def load_blocks(data: DataConfig | str | Path | None, tokenizer, seq_len: int, v
         ids = _stream(_tokenize(ds, tokenizer, dc.text_column, dc.num_proc), _separator(tokenizer),
                       max_tokens if dc.streaming else None)
     if not ids:
-        raise LigoError(f"data {dc.data} holds no text in its {dc.text_column!r} column; give it UTF-8 text (a "
-                        "column of strings), or name the right column with --text-column")
+        raise _no_text(dc)
     return _blocks(ids, seq_len, val_fraction)
 
 

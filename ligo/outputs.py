@@ -168,6 +168,11 @@ def staged(out: str | Path, overwrite: bool = False, inputs=()) -> Iterator[Path
         raise
 
 
+def main_rank() -> bool:
+    """Rank 0 of a multi-process launch (torchrun, accelerate launch), or a single process."""
+    return os.environ.get("RANK", "0") in ("0", "")
+
+
 _HELD: dict[str, int] = {}  # output path -> the lock file this process holds for it
 
 
@@ -176,7 +181,7 @@ def lock_output(out: Path) -> None:
     import fcntl
     import tempfile
 
-    if os.environ.get("RANK", "0") != "0":  # the other ranks of a launch write through rank 0
+    if not main_rank():  # the other ranks of a launch write through rank 0
         return
     key = str(out.resolve())
     if key in _HELD:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import RECIPE_NAME, copy_tokenizer, describe_checkpoint, load_tokenizer, read_config, write_json
+from .checkpoint import RECIPE_NAME, describe_checkpoint, load_tokenizer, read_config, write_json
 from .config import MAX_SHARD_SIZE, DataConfig, GrowthPlan, TrainConfig
 from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
@@ -82,8 +82,9 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         check = blocks.val[:check_blocks]
     path = None
     if out is not None:  # under a multi-process launch (a data-parallel fit), the main process writes it
-        with _main_process_first():
-            path = grower.save(out, overwrite, max_shard_size, check=check) if _is_main() else Path(out)
+        process = _process()
+        with process.main_process_first():
+            path = grower.save(out, overwrite, max_shard_size, check=check) if process.is_main_process else Path(out)
     return GrowResult(path, grower.operator, grower.target_config, grower.recipe(), grower.fit_result, grower.timings,
                       grower.tokenizer_files)
 
@@ -369,7 +370,7 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
             cfg = fit.config(grower, train_cfg)
             same = cfg.seq_len == train_cfg.seq_len and start.blocks is not None
             grower.fit(data, cfg, blocks=start.blocks if same else None)
-        with _main_process_first():  # the grown model is written once, by the first process
+        with _process().main_process_first():  # the grown model is written once, by the first process
             if not (grown / "config.json").exists():
                 grower.save(grown, overwrite=True)
         growth = grower.recipe()
@@ -389,19 +390,13 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
     return result, growth
 
 
-def _is_main() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def _main_process_first():
-    """Under a multi-process launch, the main process runs the block first and the others after it."""
+def _process():
+    """This process's place in a launch (accelerate's PartialState, with the loop's device choice)."""
     from accelerate import PartialState
 
     from .loop import has_accelerator_device
 
-    return PartialState(cpu=not has_accelerator_device()).main_process_first()
+    return PartialState(cpu=not has_accelerator_device())
 
 
 @dataclass

@@ -71,6 +71,11 @@ def run_cli(*args, check=False, **kw):
     return proc
 
 
+def start_cli(*args, **kw):
+    """The real console script, started in its own process (to signal or race it); pipes for its output."""
+    return subprocess.Popen([LIGO, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
 class Result:
     def __init__(self, returncode, stdout, stderr):
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr

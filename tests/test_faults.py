@@ -133,15 +133,12 @@ def test_grow_train_resume_refuses_a_finished_job_and_changed_settings(sources, 
 
 def test_two_runs_into_one_folder_refuse_the_second(sources, corpus, tmp_path):
     """Two `ligo train --out R` at once: the second is refused at once, the first finishes alone."""
-    import subprocess
-
-    from conftest import LIGO, run_cli, wait_for
+    from conftest import run_cli, start_cli, wait_for
 
     out = tmp_path / "r"
-    args = [LIGO, "train", str(sources["llama"]), "--data", str(corpus), "--out", str(out), "--steps", "400",
-            "--batch-size", "2", "--seq-len", "16", "--eval-every", "0", "--eval-batches", "1", "--log-every", "1",
-            "--no-progress"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start_cli("train", sources["llama"], "--data", corpus, "--out", out, "--steps", "400", "--batch-size",
+                      "2", "--seq-len", "16", "--eval-every", "0", "--eval-batches", "1", "--log-every", "1",
+                      "--no-progress")
     try:
         assert wait_for(lambda: (out / "log.jsonl").exists(), first)
         second = run_cli("train", sources["llama"], "--data", corpus, "--out", out, "--steps", "2", "--lr", "1e-2",

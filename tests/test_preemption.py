@@ -5,11 +5,10 @@ results of an uninterrupted run."""
 import json
 import os
 import signal
-import subprocess
 
 import pytest
 
-from conftest import LIGO, run_cli, wait_for
+from conftest import run_cli, start_cli, wait_for
 
 EXPERIMENT = """\
 name: preempt
@@ -51,9 +50,8 @@ def _lines(path) -> int:
 
 
 def _bench(exp, out, cache, *extra):
-    env = dict(os.environ, LIGO_CACHE=str(cache), OMP_NUM_THREADS="1")
-    return subprocess.Popen([LIGO, "bench", str(exp), "--out", str(out), "--no-progress", *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli("bench", exp, "--out", out, "--no-progress", *extra,
+                     env=dict(os.environ, LIGO_CACHE=str(cache), OMP_NUM_THREADS="1"))
 
 
 @pytest.fixture(scope="module")
@@ -81,27 +79,26 @@ def test_sigterm_stops_bench_and_resume_matches_an_uninterrupted_run(where, refe
     assert line.endswith(f"continue with: ligo bench {root / 'exp.yaml'} --out {out} --no-progress --resume"), err
     assert sorted((out / where / "checkpoints").glob("step-*")), "the run in progress is checkpointed"
     assert not (out / "results.json").exists()  # stopped at once: no report from half the runs
-    resumed = run_cli("bench", root / "exp.yaml", "--out", out, "--no-progress", "--resume", check=True,
+    run_cli("bench", root / "exp.yaml", "--out", out, "--no-progress", "--resume", check=True,
                       env=dict(os.environ, LIGO_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1"))
     report = json.loads((out / "results.json").read_text())
     assert _stable(report["budgets"]) == _stable(ref["budgets"])
     assert report["source"] == ref["source"]
 
 
-def test_ctrl_c_checkpoints_and_a_second_one_interrupts(sources, corpus, tmp_path):
+def test_ctrl_c_checkpoints_and_resumes_to_the_same_curve(sources, corpus, tmp_path):
     """Ctrl-C (SIGINT) in `ligo train` does what SIGTERM does; the run then resumes to the same curve."""
     out = tmp_path / "run"
-    args = [LIGO, "train", str(sources["llama"]), "--data", str(corpus), "--out", str(out), "--steps", "60",
-            "--seq-len", "32", "--batch-size", "4", "--eval-every", "20", "--eval-batches", "1", "--log-every", "1",
-            "--no-progress"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["train", sources["llama"], "--data", corpus, "--out", out, "--steps", "60", "--seq-len", "32",
+            "--batch-size", "4", "--eval-every", "20", "--eval-batches", "1", "--log-every", "1", "--no-progress"]
+    proc = start_cli(*args)
     assert wait_for(lambda: _lines(out / "log.jsonl") >= 5, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143 and "ligo train: preempted at" in err, err
-    run_cli(*args[1:], "--resume", check=True)
+    run_cli(*args, "--resume", check=True)
     ref = tmp_path / "ref"
-    run_cli(*[a if a != str(out) else str(ref) for a in args[1:]], check=True)
+    run_cli(*[ref if a == out else a for a in args], check=True)
     losses = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (out, ref)]
     assert losses[0] == losses[1]
 
@@ -111,7 +108,7 @@ def test_sigterm_stops_grow_train_and_resume_finishes_it(sources, corpus, tmp_pa
     args = ["grow-train", str(sources["llama"]), "--target", '{"hidden": 128}', "--data", str(corpus), "--out",
             str(job), "--steps", "60", "--seq-len", "32", "--batch-size", "4", "--eval-every", "20", "--eval-batches",
             "1", "--log-every", "1", "--no-progress"]
-    proc = subprocess.Popen([LIGO, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*args)
     assert wait_for(lambda: _lines(job / "trained" / "log.jsonl") >= 5, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)

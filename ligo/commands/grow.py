@@ -7,7 +7,6 @@ folder that `ligo train --out OUT --resume --steps N` continues.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from ..config import MAX_SHARD_SIZE, GrowthPlan, GrowthStage, TrainConfig, fit_config
@@ -73,7 +72,9 @@ def run(args) -> int:
     result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
                   overwrite=args.overwrite, max_shard_size=args.max_shard_size, device=_device(args.device),
                   stream=not args.in_memory, arch=args.arch, check_blocks=args.check_blocks)
-    if os.environ.get("RANK", "0") != "0":  # under a multi-process launch the main process reports
+    from ..outputs import main_rank
+
+    if not main_rank():  # under a multi-process launch the main process reports
         return 0
     if result.fit is not None:
         info = result.recipe["fit"]

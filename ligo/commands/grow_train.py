@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import FIT_DEFAULTS, PLAN_KEYS, DataConfig, GrowthPlan, TrainConfig, fit_config
 from ..errors import LigoError
-from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, \
+from .flags import add_data_flags, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, \
     check_target_not_in_output, given, parse_target
 
 DATA_KEYS = {f.name for f in fields(DataConfig)}
