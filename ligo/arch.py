@@ -16,6 +16,11 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``qkv``    whole heads of a per-head interleaved query/key/value projection (GPT-NeoX: each head's
            q, k and v slices side by side), grown with the query heads
 ``ffn``    FFN hidden units, written (up/gate/fc-in); ``ffn.in``: read (down/fc-out)
+``exp``    the experts of a mixture-of-experts layer, as the leading axis of an expert's weights that
+           read the residual stream (gate/up); ``exp.out``: of those that write it (down). A table entry
+           with an ``{e}`` in its name is one tensor per expert (checkpoint keys ``experts.{e}.w1.weight``),
+           held stacked over the experts
+``router`` the experts, as the rows of the router (its scores per expert)
 ``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
            per-head norm over ``head_dim``): never grown
 =========  ================================================================================
@@ -25,6 +30,10 @@ Besides the weights, a table states the family's numerics that growth must keep 
 which weights are the gains of norms over the residual stream), ``embed_scale`` (an embedding multiplied
 by a power of the hidden size inside the model, as Gemma's ``sqrt(hidden)``) and ``layer_lists``
 (per-layer config lists that follow the depth plan, as ``layer_types`` or ``no_rope_layers``).
+A mixture-of-experts table adds ``router`` (whether the top-k weights are renormalized), ``fused`` (how
+transformers holds the per-expert checkpoint tensors in memory: stacked over the experts, parts
+concatenated), ``upcycle`` (the dense families it turns into this MoE family, with the checkpoint key of
+each dense FFN weight) and ``requires`` (config values ligo needs, as "every layer sparse").
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ SPACES = (
     Space("ffn", ("ffn",), ("ffn.in",), "ffn", None, True),
     Space("heads", ("q", "qkv"), ("o.in",), "heads", "head_dim", True),
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
+    # an expert is a unit whose write vector is its weights and whose read vector is its router row
+    Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
 )
 SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # token -> (count dim, unit-size dim); a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim
@@ -69,14 +80,16 @@ WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim"}
-GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn")
+GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token")
 _TABLE_KEYS = {"model_type", "model_types", "objective", "rope", "config", "base_prefix", "layer_prefix", "globals",
-               "layer", "head", "tied", "identity_zero", "layer_lists", "ignore", "norms", "embed_scale", "renamed"}
+               "layer", "head", "tied", "identity_zero", "layer_lists", "ignore", "norms", "embed_scale", "renamed",
+               "router", "fused", "upcycle", "requires"}
+EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 _NORM_KEYS = {"type", "offset", "gains", "stream"}
 _EMBED_SCALE_KEYS = {"weight", "power", "tied_norm"}
 NORM_TYPES = ("rms", "layer")
 _CONFIG_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_default_factor",
-                "vocab", "positions", "tie"}
+                "vocab", "positions", "tie", "experts", "experts_per_token"}
 _REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}
 OBJECTIVES = ("causal-lm", "masked-lm")
 
@@ -94,6 +107,9 @@ class Dims:
     vocab: int
     positions: int | None
     tie: bool
+    experts: int = 1                # experts per MoE layer (1: a dense model)
+    experts_per_token: int = 1
+    router_normalized: bool = True  # the top-k router weights are renormalized to sum to one
 
     @property
     def qkv_unit(self) -> int:
@@ -128,11 +144,20 @@ class Entry:
     def grown(self) -> bool:
         return any(t in GROWN for axis in self.axes for t in axis)
 
+    @property
+    def per_expert(self) -> bool:
+        """One checkpoint tensor per expert (``{e}`` in the name), held stacked over the experts."""
+        return "{e}" in self.name
+
+    def key_name(self, expert: int | None = None) -> str:
+        return self.name.replace("{e}", str(expert)) if self.per_expert else self.name
+
 
 @dataclass(frozen=True)
 class Match:
     entry: Entry
     layer: int | None
+    expert: int | None = None
 
 
 @dataclass
@@ -153,6 +178,10 @@ class ArchSpec:
     norms: dict = field(default_factory=lambda: {"type": "layer", "offset": 0.0, "gains": [], "stream": "pre"})
     embed_scale: dict | None = None
     renamed: dict = field(default_factory=dict)  # checkpoint key -> the model's parameter name, where they differ
+    router: dict = field(default_factory=dict)   # {"normalized": true or the config key saying so}
+    fused: dict = field(default_factory=dict)    # layer parameter -> the checkpoint entries it holds (see module doc)
+    upcycle: dict = field(default_factory=dict)  # {"from": [dense model_types], "layer": {dense name: entry name}}
+    requires: dict = field(default_factory=dict)  # config key -> the value ligo needs
     source: str = ""
     model_type: str = ""  # the type this spec was looked up for (the family's first by default)
     _patterns: list[tuple[re.Pattern, Entry | None]] = field(default_factory=list, repr=False)
@@ -176,9 +205,12 @@ class ArchSpec:
         if data["objective"] not in OBJECTIVES:
             raise LigoError(f"{where}: objective must be one of {OBJECTIVES}, got {data['objective']!r}")
         cfg = data["config"]
-        if set(cfg) - _CONFIG_KEYS or _REQUIRED_CONFIG - set(cfg):
+        if set(cfg) - _CONFIG_KEYS or _REQUIRED_CONFIG - set(cfg) or not all(
+                isinstance(v, (str, int)) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v))
+                for v in cfg.values()):
             raise LigoError(f"{where}: config keys must include {sorted(_REQUIRED_CONFIG)} and may add "
-                            f"{sorted(_CONFIG_KEYS - _REQUIRED_CONFIG)}; got {sorted(cfg)}")
+                            f"{sorted(_CONFIG_KEYS - _REQUIRED_CONFIG)}, each naming a config key (or a list of "
+                            f"aliases); got {sorted(cfg)}")
         if "{i}" not in data["layer_prefix"]:
             raise LigoError(f"{where}: layer_prefix must contain '{{i}}', got {data['layer_prefix']!r}")
         entries = []
@@ -187,6 +219,9 @@ class ArchSpec:
                 if not isinstance(axes, list) or not axes:
                     raise LigoError(f"{where}: {scope}.{name}: axes must be a non-empty list")
                 parsed = tuple(tuple(str(a).split("+")) for a in axes)
+                if ("{e}" in name) != (parsed[0][0] in EXPERT_TOKENS) or ("{e}" in name and scope != "layer"):
+                    raise LigoError(f"{where}: {scope}.{name}: a per-expert weight is a layer weight with '{{e}}' in "
+                                    f"its name and {' or '.join(EXPERT_TOKENS)} as its first axis, and only it")
                 for axis in parsed:
                     for tok in axis:
                         if tok not in GROWN and tok not in FIXED:
@@ -220,12 +255,24 @@ class ArchSpec:
         renamed = data.get("renamed", {})
         if not isinstance(renamed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in renamed.items()):
             raise LigoError(f"{where}: renamed must map checkpoint keys to the model's parameter names (strings)")
+        moe = {k: data.get(k, {}) for k in ("router", "fused", "upcycle", "requires")}
+        if any(not isinstance(v, dict) for v in moe.values()):
+            raise LigoError(f"{where}: router, fused, upcycle and requires must be mappings; see {DOCS_ADDING}")
+        if "experts" in cfg and "normalized" not in moe["router"]:
+            raise LigoError(f"{where}: an MoE table (config.experts) must say in router.normalized whether the "
+                            "top-k weights are renormalized: true, false, or the config key that says so")
+        for param, parts in moe["fused"].items():
+            if not isinstance(parts, list) or not parts or any(p not in names for p in parts):
+                raise LigoError(f"{where}: fused.{param} must list weights of the table, got {parts!r}")
+        for dense, moe_name in moe["upcycle"].get("layer", {}).items():
+            if moe_name not in names:
+                raise LigoError(f"{where}: upcycle.layer maps {dense!r} to {moe_name!r}, which is no weight of the table")
         spec = cls(model_types=tuple(types), objective=data["objective"], rope=bool(data.get("rope")),
                    config=dict(cfg), base_prefix=data["base_prefix"], layer_prefix=data["layer_prefix"],
                    entries=entries, tied=dict(data.get("tied", {})),
                    identity_zero=list(data.get("identity_zero", [])),
                    layer_lists=list(data.get("layer_lists", [])), ignore=list(data.get("ignore", [])),
-                   norms=norms, embed_scale=scale, renamed=dict(renamed), source=source,
+                   norms=norms, embed_scale=scale, renamed=dict(renamed), source=source, **moe,
                    model_type=types[0])
         spec._compile()
         return spec
@@ -238,7 +285,8 @@ class ArchSpec:
             if e.scope == "globals":
                 pats.append((re.compile(base + re.escape(e.name)), e))
             elif e.scope == "layer":
-                pats.append((re.compile(base + layer + re.escape(e.name)), e))
+                name = re.escape(e.name).replace(re.escape("{e}"), r"(?P<e>\d+)")
+                pats.append((re.compile(base + layer + name), e))
             else:
                 pats.append((re.compile(re.escape(e.name)), e))
         for ign in self.ignore:
@@ -246,9 +294,17 @@ class ArchSpec:
         self._patterns = pats
 
     # -- config ------------------------------------------------------------------------------
+    def config_key(self, name: str, config: dict | None = None) -> str | None:
+        """The config key of a generic size: the table's, or of a table's list of aliases (``num_experts``,
+        ``num_local_experts``) the first that ``config`` holds."""
+        key = self.config.get(name)
+        if isinstance(key, list):
+            return next((k for k in key if config is not None and k in config), key[0])
+        return key
+
     def dims(self, config: dict, where: str = "config") -> Dims:
         """Read the sizes of a model from its config dict."""
-        k = self.config
+        k = {name: self.config_key(name, config) for name in self.config}
 
         def get(name, default=None):
             key = k.get(name)
@@ -275,9 +331,21 @@ class ArchSpec:
                 raise LigoError(f"{k['hidden']}={hidden} is not divisible by {k['heads']}={heads}; "
                                 "pick a head count that divides the hidden size")
             head_dim = hidden // heads
+        for key, value in self.requires.items():
+            if config.get(key, value) != value:
+                raise LigoError(f"{where}: ligo grows {self.model_type} models with {key}={value!r}, not "
+                                f"{config[key]!r} (every layer a mixture of experts); set {key} to {value!r}")
+        experts, per_token = get("experts", 1), get("experts_per_token", 1)
+        if per_token > experts:
+            raise LigoError(f"{where}: {k.get('experts_per_token')}={per_token} is larger than "
+                            f"{k.get('experts')}={experts}; a token cannot use more experts than there are")
+        normalized = self.router.get("normalized", True)
+        if isinstance(normalized, str):
+            normalized = config.get(normalized, False)
         return Dims(layers=get("layers"), hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
                     head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
-                    tie=bool(get("tie", True)))
+                    tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
+                    router_normalized=bool(normalized))
 
     def target_config(self, source_config: dict, target: dict, known_keys: set[str] | frozenset = frozenset()
                       ) -> dict:
@@ -295,8 +363,10 @@ class ArchSpec:
             raise LigoError(f"target model_type {target['model_type']!r} differs from the source's "
                             f"{self.model_type!r}; growth keeps the architecture, so use a "
                             f"{self.model_type!r} target config")
-        generic = {name: key for name, key in self.config.items() if name != "ffn_default_factor"}
-        allowed = set(generic) | set(source_config) | set(known_keys) | set(generic.values()) | {"model_type"}
+        generic = {name: self.config_key(name, source_config) for name in self.config if name != "ffn_default_factor"}
+        aliases = {a: name for name, v in self.config.items() if isinstance(v, list) for a in v}
+        aliases.update({v: name for name, v in generic.items()})
+        allowed = set(generic) | set(source_config) | set(known_keys) | set(aliases) | {"model_type"}
         unknown = sorted(key for key in target if key not in allowed)
         if unknown:
             hints = []
@@ -309,7 +379,7 @@ class ArchSpec:
         out = dict(source_config)
         written: dict[str, str] = {}
         for key, value in target.items():
-            name = key if key in generic else next((n for n, v in generic.items() if v == key), None)
+            name = key if key in generic else aliases.get(key)
             if name is not None:
                 key = generic[name]
                 if value is None and name not in _REQUIRED_CONFIG - {"ffn"}:
@@ -327,7 +397,7 @@ class ArchSpec:
         out["model_type"] = self.model_type
         # per-layer lists the target leaves out get one entry per target layer (the source's pattern repeated;
         # growth then rewrites them by its depth plan), so the target config is valid on its own
-        src_layers, layers = source_config.get(self.config["layers"]), out.get(self.config["layers"])
+        src_layers, layers = source_config.get(generic["layers"]), out.get(generic["layers"])
         for key in self.layer_lists:
             old = source_config.get(key)
             if key not in target and isinstance(old, list) and old and len(old) == src_layers and \
@@ -336,9 +406,15 @@ class ArchSpec:
         return out
 
     def shape(self, entry: Entry, dims: Dims) -> list[int]:
-        """The tensor shape of ``entry`` in a model of sizes ``dims`` (-1 where any size goes)."""
+        """The tensor shape of ``entry`` in a model of sizes ``dims`` (-1 where any size goes); a per-expert
+        entry's stacked over its experts (its leading axis)."""
         sizes = [[dims.axis_size(t) for t in axis] for axis in entry.axes]
         return [-1 if -1 in axis else sum(axis) for axis in sizes]
+
+    def key_shape(self, entry: Entry, dims: Dims) -> list[int]:
+        """The shape of one checkpoint tensor of ``entry`` (one expert's, for a per-expert entry)."""
+        shape = self.shape(entry, dims)
+        return shape[1:] if entry.per_expert else shape
 
     # -- weights -----------------------------------------------------------------------------
     def match(self, key: str) -> list[Match | None]:
@@ -347,8 +423,9 @@ class ArchSpec:
         for pat, entry in self._patterns:
             m = pat.fullmatch(key)
             if m:
-                layer = m.groupdict().get("i")
-                found.append(None if entry is None else Match(entry, None if layer is None else int(layer)))
+                layer, expert = m.groupdict().get("i"), m.groupdict().get("e")
+                found.append(None if entry is None else Match(entry, None if layer is None else int(layer),
+                                                              None if expert is None else int(expert)))
         return found
 
     def layout(self, keys, dims: Dims) -> dict[str, Match]:
@@ -368,19 +445,30 @@ class ArchSpec:
             if m.layer is not None and m.layer >= dims.layers:
                 raise LigoError(f"weight {key!r} is in layer {m.layer}, but the config has "
                                 f"{dims.layers} layers; the checkpoint does not match its config.json")
+            if m.expert is not None and m.expert >= dims.experts:
+                raise LigoError(f"weight {key!r} is expert {m.expert}, but the config has {dims.experts} experts; "
+                                "the checkpoint does not match its config.json")
             out[key] = m
         by_entry: dict[str, set] = {}
         for m in out.values():
             if m.entry.scope == "layer":
-                by_entry.setdefault(m.entry.name, set()).add(m.layer)
-        for name, layers in by_entry.items():
-            if layers != set(range(dims.layers)):
-                raise LigoError(f"layer weight {name!r} is present in layers {sorted(layers)} but not all "
-                                f"{dims.layers}; the checkpoint is incomplete")
+                by_entry.setdefault(m.entry.name, set()).add((m.layer, m.expert))
+        for name, found in by_entry.items():
+            experts = range(dims.experts) if "{e}" in name else [None]
+            if found != {(i, x) for i in range(dims.layers) for x in experts}:
+                where = "layers and experts" if "{e}" in name else "layers"
+                raise LigoError(f"layer weight {name!r} is present in {len(found)} of its "
+                                f"{dims.layers * len(experts)} {where}; the checkpoint is incomplete")
         return out
 
-    def layer_key(self, prefix: str, entry: Entry, layer: int) -> str:
-        return prefix + self.layer_prefix.format(i=layer) + entry.name
+    def layer_key(self, prefix: str, entry: Entry, layer: int, expert: int | None = None) -> str:
+        return prefix + self.layer_prefix.format(i=layer) + entry.key_name(expert)
+
+    def layer_keys(self, prefix: str, entry: Entry, layer: int, dims: Dims) -> list[str]:
+        """The checkpoint keys of ``entry`` in one layer: one, or one per expert."""
+        if not entry.per_expert:
+            return [self.layer_key(prefix, entry, layer)]
+        return [self.layer_key(prefix, entry, layer, x) for x in range(dims.experts)]
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

@@ -168,7 +168,7 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     state = headers if str(device) == "meta" else read_weights(p, device)
     layout = spec.layout(state.keys(), dims)
     for key, m in layout.items():
-        expect, got = spec.shape(m.entry, dims), list(state[key].shape)
+        expect, got = spec.key_shape(m.entry, dims), list(state[key].shape)
         if len(got) != len(expect) or any(e not in (-1, g) for e, g in zip(expect, got)):
             raise LigoError(f"weight {key} has shape {got}, but config.json implies {expect}; the weights do not "
                             "match the config")

@@ -1,6 +1,7 @@
 """Are the grown units used? Per space: how many units duplicate another, and how far apart they are.
 
-A unit is a residual dimension, an FFN neuron or an attention head. Its *write* vector gathers every
+A unit is a residual dimension, an FFN neuron, an attention head or an expert (its weights written, its
+router row read). Its *write* vector gathers every
 weight slice that produces it (embedding columns, output-projection rows, norm gains, biases); its
 *read* vector every slice that consumes it. Copies made by Net2Net have equal write vectors; if they
 stay equal through training, the grown width computes nothing new (the symmetry trap).
@@ -18,16 +19,23 @@ def _unit_vectors(state: dict, layout: dict[str, Match], dims: Dims, token: str)
     """Per layer (None for the residual stream, shared by all layers): [units, features] for one map token."""
     n, unit = dims.units(token)
     parts: dict[int | None, list[torch.Tensor]] = {}
+    experts: dict[tuple[int | None, str], dict[int, torch.Tensor]] = {}  # an expert's weights: one key per expert
     for key, m in layout.items():
         for axis, tokens in enumerate(m.entry.axes):
             if token not in tokens:
                 continue
+            if m.entry.per_expert and axis == 0:
+                experts.setdefault((m.layer, m.entry.name), {})[m.expert] = state[key].float().flatten()
+                continue
             w = state[key].float()
             offset = sum(dims.axis_size(t) for t in tokens[: tokens.index(token)])
             # one row per unit: its features along the other axes, with its head_dim slice for a head
+            axis -= int(m.entry.per_expert)  # a per-expert tensor lacks the experts axis
             w = rearrange(w.narrow(axis, offset, n * unit).movedim(axis, 0), "(n u) ... -> n (... u)", u=unit)
             layer = m.layer if SPACE_OF[token].in_layers else None
             parts.setdefault(layer, []).append(w)
+    for (layer, _), rows in sorted(experts.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        parts.setdefault(layer, []).append(torch.stack([rows[x] for x in range(n)]))
     return {k: torch.cat(v, dim=1) for k, v in parts.items()}
 
 

@@ -14,12 +14,20 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200",
                ("V100", 125.0))
 
 
-def matmul_params(model: nn.Module) -> int:
-    """Weights that take part in a matrix product per token (linear layers and the LM head, tied or not)."""
-    total = 0
+def matmul_params(model: nn.Module) -> float:
+    """Weights that take part in a matrix product per token (linear layers, MoE routers and the LM head, tied
+    or not); of a mixture of experts' weights, the share one token uses (``experts_per_token / experts``)."""
+    from .moe import active_fraction
+
+    total = 0.0
+    active = active_fraction(model)
     for module in model.modules():
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+        name = type(module).__name__
+        if isinstance(module, nn.Linear) or name == "Conv1D" or (name.endswith("Router") and module.weight.dim() == 2):
             total += module.weight.numel()
+        for p in module.parameters(recurse=False):
+            if id(p) in active:
+                total += p.numel() * active[id(p)]
     return total
 
 

@@ -18,6 +18,7 @@ from .config import FIT_STEPS_API, MAX_SHARD_SIZE, GrowthPlan, TrainConfig, fit_
 from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
+from .moe import install_fused, lm_loss_only, upcycle
 from .operator import GrowthOperator, depth_plan, lossless_gaps
 
 
@@ -93,6 +94,10 @@ class FitModule(nn.Module):
         self._ties = {name: names for names in by_tensor.values() for name in names}  # name -> names sharing it
         self._renamed = operator.spec.renamed  # checkpoint keys saved under another name than the parameter's
         built = {self._renamed.get(k, k) for k in operator.singles_and_layers_keys()}
+        fused = install_fused(operator.spec, target_model, None, operator.prefix, operator.tgt.layers,
+                              operator.tgt.experts) if operator.spec.fused else {}
+        self._fused = bool(fused)
+        built |= set(fused)
         missing = sorted(n for n in self._ties if not set(self._ties[n]) & built)
         if missing:
             raise LigoError(f"the operator builds no weight for {missing[:3]} of the target; the architecture "
@@ -111,7 +116,13 @@ class FitModule(nn.Module):
         return self
 
     def _install(self, weights: dict) -> None:
+        if self._fused:  # experts held stacked and fused, as transformers holds them
+            op = self.operator
+            weights = {**weights, **install_fused(op.spec, self.target, weights, op.prefix, op.tgt.layers,
+                                                  op.tgt.experts)}
         for key, tensor in weights.items():
+            if self._fused and self._renamed.get(key, key) not in self._ties:
+                continue  # a per-expert weight, installed fused
             key = self._renamed.get(key, key)
             for name in self._ties.get(key, (key,)):
                 owner, _, attr = name.rpartition(".")
@@ -152,7 +163,8 @@ def held_out_loss(path: Path, blocks: torch.Tensor, objective: str, tokenizer=No
     model = model_class(objective).from_pretrained(str(path), dtype=torch.float32, use_safetensors=True,
                                                    trust_remote_code=False, local_files_only=True).eval()
     collate = make_collate(objective, None if objective == "causal-lm" else tokenizer, seed=0)
-    losses = [model(**collate(list(blocks[i:i + batch_size]))).loss.item() for i in range(0, len(blocks), batch_size)]
+    losses = [model(**collate(list(blocks[i:i + batch_size])), **lm_loss_only(model)).loss.item()
+              for i in range(0, len(blocks), batch_size)]
     return sum(losses) / len(losses)
 
 
@@ -181,12 +193,19 @@ class Grower:
         t0 = time.perf_counter()
         self.device = torch.device(device or "cpu")
         loaded_here = not isinstance(source, Checkpoint)
+        target = read_target(target)
         # streaming (no fit, on the CPU): only the source's headers now; save() reads each tensor when needed
         self.stream = stream and loaded_here and self.device.type == "cpu"
         self.source = (describe_checkpoint(source, arch=arch) if self.stream else
                        load_checkpoint(source, self.device, arch)) if loaded_here else source
+        upcycled = upcycle(self.source, target)
+        if upcycled is not None:  # a dense source asked for experts: read as the one-expert MoE it is
+            if self.stream:
+                self.source, self.stream = load_checkpoint(self.source.path, self.device, arch), False
+                upcycled = upcycle(self.source, target)
+            self.source, target = upcycled
+        self.upcycled_from = self.source.path if upcycled is not None else None
         self.has_head, self.dtype, self.spec = self.source.has_head, self.source.dtype, self.source.spec
-        target = read_target(target)
         self.target_config = self.spec.target_config(self.source.config, target, known_config_keys(self.spec.model_type))
         self.target_dims: Dims = self.spec.dims(self.target_config, where="target")
         _check_layer_settings(self.target_config, target, self.target_dims, self.spec.layer_lists)
@@ -199,7 +218,8 @@ class Grower:
         tpp = None if self.source_tokens is None else self.source_tokens / self.source_params
         # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
-                                       self.source.state, plan, tokens_per_param=tpp, compact=self.stream)
+                                       self.source.state, plan, tokens_per_param=tpp, compact=self.stream,
+                                       router_std=float(self.target_config.get("initializer_range") or 0.02))
         if not self.stream:
             self.operator.to(self.device)
         self.plan = self.operator.plan
@@ -223,10 +243,11 @@ class Grower:
         tied = set(self.spec.tied) if self.target_dims.tie else set()
         sizes = []
         for key, m in self.source.layout.items():
-            if key in tied or (m.entry.scope == "layer" and m.layer != 0):
+            if key in tied or (m.entry.scope == "layer" and m.layer != 0) or m.expert:
                 continue
-            shape = [s if s > 0 else g for s, g in zip(self.spec.shape(m.entry, self.target_dims),
+            shape = [s if s > 0 else g for s, g in zip(self.spec.key_shape(m.entry, self.target_dims),
                                                        self.source.state[key].shape)]
+            shape = [self.target_dims.experts, *shape] if m.entry.per_expert else shape
             sizes.append(int(torch.tensor(shape).prod()))
             sizes.extend([sizes[-1]] * (self.target_dims.layers - 1 if m.entry.scope == "layer" else 0))
         return sizes

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .errors import LigoError
 from .flops import device_peak_tflops
+from .moe import lm_loss_only
 from .optim import MasterWeights, make_optimizer, optimizer_step, precision
 from .rundir import Preemption, RunDir, latest_checkpoint
 
@@ -159,6 +160,7 @@ class _Loop:
             model = model.to(device=self.device, dtype=torch.bfloat16)
             self.masters = MasterWeights(param_groups(model, cfg.weight_decay))
             accelerator.register_for_checkpointing(self.masters)
+        self.eval_kwargs = lm_loss_only(model)  # held-out losses without an MoE's router loss
         groups = self.masters.groups if self.masters else param_groups(model, cfg.weight_decay)
         names = {id(p): n for n, p in model.named_parameters()}  # which parameter each optimizer slot belongs to
         self.slots = [[names.get(id(p)) for p in g["params"]] for g in (self.masters.model_groups if self.masters
@@ -174,7 +176,8 @@ class _Loop:
     def evaluate(self) -> float:
         self.model.eval()
         with torch.no_grad(), self.autocast():
-            losses = [self.accelerator.gather_for_metrics(self.forward(**b).loss.detach().float().reshape(1))
+            losses = [self.accelerator.gather_for_metrics(self.forward(**b, **self.eval_kwargs).loss.detach().float()
+                                                          .reshape(1))
                       for b in self.val_batches]
         self.model.train()
         return torch.cat(losses).mean().item()

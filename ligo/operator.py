@@ -49,13 +49,13 @@ _CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of 
 
 
 def _param_name(token: str) -> str:
-    return token.replace(".", "_")
+    return token.replace(".", "_").replace("{e}", "E")
 
 
 def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     """Refuse target shapes the operator cannot produce, with the fix in the message."""
     k = spec.config
-    for name in ("layers", "hidden", "heads", "kv_heads", "ffn"):
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts"):
         if getattr(tgt, name) < getattr(src, name):
             raise LigoError(f"target {k.get(name, name)}={getattr(tgt, name)} is smaller than the source's "
                             f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
@@ -73,6 +73,9 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     if src.positions is not None and tgt.positions != src.positions:
         raise LigoError(f"target positions {tgt.positions} differ from the source's {src.positions}; "
                         "positions are never grown, so keep the source's value")
+    if tgt.experts > src.experts and src.experts > 1 and tgt.experts % src.experts:
+        raise LigoError(f"the experts would grow from {src.experts} to {tgt.experts}, which is no multiple: some experts "
+                        f"would get more copies than others; choose a multiple of {src.experts}")
     if tgt.tie != src.tie:
         raise LigoError(f"target tie_word_embeddings={tgt.tie} differs from the source's {src.tie}; keep the "
                         "source's value (an untied head cannot become tied without changing the function)")
@@ -147,6 +150,7 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> lis
     if plan.width in ("copy", "split") and tgt.hidden % src.hidden and spec.norms["type"] == "layer":
         gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
                     f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
+    gaps += expert_gaps(plan, src, tgt)
     if plan.width in ("copy", "split"):
         names = {e: t for e in spec.norms["gains"] for t in ("q", "k")
                  if any(t in axis for entry in spec.entries if entry.name == e for axis in entry.axes)}
@@ -157,6 +161,32 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> lis
                             f"statistic changes when heads grow by a non-integer factor ({n1} -> {n2}); grow "
                             "heads and kv heads by an integer factor")
     return gaps
+
+
+def expert_gaps(plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
+    """Why the experts axis does not keep the source's function (see :func:`expert_scale` for the exact cases)."""
+    gaps = []
+    if src.experts > 1 or tgt.experts > 1:
+        ratio = tgt.experts // src.experts
+        if src.experts > 1 and tgt.experts_per_token != src.experts_per_token * ratio:
+            gaps.append(f"a token uses {tgt.experts_per_token} of {tgt.experts} experts where the source used "
+                        f"{src.experts_per_token} of {src.experts}: copied experts route as the source only with "
+                        f"{src.experts_per_token * ratio} per token (every copy of each chosen expert)")
+        if tgt.experts > src.experts and plan.width == "split" and not (src.experts == 1 and tgt.router_normalized):
+            gaps.append("split experts start from a router with noise added, whose top-k weights keep the source's "
+                        "function only when a dense model is upcycled with a renormalized router; use --width copy")
+    return gaps
+
+
+def expert_scale(src: Dims, tgt: Dims) -> float:
+    """What the experts' outputs are multiplied by. Copies of one source expert with equal router scores keep
+    the source's mixture when the top-k weights are renormalized (they sum to one), and when they are not and
+    a token uses every copy of each chosen expert (the copies' shares sum to the source's weight). A dense
+    model upcycled under a router that does not renormalize gives a token ``k / E`` of the copies' weight
+    (uniform scores over ``E`` experts, ``k`` chosen): its experts are scaled by ``E / k``."""
+    if src.experts == 1 and tgt.experts > 1 and not tgt.router_normalized:
+        return tgt.experts / tgt.experts_per_token
+    return 1.0
 
 
 def _random_rows(n: int, n1: int, gen: torch.Generator) -> torch.Tensor:
@@ -208,9 +238,12 @@ class GrowthOperator(nn.Module):
     """Learnable depth and width maps from a frozen source state dict to a target state dict."""
 
     def __init__(self, spec: ArchSpec, src_dims: Dims, tgt_dims: Dims, layout: dict, src_state: dict,
-                 plan: GrowthPlan | None = None, tokens_per_param: float | None = None, compact: bool = False):
+                 plan: GrowthPlan | None = None, tokens_per_param: float | None = None, compact: bool = False,
+                 router_std: float = 0.02):
         """``compact``: the operator will only be materialized, never fitted (streaming growth): each width
-        map that is a selection keeps only its (unit, coefficient) form, not its dense matrix."""
+        map that is a selection keeps only its (unit, coefficient) form, not its dense matrix.
+        ``router_std``: the scale of the noise a symmetry-breaking plan adds to the router of copied experts
+        (the target config's ``initializer_range``: what a router trained from scratch starts from)."""
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
         # the one place a plan's auto fields are resolved: from what is known of the source's training
@@ -229,6 +262,7 @@ class GrowthOperator(nn.Module):
         self._compacted_numel = 0
         self._init_width(tokens, self._layer_groups(repeat), compact)
         self._scale_residual()
+        self._router_noise(router_std)
         if compact:
             for name in list(self.width):
                 self._compact(name)
@@ -252,7 +286,7 @@ class GrowthOperator(nn.Module):
         """The weights outside the layers (``singles``), one entry per layer weight, the layers' key prefix,
         and the grown spaces they use."""
         spec, tied = self.spec, set(self.spec.tied) if self.src.tie else set()
-        prefixes = {key[: len(key) - len(spec.layer_prefix.format(i=m.layer) + m.entry.name)]
+        prefixes = {key[: len(key) - len(spec.layer_key("", m.entry, m.layer, m.expert))]
                     for key, m in layout.items() if m.entry.scope == "layer"}
         self.prefix = prefixes.pop() if prefixes else ""
         self.singles: list[tuple[str, Entry]] = []
@@ -263,7 +297,7 @@ class GrowthOperator(nn.Module):
                 continue
             tokens.update(t for axis in m.entry.axes for t in axis if t in GROWN)
             if m.entry.scope == "layer":
-                if m.layer == 0:
+                if m.layer == 0 and not m.expert:
                     self.layer_entries.append(m.entry)
             else:
                 if any(t in LAYER_TOKENS for axis in m.entry.axes for t in axis):
@@ -288,7 +322,11 @@ class GrowthOperator(nn.Module):
         paper ties them); a selection is kept as one, without its dense matrix, when the operator is compact."""
         plan, src_dims, tgt_dims = self.plan, self.src, self.tgt
         gen = torch.Generator().manual_seed(plan.seed)
+        experts: dict = {}
         for tok in sorted(tokens, key=lambda t: (t in READ_PARTNER, t)):
+            if SPACE_OF[tok].name == "experts":
+                self._install_map(tok, self._expert_parts(tok, fresh, gen, experts), compact)
+                continue
             partner = next((_param_name(w) for w in SPACE_OF[tok].write if _param_name(w) in self.width), None)
             if plan.width == "random" and tok in READ_PARTNER and partner in self._compacted:
                 self._sparse[(_param_name(tok), False)] = self._sparse[(partner, False)]
@@ -303,17 +341,55 @@ class GrowthOperator(nn.Module):
                     if tok in LAYER_TOKENS else [plan.width]
                 parts = [width_selection(init, tok, src_dims, tgt_dims, gen, plan.split_noise) or
                          width_init(init, tok, src_dims, tgt_dims, gen, plan.split_noise) for init in inits]
-                n1 = src_dims.units(tok)[0]
-                if compact and tok not in ("res", "res.in") and all(isinstance(p, tuple) for p in parts):
-                    index, coef = (torch.stack(x) for x in zip(*parts)) if tok in LAYER_TOKENS else parts[0]
-                    self._sparse[(_param_name(tok), False)] = (index, coef)
-                    self._compacted.add(_param_name(tok))
-                    self._compacted_numel += index.numel() * n1
-                    self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
-                    continue
-                parts = [_dense(*p, n1) if isinstance(p, tuple) else p for p in parts]
-                m = torch.stack(parts) if tok in LAYER_TOKENS else parts[0]
+                self._install_map(tok, parts, compact)
+                continue
             self.width[_param_name(tok)] = nn.Parameter(m)
+
+    def _install_map(self, tok: str, parts: list, compact: bool) -> None:
+        """One width map from its initial value per layer group (a selection or a dense matrix): kept as a
+        selection alone when the operator is compact and every part is one (the residual stream is always
+        dense: its norms' maps are derived from it)."""
+        n1 = self.src.units(tok)[0]
+        if compact and tok not in ("res", "res.in") and all(isinstance(p, tuple) for p in parts):
+            index, coef = (torch.stack(x) for x in zip(*parts)) if tok in LAYER_TOKENS else parts[0]
+            self._sparse[(_param_name(tok), False)] = (index, coef)
+            self._compacted.add(_param_name(tok))
+            self._compacted_numel += index.numel() * n1
+            self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
+            return
+        parts = [_dense(*p, n1) if isinstance(p, tuple) else p for p in parts]
+        self.width[_param_name(tok)] = nn.Parameter(torch.stack(parts) if tok in LAYER_TOKENS else parts[0])
+
+    def _expert_parts(self, tok: str, fresh: list[bool], gen: torch.Generator, drawn: dict) -> list:
+        """The experts' map per layer group: one map for an expert's weights and its router row, so that each
+        target expert is routed as the experts it is made of. ``copy``/``split``: copies (split breaks their
+        symmetry in the router, :meth:`_router_noise`); ``random``: the source experts kept, new experts random
+        convex mixtures of them (as the paper's width init); the experts' outputs scaled by :func:`expert_scale`."""
+        n1, n2 = self.src.experts, self.tgt.experts
+        if "parts" not in drawn:
+            drawn["parts"] = [torch.cat([torch.eye(n1), _random_rows(n2 - n1, n1, gen).float()])
+                              if (new or self.plan.width == "random") and n2 > n1
+                              else (torch.arange(n2) % n1, torch.ones(n2)) for new in fresh]
+        scale = expert_scale(self.src, self.tgt) if tok == "exp.out" else 1.0
+        return [(p[0], p[1] * scale) if isinstance(p, tuple) else p * scale for p in drawn["parts"]]
+
+    def _router_noise(self, std: float) -> None:
+        """Copied experts get equal router scores, and so equal gradients: a symmetry-breaking plan (``split``,
+        or ``random`` when there is one source expert to mix) adds fixed noise of ``std`` to the grown router
+        of every target layer, so that tokens prefer different copies and the copies grow apart. The noise is
+        a constant of the operator (the fitted maps do not touch it)."""
+        self.noise: set[str] = set()
+        src, tgt = self.src, self.tgt
+        if tgt.experts <= src.experts or not (self.plan.width == "split" or (self.plan.width == "random" and
+                                                                              src.experts == 1)):
+            return
+        gen = torch.Generator().manual_seed(self.plan.seed + 1)
+        for e in self.layer_entries:
+            if e.axes[0] == ("router",):
+                shape = self.spec.shape(e, tgt)
+                self.register_buffer("n_" + _param_name(e.name), std * torch.randn(tgt.layers, *shape, generator=gen),
+                                     persistent=False)
+                self.noise.add(e.name)
 
     def _scale_residual(self) -> None:
         """A residual stream of scaled copies: writers scale, readers divide, and the norms over the stream
@@ -340,9 +416,13 @@ class GrowthOperator(nn.Module):
         by key (``("w_", key)``), layer weights stacked over the source layers (``("l_", entry name)``)."""
         out = {("w_", key): state[key] for key, _ in self.singles}
         for e in self.layer_entries:
-            out[("l_", e.name)] = torch.stack([state[self.spec.layer_key(self.prefix, e, j)]
-                                               for j in range(self.src.layers)])
+            out[("l_", e.name)] = torch.stack([self._layer(lambda k: state[k], e, j) for j in range(self.src.layers)])
         return out
+
+    def _layer(self, read, e: Entry, j: int) -> torch.Tensor:
+        """Source layer ``j`` of entry ``e`` read with ``read(key)``: a per-expert entry's stacked over its experts."""
+        keys = self.spec.layer_keys(self.prefix, e, j, self.src)
+        return torch.stack([read(k) for k in keys]) if e.per_expert else read(keys[0])
 
     # -- application ------------------------------------------------------------------------
     def _map_name(self, token: str, gain: bool = False) -> str:
@@ -462,7 +542,7 @@ class GrowthOperator(nn.Module):
 
         def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
             if read is not None:
-                return torch.stack([read(self.spec.layer_key(self.prefix, e, j)).float() for j in index])
+                return torch.stack([self._layer(read, e, j).float() for j in index])
             t = held[("l_", e.name)] if held is not None else getattr(self, "l_" + _param_name(e.name))
             return (t if index is None else t[index]).float()
 
@@ -502,9 +582,15 @@ class GrowthOperator(nn.Module):
                 if offset:
                     ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src))
                     grown = grown + offset * (self._expand(ones, e, self.layer_group[chunk], absolute) - 1)
+                if e.name in self.noise and state is None and not absolute:
+                    grown = grown + getattr(self, "n_" + _param_name(e.name))[chunk]
                 del mixed, src
                 for i, w in zip(range(self.tgt.layers)[chunk], grown):
-                    yield self.spec.layer_key(self.prefix, e, i), None, w
+                    if e.per_expert:
+                        for x, key in enumerate(self.spec.layer_keys(self.prefix, e, i, self.tgt)):
+                            yield key, None, w[x].clone()  # its own storage, saved as its own tensor
+                    else:
+                        yield self.spec.layer_key(self.prefix, e, i), None, w
                 del grown
 
     def _grown(self, dtype: torch.dtype | None = None, **kwargs) -> Iterator[tuple[str, torch.Tensor]]:
@@ -525,7 +611,8 @@ class GrowthOperator(nn.Module):
     def singles_and_layers_keys(self) -> list[str]:
         """The keys :meth:`forward` returns (checkpoint naming), without computing anything."""
         keys = [key for key, _ in self.singles] + list(self.tied)
-        return keys + [self.spec.layer_key(self.prefix, e, i) for e in self.layer_entries for i in range(self.tgt.layers)]
+        return keys + [k for e in self.layer_entries for i in range(self.tgt.layers)
+                       for k in self.spec.layer_keys(self.prefix, e, i, self.tgt)]
 
     def target_shapes(self) -> dict[str, list[int]]:
         """Every tensor :meth:`materialize` returns, with its shape, in its order (nothing computed)."""
@@ -535,7 +622,8 @@ class GrowthOperator(nn.Module):
         out = {key: shape(e, getattr(self, "w_" + _param_name(key)).shape) for key, e in self.singles}
         for e in self.layer_entries:
             size = shape(e, getattr(self, "l_" + _param_name(e.name)).shape[1:])
-            out.update({self.spec.layer_key(self.prefix, e, i): size for i in range(self.tgt.layers)})
+            size = size[1:] if e.per_expert else size
+            out.update({k: size for i in range(self.tgt.layers) for k in self.spec.layer_keys(self.prefix, e, i, self.tgt)})
         return out
 
     def forward(self) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from .config import MAX_SHARD_SIZE, DataConfig, GrowthPlan, TrainConfig
 from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
 from .hf import build_config, model_class
+from .moe import train_router
 from .data import tokens_to_read
 from .loop import LoopResult, make_collate, train_loop
 from .outputs import RunOutput
@@ -310,12 +311,15 @@ def _build_model(spec, model, config: dict, cfg: TrainConfig, attn_implementatio
         net = cls.from_pretrained(str(model), dtype=torch.float32, use_safetensors=True, trust_remote_code=False,
                                   local_files_only=True, **kwargs)
         check_finite(dict(net.named_parameters()), Path(model))
+        train_router(net)
         return net
     torch.manual_seed(cfg.seed)
     hf_config = build_config(config)
     if attn_implementation:
         hf_config._attn_implementation = attn_implementation
-    return cls.from_config(hf_config)
+    net = cls.from_config(hf_config)
+    train_router(net)
+    return net
 
 
 def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: dict | None) -> None:

@@ -63,8 +63,20 @@ _GQA_TARGET = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, 
                    intermediate_size=192)
 TARGET.update({mt: dict(_GQA_TARGET) for mt in FAMILIES})
 TARGET["gpt_neox"] = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, intermediate_size=192)
+# Mixtures of experts (tests/test_moe.py): 4 experts, 2 per token; Qwen3-MoE with its own expert FFN size and
+# head_dim, OLMoE with norms over whole projections. norm_topk_prob: renormalized top-k weights (Mixtral always).
+MOE = {
+    "mixtral": dict(_GQA, num_local_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(_GQA, head_dim=32, moe_intermediate_size=48, num_experts=4, num_experts_per_tok=2,
+                      norm_topk_prob=True),
+    "olmoe": dict(_GQA, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False),
+}
+SOURCE.update(MOE)
+# 2x wider and deeper, twice the experts, each chosen expert's copies all used (the lossless case)
+TARGET.update({mt: dict(_GQA_TARGET, experts=8, experts_per_token=4) for mt in MOE})
+TARGET["qwen3_moe"]["moe_intermediate_size"] = 96
 CLASSIC = ("gpt2", "bert", "roberta", "llama", "mistral", "qwen2")   # the families of ligo 0.2
-DECODERS = ("gpt2", "llama", "mistral", "qwen2", *FAMILIES)
+DECODERS = ("gpt2", "llama", "mistral", "qwen2", *FAMILIES)  # the MoE families are tested in test_moe.py
 ARCHS = CLASSIC  # the families most tests run on; tests/test_families.py runs every guarantee on FAMILIES
 ALL = CLASSIC + tuple(FAMILIES)
 
@@ -76,7 +88,7 @@ def config(model_type: str, **overrides):
         kw.setdefault("attention_probs_dropout_prob", 0.0)
     if model_type == "gpt2":
         kw.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    if model_type in ("llama", "mistral", "qwen2", *FAMILIES):
+    if model_type in ("llama", "mistral", "qwen2", *FAMILIES, *MOE):
         kw.update(bos_token_id=0, eos_token_id=0, pad_token_id=1)
     return T.AutoConfig.for_model(model_type, **kw)
 
@@ -92,7 +104,7 @@ def make_model_of(model_type: str, seed: int = 0, **kw):
 def model_cls(model_type: str, bare: bool = False):
     if bare:
         return T.AutoModel
-    return T.AutoModelForCausalLM if model_type in DECODERS else T.AutoModelForMaskedLM
+    return T.AutoModelForCausalLM if model_type in DECODERS or model_type in MOE else T.AutoModelForMaskedLM
 
 
 def make_model(model_type: str, bare: bool = False, seed: int = 0, **overrides):

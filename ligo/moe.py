@@ -1,0 +1,148 @@
+"""Mixtures of experts: a dense model read as a one-expert MoE (upcycling), the experts held stacked and
+fused as transformers holds them in memory, and the FLOPs of the experts a token actually uses.
+
+The maths of the experts axis is the operator's (``ligo/operator.py``: one map per layer group over the
+experts, shared by an expert's weights and its router row). This module only changes how a model is
+*read*: a dense Llama is the Mixtral with one expert, whose router (one row of zeros: one score, weight
+one) sends every token to it, so growing it to E experts is growth along one more axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .arch import ArchSpec, get_spec, supported_types
+from .errors import LigoError
+
+EXPERT_KEYS = ("experts", "experts_per_token")
+
+
+def upcycle_table(source: ArchSpec, target: dict) -> ArchSpec | None:
+    """The MoE table a dense source grows into when ``target`` asks for experts (or names an MoE
+    model_type), else None. One clear error when the source's family has no MoE class to emit."""
+    named = target.get("model_type")
+    wants = any(k in target for k in EXPERT_KEYS) or (named not in (None, source.model_type))
+    if not wants or "experts" in source.config:
+        return None
+    tables = {s.model_types[0]: s for s in map(get_spec, supported_types())}
+    if named not in (None, source.model_type):
+        spec = get_spec(named)
+        if source.model_type not in spec.upcycle.get("from", []):
+            if "experts" not in spec.config:
+                return None  # not an MoE: the plain target check says what is wrong
+            raise LigoError(f"a {source.model_type} model cannot be upcycled into {named} (it upcycles "
+                            f"{', '.join(spec.upcycle.get('from', [])) or 'no dense family'}); choose another "
+                            "target model_type, or leave it out")
+        return spec
+    found = [s for s in tables.values() if source.model_type in s.upcycle.get("from", [])]
+    if not found:
+        able = sorted({t for s in tables.values() for t in s.upcycle.get("from", [])})
+        raise LigoError(f"the target asks for experts, but ligo has no mixture-of-experts class to emit for "
+                        f"{source.model_type} models (it upcycles {', '.join(able)}); drop experts from the target")
+    return replace(found[0], model_type=found[0].model_types[0])
+
+
+def upcycle(source, target: dict):
+    """``source`` (a dense :class:`~ligo.checkpoint.Checkpoint`) as the one-expert model of the MoE family
+    ``target`` asks for, with the target to grow it to (its model_type removed), or None when the target
+    asks for no experts. Nothing is copied: the weights are the source's tensors under their MoE names,
+    plus a router of zeros per layer."""
+    from .checkpoint import Checkpoint
+    from .hf import build_config, meta_model
+
+    spec = upcycle_table(source.spec, target)
+    if spec is None:
+        return None
+    dense, renames = source.spec, spec.upcycle["layer"]
+    # every source setting is kept (an MoE class reads some it does not declare, as Qwen3's head_dim)
+    config = {k: v for k, v in source.config.items() if k not in ("architectures", "auto_map")}
+    config.update(spec.requires, model_type=spec.model_type)
+    for name, value in (("experts", 1), ("experts_per_token", 1), ("ffn", source.dims.ffn)):
+        config[spec.config_key(name, config)] = value
+    hf = build_config(config)
+    config = {**hf.to_dict(), "architectures": [type(meta_model(spec.objective, hf)).__name__]}
+    entries = {e.name: e for e in spec.entries}
+    state, prefix = {}, None
+    for key, m in source.layout.items():
+        if m.entry.scope != "layer":
+            state[key] = source.state[key]
+            continue
+        prefix = key[: len(key) - len(dense.layer_key("", m.entry, m.layer))]
+        name = renames.get(m.entry.name, m.entry.name)
+        if name not in entries:
+            raise LigoError(f"cannot upcycle {source.path} into {spec.model_type}: its weight {key} has no place in a "
+                            f"{spec.model_type} model (a bias or a norm {spec.model_type} lacks); grow it as "
+                            f"{dense.model_type} without experts")
+        state[spec.layer_key(prefix, entries[name], m.layer, 0 if entries[name].per_expert else None)] = source.state[key]
+    like = next(iter(source.state.values()))
+    for e in spec.entries:
+        if e.scope == "layer" and e.axes[0] == ("router",):
+            for i in range(source.dims.layers):
+                state[spec.layer_key(prefix or "", e, i)] = torch.zeros(1, source.dims.hidden, dtype=like.dtype,
+                                                                       device=like.device)
+    dims = spec.dims(config, where=f"{source.path} upcycled to {spec.model_type}")
+    layout = spec.layout(state.keys(), dims)
+    rest = {k: v for k, v in target.items() if k != "model_type"}
+    return Checkpoint(source.path, config, spec, dims, state, layout, source.dtype, source.has_head), rest
+
+
+def install_fused(spec: ArchSpec, model: nn.Module, weights: dict | None, prefix: str, layers: int,
+                  experts: int) -> dict:
+    """The weights whose parameter transformers holds fused (all experts of a layer in one tensor, gate and
+    up concatenated), put together as the model holds them: ``{parameter name: tensor}``, differentiable.
+    A layout where the parts' last two axes are swapped is followed too. Weights the model holds under
+    their own names are left out (the caller installs them as they are). ``weights=None``: the names only."""
+    params = dict(model.named_parameters())
+    out = {}
+    for i in range(layers):
+        layer = prefix + spec.layer_prefix.format(i=i)
+        for fused, names in spec.fused.items():
+            if layer + fused not in params:
+                continue
+            if weights is None:
+                out[layer + fused] = None
+                continue
+            entries = [next(e for e in spec.entries if e.name == n) for n in names]
+            parts = [torch.stack([weights[spec.layer_key(prefix, e, i, x)] for x in range(experts)])
+                     if e.per_expert else weights[spec.layer_key(prefix, e, i)] for e in entries]
+            tensor = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+            shape = params[layer + fused].shape
+            if tensor.shape != shape and tensor.dim() == 3 and tensor.transpose(1, 2).shape == shape:
+                tensor = torch.cat([p.transpose(1, 2) for p in parts], dim=-1)
+            if tensor.shape != shape:
+                raise LigoError(f"transformers holds {layer + fused} as {list(shape)}, but the table's {names} "
+                                f"make {list(tensor.shape)}; the table's fused entry does not match this version")
+            out[layer + fused] = tensor
+    return out
+
+
+def active_fraction(model: nn.Module) -> dict[int, float]:
+    """For each experts parameter of ``model`` (a 3-d tensor stacked over the experts), the fraction of it
+    one token uses: ``experts_per_token / experts``. Empty for a dense model."""
+    config = getattr(model, "config", None)
+    per_token = getattr(config, "num_experts_per_tok", None)
+    out = {}
+    if not per_token:
+        return out
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.dim() == 3 and type(module).__name__.endswith("Experts"):
+                out[id(p)] = per_token / p.shape[0]
+    return out
+
+
+def lm_loss_only(model: nn.Module) -> dict:
+    """Forward keywords that keep an MoE's router loss out of ``.loss`` (held-out losses are language-model
+    losses; the router loss is a training aid). Empty for a dense model."""
+    config = getattr(model, "config", None)
+    return {"output_router_logits": False} if getattr(config, "router_aux_loss_coef", None) is not None else {}
+
+
+def train_router(model: nn.Module) -> None:
+    """Switch on an MoE's load-balancing loss for training (transformers adds ``router_aux_loss_coef`` times
+    it to the loss when ``output_router_logits`` is set); nothing for a dense model."""
+    if lm_loss_only(model):
+        model.config.output_router_logits = True
