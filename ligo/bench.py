@@ -243,6 +243,10 @@ class _Bench:
         run_dir = self._run_dir(label, name, seed)
         if (finished := self._finished(run_dir, name)) is not None:
             return finished
+        target_cfg = self.target_cfg
+        if method.target is not None:  # its own shape, at the experiment target's FLOPs
+            target_cfg = exp.configs(len(self.tokenizer), method.target)[1]
+            steps = self._equal_flops(steps, target_cfg, self._grown_config(method, scratch_lr, seed, steps=steps))
         cfg = self._grown_config(method, scratch_lr, seed, steps=steps)
         fit = None
         if method.fit:
@@ -252,10 +256,11 @@ class _Bench:
         peak_rss_mb(reset=True)
         if self.source_ck is None and not (run_dir / "grown" / "config.json").exists():
             self.source_ck = load_checkpoint(self.out / "source")
-        res, growth = grow_and_train(self.source_ck or self.out / "source", self.target_cfg, run_dir,
+        res, growth = grow_and_train(self.source_ck or self.out / "source", target_cfg, run_dir,
                                      method.growth_plan(seed), cfg, fit, start=self._start(), resume=True)
         fit_info = _fit_summary(growth.get("fit"))
         meta = {"label": method.label, "lr": cfg.lr, "warmup": cfg.warmup, "seed": seed, **method.plan,
+                **({"target": method.target} if method.target is not None else {}),
                 "train_overrides": method.train or None}
         result = self._result(res, meta, fit_info, t0)
         self._keep(run_dir, result)
@@ -263,6 +268,17 @@ class _Bench:
                  f"{result['final_val_loss']:.4f} ({res.loop.steps} train steps, fit {result['fit_flops']:.2e} "
                  f"FLOPs, {result['wall_s']:.0f}s)")
         return result
+
+    def _equal_flops(self, steps: int, config: dict, cfg: TrainConfig) -> int:
+        """The steps of a model of ``config`` that cost what ``steps`` of the experiment's target cost (FLOPs of
+        the parameters a token uses: an MoE's active experts)."""
+        from .flops import step_flops
+        from .hf import meta_model
+
+        def per_step(c: dict) -> float:
+            return step_flops(meta_model(self.spec.objective, c), get_spec(c["model_type"]).dims(c), cfg)
+
+        return max(1, round(steps * per_step(self.target_cfg) / per_step(config)))
 
     def _staged(self, label: str, steps: int, method: Method, scratch_lr: float, seed: int) -> dict:
         """Staged growth inside the budget: the small model trained from scratch for ``stage.at`` of the

@@ -32,6 +32,7 @@ class Method:
     fit: Optional[dict]  # the fit section (the experiment's, the method's mapping over it); None: no fit
     train: dict  # the method's own training settings over the grown-model rule
     stage: Optional[dict]  # staged growth: at (the budget's share spent small), optimizer_state, fit_steps, fit_lr
+    target: Optional[dict] = None  # a target of its own (its budget: the experiment target's FLOPs), e.g. dense vs MoE
 
     @property
     def kind(self) -> str:
@@ -127,13 +128,15 @@ class Experiment:
         section.setdefault("eval_batches", self.train.get("eval_batches", TrainConfig.eval_batches))
         return self.train_config({**FIT_DEFAULTS, **section, "steps": steps}, **extra)
 
-    def configs(self, vocab_size: int | None = None) -> tuple[dict, dict]:
-        """The source's and the target's config dicts (the target read against the source's full config)."""
+    def configs(self, vocab_size: int | None = None, target: dict | None = None) -> tuple[dict, dict]:
+        """The source's and the target's config dicts (the target read against the source's full config;
+        ``target``: a method's own instead of the experiment's). A target with experts upcycles the source."""
         from .hf import build_config
+        from .moe import grown_config
 
         spec = get_spec(self.model_type)
         src = {**self.source["config"], "vocab_size": vocab_size or self.vocab_size, "model_type": spec.model_type}
-        return src, spec.target_config(dict(build_config(src).to_dict()), self.target)
+        return src, grown_config(spec, dict(build_config(src).to_dict()), self.target if target is None else target)[2]
 
     # -- validation --------------------------------------------------------------------------------
     def _method(self, name: str, m) -> Method:
@@ -142,7 +145,7 @@ class Experiment:
             m = {}
         if not isinstance(m, dict):
             raise LigoError(f"{where} must be a mapping of settings (or empty), got {m!r}")
-        allowed = PLAN_KEYS | {"fit", "label", "train", "stage"}
+        allowed = PLAN_KEYS | {"fit", "label", "train", "stage", "target"}
         if set(m) - allowed:
             raise LigoError(f"{where}: unknown key(s) {sorted(set(m) - allowed)}; allowed: {sorted(allowed)}")
         plan = {k: m[k] for k in PLAN_KEYS if k in m}
@@ -157,7 +160,11 @@ class Experiment:
         stage = m.get("stage")
         if stage is not None:
             _check_stage(where, stage, m, plan)
-        method = Method(name, str(m.get("label", name)), plan, fit, train, stage)
+        target = m.get("target")
+        if target is not None and (not isinstance(target, dict) or stage is not None or name == "scratch"):
+            raise LigoError(f"{where}: target must be a mapping of sizes, on a grown method (not scratch, not staged), "
+                            f"got {target!r}")
+        method = Method(name, str(m.get("label", name)), plan, fit, train, stage, target)
         if method.kind != "scratch":
             self.train_config({**self.train, **train}, progress=False)
         if fit:
@@ -189,11 +196,14 @@ class Experiment:
             raise LigoError(f"{where}: grown: unknown key(s) {sorted(set(self.grown) - {'lr_scale', 'warmup'})}; "
                             "allowed: ['lr_scale', 'warmup']")
         from .hf import build_config
+        from .moe import grown_config
         from .operator import check_growth
 
-        spec = get_spec(self.model_type)
-        src, target = self.configs()
-        check_growth(spec, spec.dims(dict(build_config(src).to_dict())), spec.dims(target, where=f"{where}: target"))
+        src = dict(build_config(self.configs()[0]).to_dict())
+        for name, target in [("target", self.target)] + [(f"method {m.name}: target", m.target)
+                                                         for m in self.methods.values() if m.target is not None]:
+            spec, src_read, config = grown_config(get_spec(self.model_type), src, target)
+            check_growth(spec, spec.dims(src_read), spec.dims(config, where=f"{where}: {name}"))
 
 
 def _check_stage(where: str, stage, m: dict, plan: dict) -> None:

@@ -45,25 +45,44 @@ def upcycle_table(source: ArchSpec, target: dict) -> ArchSpec | None:
     return replace(found[0], model_type=found[0].model_types[0])
 
 
+def upcycled_config(spec: ArchSpec, dense: ArchSpec, config: dict) -> dict:
+    """A dense model's config as the one-expert model of the MoE table ``spec`` (complete, with the MoE
+    class's defaults). Every dense setting is kept: an MoE class reads some it does not declare (Qwen3's
+    head_dim)."""
+    from .hf import build_config, meta_model
+
+    out = {k: v for k, v in config.items() if k not in ("architectures", "auto_map")}
+    out.update(spec.requires, model_type=spec.model_type)
+    for name, value in (("experts", 1), ("experts_per_token", 1), ("ffn", dense.dims(config).ffn)):
+        out[spec.config_key(name, out)] = value
+    hf = build_config(out)
+    return {**hf.to_dict(), "architectures": [type(meta_model(spec.objective, hf)).__name__]}
+
+
+def grown_config(spec: ArchSpec, source_config: dict, target: dict) -> tuple[ArchSpec, dict, dict]:
+    """The table the grown model is read with, the source's config as that table reads it, and the target's
+    config: the source's family, or the MoE family a dense source is upcycled into."""
+    from .hf import known_config_keys
+
+    moe = upcycle_table(spec, target)
+    if moe is not None:
+        spec, source_config = moe, upcycled_config(moe, spec, source_config)
+        target = {k: v for k, v in target.items() if k != "model_type"}
+    return spec, source_config, spec.target_config(source_config, target, known_config_keys(spec.model_type))
+
+
 def upcycle(source, target: dict):
     """``source`` (a dense :class:`~ligo.checkpoint.Checkpoint`) as the one-expert model of the MoE family
     ``target`` asks for, with the target to grow it to (its model_type removed), or None when the target
     asks for no experts. Nothing is copied: the weights are the source's tensors under their MoE names,
     plus a router of zeros per layer."""
     from .checkpoint import Checkpoint
-    from .hf import build_config, meta_model
 
     spec = upcycle_table(source.spec, target)
     if spec is None:
         return None
     dense, renames = source.spec, spec.upcycle["layer"]
-    # every source setting is kept (an MoE class reads some it does not declare, as Qwen3's head_dim)
-    config = {k: v for k, v in source.config.items() if k not in ("architectures", "auto_map")}
-    config.update(spec.requires, model_type=spec.model_type)
-    for name, value in (("experts", 1), ("experts_per_token", 1), ("ffn", source.dims.ffn)):
-        config[spec.config_key(name, config)] = value
-    hf = build_config(config)
-    config = {**hf.to_dict(), "architectures": [type(meta_model(spec.objective, hf)).__name__]}
+    config = upcycled_config(spec, dense, source.config)
     entries = {e.name: e for e in spec.entries}
     state, prefix = {}, None
     for key, m in source.layout.items():
