@@ -198,13 +198,13 @@ class Grower:
         self.stream = stream and loaded_here and self.device.type == "cpu"
         self.source = (describe_checkpoint(source, arch=arch) if self.stream else
                        load_checkpoint(source, self.device, arch)) if loaded_here else source
-        upcycled = upcycle(self.source, target)
+        upcycled, dense_type = upcycle(self.source, target), self.source.spec.model_type
         if upcycled is not None:  # a dense source asked for experts: read as the one-expert MoE it is
             if self.stream:
                 self.source, self.stream = load_checkpoint(self.source.path, self.device, arch), False
                 upcycled = upcycle(self.source, target)
             self.source, target = upcycled
-        self.upcycled_from = self.source.path if upcycled is not None else None
+        self.upcycled_from = dense_type if upcycled is not None else None  # the dense model_type
         self.has_head, self.dtype, self.spec = self.source.has_head, self.source.dtype, self.source.spec
         self.target_config = self.spec.target_config(self.source.config, target, known_config_keys(self.spec.model_type))
         self.target_dims: Dims = self.spec.dims(self.target_config, where="target")
@@ -368,7 +368,8 @@ class Grower:
         from .modelcard import model_name
 
         return {"ligo_version": __version__, "source": model_name(self.source.path, self.source.config),
-                "model_type": self.spec.model_type, "objective": self.spec.objective, "has_head": self.has_head,
+                "model_type": self.spec.model_type, "upcycled_from": self.upcycled_from,
+                "objective": self.spec.objective, "has_head": self.has_head,
                 "source_dims": asdict(self.source.dims), "target_dims": asdict(self.target_dims),
                 "plan": self.plan.to_dict(), "source_tokens": self.source_tokens,
                 "lossless": not self.gaps, "not_lossless_because": self.gaps,

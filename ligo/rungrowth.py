@@ -100,12 +100,17 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     trainer state."""
     from .arch import get_spec
     from .growth import Grower
+    from .moe import upcycle_table
 
     if optimizer_state not in OPTIMIZER_STATES:
         raise LigoError(f"--optimizer-state must be grow or reset, got {optimizer_state!r}")
     ckpt, state, manifest = open_run(run_dir)
     config = run_config(run_dir, state, manifest)
     spec = get_spec(config.get("model_type"))
+    if spec.fused or upcycle_table(spec, target) is not None:
+        raise LigoError(f"{run_dir}: growing a live run of a mixture of experts, or into one, is not supported (the "
+                        "run's checkpoint holds the experts fused, as transformers does); grow its saved model with "
+                        "`ligo grow` and continue with `ligo train`")
     cfg = state.get("config") or {}
     if not (ckpt / WEIGHTS_FILE).exists():
         raise LigoError(f"{ckpt} has no {WEIGHTS_FILE}; only single-file checkpoints of `ligo train` can be grown")

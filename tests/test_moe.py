@@ -213,3 +213,16 @@ def test_the_tables_declare_their_router_convention():
     assert get_spec("mixtral").router == {"normalized": True}
     assert get_spec("qwen3_moe").router == get_spec("olmoe").router == {"normalized": "norm_topk_prob"}
     assert get_spec("mixtral").upcycle["from"] == ["llama", "mistral"]
+
+
+def test_a_live_run_is_not_grown_into_experts(moe_sources, blocks, tmp_path):
+    """The run's checkpoint holds experts fused (transformers' layout), which live-run growth does not map:
+    refused in one line, for an MoE run and for upcycling a dense run, naming the way that works."""
+    from ligo.rungrowth import grow_checkpoint
+
+    quick = dict(seq_len=32, batch_size=4, eval_every=0, eval_batches=1, progress=False, lr=3e-3, warmup=1)
+    for mt, target in (("mixtral", {"experts": 8, "experts_per_token": 4}), ("llama", {"experts": 4})):
+        run = tmp_path / mt
+        train(moe_sources[mt], None, run, TrainConfig(steps=2, save_every=2, **quick), Start(blocks=blocks))
+        with pytest.raises(LigoError, match="grow its saved model with `ligo grow`"):
+            grow_checkpoint(run, target)

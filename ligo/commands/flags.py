@@ -103,7 +103,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 def add_target_flag(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--target", required=required, help="target sizes: a JSON object or a JSON file (such as a "
                    "config.json); keys are the model's config keys or the generic names hidden, layers, heads, "
-                   "kv_heads, head_dim, ffn")
+                   "kv_heads, head_dim, ffn, experts, experts_per_token (experts on a dense llama, mistral or "
+                   "qwen3 upcycle it into its mixture-of-experts family)")
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:

@@ -81,7 +81,10 @@ def run(args) -> int:
         print(f"fit: {info['steps']} steps, held-out loss {info['start_val_loss']:.4f} -> "
               f"{info['final_val_loss']:.4f}")
     t, src, tgt = result.timings, result.recipe["source_dims"], result.recipe["target_dims"]
-    print(f"grew {result.recipe['model_type']} {src['layers']}L-{src['hidden']} -> {tgt['layers']}L-{tgt['hidden']} "
+    experts = f", {tgt['experts']} experts ({tgt['experts_per_token']} per token)" if tgt["experts"] > 1 else ""
+    kind = (f"upcycled {result.recipe['upcycled_from']} into {result.recipe['model_type']}"
+            if result.recipe.get("upcycled_from") else f"grew {result.recipe['model_type']}")
+    print(f"{kind} {src['layers']}L-{src['hidden']} -> {tgt['layers']}L-{tgt['hidden']}{experts} "
           f"(width {result.recipe['plan']['width']}, depth {result.recipe['plan']['depth']}) into {result.out}  "
           f"[load {t['load_s']:.1f}s, build "
           f"{t['build_s']:.1f}s, grow {t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")

@@ -33,7 +33,8 @@ def run(args) -> int:
         "has_lm_head": ck.has_head, "dtype": str(ck.dtype).removeprefix("torch."),
         "parameters": sum(ck.state[k].numel() for k in ck.layout), "dims": asdict(d),
         "spaces": {"residual": d.hidden, "query heads": f"{d.heads} x {d.head_dim}",
-                   "kv heads": f"{d.kv_heads} x {d.head_dim}", "ffn": d.ffn, "vocab": d.vocab},
+                   "kv heads": f"{d.kv_heads} x {d.head_dim}", "ffn": d.ffn, "vocab": d.vocab,
+                   **({"experts": f"{d.experts} ({d.experts_per_token} per token)"} if d.experts > 1 else {})},
     }
     spec = ck.spec
     info["numerics"] = {"norms": spec.norms["type"], "gain_offset": spec.norms["offset"],
@@ -54,7 +55,9 @@ def run(args) -> int:
     print(f"{args.model}: {info['model_type']} ({info['objective']}, table {info['table']}), "
           f"{info['parameters']:,} parameters, {info['dtype']}, LM head: {'yes' if ck.has_head else 'no'}")
     print(f"  layers {d.layers}, residual {d.hidden}, heads {d.heads} (kv {d.kv_heads}) x head_dim {d.head_dim}, "
-          f"ffn {d.ffn}, vocab {d.vocab}, tied embeddings: {d.tie}")
+          f"ffn {d.ffn}, vocab {d.vocab}, tied embeddings: {d.tie}"
+          + (f"; experts {d.experts}, {d.experts_per_token} per token, top-k weights "
+             f"{'renormalized' if d.router_normalized else 'not renormalized'}" if d.experts > 1 else ""))
     num = info["numerics"]
     print(f"  norms: {'RMSNorm' if num['norms'] == 'rms' else 'LayerNorm'}"
           + (f" (gain = {num['gain_offset']:g} + weight)" if num["gain_offset"] else "")
