@@ -45,6 +45,7 @@ from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan
 from .errors import LigoError
 
 
+ROUTER_NOISE = 0.05  # split experts of a trained router: noise of this fraction of its weights' RMS
 _CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of about this many elements
 
 
@@ -375,10 +376,12 @@ class GrowthOperator(nn.Module):
 
     def _router_noise(self, std: float) -> None:
         """Copied experts get equal router scores, and so equal gradients: a symmetry-breaking plan (``split``,
-        or ``random`` when there is one source expert to mix) adds fixed noise of ``std`` to the grown router
-        of every target layer, so that tokens prefer different copies and the copies grow apart. The noise is
-        a constant of the operator (the fitted maps do not touch it)."""
+        or ``random`` when there is one source expert to mix) adds fixed noise to the grown router of every
+        target layer, so that tokens prefer different copies and the copies grow apart: of ``std`` when the
+        router is new (upcycling), of ``ROUTER_NOISE`` times the source router's RMS when it is trained. The
+        noise is a constant of the operator (the fitted maps do not touch it)."""
         self.noise: set[str] = set()
+        self._noise_std: dict[str, float | None] = {}
         src, tgt = self.src, self.tgt
         if tgt.experts <= src.experts or not (self.plan.width == "split" or (self.plan.width == "random" and
                                                                               src.experts == 1)):
@@ -387,9 +390,19 @@ class GrowthOperator(nn.Module):
         for e in self.layer_entries:
             if e.axes[0] == ("router",):
                 shape = self.spec.shape(e, tgt)
-                self.register_buffer("n_" + _param_name(e.name), std * torch.randn(tgt.layers, *shape, generator=gen),
+                self.register_buffer("n_" + _param_name(e.name), torch.randn(tgt.layers, *shape, generator=gen),
                                      persistent=False)
+                # a trained router: noise small beside its weights (measured when the source is read), so the
+                # routing barely moves
+                self._noise_std[e.name] = std if src.experts == 1 else None
                 self.noise.add(e.name)
+
+    def _router_noise_of(self, e: Entry, chunk: slice, read) -> torch.Tensor:
+        if self._noise_std[e.name] is None:
+            src = torch.stack([self._layer(read, e, j).float() for j in range(self.src.layers)]) if read is not None \
+                else getattr(self, "l_" + _param_name(e.name)).float()
+            self._noise_std[e.name] = ROUTER_NOISE * float(src.pow(2).mean().sqrt())
+        return self._noise_std[e.name] * getattr(self, "n_" + _param_name(e.name))[chunk]
 
     def _scale_residual(self) -> None:
         """A residual stream of scaled copies: writers scale, readers divide, and the norms over the stream
@@ -583,7 +596,7 @@ class GrowthOperator(nn.Module):
                     ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src))
                     grown = grown + offset * (self._expand(ones, e, self.layer_group[chunk], absolute) - 1)
                 if e.name in self.noise and state is None and not absolute:
-                    grown = grown + getattr(self, "n_" + _param_name(e.name))[chunk]
+                    grown = grown + self._router_noise_of(e, chunk, read)
                 del mixed, src
                 for i, w in zip(range(self.tgt.layers)[chunk], grown):
                     if e.per_expert:

@@ -226,3 +226,18 @@ def test_a_live_run_is_not_grown_into_experts(moe_sources, blocks, tmp_path):
         train(moe_sources[mt], None, run, TrainConfig(steps=2, save_every=2, **quick), Start(blocks=blocks))
         with pytest.raises(LigoError, match="grow its saved model with `ligo grow`"):
             grow_checkpoint(run, target)
+
+
+def test_a_hub_config_that_names_experts_otherwise_is_read(moe_sources, tmp_path):
+    """Qwen3-MoE configs on the hub say num_experts, transformers 5 writes num_local_experts: either is read,
+    and the grown config keeps the source's key."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(moe_sources["qwen3_moe"], src)
+    config = json.loads((src / "config.json").read_text())
+    config["num_experts"] = config.pop("num_local_experts")
+    (src / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(src).dims.experts == 4
+    grow(src, {"experts": 8, "experts_per_token": 4}, tmp_path / "out", plan=GrowthPlan(width="copy"))
+    assert load_checkpoint(tmp_path / "out").dims.experts == 8
