@@ -36,24 +36,13 @@ def text_ids(tokenizer):
     return torch.tensor(rows)
 
 
-def _logits(path, ids):
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits, model
-
-
-def _max_abs(src, out, ids):
-    (a, _), (b, model) = _logits(src, ids), _logits(out, ids)
-    return (a - b).abs().max().item(), model
-
-
 @pytest.mark.parametrize("width", ["split", "copy"])
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_lossless_plan_gives_the_sources_logits(model_type, width, family_sources, text_ids, tmp_path):
     """Wider (x2 residual, heads, kv heads, FFN) and deeper (2 -> 4 layers): max |logit difference| <= 1e-4."""
     out = tmp_path / "out"
     grow(family_sources[model_type], tiny.TARGET[model_type], out, plan=GrowthPlan(width=width, depth="identity"))
-    diff, model = _max_abs(family_sources[model_type], out, text_ids)
+    diff, model = tiny.max_logit_diff(family_sources[model_type], out, text_ids)
     assert diff <= 1e-4, diff
     assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 128
     assert model.config.model_type == model_type
@@ -68,7 +57,7 @@ def test_lossless_at_a_non_integer_residual_ratio(model_type, family_sources, te
         target.update(hidden_size=96, num_attention_heads=6, num_key_value_heads=3)
     out = tmp_path / "out"
     grow(family_sources[model_type], target, out, plan=GrowthPlan(width="split", depth="identity"))
-    diff, _ = _max_abs(family_sources[model_type], out, text_ids)
+    diff, _ = tiny.max_logit_diff(family_sources[model_type], out, text_ids)
     assert diff <= 1e-4, diff
 
 
@@ -150,7 +139,7 @@ def test_olmo2_says_when_its_whole_projection_norms_cannot_stay_exact(family_sou
                    "--depth", "identity", check=True)
     notes = [line for line in proc.stderr.splitlines() if line.startswith("note: not exactly lossless")]
     assert len(notes) == 2 and "q_norm" in notes[1] and "k_norm" in notes[0] and "(4 -> 6)" in notes[1], proc.stderr
-    diff, _ = _max_abs(family_sources["olmo2"], tmp_path / "out", text_ids)
+    diff, _ = tiny.max_logit_diff(family_sources["olmo2"], tmp_path / "out", text_ids)
     assert diff > 1e-3  # the statistic really moved
     assert json.loads((tmp_path / "out" / "ligo_recipe.json").read_text())["lossless"] is False
 
@@ -214,7 +203,7 @@ def test_a_llama_clone_is_offered_the_llama_table(tokenizer, text_ids, tmp_path)
     assert proc.returncode == 2 and "--arch llama" in proc.stderr and not (tmp_path / "out").exists()
     grow(src, {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 3}, tmp_path / "out", arch="llama",
          plan=GrowthPlan(width="split", depth="identity"))
-    diff, model = _max_abs(src, tmp_path / "out", text_ids)
+    diff, model = tiny.max_logit_diff(src, tmp_path / "out", text_ids)
     assert diff <= 1e-4 and model.config.model_type == "helium"
 
 

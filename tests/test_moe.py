@@ -39,17 +39,6 @@ def ids():
     return torch.randint(2, tiny.VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
 
 
-def _logits(path, ids):
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits, model
-
-
-def _max_abs(src, out, ids):
-    (a, _), (b, model) = _logits(src, ids), _logits(out, ids)
-    return (a - b).abs().max().item(), model
-
-
 def test_every_checkpoint_weight_matches_one_entry(moe_sources):
     """The tables describe the checkpoint's per-expert keys (transformers fuses them only in memory)."""
     for mt in MOE:
@@ -66,7 +55,7 @@ def test_lossless_plan_gives_the_sources_logits(source, moe_sources, ids, tmp_pa
     copies keep the routing, renormalized or not. max |logit difference| <= 1e-4."""
     mt = source.split("-")[0]
     grow(moe_sources[source], tiny.TARGET[mt], tmp_path / "out", plan=GrowthPlan(width="copy", depth="identity"))
-    diff, model = _max_abs(moe_sources[source], tmp_path / "out", ids)
+    diff, model = tiny.max_logit_diff(moe_sources[source], tmp_path / "out", ids)
     assert diff <= 1e-4, diff
     experts = getattr(model.config, "num_local_experts", None) or model.config.num_experts
     assert (experts, model.config.num_experts_per_tok, model.config.num_hidden_layers) == (8, 4, 4)
@@ -81,7 +70,7 @@ def test_upcycling_a_dense_llama_into_mixtral_is_lossless(per_token, width, moe_
     out = tmp_path / "out"
     grow(moe_sources["llama"], dict(GROWN, experts=4, experts_per_token=per_token), out,
          plan=GrowthPlan(width=width, depth="identity"))
-    diff, model = _max_abs(moe_sources["llama"], out, ids)
+    diff, model = tiny.max_logit_diff(moe_sources["llama"], out, ids)
     assert diff <= 1e-4, diff
     assert type(model).__name__ == "MixtralForCausalLM"
     assert json.loads((out / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
@@ -98,7 +87,7 @@ def test_upcycling_qwen3_under_both_router_conventions(normalized, per_token, mo
         out = tmp_path / width
         g = grow(moe_sources["qwen3"], dict(GROWN, experts=4, experts_per_token=per_token, norm_topk_prob=normalized),
                  out, plan=GrowthPlan(width=width, depth="identity"))
-        diff, _ = _max_abs(moe_sources["qwen3"], out, ids)
+        diff, _ = tiny.max_logit_diff(moe_sources["qwen3"], out, ids)
         exact = width == "copy" or normalized
         assert (diff <= 1e-4) == exact, (width, diff)
         gaps = g.recipe["not_lossless_because"]

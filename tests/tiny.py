@@ -147,3 +147,14 @@ def make_task(folder: Path, n: int = 24) -> Path:
         'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
     return folder / "next_line.yaml"
+
+
+def max_logit_diff(src: Path, out: Path, ids: torch.Tensor):
+    """(max |logit difference| of two saved causal LMs on ``ids`` in fp32, the second model)."""
+    def logits(path):
+        model = T.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+        with torch.no_grad():
+            return model(input_ids=ids).logits, model
+
+    (a, _), (b, model) = logits(src), logits(out)
+    return (a - b).abs().max().item(), model
