@@ -72,24 +72,13 @@ def run_experiment(exp: Experiment, out: str | Path, data: str | None = None, pr
     try:
         report = _Bench(exp, output.open(), data, progress, log, stale=_changed_methods(before, exp.raw)).run(spec_text)
     except BaseException:
-        if not _resumable_work(output.work):
+        if not output.resumable():
             output.discard()  # nothing worth resuming: leave nothing behind
         raise
     finally:
         output.release()
     output.commit()
     return report
-
-
-def _resumable_work(folder: Path) -> bool:
-    """Does an unfinished output hold anything ``--resume`` would use (a checkpoint, a model, a finished run)?"""
-    from .rundir import latest_checkpoint
-
-    if not folder.exists():
-        return False
-    if any(folder.rglob("result.json")) or any(folder.rglob("config.json")):
-        return True
-    return any(latest_checkpoint(ck.parent) is not None for ck in folder.rglob("checkpoints"))
 
 
 def _shared(exp: dict) -> str:
@@ -159,8 +148,12 @@ class _Bench:
 
         exp, t0 = self.exp, time.perf_counter()
         texts = stdlib_texts(exp.corpus_bytes, exp.corpus) if self.data is None else read_texts(self.data, exp.corpus_bytes)
-        self.tok_dir = self.out / "tokenizer"
-        self.tokenizer = cached_tokenizer(texts, exp.vocab_size, self.tok_dir)
+        if exp.source_path is not None:  # a pretrained source brings its own tokenizer
+            from .checkpoint import load_tokenizer
+
+            self.tokenizer = load_tokenizer(exp.source_path)
+        else:
+            self.tokenizer = cached_tokenizer(texts, exp.vocab_size, self.out / "tokenizer")
         self.blocks = pack(texts, self.tokenizer, exp.seq_len)
         self.src_cfg, self.target_cfg = exp.configs(len(self.tokenizer))
         self.log(f"[{exp.name}] corpus: {sum(map(len, texts)):,} characters, {self.blocks.train.numel():,} training "
@@ -174,10 +167,17 @@ class _Bench:
                      **more)
 
     def _source(self) -> dict:
-        """The small model, trained from scratch here (so its cost is known: convention b)."""
+        """The small model: trained here (its cost known: convention b), or pretrained (source: {path}), measured."""
+        from .growth import held_out_loss
         from .pipelines import train
 
         exp, path = self.exp, self.out / "source"
+        if exp.source_path is not None:  # pretrained elsewhere: its training cost is unknown, its loss measured here
+            n = exp.train.get("eval_batches", TrainConfig.eval_batches) * exp.batch_size
+            loss = held_out_loss(exp.source_path, self.blocks.val[:n], self.spec.objective, self.tokenizer,
+                                 exp.batch_size)
+            self.log(f"[{exp.name}] source: {exp.source_path} (pretrained), held-out loss {loss:.4f}")
+            return {"flops": None, "final_val_loss": loss, "steps": None, "path": str(exp.source_path)}
         if (path / "config.json").exists():  # finished in an earlier, interrupted run
             led = json.loads((path / "ligo_recipe.json").read_text())["ledger"]
             return {"flops": led["train_flops"], "final_val_loss": led["final_val_loss"], "steps": led["steps"]}
@@ -254,9 +254,10 @@ class _Bench:
             fit = FitSpec(fit_cfg, method.fit.get("share"))
         t0 = time.perf_counter()
         peak_rss_mb(reset=True)
+        source = exp.source_path or self.out / "source"
         if self.source_ck is None and not (run_dir / "grown" / "config.json").exists():
-            self.source_ck = load_checkpoint(self.out / "source")
-        res, growth = grow_and_train(self.source_ck or self.out / "source", target_cfg, run_dir,
+            self.source_ck = load_checkpoint(source)
+        res, growth = grow_and_train(self.source_ck or source, target_cfg, run_dir,
                                      method.growth_plan(seed), cfg, fit, start=self._start(), resume=True)
         fit_info = _fit_summary(growth.get("fit"))
         meta = {"label": method.label, "lr": cfg.lr, "warmup": cfg.warmup, "seed": seed, **method.plan,

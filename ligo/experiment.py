@@ -128,14 +128,23 @@ class Experiment:
         section.setdefault("eval_batches", self.train.get("eval_batches", TrainConfig.eval_batches))
         return self.train_config({**FIT_DEFAULTS, **section, "steps": steps}, **extra)
 
+    @property
+    def source_path(self) -> Path | None:
+        """A pretrained source given as a local checkpoint directory (``source: {path: DIR}``), else None."""
+        return Path(self.source["path"]) if "path" in self.source else None
+
     def configs(self, vocab_size: int | None = None, target: dict | None = None) -> tuple[dict, dict]:
         """The source's and the target's config dicts (the target read against the source's full config;
         ``target``: a method's own instead of the experiment's). A target with experts upcycles the source."""
+        from .checkpoint import read_config
         from .hf import build_config
         from .moe import grown_config
 
         spec = get_spec(self.model_type)
-        src = {**self.source["config"], "vocab_size": vocab_size or self.vocab_size, "model_type": spec.model_type}
+        if self.source_path is not None:
+            src = read_config(self.source_path)
+        else:
+            src = {**self.source["config"], "vocab_size": vocab_size or self.vocab_size, "model_type": spec.model_type}
         return src, grown_config(spec, dict(build_config(src).to_dict()), self.target if target is None else target)[2]
 
     # -- validation --------------------------------------------------------------------------------
@@ -176,9 +185,13 @@ class Experiment:
 
     def _check(self) -> None:
         where = self.where
-        if not isinstance(self.source.get("config"), dict):
-            raise LigoError(f"{where}: source must hold config (the small model's config keys) and train")
-        self.train_config(self.source.get("train", {}), progress=False)
+        if isinstance(self.source, dict) and "path" in self.source:
+            _check_source_path(self)
+        elif not isinstance(self.source, dict) or not isinstance(self.source.get("config"), dict):
+            raise LigoError(f"{where}: source must hold config (the small model's config keys) and train, or path (a "
+                            "pretrained checkpoint directory)")
+        else:
+            self.train_config(self.source.get("train", {}), progress=False)
         self.train_config(self.train, progress=False)
         for key in ("budgets", "lr_sweep", "noise_seeds"):
             values = getattr(self, key)
@@ -204,6 +217,24 @@ class Experiment:
                                                          for m in self.methods.values() if m.target is not None]:
             spec, src_read, config = grown_config(get_spec(self.model_type), src, target)
             check_growth(spec, spec.dims(src_read), spec.dims(config, where=f"{where}: {name}"))
+
+
+def _check_source_path(exp: "Experiment") -> None:
+    """A pretrained source: a checkpoint directory of the experiment's model_type, and no staged methods."""
+    from .checkpoint import read_config
+
+    where, path = exp.where, exp.source.get("path")
+    if set(exp.source) != {"path"} or not isinstance(path, str) or not (Path(path) / "config.json").is_file():
+        raise LigoError(f"{where}: source path must be the only source key and name a local checkpoint directory "
+                        f"(config.json, safetensors weights, tokenizer), got {exp.source!r}")
+    found = read_config(path).get("model_type")
+    if found != exp.model_type:
+        raise LigoError(f"{where}: the source {path} is a {found} model but model_type says {exp.model_type}; make them "
+                        "agree")
+    staged = [m.name for m in exp.methods.values() if m.kind == "staged"]
+    if staged:
+        raise LigoError(f"{where}: staged methods ({', '.join(staged)}) train their small model inside the budget, "
+                        "so they need a source trained here (source: config and train), not a checkpoint path")
 
 
 def _check_stage(where: str, stage, m: dict, plan: dict) -> None:

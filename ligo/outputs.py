@@ -254,3 +254,13 @@ class RunOutput:
         """The run failed before it had anything worth keeping: remove what it created."""
         if self.created and self.work.exists():
             shutil.rmtree(self.work, ignore_errors=True)
+
+    def resumable(self) -> bool:
+        """Does the unfinished work hold anything ``--resume`` would use (a checkpoint, a model, a finished run)?"""
+        from .rundir import latest_checkpoint
+
+        if not self.work.exists():
+            return False
+        if any(self.work.rglob("result.json")) or any(self.work.rglob("config.json")):
+            return True
+        return any(latest_checkpoint(ck.parent) is not None for ck in self.work.rglob("checkpoints"))

@@ -41,7 +41,7 @@ def is_fixed(name: str, r: dict) -> bool:
     return name != "scratch" and not r.get(LEARNED)
 
 
-def summarize(results: dict, source_flops: float, noise: float | None = None) -> dict:
+def summarize(results: dict, source_flops: float | None, noise: float | None = None) -> dict:
     """One budget: savings against scratch (both conventions) and against the best fixed growth method."""
     scratch = results["scratch"]
     target = scratch["final_val_loss"]
@@ -62,7 +62,8 @@ def summarize(results: dict, source_flops: float, noise: float | None = None) ->
             "flops_to_scratch_final": f,
             "saving_source_free": None if f is None or not scratch_flops else 1 - f / scratch_flops,
             # a staged run trains its small model inside the budget: it has no separate source cost
-            "saving_source_counted": None if f is None or name == "scratch" or not scratch_flops
+            "saving_source_counted": None if f is None or name == "scratch" or not scratch_flops or
+            (source_flops is None and not r.get("staged"))  # a pretrained source: its cost is unknown
             else 1 - (f + (0 if r.get("staged") else source_flops)) / scratch_flops,
             "flops_to_best_fixed_final": g,
             "saving_vs_best_fixed": None if g is None or not fixed_flops else 1 - g / fixed_flops,
@@ -136,12 +137,17 @@ def budget_table(budget: dict) -> list[str]:
     return lines
 
 
+def _source_words(source: dict) -> str:
+    if source.get("path"):
+        return f"{source['path']} (pretrained elsewhere), held-out loss {source['final_val_loss']:.4f}."
+    return f"{source['steps']} steps, held-out loss {source['final_val_loss']:.4f}, {source['flops']:.3e} FLOPs."
+
+
 def markdown(report: dict) -> str:
     exp = report["experiment"]
     lines = [f"Experiment `{exp['name']}` ({report['source_file']}), ligo {report['ligo_version']}, torch "
              f"{report['torch']}, {report['device']}, {report['date']}. Equal total FLOPs for every method within a "
-             f"budget (operator fit included). Source: {report['source']['steps']} steps, held-out loss "
-             f"{report['source']['final_val_loss']:.4f}, {report['source']['flops']:.3e} FLOPs.", ""]
+             f"budget (operator fit included). Source: " + _source_words(report['source']), ""]
     sweep = report.get("scratch_sweep") or {}
     for label, points in sweep.items():
         if len(points) > 1:

@@ -187,3 +187,25 @@ def test_speed_benchmarks_run_on_the_cpu(script, keys, tmp_path):
     figures = json.loads((tmp_path / "r.json").read_text())
     assert keys <= set(figures) and figures["device"] == "cpu"
     assert all(figures[k] > 0 for k in keys & {"ligo_tokens_per_s", "bare_tokens_per_s", "ratio", "grow_s"})
+
+
+def test_a_pretrained_checkpoint_is_a_source(sources, tmp_path):
+    """source: {path: DIR} grows a checkpoint trained elsewhere: its tokenizer, its config, its held-out loss
+    measured on the experiment's blocks (the grown lossless plan starts there), its training cost unknown."""
+    exp = load_experiment("demo", smoke=True)
+    raw = {m: v for m, v in exp.raw["methods"].items() if m in ("scratch", "paper")}
+    raw["lossless"] = {"width": "split", "depth": "identity"}
+    exp = exp.changed(source={"path": str(sources["llama"])}, methods=raw,
+                      target={"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 8,
+                              "num_key_value_heads": 4, "intermediate_size": 192})
+    report = run_experiment(exp, tmp_path / "out", progress=False, log=lambda *_: None)
+    source, methods = report["source"], report["budgets"][0]["methods"]
+    assert source["path"] == str(sources["llama"]) and source["flops"] is None
+    assert methods["lossless"]["start_val_loss"] == pytest.approx(source["final_val_loss"], abs=1e-4)
+    assert report["budgets"][0]["summary"]["rows"]["paper"]["saving_source_counted"] is None
+    assert "(pretrained elsewhere)" in (tmp_path / "out" / "table.md").read_text()
+    assert not (tmp_path / "out" / "tokenizer").exists()
+    with pytest.raises(LigoError, match="is a llama model but model_type says gpt2"):
+        exp.changed(model_type="gpt2")
+    with pytest.raises(LigoError, match="source path must be the only source key"):
+        exp.changed(source={"path": str(tmp_path / "nowhere")})
