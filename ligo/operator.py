@@ -336,15 +336,13 @@ class GrowthOperator(nn.Module):
                 self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
                 continue
             if plan.width == "random" and tok in READ_PARTNER and partner is not None:
-                m = self.width[partner].detach().clone()
-            else:
-                inits = ["random" if new and tok in WRITE_TOKENS else plan.width for new in fresh] \
-                    if tok in LAYER_TOKENS else [plan.width]
-                parts = [width_selection(init, tok, src_dims, tgt_dims, gen, plan.split_noise) or
-                         width_init(init, tok, src_dims, tgt_dims, gen, plan.split_noise) for init in inits]
-                self._install_map(tok, parts, compact)
+                self.width[_param_name(tok)] = nn.Parameter(self.width[partner].detach().clone())
                 continue
-            self.width[_param_name(tok)] = nn.Parameter(m)
+            inits = ["random" if new and tok in WRITE_TOKENS else plan.width for new in fresh] \
+                if tok in LAYER_TOKENS else [plan.width]
+            parts = [width_selection(init, tok, src_dims, tgt_dims, gen, plan.split_noise) or
+                     width_init(init, tok, src_dims, tgt_dims, gen, plan.split_noise) for init in inits]
+            self._install_map(tok, parts, compact)
 
     def _install_map(self, tok: str, parts: list, compact: bool) -> None:
         """One width map from its initial value per layer group (a selection or a dense matrix): kept as a
