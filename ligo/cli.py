@@ -74,8 +74,21 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # the handler first: a SIGTERM while the parser is built (slow on a loaded machine) unwinds the same way
     old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    try:
+        return _main(argv)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except Terminated:
+        print("ligo: terminated", file=sys.stderr)
+        return 143
     try:
         _quiet_libraries()
         return int(args._run(args) or 0)
@@ -103,9 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ligo {args.command}: unexpected error: {type(exc).__name__}: {msg} (rerun with --debug for the "
               "traceback and report it)", file=sys.stderr)
         return 1
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
 
 
 def _resume_command(argv: list[str] | None) -> str:

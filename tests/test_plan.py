@@ -6,7 +6,7 @@ import math
 import pytest
 
 from conftest import assert_one_line_error
-from ligo.planner import analyse, fit_power_law, plan, predict
+from ligo.planner import analyse, fit_power_law, plan
 
 EXPERIMENT = {"name": "synthetic", "model_type": "llama", "vocab_size": 512,
               "source": {"config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -3,7 +3,6 @@ NaN, untrusted pickles, and memory that does not drift across steps."""
 
 import json
 import os
-import re
 import resource
 import shutil
 import signal

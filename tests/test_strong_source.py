@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-import tiny
 from conftest import run_cli
 from ligo import TrainConfig, grow
 from ligo.config import WEAK_SOURCE_TOKENS_PER_PARAM
