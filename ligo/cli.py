@@ -47,7 +47,11 @@ class Terminated(BaseException):
     """SIGTERM outside a training loop: unwinds like Ctrl-C, so temporary outputs are removed."""
 
 
+_TERMINATED: list[bool] = []  # set by the handler: a SIGTERM arrived (even if a C extension lost the exception)
+
+
 def _terminate(*_):
+    _TERMINATED.append(True)
     raise Terminated()
 
 
@@ -75,6 +79,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     # the handler first: a SIGTERM while the parser is built (slow on a loaded machine) unwinds the same way
+    _TERMINATED.clear()
     old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return _main(argv)
@@ -106,6 +111,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"ligo {args.command}: terminated", file=sys.stderr)
         return 143
     except Exception as exc:
+        if _TERMINATED:  # raised inside a C extension (safetensors, torch), which turned it into another error
+            print(f"ligo {args.command}: terminated", file=sys.stderr)
+            return 143
         error = as_user_error(exc, args.command)
         if args.debug:
             traceback.print_exc()
