@@ -18,7 +18,7 @@ from .config import FIT_STEPS_API, MAX_SHARD_SIZE, GrowthPlan, TrainConfig, fit_
 from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
-from .moe import install_fused, lm_loss_only, upcycle
+from .moe import fused_parameters, install_fused, lm_loss_only, upcycle, upcycle_table
 from .operator import GrowthOperator, depth_plan, lossless_gaps
 
 
@@ -94,10 +94,9 @@ class FitModule(nn.Module):
         self._ties = {name: names for names in by_tensor.values() for name in names}  # name -> names sharing it
         self._renamed = operator.spec.renamed  # checkpoint keys saved under another name than the parameter's
         built = {self._renamed.get(k, k) for k in operator.singles_and_layers_keys()}
-        fused = install_fused(operator.spec, target_model, None, operator.prefix, operator.tgt.layers,
-                              operator.tgt.experts) if operator.spec.fused else {}
-        self._fused = bool(fused)
-        built |= set(fused)
+        # experts held fused in memory: their parameter names and shapes, read once (installing replaces them)
+        self._fused = fused_parameters(operator.spec, target_model, operator.prefix, operator.tgt.layers)
+        built |= set(self._fused)
         missing = sorted(n for n in self._ties if not set(self._ties[n]) & built)
         if missing:
             raise LigoError(f"the operator builds no weight for {missing[:3]} of the target; the architecture "
@@ -118,8 +117,7 @@ class FitModule(nn.Module):
     def _install(self, weights: dict) -> None:
         if self._fused:  # experts held stacked and fused, as transformers holds them
             op = self.operator
-            weights = {**weights, **install_fused(op.spec, self.target, weights, op.prefix, op.tgt.layers,
-                                                  op.tgt.experts)}
+            weights = {**weights, **install_fused(op.spec, self._fused, weights, op.prefix, op.tgt.experts)}
         for key, tensor in weights.items():
             if self._fused and self._renamed.get(key, key) not in self._ties:
                 continue  # a per-expert weight, installed fused
@@ -198,11 +196,10 @@ class Grower:
         self.stream = stream and loaded_here and self.device.type == "cpu"
         self.source = (describe_checkpoint(source, arch=arch) if self.stream else
                        load_checkpoint(source, self.device, arch)) if loaded_here else source
+        if self.stream and upcycle_table(self.source.spec, target) is not None:  # upcycling reads it in memory
+            self.source, self.stream = load_checkpoint(self.source.path, self.device, arch), False
         upcycled, dense_type = upcycle(self.source, target), self.source.spec.model_type
         if upcycled is not None:  # a dense source asked for experts: read as the one-expert MoE it is
-            if self.stream:
-                self.source, self.stream = load_checkpoint(self.source.path, self.device, arch), False
-                upcycled = upcycle(self.source, target)
             self.source, target = upcycled
         self.upcycled_from = dense_type if upcycled is not None else None  # the dense model_type
         self.has_head, self.dtype, self.spec = self.source.has_head, self.source.dtype, self.source.spec

@@ -108,33 +108,32 @@ def upcycle(source, target: dict):
     return Checkpoint(source.path, config, spec, dims, state, layout, source.dtype, source.has_head), rest
 
 
-def install_fused(spec: ArchSpec, model: nn.Module, weights: dict | None, prefix: str, layers: int,
-                  experts: int) -> dict:
-    """The weights whose parameter transformers holds fused (all experts of a layer in one tensor, gate and
-    up concatenated), put together as the model holds them: ``{parameter name: tensor}``, differentiable.
-    A layout where the parts' last two axes are swapped is followed too. Weights the model holds under
-    their own names are left out (the caller installs them as they are). ``weights=None``: the names only."""
+def fused_parameters(spec: ArchSpec, model: nn.Module, prefix: str, layers: int) -> dict:
+    """The parameters transformers holds fused (all experts of a layer in one tensor, gate and up
+    concatenated): ``{parameter name: (layer, fused name, shape)}``, read once from the model while its
+    parameters are still registered. Empty where the model holds experts under their checkpoint names."""
     params = dict(model.named_parameters())
+    return {prefix + spec.layer_prefix.format(i=i) + fused: (i, fused, params[name].shape)
+            for i in range(layers) for fused in spec.fused
+            if (name := prefix + spec.layer_prefix.format(i=i) + fused) in params}
+
+
+def install_fused(spec: ArchSpec, fused: dict, weights: dict, prefix: str, experts: int) -> dict:
+    """The operator's per-expert ``weights`` put together as the parameters ``fused`` (from
+    :func:`fused_parameters`) hold them: ``{parameter name: tensor}``, differentiable. A layout where the parts'
+    last two axes are swapped is followed too."""
     out = {}
-    for i in range(layers):
-        layer = prefix + spec.layer_prefix.format(i=i)
-        for fused, names in spec.fused.items():
-            if layer + fused not in params:
-                continue
-            if weights is None:
-                out[layer + fused] = None
-                continue
-            entries = [next(e for e in spec.entries if e.name == n) for n in names]
-            parts = [torch.stack([weights[spec.layer_key(prefix, e, i, x)] for x in range(experts)])
-                     if e.per_expert else weights[spec.layer_key(prefix, e, i)] for e in entries]
-            tensor = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
-            shape = params[layer + fused].shape
-            if tensor.shape != shape and tensor.dim() == 3 and tensor.transpose(1, 2).shape == shape:
-                tensor = torch.cat([p.transpose(1, 2) for p in parts], dim=-1)
-            if tensor.shape != shape:
-                raise LigoError(f"transformers holds {layer + fused} as {list(shape)}, but the table's {names} "
-                                f"make {list(tensor.shape)}; the table's fused entry does not match this version")
-            out[layer + fused] = tensor
+    for param, (i, name, shape) in fused.items():
+        entries = [next(e for e in spec.entries if e.name == n) for n in spec.fused[name]]
+        parts = [torch.stack([weights[spec.layer_key(prefix, e, i, x)] for x in range(experts)])
+                 if e.per_expert else weights[spec.layer_key(prefix, e, i)] for e in entries]
+        tensor = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+        if tensor.shape != shape and tensor.dim() == 3 and tensor.transpose(1, 2).shape == shape:
+            tensor = torch.cat([p.transpose(1, 2) for p in parts], dim=-1)
+        if tensor.shape != shape:
+            raise LigoError(f"transformers holds {param} as {list(shape)}, but the table's {spec.fused[name]} make "
+                            f"{list(tensor.shape)}; the table's fused entry does not match this version")
+        out[param] = tensor
     return out
 
 

@@ -242,3 +242,25 @@ def test_a_hub_config_that_names_experts_otherwise_is_read(moe_sources, tmp_path
     assert load_checkpoint(src).dims.experts == 4
     grow(src, {"experts": 8, "experts_per_token": 4}, tmp_path / "out", plan=GrowthPlan(width="copy"))
     assert load_checkpoint(tmp_path / "out").dims.experts == 8
+
+
+def test_every_fit_step_installs_the_current_experts(moe_sources):
+    """Installing replaces the fused parameters with plain tensors; the next step must still install its own
+    (the names and shapes are read once, before the first install). Before the fix the second step reused the
+    first step's experts and failed with 'backward through the graph a second time'."""
+    from ligo.moe import install_fused
+
+    g = Grower(moe_sources["mixtral"], tiny.TARGET["mixtral"], plan=GrowthPlan(width="random", depth="stack"))
+    module = FitModule(g.operator, g.target_model()).train()
+    x = torch.randint(2, tiny.VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD(g.operator.parameters(), lr=1.0)
+    for _ in range(2):
+        module(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    module(input_ids=x, labels=x)
+    with torch.no_grad():
+        expect = install_fused(g.spec, module._fused, g.operator(), g.operator.prefix, g.operator.tgt.experts)
+    name = "model.layers.1.mlp.experts.gate_up_proj"
+    installed = module.target.get_submodule("model.layers.1.mlp.experts").__dict__["gate_up_proj"]
+    torch.testing.assert_close(installed.detach(), expect[name])
