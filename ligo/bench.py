@@ -102,7 +102,7 @@ class _Bench:
     def __init__(self, exp: Experiment, out: Path, data, progress: bool, log, stale: set[str] = frozenset()):
         self.exp, self.out, self.progress, self.log = exp, out, progress, log
         self.stale = stale  # methods changed since the folder's runs were made: run again
-        self.data = data if data is not None else exp.data
+        self.data = data if data is not None else exp.data_path
         self.spec = get_spec(exp.model_type)
         self.source_ck = None  # the trained source, read once for every grown method
 

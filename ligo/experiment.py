@@ -131,7 +131,12 @@ class Experiment:
     @property
     def source_path(self) -> Path | None:
         """A pretrained source given as a local checkpoint directory (``source: {path: DIR}``), else None."""
-        return Path(self.source["path"]) if "path" in self.source else None
+        return local_path(self.source["path"]) if "path" in self.source else None
+
+    @property
+    def data_path(self) -> str | None:
+        """The corpus the file names (``~`` and ``$VARS`` expanded), else None (the embedded corpus)."""
+        return None if self.data is None else str(local_path(self.data))
 
     def configs(self, vocab_size: int | None = None, target: dict | None = None) -> tuple[dict, dict]:
         """The source's and the target's config dicts (the target read against the source's full config;
@@ -224,10 +229,10 @@ def _check_source_path(exp: "Experiment") -> None:
     from .checkpoint import read_config
 
     where, path = exp.where, exp.source.get("path")
-    if set(exp.source) != {"path"} or not isinstance(path, str) or not (Path(path) / "config.json").is_file():
+    if set(exp.source) != {"path"} or not isinstance(path, str) or not (local_path(path) / "config.json").is_file():
         raise LigoError(f"{where}: source path must be the only source key and name a local checkpoint directory "
                         f"(config.json, safetensors weights, tokenizer), got {exp.source!r}")
-    found = read_config(path).get("model_type")
+    found = read_config(local_path(path)).get("model_type")
     if found != exp.model_type:
         raise LigoError(f"{where}: the source {path} is a {found} model but model_type says {exp.model_type}; make them "
                         "agree")
@@ -235,6 +240,14 @@ def _check_source_path(exp: "Experiment") -> None:
     if staged:
         raise LigoError(f"{where}: staged methods ({', '.join(staged)}) train their small model inside the budget, "
                         "so they need a source trained here (source: config and train), not a checkpoint path")
+
+
+def local_path(path: str) -> Path:
+    """A path as an experiment file gives it: ``~`` and ``$LIGO_CACHE``-style variables expanded, so that one
+    file serves every machine (benchmarks/real_source.py writes its source into the cache)."""
+    import os
+
+    return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
 def _check_stage(where: str, stage, m: dict, plan: dict) -> None:
