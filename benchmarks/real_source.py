@@ -42,7 +42,9 @@ NOVELS = ["sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northa
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "real"
+    from ligo.outputs import cache_dir
+
+    return cache_dir() / "real"
 
 
 def sha256(path: Path) -> str:

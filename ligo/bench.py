@@ -394,6 +394,6 @@ def _fit_summary(fit: dict | None) -> dict | None:
 
 
 def _cache_dir() -> Path:
-    import os
+    from .outputs import cache_dir
 
-    return Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "bench-scratch"
+    return cache_dir() / "bench-scratch"

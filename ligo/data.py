@@ -323,7 +323,9 @@ def cached_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     h = hashlib.sha256(f"{vocab_size}\n".encode())
     for t in texts:
         h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
-    cache = Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "tokenizers" / h.hexdigest()[:24]
+    from .outputs import cache_dir
+
+    cache = cache_dir() / "tokenizers" / h.hexdigest()[:24]
     if (cache / "tokenizer.json").is_file():
         try:
             tok = PreTrainedTokenizerFast.from_pretrained(str(cache), trust_remote_code=False, local_files_only=True)

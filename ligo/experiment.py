@@ -243,10 +243,14 @@ def _check_source_path(exp: "Experiment") -> None:
 
 
 def local_path(path: str) -> Path:
-    """A path as an experiment file gives it: ``~`` and ``$LIGO_CACHE``-style variables expanded, so that one
-    file serves every machine (benchmarks/real_source.py writes its source into the cache)."""
+    """A path as an experiment file gives it, with ``~`` and environment variables expanded so that one file
+    serves every machine; ``$LIGO_CACHE`` is ligo's cache folder (``~/.cache/ligo`` when the variable is unset),
+    where benchmarks/real_source.py writes the real source and corpus."""
     import os
 
+    from .outputs import cache_dir
+
+    path = path.replace("${LIGO_CACHE}", "$LIGO_CACHE").replace("$LIGO_CACHE", str(cache_dir()))
     return Path(os.path.expandvars(os.path.expanduser(path)))
 
 

@@ -526,7 +526,7 @@ class GrowthOperator(nn.Module):
         return self.spec.norms["offset"] if weights and entry.name in self.gains else 0.0
 
     def _pieces(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
-                read=None, dtype: torch.dtype | None = None) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
+                read=None) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
         """The target's tensors one at a time (float32), tied duplicates left out, as ``(key, rows, tensor)``:
         ``rows`` is None for a whole tensor, or the slice of its first axis that this piece holds.
 
@@ -608,7 +608,7 @@ class GrowthOperator(nn.Module):
         """:meth:`_pieces` with the slices of rows put together: whole tensors (the pieces cast to ``dtype``)."""
         shapes = self.target_shapes()
         key, out = None, None
-        for name, rows, v in self._pieces(dtype=dtype, **kwargs):
+        for name, rows, v in self._pieces(**kwargs):
             if rows is None:
                 yield name, v
                 continue
@@ -643,11 +643,6 @@ class GrowthOperator(nn.Module):
         for key, target in self.tied.items():
             out[key] = out[target]
         return out
-
-    @property
-    def depth_device(self) -> torch.device:
-        """Where the operator's maps live (and the grown tensors are computed)."""
-        return next(iter(self.width.values())).device
 
     @torch.no_grad()
     def stream(self, read, dtype: torch.dtype) -> Iterator[tuple[str, slice | None, torch.Tensor]]:

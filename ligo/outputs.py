@@ -38,6 +38,11 @@ def _short(name: str) -> str:
     return name.encode()[:100].decode(errors="ignore") + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
+def cache_dir() -> Path:
+    """ligo's cache folder: ``$LIGO_CACHE``, else ``~/.cache/ligo``."""
+    return Path(os.environ.get("LIGO_CACHE") or Path.home() / ".cache" / "ligo")
+
+
 def sibling(out: Path, tag: str) -> Path:
     return out.parent / f".{_short(out.name)}.{tag}"
 
@@ -187,7 +192,7 @@ def lock_output(out: Path) -> None:
     if key in _HELD:
         return
     name = hashlib.sha256(key.encode()).hexdigest()[:32]
-    for root in (Path(os.environ.get("LIGO_CACHE", Path.home() / ".cache" / "ligo")) / "locks",
+    for root in (cache_dir() / "locks",
                  Path(tempfile.gettempdir()) / f"ligo-locks-{os.getuid()}"):
         try:
             root.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,7 @@
-"""The API's verbs: ``grow``, ``train`` and ``grow_train``. Each CLI command is one call of one of these.
+"""The API's verbs: ``grow``, ``train`` and ``grow_train``, which ``ligo grow``, ``ligo train`` and ``ligo grow-train``
+call (``ligo grow --optimizer-state`` calls :func:`ligo.rungrowth.grow_run`; ``bench``, ``eval``, ``plan``,
+``inspect`` and ``demo`` have modules of their own), and the one grow -> fit -> train path they and the
+benchmarks share (:func:`grow_and_train`).
 
 Objects pass between the stages in memory (the tokenizer, the token blocks, the FLOPs ledger); disk
 is used only for the artifacts. Every output follows one policy (``ligo.outputs``): checked before any

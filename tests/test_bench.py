@@ -100,9 +100,29 @@ def _check_report(out: Path, exp):
     return report
 
 
+def _stand_in_real_source(tokenizer, corpus) -> None:
+    """The real-checkpoint experiments read their source and corpus from $LIGO_CACHE/real (made by
+    benchmarks/real_source.py, which downloads); here a tiny Llama of the real source's depth (30 layers) and a
+    small corpus stand in for them, so that the experiment files run end to end without a download."""
+    import shutil
+
+    import tiny
+    from ligo.outputs import cache_dir
+
+    root = cache_dir() / "real"
+    if not (root / "smollm2-135m" / "config.json").exists():
+        model = tiny.make_model("llama", num_hidden_layers=30, hidden_size=32, num_attention_heads=2,
+                                num_key_value_heads=1, intermediate_size=48, tie_word_embeddings=True)
+        tiny.save_model(model, root / "smollm2-135m", tokenizer)
+    if not (root / "austen").exists():
+        shutil.copytree(corpus, root / "austen")
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-def test_experiment_smoke(path, tmp_path):
+def test_experiment_smoke(path, tmp_path, tokenizer, corpus):
     """Every shipped experiment (the GPU ones included, with bf16 autocast) runs end to end at toy size."""
+    if "$LIGO_CACHE/real/" in path.read_text():
+        _stand_in_real_source(tokenizer, corpus)
     exp = load_experiment(path, smoke=True)
     run_experiment(exp, tmp_path / "out", progress=False, log=lambda *_: None)
     _check_report(tmp_path / "out", exp)
@@ -209,3 +229,11 @@ def test_a_pretrained_checkpoint_is_a_source(sources, tmp_path):
         exp.changed(model_type="gpt2")
     with pytest.raises(LigoError, match="source path must be the only source key"):
         exp.changed(source={"path": str(tmp_path / "nowhere")})
+
+
+def test_bench_without_out_writes_under_bench_results(tmp_path):
+    """`ligo bench FILE` with no --out (as `make bench-cpu` and docs/cli.md run it), through the console script."""
+    proc = run_cli("bench", "demo", "--smoke", "--no-progress", "--methods", "stack", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "bench-results" / "demo-smoke"
+    assert (out / "results.json").is_file() and f"results in {Path('bench-results') / 'demo-smoke'}/" in proc.stdout

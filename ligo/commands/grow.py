@@ -26,7 +26,8 @@ def add_parser(sub, name):
                    "is complete)")
     p.add_argument("--max-shard-size", default=MAX_SHARD_SIZE, help="largest safetensors shard, like 5GB or 500MB "
                    "(default 5GB)")
-    p.add_argument("--device", help="where to grow: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", help="where to grow: cpu, cuda, cuda:1 (default: the CPU, where growth without a fit "
+                   "streams; with --fit-steps, cuda when available)")
     p.add_argument("--arch", help="read the source with this architecture table (e.g. llama) when its model_type "
                    "has none of its own; ligo suggests one when the weights fit")
     p.add_argument("--check-blocks", type=int, default=16, help="with --data: measure the grown model's start "
@@ -50,7 +51,7 @@ def run(args) -> int:
     from ..pipelines import grow
 
     # a live run grows losslessly by default (split + identity, as `ligo train --grow-at`): its
-    # optimizer state then carries on; a finished model takes the measured winners (auto + stack)
+    # optimizer state then carries on; a finished model takes the plan's auto, resolved from the source
     live = {"width": GrowthStage.width, "depth": GrowthStage.depth} if args.optimizer_state else {}
     plan = GrowthPlan.from_dict({**live, **given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
     fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
@@ -70,7 +71,8 @@ def run(args) -> int:
               f"ligo train --out {out} --resume --steps N")
         return 0
     result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
-                  overwrite=args.overwrite, max_shard_size=args.max_shard_size, device=_device(args.device),
+                  overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                  device=_device(args.device, fit is not None),
                   stream=not args.in_memory, arch=args.arch, check_blocks=args.check_blocks)
     from ..outputs import main_rank
 
@@ -107,7 +109,8 @@ def run(args) -> int:
     return 0
 
 
-def _device(name: str | None) -> str:
+def _device(name: str | None, fit: bool) -> str:
+    """Growth without a fit is a gather that streams on the CPU; a fit trains, on a GPU when there is one."""
     from ..hf import check_device
 
-    return check_device(name)
+    return check_device(name, default_cuda=fit)
