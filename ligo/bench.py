@@ -62,11 +62,23 @@ def run_experiment(exp: Experiment, out: str | Path, data: str | None = None, pr
     SIGTERM or Ctrl-C during a run raises :class:`ligo.errors.Preempted` with the run checkpointed."""
     from .outputs import RunOutput
 
-    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[data])
+    # every input the experiment reads: none may be the output or inside it (--overwrite would delete it)
+    output = RunOutput(out, overwrite=overwrite, resume=resume,
+                       inputs=[data, exp.data_path, exp.source_path, Path(exp.where) if Path(exp.where).exists() else None])
     saved = output.work / "experiment.json"
-    spec_text = json.dumps(exp.raw, sort_keys=True)
+    raw = dict(exp.raw)
+    if exp.source_path is not None:  # a changed source is a changed setting: its files' digest is one of them
+        from .rundir import file_digests
+
+        raw[SOURCE_DIGEST] = hashlib.sha256(json.dumps(file_digests(exp.source_path, skip=()),
+                                                       sort_keys=True).encode()).hexdigest()
+    spec_text = json.dumps(raw, sort_keys=True)
     before = json.loads(saved.read_text()) if resume and saved.exists() else None
-    if before is not None and _shared(before) != _shared(exp.raw):
+    if before is not None and SOURCE_DIGEST in before and before[SOURCE_DIGEST] != raw.get(SOURCE_DIGEST):
+        raise LigoError(f"--resume: the source checkpoint {exp.source_path} changed since {output.final} was started "
+                        "(its files differ), so the finished runs grew another model; restore it, or pass "
+                        "--overwrite to start again")
+    if before is not None and _shared(before) != _shared(raw):
         raise LigoError(f"--resume: {output.final} holds a run of a different experiment (a setting other than its "
                         "methods changed since); pass --overwrite to start it again, or another --out")
     try:
@@ -81,9 +93,14 @@ def run_experiment(exp: Experiment, out: str | Path, data: str | None = None, pr
     return report
 
 
+SOURCE_DIGEST = "_source_digest"  # experiment.json: the digest of a pretrained source's files
+
+
 def _shared(exp: dict) -> str:
-    """The settings every run of an experiment depends on: all but its methods and its words."""
-    return json.dumps({k: v for k, v in exp.items() if k not in ("_where", "methods", "description")}, sort_keys=True)
+    """The settings every run of an experiment depends on: all but its methods and its words (and the source's
+    digest, checked on its own; folders from before it was recorded have none)."""
+    return json.dumps({k: v for k, v in exp.items() if k not in ("_where", "methods", "description", SOURCE_DIGEST)},
+                      sort_keys=True)
 
 
 def _changed_methods(before: dict | None, exp: dict) -> set[str]:

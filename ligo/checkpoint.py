@@ -165,6 +165,7 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     headers = read_headers(p)
     spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
     dims = spec.dims(config, where=str(p / "config.json"))
+    config, dims = _untie_a_stored_head(p, config, spec, dims, headers)
     state = headers if str(device) == "meta" else read_weights(p, device)
     layout = spec.layout(state.keys(), dims)
     for key, m in layout.items():
@@ -177,6 +178,22 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     has_head = any(k.startswith(spec.base_prefix) for k in state) if spec.base_prefix else any(
         m.entry.scope == "head" for m in layout.values())
     return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head)
+
+
+def _untie_a_stored_head(p: Path, config: dict, spec: ArchSpec, dims: Dims, headers: dict) -> tuple[dict, Dims]:
+    """A config that ties the head to the embedding while the weights hold a head of their own that differs
+    from it: transformers then does not tie them (it warns) and computes with the stored head, so ligo reads
+    the model as untied too (and writes ``tie_word_embeddings: false`` into what it grows from it). A stored
+    head equal to the embedding is the tied model saved with both names: it stays tied."""
+    if not dims.tie or "tie" not in spec.config:
+        return config, dims
+    for head, embedding in spec.tied.items():
+        if head in headers and embedding in headers:
+            reader = LazyWeights(p)
+            if not torch.equal(reader(head), reader(embedding)):
+                config = {**config, spec.config_key("tie", config): False}
+                return config, spec.dims(config, where=str(p / "config.json"))
+    return config, dims
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", arch: str | None = None) -> Checkpoint:

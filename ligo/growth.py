@@ -346,8 +346,9 @@ class Grower:
             desc="fit", on_eval=keep_best)
         if best and best["step"] != self.fit_result.steps:
             self.operator.load_state_dict(best["maps"])
-        source = getattr(data, "data", data)  # a DataConfig or a path; None: the default corpus
-        self.fit_info = {"data": None if source is None else str(source), "config": cfg.to_dict(),
+        from .modelcard import data_name
+
+        self.fit_info = {"data": data_name(data), "config": cfg.to_dict(),  # None: the default corpus
                          "steps": self.fit_result.steps, "status": self.fit_result.status,
                          "flops": self.fit_result.flops, "flops_per_step": per_step, "build_flops": build,
                          "start_val_loss": self.fit_result.evals[0]["val_loss"], "best_step": best.get("step"),

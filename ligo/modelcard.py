@@ -23,6 +23,16 @@ def model_name(path: str | Path | None, config: dict | None = None) -> str | Non
     return p.resolve().name or str(p)
 
 
+def data_name(data) -> str | None:
+    """What a card and a recipe call the training data: a dataset's name, or a local file's or folder's own
+    name, never the machine's directories (``data``: a path, a dataset name, or a DataConfig)."""
+    data = getattr(data, "data", data)
+    if data is None:
+        return None
+    p = Path(str(data))
+    return p.resolve().name or str(data) if p.exists() else str(data)
+
+
 def _fmt(x) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"

@@ -51,7 +51,7 @@ class GrowTrainResult:
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
          plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
          overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE, device: str | None = None,
-         stream: bool = True, arch: str | None = None, check_blocks: int = 16, **plan_fields) -> GrowResult:
+         stream: bool = True, arch: str | None = None, check_blocks: int = 16, inputs=(), **plan_fields) -> GrowResult:
     """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
 
     The plan is ``plan``, or its fields as keywords: ``grow(src, {"hidden": 1024}, "out/", width="split")``.
@@ -59,7 +59,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     shard is written as it fills, so memory stays near one shard; ``stream=False`` gathers the grown model
     in memory first (the same bytes on disk). ``arch``: the table for a model_type ligo has none for.
     With ``data``, the grown model's loss on ``check_blocks`` held-out blocks of it is measured beside the
-    source's before the output is committed (``recipe["start_check"]``; 0: no check).
+    source's before the output is committed (``recipe["start_check"]``; 0: no check). ``inputs``: other files
+    the caller read (a target file, a recipe), which the output must not be or hold.
     """
     from .checkpoint import parse_size
     from .outputs import check_output
@@ -72,7 +73,7 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     data = DataConfig.of(data)
     if out is not None:
         parse_size(max_shard_size)
-        check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target)])
+        check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target), *inputs])
     # without a fit the operator streams on the CPU: the source is read tensor by tensor, shards written as they fill
     grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None, arch=arch)
     if fit is not None:
@@ -143,7 +144,7 @@ class Start:
 
 
 def train(model: str | Path | None, data: DataConfig | str | Path | None, out: str | Path, cfg: TrainConfig,
-          start: Start | None = None, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+          start: Start | None = None, *, resume: bool = False, overwrite: bool = False, inputs=()) -> TrainResult:
     """Continue pretraining ``model`` (a checkpoint dir), or train ``start.from_config`` from scratch, into ``out``.
 
     ``out`` receives ``run.json``, ``log.jsonl``, ``checkpoints/`` and, at the end, the trained model
@@ -151,7 +152,8 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
     grow the model in the middle of the run: after step ``at`` the checkpoint is grown (weights and
     optimizer state) and training continues as the grown model, with one log and one FLOPs ledger.
     SIGTERM or Ctrl-C checkpoints the step in progress and raises :class:`ligo.errors.Preempted`;
-    ``resume=True`` continues from wherever a stop or a kill left the run.
+    ``resume=True`` continues from wherever a stop or a kill left the run. ``inputs``: other files the caller
+    read (a stages file), which the output must not be or hold.
     """
     start = start or Start()
     tokenizer = start.tokenizer if isinstance(start.tokenizer, (str, Path)) or start.tokenizer is None else None
@@ -164,7 +166,8 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
 
     cfg_path = None if isinstance(from_config, dict) else from_config
     data = DataConfig.of(data)
-    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[model, cfg_path, tokenizer, data.data])
+    output = RunOutput(out, overwrite=overwrite, resume=resume,
+                       inputs=[model, cfg_path, tokenizer, data.data, *inputs])
     try:
         if resume and latest_checkpoint(output.work) is None:
             raise LigoError(f"--resume: {output.final} holds no complete checkpoint; start without --resume")
@@ -231,12 +234,13 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
                       wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
         if result.status == "preempted":
             raise Preempted(output.work, result.steps)
-        from .modelcard import model_name
+        from .modelcard import data_name, model_name
 
         recipe = {"ligo_version": __version__, "kind": "train", "objective": spec.objective,
                   "model_type": spec.model_type, "model": model_name(model, config if model else None),
                   "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
-                  "data": data.data, "data_config": data.to_dict(), "config": cfg.to_dict(),
+                  "data": data_name(data), "data_config": {**data.to_dict(), "data": data_name(data)},
+                  "config": cfg.to_dict(),
                   "stages": manifest["stages"], "ledger": ledger}
         _finish(result, tok, output, recipe, start.source_card or _growth_recipe(current))
         return TrainResult(output.final, result, ledger)
@@ -425,19 +429,20 @@ class FitSpec:
 def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *, plan: GrowthPlan | None = None,
                fit: FitSpec | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
                resume: bool = False, overwrite: bool = False, recipe: dict | None = None,
-               device: str | None = None) -> GrowTrainResult:
+               device: str | None = None, inputs=()) -> GrowTrainResult:
     """Grow (and fit), then train the grown model: ``OUT/grown``, ``OUT/trained`` and ``OUT/recipe.json``.
 
     ``train_cfg.steps`` is the whole budget, the fit's FLOPs included (see :func:`grow_and_train`).
     ``--resume`` continues whichever stage is unfinished: it grows again if the grown model is not
     complete, resumes training from its newest checkpoint, or starts training if there is none; a job
     that finished, or one whose recipe differs from ``recipe``, is refused. The plan's ``auto`` fields are
-    resolved from the source's training (see :meth:`GrowthPlan.resolved`).
+    resolved from the source's training (see :meth:`GrowthPlan.resolved`). ``inputs``: other files the caller
+    read (a target file, the recipe file), which the output must not be or hold.
     """
     from .data import load_blocks
 
     data = DataConfig.of(data)
-    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data, *_paths(target)])
+    output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data, *_paths(target), *inputs])
     try:
         if resume:
             _check_job(output.work, recipe)

@@ -47,15 +47,16 @@ def data_digest(*tensors) -> str:
     return h.hexdigest()[:32]
 
 
-def _file_digests(ckpt: Path) -> dict[str, str]:
-    """sha256 of every file of a checkpoint (its state file aside): written with it, checked on resume."""
+def file_digests(folder: Path, skip: tuple[str, ...] = (STATE_FILE,)) -> dict[str, str]:
+    """sha256 of every file in ``folder`` (but ``skip``): a checkpoint's are written with it and checked on
+    resume (its state file aside); a benchmark's pretrained source's are checked on resume too."""
     out = {}
-    for f in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != STATE_FILE):
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name not in skip):
         h = hashlib.sha256()
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 24), b""):
                 h.update(chunk)
-        out[str(f.relative_to(ckpt))] = h.hexdigest()
+        out[str(f.relative_to(folder))] = h.hexdigest()
     return out
 
 
@@ -80,7 +81,7 @@ def read_state(ckpt: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise LigoError(f"--resume: {ckpt / STATE_FILE} is unreadable or cut short ({str(exc)[:60]}); delete "
                         f"{ckpt} to resume from an earlier checkpoint") from None
-    if "files" in state and _file_digests(ckpt) != state["files"]:
+    if "files" in state and file_digests(ckpt) != state["files"]:
         raise LigoError(f"--resume: {ckpt} was modified or corrupted after it was written (file digests differ); "
                         "ligo loads only checkpoints it wrote: delete it to resume from an earlier one")
     return state
@@ -170,7 +171,7 @@ class RunDir:
             acc.save_state(str(tmp), safe_serialization=True)
             acc.wait_for_everyone()  # every rank's files are written before they are hashed
             if acc.is_main_process:
-                (tmp / STATE_FILE).write_text(json.dumps({**state, "files": _file_digests(tmp)}))
+                (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_digests(tmp)}))
         except Exception as exc:  # disk full, quota, file-size limit...: the partial checkpoint never gets its name
             error = as_user_error(exc, f"writing the checkpoint for step {step}", where=root)
             if error is None:

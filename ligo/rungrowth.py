@@ -30,7 +30,7 @@ from . import __version__
 from .checkpoint import RECIPE_NAME, Checkpoint, copy_tokenizer, load_tokenizer, read_config, save_weights, write_json
 from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
-from .rundir import CARRIED_PREFIXES, CHECKPOINTS, LOG_FILE, MANIFEST, MASTERS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, _file_digests, check_pickles, latest_checkpoint, \
+from .rundir import CARRIED_PREFIXES, CHECKPOINTS, LOG_FILE, MANIFEST, MASTERS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, file_digests, check_pickles, latest_checkpoint, \
     read_state
 
 OPTIMIZER_STATES = ("grow", "reset")
@@ -100,6 +100,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     trainer state."""
     from .arch import get_spec
     from .growth import Grower
+    from .modelcard import model_name
     from .moe import upcycle_table
 
     if optimizer_state not in OPTIMIZER_STATES:
@@ -137,7 +138,9 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     op = grower.operator
     grown = op.materialize(dtype=grower.dtype)
     out = {"state": grown, "config": grower.hf_config(), "target_config": grower.target_config, "spec": spec,
-           "recipe": {**grower.recipe(), "run": str(run_dir), "step": state["step"], "optimizer_state": optimizer_state,
+           # the run's source: the model it trained (its checkpoint folder is no model's name), and the run's name
+           "recipe": {**grower.recipe(), "source": model_name(model_dir or run_dir, config), "run": model_name(run_dir),
+                      "step": state["step"], "optimizer_state": optimizer_state,
                       "ledger": {"source_flops": None, "fit_flops": fit_flops, "previous_train_flops": 0.0,
                                  "train_flops": state["flops"]}},
            "model_dir": model_dir}
@@ -204,7 +207,7 @@ def write_checkpoint(grown: dict, ckpt_src: Path, dest: Path, model_dir: Path) -
         if f.name.startswith(CARRIED_PREFIXES):
             shutil.copy2(f, dest / f.name)
     state = {**grown["trainer_state"], "model": str(model_dir)}
-    state["files"] = _file_digests(dest)
+    state["files"] = file_digests(dest)
     (dest / STATE_FILE).write_text(json.dumps(state))
 
 
@@ -223,7 +226,7 @@ def write_model(grown: dict, dest: Path, tokenizer_dir: Path | None) -> None:
 
 def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPlan | None = None, *,
              optimizer_state: str = "grow", fit: TrainConfig | None = None, overwrite: bool = False,
-             data=None) -> Path:
+             data=None, inputs=()) -> Path:
     """``ligo grow RUN_DIR --optimizer-state ...``: a new run directory holding the grown run. The fit (if
     any) reads ``data`` (a DataConfig), or the run's own data when it names none."""
     from .config import DataConfig
@@ -231,7 +234,7 @@ def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPla
     from .outputs import check_output, staged
 
     run_dir = Path(run_dir)
-    check_output(out, overwrite=overwrite, inputs=[run_dir])
+    check_output(out, overwrite=overwrite, inputs=[run_dir, *inputs])
     blocks = None
     if fit is not None:
         ckpt, state, manifest = open_run(run_dir)
@@ -243,7 +246,7 @@ def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPla
     grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks,
                             data=DataConfig.of(data) if fit is not None else None)
     ckpt, state, manifest = open_run(run_dir)
-    with staged(out, overwrite, inputs=[run_dir]) as tmp:
+    with staged(out, overwrite, inputs=[run_dir, *inputs]) as tmp:
         final = Path(out).resolve()
         write_model(grown, tmp / "model", _tokenizer_dir(grown, manifest))
         write_checkpoint(grown, ckpt, tmp / CHECKPOINTS / ckpt.name, final / "model")

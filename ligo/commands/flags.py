@@ -115,12 +115,9 @@ def data_config(args: argparse.Namespace, extra: dict | None = None) -> DataConf
     return DataConfig.from_dict({**(extra or {}), **given(args, DataConfig)})
 
 
-def check_target_not_in_output(text, out, overwrite: bool) -> None:
-    """A target given as a file is an input: an output that is, or holds, it is refused before any work."""
-    from ..outputs import check_output
-
-    if isinstance(text, str) and text.strip() and not text.lstrip().startswith("{") and out:
-        check_output(out, overwrite=overwrite, inputs=[text], resume=False)
+def target_file(text) -> str | None:
+    """A target given as a file (a config.json or its folder): an input the output must not be or hold."""
+    return text if isinstance(text, str) and text.strip() and not text.lstrip().startswith("{") else None
 
 
 def parse_target(text: str, flag: str = "--target") -> dict:

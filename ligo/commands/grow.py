@@ -11,7 +11,7 @@ import sys
 
 from ..config import MAX_SHARD_SIZE, GrowthPlan, GrowthStage, TrainConfig, fit_config
 from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, add_target_flag, \
-    check_target_not_in_output, given, parse_target
+    given, parse_target, target_file
 
 
 def add_parser(sub, name):
@@ -56,7 +56,6 @@ def run(args) -> int:
     plan = GrowthPlan.from_dict({**live, **given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
     fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
                       "progress": not args.no_progress}, where="fit")
-    check_target_not_in_output(args.target, args.out, args.overwrite)
     if args.optimizer_state:
         from ..rungrowth import grow_run
 
@@ -66,14 +65,15 @@ def run(args) -> int:
             raise LigoError(f"--device {args.device}: a live run is grown on the CPU (its checkpoint and optimizer "
                             "state are read there); drop --device, or grow a finished model with --device")
         out = grow_run(args.source, parse_target(args.target), args.out, plan, optimizer_state=args.optimizer_state,
-                       fit=fit, overwrite=args.overwrite, data=data_config(args))
+                       fit=fit, overwrite=args.overwrite, data=data_config(args), inputs=[target_file(args.target)])
         print(f"grew the run {args.source} (optimizer state: {args.optimizer_state}) into {out}; continue it with: "
               f"ligo train --out {out} --resume --steps N")
         return 0
     result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
                   overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                   device=_device(args.device, fit is not None),
-                  stream=not args.in_memory, arch=args.arch, check_blocks=args.check_blocks)
+                  stream=not args.in_memory, arch=args.arch, check_blocks=args.check_blocks,
+                  inputs=[target_file(args.target)])
     from ..outputs import main_rank
 
     if not main_rank():  # under a multi-process launch the main process reports

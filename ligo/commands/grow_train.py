@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import FIT_DEFAULTS, PLAN_KEYS, DataConfig, GrowthPlan, TrainConfig, fit_config
 from ..errors import LigoError
 from .flags import add_data_flags, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, \
-    check_target_not_in_output, given, parse_target
+    given, parse_target, target_file
 
 DATA_KEYS = {f.name for f in fields(DataConfig)}
 RECIPE_KEYS = {"source", "target", "out", "seed", "seq_len", "batch_size", "fit", "train"} | PLAN_KEYS | DATA_KEYS
@@ -90,8 +90,9 @@ def run(args) -> int:
     for key in ("source", "target", "out"):
         if not recipe.get(key):
             raise LigoError(f"no {key} given; pass it as a flag or put '{key}' in the --config recipe")
+    inputs = [args.config]  # the recipe file, and a target file: inputs that --overwrite must never delete
     if not isinstance(recipe["target"], dict):
-        check_target_not_in_output(str(recipe["target"]), recipe["out"], args.overwrite)
+        inputs.append(target_file(str(recipe["target"])))
         recipe["target"] = parse_target(str(recipe["target"]))
     flags = given(args, TrainConfig)
     shared = {k: flags.pop(k) if k in flags else recipe[k] for k in ("seq_len", "batch_size", "seed")
@@ -114,7 +115,7 @@ def run(args) -> int:
     fit = None if fit_cfg is None else FitSpec(fit_cfg, share)
     result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, train_cfg=train_cfg,
                         data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
-                        device=check_device(args.device, default_cuda=False))
+                        device=check_device(args.device, default_cuda=False), inputs=inputs)
     loop = result.trained.loop
     if not loop.accelerator.is_main_process:
         return 0

@@ -62,7 +62,8 @@ def run(args) -> int:
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig.from_dict({**{k: v for k, v in base.items() if k in known}, **given(args, TrainConfig)})
     start = Start(from_config=args.from_config, tokenizer=args.tokenizer, stages=stages(args))
-    result = train(args.model, data_config(args), args.out, cfg, start, resume=args.resume, overwrite=args.overwrite)
+    result = train(args.model, data_config(args), args.out, cfg, start, resume=args.resume, overwrite=args.overwrite,
+                   inputs=[args.stages])
     loop = result.loop
     if not loop.accelerator.is_main_process:
         return 0

@@ -1,0 +1,153 @@
+"""The foreign-fault round of issue 35: each fault as it was met (a real file, a real signal, a real second
+process), now refused in one line, or done right, with nothing lost."""
+
+import json
+import os
+import shlex
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny
+from conftest import assert_one_line_error, run_cli, start_cli, wait_for
+
+QUICK = ["--steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1", "--no-progress"]
+
+
+def _lines(path) -> int:
+    try:
+        return len(Path(path).read_text().splitlines())
+    except OSError:
+        return 0
+
+
+# -- 1. --overwrite never deletes an input that lives inside --out ------------------------------------------------
+BENCH = """\
+name: inside
+model_type: llama
+seq_len: 16
+batch_size: 2
+lr_sweep: [1]
+unit_report: false
+source: {path: SOURCE}
+target: {num_hidden_layers: 3}
+train: {steps: 2, lr: 0.001, warmup: 1, eval_every: 1, eval_batches: 1}
+methods: {scratch: {}, grown: {}}
+"""
+
+
+@pytest.mark.parametrize("inside", ["source", "data", "experiment"])
+def test_bench_overwrite_never_deletes_its_inputs(inside, sources, corpus, tmp_path, cli):
+    import shutil
+
+    out = tmp_path / "V"
+    out.mkdir()
+    src = shutil.copytree(sources["llama"], out / "k01") if inside == "source" else sources["llama"]
+    data = shutil.copy(next(corpus.iterdir()), out / "corpus.py") if inside == "data" else corpus
+    exp = (out if inside == "experiment" else tmp_path) / "exp.yaml"
+    exp.write_text(BENCH.replace("SOURCE", str(src)) + f"data: {data}\n")
+    before = sorted(p.name for p in out.iterdir())
+    proc = cli("bench", exp, "--out", out, "--overwrite", "--no-progress")
+    assert_one_line_error(proc, "bench", "is \\(or holds\\) the input")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_grow_train_overwrite_never_deletes_its_recipe(sources, corpus, tmp_path, cli):
+    job = tmp_path / "J"
+    job.mkdir()
+    (job / "recipe.yaml").write_text(f"source: {sources['llama']}\ntarget: {{hidden: 128}}\nout: {job}\n"
+                                     f"data: {corpus}\n")
+    proc = cli("grow-train", "--config", job / "recipe.yaml", "--overwrite", *QUICK)
+    assert_one_line_error(proc, "grow-train", "is \\(or holds\\) the input")
+    assert (job / "recipe.yaml").exists()
+
+
+def test_train_overwrite_never_deletes_its_stages_file(sources, corpus, tmp_path, cli):
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "stages.yaml").write_text("- {at: 1, target: {hidden: 128}}\n")
+    proc = cli("train", sources["llama"], "--data", corpus, "--out", run, "--overwrite", "--stages",
+               run / "stages.yaml", *QUICK)
+    assert_one_line_error(proc, "train", "is \\(or holds\\) the input")
+    assert (run / "stages.yaml").exists()
+
+
+# -- 2. the resume line that a preempted grow-train prints works as printed -----------------------------------------
+def test_the_printed_resume_line_of_grow_train_with_a_target_file_works(sources, corpus, tmp_path):
+    (tmp_path / "target128.json").write_text(json.dumps({"hidden": 128, "heads": 8, "kv_heads": 4}))
+    job = tmp_path / "J"
+    args = ["grow-train", sources["llama"], "--target", tmp_path / "target128.json", "--data", corpus, "--out", job,
+            "--steps", "60", "--seq-len", "32", "--batch-size", "4", "--eval-every", "20", "--eval-batches", "1",
+            "--log-every", "1", "--no-progress"]
+    proc = start_cli(*args)
+    assert wait_for(lambda: _lines(job / "trained" / "log.jsonl") >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    line = err.strip().splitlines()[-1].split("continue with: ", 1)[1]
+    resumed = run_cli(*shlex.split(line)[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert (job / "trained" / "config.json").exists()
+
+
+# -- 3. a config that says tied while the file holds its own head: grown as transformers runs it ------------------
+def _tied_with_own_head(path: Path, tokenizer, same: bool) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    tiny.save_model(tiny.make_model("llama", tie_word_embeddings=True), path, tokenizer)
+    state = load_file(path / "model.safetensors")
+    emb = state["model.embed_tokens.weight"]
+    state["lm_head.weight"] = emb.clone() if same else torch.randn_like(emb, generator=None)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_a_tied_config_with_a_stored_head_grows_as_transformers_runs_it(same, tokenizer, blocks, tmp_path, cli):
+    src = _tied_with_own_head(tmp_path / "src", tokenizer, same)
+    cli("grow", src, "--target", json.dumps(tiny.TARGET["llama"]), "--out", tmp_path / "out", "--width", "split",
+        "--depth", "identity", check=True)
+    diff, model = tiny.max_logit_diff(src, tmp_path / "out", blocks.val[:2])
+    assert diff <= 1e-4
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is same
+
+
+# -- 4. a pretrained source changed between `ligo bench` and --resume is refused -----------------------------------
+def test_bench_resume_refuses_a_changed_source(sources, corpus, tmp_path, cli):
+    import shutil
+
+    src = shutil.copytree(sources["llama"], tmp_path / "k01")
+    (tmp_path / "exp.yaml").write_text(BENCH.replace("SOURCE", str(src)) + f"data: {corpus}\n")
+    out = tmp_path / "V"
+    cli("bench", tmp_path / "exp.yaml", "--out", out, "--no-progress", check=True)
+    (out / "runs" / "1x" / "grown" / "result.json").unlink()  # as if the run had been killed
+    tiny.save_model(tiny.make_model("llama", seed=5), src)  # another model in the same folder
+    proc = cli("bench", tmp_path / "exp.yaml", "--out", out, "--no-progress", "--resume")
+    assert_one_line_error(proc, "bench", "the source checkpoint .*k01 changed since")
+    assert not (out / "runs" / "1x" / "grown" / "result.json").exists()
+
+
+# -- 5. cards and recipes name the data and the source, never the machine's folders ---------------------------------
+def test_cards_and_recipes_never_hold_the_machines_folders(sources, corpus, tmp_path, cli):
+    data = tmp_path / "deep" / "folder" / "corpus.py"
+    data.parent.mkdir(parents=True)
+    data.write_text(next(corpus.iterdir()).read_text())
+    cli("train", sources["llama"], "--data", data, "--out", tmp_path / "run", "--save-every", "1", *QUICK, check=True)
+    cli("grow", sources["llama"], "--target", '{"hidden": 128}', "--out", tmp_path / "fit", "--data", data,
+        "--fit-steps", "1", "--fit-eval-every", "1", "--seq-len", "16", "--batch-size", "2", "--no-progress",
+        check=True)
+    cli("grow-train", sources["llama"], "--target", '{"hidden": 128}', "--data", data, "--out", tmp_path / "gt",
+        *QUICK, check=True)
+    cli("grow", tmp_path / "run", "--optimizer-state", "grow", "--target", '{"hidden": 128}', "--out",
+        tmp_path / "grown-run", check=True)
+    written = [tmp_path / "run", tmp_path / "fit", tmp_path / "gt" / "grown", tmp_path / "gt" / "trained",
+               tmp_path / "grown-run" / "model"]
+    for folder in written:
+        for name in ("README.md", "ligo_recipe.json"):
+            text = (folder / name).read_text()
+            assert str(tmp_path) not in text and "step-0" not in text, (folder, name)
+    assert "Data: `corpus.py`" in (tmp_path / "run" / "README.md").read_text()
+    assert json.loads((tmp_path / "fit" / "ligo_recipe.json").read_text())["fit"]["data"] == "corpus.py"
+    assert "base_model: llama" in (tmp_path / "grown-run" / "model" / "README.md").read_text()
