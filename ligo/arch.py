@@ -513,8 +513,19 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
     checkpoint's own model_type). An unknown type whose weights and config fit a table is refused with
     that table named, to pass as ``arch``."""
     if arch is not None:
-        spec = get_spec(arch)
-        return replace(spec, model_type=model_type or spec.model_type)
+        _builtin_tables()
+        if arch not in _REGISTRY:
+            raise LigoError(f"--arch {arch}: there is no architecture table for {arch!r} (tables serve "
+                            f"{', '.join(supported_types())})")
+        table = get_spec(arch)
+        spec = replace(table, model_type=model_type or table.model_type)
+        try:
+            spec.layout(keys, spec.dims(config))
+        except LigoError as exc:
+            raise LigoError(f"--arch {arch}: the {arch} table ({table.source}) does not fit this {model_type} "
+                            f"checkpoint: {exc}; give the table that describes it, or write one ({DOCS_ADDING})"
+                            ) from None
+        return spec
     try:
         return get_spec(model_type)
     except LigoError as exc:

@@ -166,9 +166,10 @@ class _Bench:
         exp, t0 = self.exp, time.perf_counter()
         texts = stdlib_texts(exp.corpus_bytes, exp.corpus) if self.data is None else read_texts(self.data, exp.corpus_bytes)
         if exp.source_path is not None:  # a pretrained source brings its own tokenizer
-            from .checkpoint import load_tokenizer
+            from .checkpoint import check_tokenizer_fits, load_tokenizer
 
             self.tokenizer = load_tokenizer(exp.source_path)
+            check_tokenizer_fits(self.tokenizer, self.spec.dims(exp.configs()[0]).vocab, exp.source_path)
         else:
             self.tokenizer = cached_tokenizer(texts, exp.vocab_size, self.out / "tokenizer")
         self.blocks = pack(texts, self.tokenizer, exp.seq_len)

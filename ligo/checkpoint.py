@@ -44,8 +44,27 @@ class Checkpoint:
     has_head: bool
 
 
+def check_regular_files(path: str | Path) -> None:
+    """Refuse a FIFO, socket or device where a file is read (in a folder: any of its files): opening one
+    would block, or read forever, before any signal could be handled."""
+    import stat
+
+    p = Path(path)
+    items = list(p.iterdir()) if p.is_dir() else [p]
+    for f in items:
+        try:
+            mode = f.stat().st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+            raise LigoError(f"{f} is {kind}, not a regular file; ligo reads models and data from regular files only, "
+                            "so replace it with the file itself")
+
+
 def read_config(path: str | Path) -> dict:
     p = Path(path)
+    check_regular_files(p)
     if p.is_dir():
         p = p / "config.json"
     if not p.exists():
@@ -209,11 +228,19 @@ def load_tokenizer(path: str | Path):
     if not p.is_dir():
         raise LigoError(f"tokenizer directory {p} does not exist; pass a local directory holding the tokenizer "
                         "files (ligo never looks tokenizers up on a hub)")
+    check_regular_files(p)
     try:
         return AutoTokenizer.from_pretrained(str(p), trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise LigoError(f"cannot load a tokenizer from {p} ({str(exc).splitlines()[0][:120]}); save the "
                         "source's tokenizer beside its weights") from None
+
+
+def check_tokenizer_fits(tokenizer, vocab: int, where) -> None:
+    """A tokenizer whose ids the model's embedding cannot hold (more tokens than its vocab_size) is refused."""
+    if len(tokenizer) > vocab:
+        raise LigoError(f"the tokenizer of {where} has {len(tokenizer)} tokens but the model's vocab_size is {vocab}; "
+                        "use the model's own tokenizer")
 
 
 def parse_size(text: str | int) -> int:

@@ -117,13 +117,34 @@ def _main(argv: list[str] | None) -> int:
         error = as_user_error(exc, args.command)
         if args.debug:
             traceback.print_exc()
+        if _peer_lost(exc):  # under torchrun / accelerate launch: another rank was killed or failed
+            print(f"ligo {args.command}: error: another process of this launch stopped, so this one cannot go on "
+                  f"({_first_line(exc)}); the checkpoints written so far are intact: launch all processes again "
+                  f"with --resume ({_resume_command(argv)})", file=sys.stderr)
+            return 2
         if isinstance(error, LigoError):
             print(f"ligo {args.command}: error: {error}", file=sys.stderr)
             return 2
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"ligo {args.command}: unexpected error: {type(exc).__name__}: {msg} (rerun with --debug for the "
-              "traceback and report it)", file=sys.stderr)
+        print(f"ligo {args.command}: unexpected error: {type(exc).__name__}: {_first_line(exc)} (rerun with --debug for "
+              "the traceback and report it)", file=sys.stderr)
         return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+_PEER_LOST = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator",
+              "socket timeout", "connection refused")
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """A collective of a multi-process launch failed because another process went away (gloo/NCCL)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+        return False
+    text = str(exc).lower()
+    return type(exc).__name__ in ("RuntimeError", "DistBackendError", "DistNetworkError", "DistError") and (
+        any(p in text for p in _PEER_LOST) or "gloo" in text)
 
 
 def _resume_command(argv: list[str] | None) -> str:

@@ -58,6 +58,9 @@ def _quiet():
 
 def _local_files(p: Path) -> tuple[str, list[str]]:
     """(builder, files) of a local file or folder; one kind of file per dataset."""
+    from .checkpoint import check_regular_files
+
+    check_regular_files(p)
     files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in BUILDERS and not f.name.startswith(".")) \
         if p.is_dir() else [p]
     if not files:

@@ -236,6 +236,9 @@ def _check_source_path(exp: "Experiment") -> None:
     if found != exp.model_type:
         raise LigoError(f"{where}: the source {path} is a {found} model but model_type says {exp.model_type}; make them "
                         "agree")
+    if "vocab_size" in exp.raw:
+        raise LigoError(f"{where}: vocab_size is the size of the tokenizer ligo trains for a source it trains; the "
+                        f"pretrained source {path} brings its own tokenizer, so remove vocab_size")
     staged = [m.name for m in exp.methods.values() if m.kind == "staged"]
     if staged:
         raise LigoError(f"{where}: staged methods ({', '.join(staged)}) train their small model inside the budget, "

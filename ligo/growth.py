@@ -12,8 +12,9 @@ from torch import nn
 
 from . import __version__
 from .arch import Dims
-from .checkpoint import RECIPE_NAME, Checkpoint, LazyWeights, copy_tokenizer, describe_checkpoint, load_checkpoint, \
-    load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming, write_json
+from .checkpoint import RECIPE_NAME, Checkpoint, LazyWeights, check_tokenizer_fits, copy_tokenizer, \
+    describe_checkpoint, load_checkpoint, load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming, \
+    write_json
 from .config import FIT_STEPS_API, MAX_SHARD_SIZE, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
@@ -284,8 +285,10 @@ class Grower:
 
     @property
     def tokenizer(self):
+        """The source's tokenizer (or the one given), checked to fit the model's vocabulary."""
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.source.path)
+        check_tokenizer_fits(self._tokenizer, self.source.dims.vocab, self.source.path)
         return self._tokenizer
 
     # -- LiGO proper: train the operator on the pretraining loss ----------------------------------

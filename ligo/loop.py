@@ -92,6 +92,17 @@ def has_accelerator_device() -> bool:
         hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
+def check_batch(cfg: TrainConfig, what: str = "batch_size") -> None:
+    """Refuse a batch that the processes of this launch cannot share, before any work (the launch's size is
+    in the environment torchrun and accelerate set, so no process group is needed to know it)."""
+    import os
+
+    nproc = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if cfg.batch_size % nproc:
+        raise LigoError(f"{what} {cfg.batch_size} is not divisible by the {nproc} processes; "
+                        "pick a multiple of the process count")
+
+
 def make_accelerator(cfg: TrainConfig, run_dir: Path | None):
     """An Accelerator for one loop. Precision is applied by the loop itself (autocast), so several loops
     with different precisions can run in one process without touching accelerate's singletons."""

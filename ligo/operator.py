@@ -55,10 +55,9 @@ def _param_name(token: str) -> str:
 
 def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     """Refuse target shapes the operator cannot produce, with the fix in the message."""
-    k = spec.config
     for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts"):
         if getattr(tgt, name) < getattr(src, name):
-            raise LigoError(f"target {k.get(name, name)}={getattr(tgt, name)} is smaller than the source's "
+            raise LigoError(f"target {spec.config_key(name) or name}={getattr(tgt, name)} is smaller than the source's "
                             f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
     if tgt.head_dim != src.head_dim:
         why = "rotary pairs live inside each head" if spec.rope else "attention is grown by whole heads"

@@ -19,14 +19,14 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import RECIPE_NAME, describe_checkpoint, load_tokenizer, read_config, write_json
+from .checkpoint import RECIPE_NAME, check_tokenizer_fits, describe_checkpoint, load_tokenizer, read_config, write_json
 from .config import MAX_SHARD_SIZE, DataConfig, GrowthPlan, TrainConfig
 from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
 from .hf import build_config, model_class
 from .moe import train_router
 from .data import tokens_to_read
-from .loop import LoopResult, make_collate, train_loop
+from .loop import LoopResult, check_batch, make_collate, train_loop
 from .outputs import RunOutput
 from .rundir import MANIFEST, data_digest, latest_checkpoint
 
@@ -51,7 +51,8 @@ class GrowTrainResult:
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
          plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
          overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE, device: str | None = None,
-         stream: bool = True, arch: str | None = None, check_blocks: int = 16, inputs=(), **plan_fields) -> GrowResult:
+         stream: bool = True, arch: str | None = None, check_blocks: int = 16, check_seq_len: int | None = None,
+         inputs=(), **plan_fields) -> GrowResult:
     """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
 
     The plan is ``plan``, or its fields as keywords: ``grow(src, {"hidden": 1024}, "out/", width="split")``.
@@ -59,7 +60,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     shard is written as it fills, so memory stays near one shard; ``stream=False`` gathers the grown model
     in memory first (the same bytes on disk). ``arch``: the table for a model_type ligo has none for.
     With ``data``, the grown model's loss on ``check_blocks`` held-out blocks of it is measured beside the
-    source's before the output is committed (``recipe["start_check"]``; 0: no check). ``inputs``: other files
+    source's before the output is committed (``recipe["start_check"]``; 0: no check), in blocks of
+    ``check_seq_len`` tokens (default: the fit's, else 128, within the model's positions). ``inputs``: other files
     the caller read (a target file, a recipe), which the output must not be or hold.
     """
     from .checkpoint import parse_size
@@ -71,6 +73,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     if not isinstance(check_blocks, int) or isinstance(check_blocks, bool) or check_blocks < 0:
         raise LigoError(f"--check-blocks must be a number of blocks, 0 or more (0: no start check), got {check_blocks!r}")
     data = DataConfig.of(data)
+    if fit is not None:
+        check_batch(fit, "the fit's batch_size")
     if out is not None:
         parse_size(max_shard_size)
         check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target), *inputs])
@@ -82,7 +86,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     if out is not None and data.data is not None and check_blocks:  # the start loss, grown vs source
         from .data import load_blocks
 
-        seq_len = min(fit.seq_len if fit else 128, grower.source.dims.positions or 128)
+        seq_len = check_seq_len or (fit.seq_len if fit else 128)
+        seq_len = min(seq_len, grower.source.dims.positions or seq_len)
         blocks = load_blocks(data, grower.tokenizer, seq_len, max_tokens=40 * check_blocks * seq_len)
         check = blocks.val[:check_blocks]
     path = None
@@ -166,6 +171,7 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
 
     cfg_path = None if isinstance(from_config, dict) else from_config
     data = DataConfig.of(data)
+    check_batch(cfg)
     output = RunOutput(out, overwrite=overwrite, resume=resume,
                        inputs=[model, cfg_path, tokenizer, data.data, *inputs])
     try:
@@ -187,10 +193,7 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
         stages = sorted(start.stages, key=lambda st: st.at)
         _check_stages(stages, spec, config, cfg)
         tok = tokenizer_obj or load_tokenizer(tok_dir)
-        if len(tok) > dims.vocab:
-            raise LigoError(f"the tokenizer in {tok_dir} has {len(tok)} tokens but the model's vocab_size is "
-                            f"{dims.vocab}; "
-                            "use the model's own tokenizer")
+        check_tokenizer_fits(tok, dims.vocab, tok_dir or "the run")
         if dims.positions is not None and cfg.seq_len > dims.positions:
             raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
         if blocks is None:  # with streaming, read only what the run will use (and its held-out share)
@@ -280,6 +283,7 @@ def _check_stages(stages: list, spec, config: dict, cfg: TrainConfig) -> None:
     """Mid-run growth stages checked before any training: inside the run, in order, valid targets."""
     from .hf import known_config_keys
     from .operator import check_growth
+    from .rungrowth import check_live_growth
 
     before, current = 0, config
     for st in stages:
@@ -288,6 +292,7 @@ def _check_stages(stages: list, spec, config: dict, cfg: TrainConfig) -> None:
                             "previous stage")
         if not st.target:
             raise LigoError(f"growth stage at step {st.at} has no target; give --grow-target")
+        check_live_growth(spec, st.target, f"growth stage at step {st.at}")
         grown = spec.target_config(current, st.target, known_config_keys(spec.model_type))
         check_growth(spec, spec.dims(current), spec.dims(grown, where="growth stage target"))
         before, current = st.at, grown
@@ -442,6 +447,9 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     from .data import load_blocks
 
     data = DataConfig.of(data)
+    check_batch(train_cfg)  # before any work: a batch the processes cannot share fails here, on every rank
+    if fit is not None:
+        check_batch(fit.cfg, "the fit's batch_size")
     output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data, *_paths(target), *inputs])
     try:
         if resume:

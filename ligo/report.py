@@ -86,7 +86,7 @@ def summarize(results: dict, source_flops: float | None, noise: float | None = N
     return {"scratch_final_val_loss": target, "scratch_flops_to_final": scratch_flops, "best_fixed": best_fixed,
             "best_fixed_final_val_loss": fixed_target, "best_fixed_flops_to_final": fixed_flops,
             "best_fixed_start_val_loss": fixed_start, "best_learned": best_learned, "noise_floor": noise,
-            "targets": targets, "rows": rows}
+            "source_cost_known": source_flops is not None, "targets": targets, "rows": rows}
 
 
 def _fmt(x, kind, missing="not reached"):
@@ -128,7 +128,8 @@ def budget_table(budget: dict) -> list[str]:
         fit = m.get(LEARNED)
         fit_text = "—" if not fit else f"{fit['start_val']:.3f} -> {fit['final_val']:.3f}" + (
             " **defect**" if r["fit_defect"] else "")
-        ref = "—" if name == "scratch" else "not reached"
+        # empty where it cannot be: scratch, or a pretrained source whose training cost is unknown
+        ref = "—" if name == "scratch" or not (s.get("source_cost_known", True) or m.get("staged")) else "not reached"
         lines.append(f"| {m['label']} | {m['start_val_loss']:.4f} | {r['final_val_loss']:.4f} | "
                      f"{_fmt(r['vs_best_fixed_loss'], 'dloss', '—')} | {_fmt(r['flops_to_best_fixed_final'], 'flops')} | "
                      f"{_fmt(r['saving_vs_best_fixed'], 'pct')} | {_fmt(r['saving_source_free'], 'pct')} | "

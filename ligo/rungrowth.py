@@ -101,17 +101,13 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     from .arch import get_spec
     from .growth import Grower
     from .modelcard import model_name
-    from .moe import upcycle_table
 
     if optimizer_state not in OPTIMIZER_STATES:
         raise LigoError(f"--optimizer-state must be grow or reset, got {optimizer_state!r}")
     ckpt, state, manifest = open_run(run_dir)
     config = run_config(run_dir, state, manifest)
     spec = get_spec(config.get("model_type"))
-    if spec.fused or upcycle_table(spec, target) is not None:
-        raise LigoError(f"{run_dir}: growing a live run of a mixture of experts, or into one, is not supported (the "
-                        "run's checkpoint holds the experts fused, as transformers does); grow its saved model with "
-                        "`ligo grow` and continue with `ligo train`")
+    check_live_growth(spec, target, run_dir)
     cfg = state.get("config") or {}
     if not (ckpt / WEIGHTS_FILE).exists():
         raise LigoError(f"{ckpt} has no {WEIGHTS_FILE}; only single-file checkpoints of `ligo train` can be grown")
@@ -159,6 +155,16 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     out["trainer_state"] = {**state, "flops": state["flops"] + fit_flops, "param_names": new_slots}
     out["fit_flops"] = fit_flops
     return out
+
+
+def check_live_growth(spec, target: dict, where) -> None:
+    """A live run (its checkpoint: weights and optimizer state) grows as a dense model into a dense model."""
+    from .moe import upcycle_table
+
+    if spec.fused or upcycle_table(spec, target) is not None:
+        raise LigoError(f"{where}: growing a live run of a mixture of experts, or into one, is not supported (a run's "
+                        "checkpoint holds the experts fused, as transformers does); let the run finish, grow its "
+                        "final model with `ligo grow`, and continue with `ligo train`")
 
 
 def _reindex(groups: list[dict], slots: list[list[str]]) -> list[dict]:

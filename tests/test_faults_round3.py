@@ -151,3 +151,90 @@ def test_cards_and_recipes_never_hold_the_machines_folders(sources, corpus, tmp_
     assert "Data: `corpus.py`" in (tmp_path / "run" / "README.md").read_text()
     assert json.loads((tmp_path / "fit" / "ligo_recipe.json").read_text())["fit"]["data"] == "corpus.py"
     assert "base_model: llama" in (tmp_path / "grown-run" / "model" / "README.md").read_text()
+
+
+# -- 7. a tokenizer larger than the model's vocabulary: one line wherever it is used -------------------------------
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("small-vocab") / "src"
+    return tiny.save_model(tiny.make_model("llama", vocab_size=200), path, tokenizer)
+
+
+@pytest.mark.parametrize("extra", [[], ["--fit-steps", "1", "--seq-len", "16", "--batch-size", "2"]])
+def test_a_tokenizer_larger_than_the_vocabulary_is_one_line_in_grow(extra, small_vocab, corpus, tmp_path, cli):
+    proc = cli("grow", small_vocab, "--target", '{"hidden": 128}', "--data", corpus, "--out", tmp_path / "g",
+               "--no-progress", *extra)
+    assert_one_line_error(proc, "grow", "has 384 tokens but the model's vocab_size is 200")
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_one_line_in_bench(small_vocab, corpus, tmp_path, cli):
+    (tmp_path / "exp.yaml").write_text(BENCH.replace("SOURCE", str(small_vocab)) + f"data: {corpus}\n")
+    proc = cli("bench", tmp_path / "exp.yaml", "--out", tmp_path / "V", "--no-progress")
+    assert_one_line_error(proc, "bench", "has 384 tokens but the model's vocab_size is 200")
+    assert not (tmp_path / "V").exists()
+
+
+# -- 10. a FIFO where a file should be is refused before it is opened ----------------------------------------------
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_a_fifo_in_the_source_is_refused_before_it_is_opened(name, sources, tmp_path):
+    import shutil
+
+    src = shutil.copytree(sources["llama"], tmp_path / "src")
+    (src / name).unlink()
+    os.mkfifo(src / name)
+    proc = start_cli("grow", src, "--target", '{"hidden": 128}', "--out", tmp_path / "g")
+    try:
+        _, err = proc.communicate(timeout=120)  # a blocking open() would never return (the test would time out)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and err.strip() == f"ligo grow: error: {src / name} is a FIFO, not a regular file; " \
+        "ligo reads models and data from regular files only, so replace it with the file itself", err
+
+
+# -- 12, 13. live growth into experts refused before step 0; --arch messages say what is wrong -----------------------
+def test_growing_a_run_into_experts_is_refused_before_any_step(sources, corpus, tmp_path, cli):
+    proc = cli("train", sources["llama"], "--data", corpus, "--out", tmp_path / "r", "--grow-at", "1",
+               "--grow-target", '{"experts": 4, "experts_per_token": 2}', *QUICK)
+    assert_one_line_error(proc, "train", "growing a live run of a mixture of experts, or into one, is not supported")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("bert", "--arch bert: the bert table \\(ligo/archs/bert.json\\) does not fit this llama checkpoint"),
+    ("nosuch", "--arch nosuch: there is no architecture table for 'nosuch'"),
+])
+def test_arch_errors_name_the_table(arch, message, sources, tmp_path, cli):
+    proc = cli("grow", sources["llama"], "--arch", arch, "--target", '{"hidden": 128}', "--out", tmp_path / "g")
+    assert_one_line_error(proc, "grow", message)
+
+
+def test_an_experts_shrink_names_one_config_key(tmp_path, tokenizer, cli):
+    src = tiny.save_model(tiny.make_model("mixtral"), tmp_path / "moe", tokenizer)
+    proc = cli("grow", src, "--target", '{"experts": 2}', "--out", tmp_path / "g")
+    assert_one_line_error(proc, "grow", "target num_local_experts=2 is smaller than the source's 4")
+
+
+# -- 14. the start check reads --seq-len; --check-blocks without --data; vocab_size with a pretrained source ---------
+def test_the_start_check_uses_seq_len_and_needs_data(sources, corpus, tmp_path, cli):
+    cli("grow", sources["llama"], "--target", '{"hidden": 128}', "--data", corpus, "--seq-len", "24",
+        "--check-blocks", "3", "--out", tmp_path / "g", check=True)
+    check = json.loads((tmp_path / "g" / "ligo_recipe.json").read_text())["start_check"]
+    assert check["tokens"] == 3 * 24
+    proc = cli("grow", sources["llama"], "--target", '{"hidden": 128}', "--check-blocks", "5", "--out", tmp_path / "h")
+    assert_one_line_error(proc, "grow", "--check-blocks measures the grown model's start loss on held-out blocks of "
+                                        "--data")
+
+
+def test_vocab_size_with_a_pretrained_source_is_refused(sources, corpus, tmp_path, cli):
+    (tmp_path / "exp.yaml").write_text(BENCH.replace("SOURCE", str(sources["llama"])) + f"data: {corpus}\n"
+                                       "vocab_size: 512\n")
+    proc = cli("bench", tmp_path / "exp.yaml", "--out", tmp_path / "V")
+    assert_one_line_error(proc, "bench", "vocab_size is the size of the tokenizer ligo trains")
+
+
+def test_the_source_counted_column_is_empty_for_a_pretrained_source(sources, corpus, tmp_path, cli):
+    (tmp_path / "exp.yaml").write_text(BENCH.replace("SOURCE", str(sources["llama"])) + f"data: {corpus}\n")
+    cli("bench", tmp_path / "exp.yaml", "--out", tmp_path / "V", "--no-progress", check=True)
+    rows = [line for line in (tmp_path / "V" / "table.md").read_text().splitlines() if line.startswith("| grown")]
+    assert rows and rows[0].split(" | ")[7] == "—"

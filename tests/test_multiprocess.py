@@ -75,11 +75,15 @@ def test_a_rank_killed_with_sigkill_resumes_the_same_run(sources, corpus, tmp_pa
         ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(ranks) == 2, ranks
         os.kill(int(max(ranks, key=int)), signal.SIGKILL)
-        proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0 and not (out / "config.json").exists()
+    # the survivor says what happened in one line (or was ended by the launcher): never an "unexpected error"
+    said = [line for line in err.splitlines() if line.startswith("ligo train: ")]
+    assert said and all(("another process of this launch stopped" in line and "--resume" in line)
+                        or line == "ligo train: terminated" for line in said), err[-3000:]
     time.sleep(1)
     resumed = _launch("train", *args, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

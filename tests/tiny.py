@@ -82,7 +82,7 @@ ALL = CLASSIC + tuple(FAMILIES)
 
 
 def config(model_type: str, **overrides):
-    kw = dict(SOURCE[model_type], vocab_size=VOCAB, **overrides)
+    kw = {**SOURCE[model_type], "vocab_size": VOCAB, **overrides}
     if model_type in ("bert", "roberta"):
         kw.setdefault("hidden_dropout_prob", 0.0)
         kw.setdefault("attention_probs_dropout_prob", 0.0)

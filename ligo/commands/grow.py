@@ -30,7 +30,7 @@ def add_parser(sub, name):
                    "streams; with --fit-steps, cuda when available)")
     p.add_argument("--arch", help="read the source with this architecture table (e.g. llama) when its model_type "
                    "has none of its own; ligo suggests one when the weights fit")
-    p.add_argument("--check-blocks", type=int, default=16, help="with --data: measure the grown model's start "
+    p.add_argument("--check-blocks", type=int, help="with --data: measure the grown model's start "
                    "loss beside the source's on this many held-out blocks, and warn when it starts more than 1 nat "
                    "above (0: no check; default 16)")
     p.add_argument("--in-memory", action="store_true", help="gather the grown model in memory before writing it "
@@ -69,11 +69,18 @@ def run(args) -> int:
         print(f"grew the run {args.source} (optimizer state: {args.optimizer_state}) into {out}; continue it with: "
               f"ligo train --out {out} --resume --steps N")
         return 0
+    if args.check_blocks is not None and data_config(args).data is None:
+        from ..errors import LigoError
+
+        raise LigoError("--check-blocks measures the grown model's start loss on held-out blocks of --data; give "
+                        "--data, or drop --check-blocks")
+    check = {} if args.check_blocks is None else {"check_blocks": args.check_blocks}
+    seq_len = given(args, TrainConfig, prefix="fit-").get("seq_len")  # --seq-len: the fit's, and the start check's
     result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
                   overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                   device=_device(args.device, fit is not None),
-                  stream=not args.in_memory, arch=args.arch, check_blocks=args.check_blocks,
-                  inputs=[target_file(args.target)])
+                  stream=not args.in_memory, arch=args.arch, check_seq_len=seq_len, inputs=[target_file(args.target)],
+                  **check)
     from ..outputs import main_rank
 
     if not main_rank():  # under a multi-process launch the main process reports
