@@ -105,14 +105,14 @@ def _main(argv: list[str] | None) -> int:
                   f"{_resume_command(argv)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"ligo {args.command}: interrupted", file=sys.stderr)
+        print(f"ligo {args.command}: interrupted{_how_to_continue(args, argv)}", file=sys.stderr)
         return 130
     except Terminated:
-        print(f"ligo {args.command}: terminated", file=sys.stderr)
+        print(f"ligo {args.command}: terminated{_how_to_continue(args, argv)}", file=sys.stderr)
         return 143
     except Exception as exc:
         if _TERMINATED:  # raised inside a C extension (safetensors, torch), which turned it into another error
-            print(f"ligo {args.command}: terminated", file=sys.stderr)
+            print(f"ligo {args.command}: terminated{_how_to_continue(args, argv)}", file=sys.stderr)
             return 143
         error = as_user_error(exc, args.command)
         if args.debug:
@@ -145,6 +145,21 @@ def _peer_lost(exc: BaseException) -> bool:
     text = str(exc).lower()
     return type(exc).__name__ in ("RuntimeError", "DistBackendError", "DistNetworkError", "DistError") and (
         any(p in text for p in _PEER_LOST) or "gloo" in text)
+
+
+def _how_to_continue(args, argv: list[str] | None) -> str:
+    """After a stop outside a training loop (growing, evaluating, reporting): for a command that resumes, the
+    line that continues it when it left work to continue (its output, or the staging folder replacing it)."""
+    from pathlib import Path
+
+    from .outputs import STAGING, main_rank, sibling
+
+    out = getattr(args, "out", None)
+    if not hasattr(args, "resume") or not out or not main_rank():
+        return ""
+    out = Path(out)
+    kept = sibling(out, STAGING).is_dir() or (out.is_dir() and any(out.iterdir()) and not getattr(args, "overwrite", 0))
+    return f"; continue with: {_resume_command(argv)}" if kept else "; nothing was kept, so run it again"
 
 
 def _resume_command(argv: list[str] | None) -> str:

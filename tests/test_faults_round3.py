@@ -238,3 +238,61 @@ def test_the_source_counted_column_is_empty_for_a_pretrained_source(sources, cor
     cli("bench", tmp_path / "exp.yaml", "--out", tmp_path / "V", "--no-progress", check=True)
     rows = [line for line in (tmp_path / "V" / "table.md").read_text().splitlines() if line.startswith("| grown")]
     assert rows and rows[0].split(" | ")[7] == "—"
+
+
+# -- 11. SIGTERM in a long phase outside training ends the process at once, says how to continue, leaves nothing ----
+@pytest.fixture(scope="module")
+def large_source(tmp_path_factory, tokenizer):
+    """A 75M-parameter Llama (bf16): growing it to twice the width writes 600 MB, which takes seconds."""
+    path = tmp_path_factory.mktemp("large") / "src"
+    model = tiny.make_model("llama", hidden_size=768, num_hidden_layers=8, num_attention_heads=12,
+                            num_key_value_heads=4, intermediate_size=3072).to(torch.bfloat16)
+    return tiny.save_model(model, path, tokenizer)
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_sigterm_while_streaming_a_large_grow_stops_it_and_leaves_nothing(large_source, tmp_path):
+    out = tmp_path / "grown"
+    proc = start_cli("grow", large_source, "--target", '{"hidden": 1536, "heads": 24, "kv_heads": 8}', "--out", out,
+                     "--max-shard-size", "100MB")
+    # in the middle of writing: the staging folder holds a shard that is being filled
+    assert wait_for(lambda: any(f.stat().st_size for f in tmp_path.glob(".grown.tmp-*/*.safetensors")), proc), \
+        proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "ligo grow: terminated", err
+    assert not out.exists() and not list(tmp_path.glob(".grown*"))
+
+
+def test_sigterm_during_an_evaluation_stops_it_and_writes_no_results(large_source, tmp_path):
+    task = tiny.make_task(tmp_path / "task", n=200)
+    proc = start_cli("eval", large_source, "--tasks", task, "--device", "cpu", "--batch-size", "2", "--json",
+                     tmp_path / "scores.json", env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert wait_for(lambda: _cpu_seconds(proc.pid) > 10, proc), proc.communicate()  # loaded, and evaluating
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "ligo eval: terminated" in err, err[-2000:]  # (beside lm-eval's progress bar)
+    assert not (tmp_path / "scores.json").exists()
+
+
+def test_sigterm_while_bench_prepares_a_grown_method_says_how_to_continue(sources, corpus, tmp_path):
+    (tmp_path / "exp.yaml").write_text(BENCH.replace("SOURCE", str(sources["llama"])) + f"data: {corpus}\n"
+                                       "fit: {steps: 100000, eval_every: 0}\n"
+                                       "methods: {scratch: {}, grown: {width: random, depth: stack, fit: true}}\n")
+    out = tmp_path / "V"
+    proc = start_cli("bench", tmp_path / "exp.yaml", "--out", out, "--no-progress")
+    # scratch has finished and the grown method is being fitted (its fit never ends by itself)
+    assert wait_for(lambda: (out / "runs" / "1x" / "scratch-lr0.001" / "result.json").exists(), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (f"ligo bench: terminated; continue with: ligo bench {tmp_path / 'exp.yaml'} "
+                                            f"--out {out} --no-progress --resume"), err
+    assert (out / "runs" / "1x" / "scratch-lr0.001" / "result.json").exists()

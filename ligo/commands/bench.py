@@ -35,7 +35,7 @@ def run(args) -> int:
     from ..bench import load_experiment, run_experiment
 
     exp = load_experiment(args.experiment, smoke=args.smoke, methods=args.methods)
-    out = args.out or f"bench-results/{exp.name}{'-smoke' if args.smoke else ''}"
+    out = args.out = args.out or f"bench-results/{exp.name}{'-smoke' if args.smoke else ''}"  # (as the CLI reports it)
     run_experiment(exp, out, data=args.data, progress=not args.no_progress, resume=args.resume,
                    overwrite=args.overwrite)
     print((Path(out) / "table.md").read_text())
