@@ -13,7 +13,9 @@ method's curve and final held-out loss, which method is the default plan) and th
     python benchmarks/gpu_slice.py --list                        # the slices and which are measured
 
 Slices, in order: decide-218m (the gpu-llama shapes, every fixed method, the default plan and the fitted
-operator at the base budget), speed (throughput.py and scale.py), decide-218m-4x (scratch, slice 1's best
+operator at the base budget), fsdp (a real FSDP2 wrap in one process: sharded checkpoints, preemption and
+resume, the final gather into one safetensors checkpoint, live growth of the FSDP run or its refusal),
+speed (throughput.py and scale.py), decide-218m-4x (scratch, slice 1's best
 fixed method and the default plan at 4x), noise-218m (slice 1's top two and scratch, seed 1), strong-218m
 (slice 1 from a source trained 10x longer), decide-1b (gpu-1b.yaml: scratch, slice 1's best fixed method,
 the default plan).
@@ -38,6 +40,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 FIRST = ["split", "stack", "stack-split", "random-stack", "ligo"]  # every fixed method, the default, the fit
 SLICES = {
     "decide-218m": {"experiment": "gpu-llama.yaml", "budget": 1, "methods": FIRST},
+    "fsdp": {"fsdp": True},
     "speed": {"scripts": True},
     "decide-218m-4x": {"experiment": "gpu-llama.yaml", "budget": 4, "methods": "best-fixed+default"},
     "noise-218m": {"experiment": "gpu-llama.yaml", "budget": 1, "methods": "top-two", "seed": 1},
@@ -174,6 +177,8 @@ def run_slice(name: str, out: Path, results: Path, limit: float, smoke: bool, st
     record.update(_versions())
     if spec.get("scripts"):
         record.update(_speed(out, smoke, limit - (time.monotonic() - started)))
+    elif spec.get("fsdp"):
+        record.update(_fsdp(out, smoke, started + limit))
     else:
         record.update(_bench_slice(name, spec, out, results, limit, smoke, started, steps))
     record["wall_s"] = time.monotonic() - started
@@ -261,6 +266,88 @@ def _bench_slice(name, spec, out: Path, results: Path, limit: float, smoke: bool
                for p in where.rglob("result.json")}
     return {**settings, "complete": False, "returncode": proc.returncode, "finished_runs": partial,
             "log_tail": log[-20:]}
+
+
+FSDP_MODEL = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                  intermediate_size=1536, max_position_embeddings=512)
+FSDP_SMOKE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=64)
+
+
+def _fsdp(out: Path, smoke: bool, deadline: float) -> dict:
+    """ligo's trainer under ``accelerate launch`` with examples/accelerate/fsdp.yaml (FSDP2, sharded state dict) in
+    one process: train with checkpoints, SIGTERM after the first one (preemption), ``--resume`` to the end (the
+    final model gathered into one safetensors file), load it with transformers, then grow the run with its
+    optimizer state and continue it (or record the refusal). Each step's outcome is recorded. On a CPU accelerate
+    runs the config without FSDP: the rehearsal checks the flow, not the sharding."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from ligo.data import stdlib_texts, train_tokenizer
+
+    work = out / "fsdp"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    steps, seq = (6, 16) if smoke else (40, 256)
+    tok = train_tokenizer(stdlib_texts(300_000 if smoke else 2_000_000), 512 if smoke else 4096, work / "tok")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**(FSDP_SMOKE if smoke else FSDP_MODEL), vocab_size=len(tok), tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(work / "src")
+    tok.save_pretrained(work / "src")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "examples" / "accelerate" / "fsdp.yaml"), "--num_processes", "1", "-m", "ligo"]
+    train = ["train", str(work / "src"), "--out", str(work / "run"), "--steps", str(steps), "--save-every",
+             str(steps // 2), "--batch-size", "4", "--seq-len", str(seq), "--eval-every", str(steps // 2),
+             "--eval-batches", "2", "--log-every", "1", "--no-progress"]
+    record = {"model": FSDP_SMOKE if smoke else FSDP_MODEL, "steps": steps, "outcomes": []}
+
+    def step(name: str, cmd: list[str], stop_when=None) -> int | None:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        signalled = False
+        while proc.poll() is None:
+            if time.monotonic() > deadline or (stop_when and not signalled and stop_when()):
+                signalled = True
+                os.killpg(proc.pid, signal.SIGTERM)
+                if time.monotonic() > deadline:
+                    break
+            time.sleep(0.05)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log = proc.stdout.read().splitlines() if proc.stdout else []
+        record["outcomes"].append({"step": name, "returncode": proc.returncode, "seconds": time.monotonic() - t0,
+                                   "signalled": signalled, "tail": log[-8:]})
+        return proc.returncode
+
+    half = work / "run" / "checkpoints" / f"step-{steps // 2:07d}"
+    stopped = step("train, SIGTERM after the first checkpoint", launch + train,
+                   stop_when=lambda: (half / "trainer_state.json").exists())
+    # preempted: --resume finishes it; finished before the signal landed: --resume trains it on to twice the steps
+    more = [] if stopped == 143 else ["--steps", str(2 * steps)]
+    finished = step("train --resume", launch + train + ["--resume", *more]) if stopped in (0, 143) else None
+    record["checkpoint_files"] = sorted(str(p.relative_to(work / "run")) for p in (work / "run").rglob("*")
+                                        if "checkpoints" in p.parts and p.is_file())[:40]
+    if finished == 0:
+        model = AutoModelForCausalLM.from_pretrained(work / "run")
+        ids = torch.randint(0, len(tok), (1, seq))
+        with torch.no_grad():
+            record["final_model_loads"] = bool(torch.isfinite(model(input_ids=ids).logits).all())
+        record["final_model_files"] = sorted(p.name for p in (work / "run").glob("*.safetensors"))
+        grow = [sys.executable, "-m", "ligo", "grow", str(work / "run"), "--optimizer-state", "grow", "--target",
+                json.dumps({"hidden_size": 2 * cfg.hidden_size, "num_attention_heads": 2 * cfg.num_attention_heads,
+                            "num_key_value_heads": 2 * cfg.num_key_value_heads}), "--out", str(work / "grown-run")]
+        if step("grow the run with its optimizer state", grow) == 0:
+            step("train the grown run --resume", launch + ["train", "--out", str(work / "grown-run"), "--resume",
+                                                         "--steps", str(steps + 4), "--no-progress"])
+    # complete: the flow reached its end within the limit (a one-line refusal of live growth is an outcome too);
+    # passed: every step ended as it should (preempted or finished, resumed, loaded, grown or refused in one line)
+    record["complete"] = finished is not None and time.monotonic() < deadline
+    record["passed"] = stopped in (0, 143) and finished == 0 and record.get("final_model_loads", False) and all(
+        o["returncode"] in (0, 2) for o in record["outcomes"][2:])
+    return record
 
 
 def _speed(out: Path, smoke: bool, remaining: float) -> dict:

@@ -28,6 +28,8 @@ def test_the_next_slice_is_the_first_without_a_complete_result(tmp_path):
     _result(tmp_path, "decide-218m", complete=False)  # stopped at the limit: still to measure
     assert gpu_slice.next_slice(tmp_path) == "decide-218m"
     _result(tmp_path, "decide-218m")
+    assert gpu_slice.next_slice(tmp_path) == "fsdp"
+    _result(tmp_path, "fsdp")
     assert gpu_slice.next_slice(tmp_path) == "speed"
     for name in gpu_slice.SLICES:
         _result(tmp_path, name)
@@ -69,4 +71,19 @@ def test_a_slice_runs_end_to_end_at_smoke_size(tmp_path):
     # committed into the results folder, the next window runs the next slice
     (tmp_path / "results").mkdir()
     path.rename(tmp_path / "results" / path.name)
-    assert gpu_slice.next_slice(tmp_path / "results") == "speed"
+    assert gpu_slice.next_slice(tmp_path / "results") == "fsdp"
+
+
+def test_the_fsdp_slice_runs_its_flow_at_smoke_size(tmp_path):
+    """The FSDP slice on the CPU (accelerate runs the FSDP config without sharding there): preempted or finished,
+    resumed, the final model loaded, the run grown with its optimizer state and continued; every step recorded."""
+    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--slice", "fsdp", "--out", tmp_path / "out",
+                           "--results", tmp_path / "results"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (path,) = (tmp_path / "out").glob("fsdp-cpu-*.json")
+    data = json.loads(path.read_text())
+    assert data["complete"] and data["passed"] and data["final_model_loads"], data["outcomes"]
+    assert [o["step"] for o in data["outcomes"]] == ["train, SIGTERM after the first checkpoint", "train --resume",
+                                                      "grow the run with its optimizer state",
+                                                      "train the grown run --resume"]
+    assert data["outcomes"][0]["returncode"] in (0, 143) and data["final_model_files"] == ["model.safetensors"]
