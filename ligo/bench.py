@@ -66,23 +66,11 @@ def run_experiment(exp: Experiment, out: str | Path, data: str | None = None, pr
     output = RunOutput(out, overwrite=overwrite, resume=resume,
                        inputs=[data, exp.data_path, exp.source_path, Path(exp.where) if Path(exp.where).exists() else None])
     saved = output.work / "experiment.json"
-    raw = dict(exp.raw)
-    if exp.source_path is not None:  # a changed source is a changed setting: its files' digest is one of them
-        from .rundir import file_digests
-
-        raw[SOURCE_DIGEST] = hashlib.sha256(json.dumps(file_digests(exp.source_path, skip=()),
-                                                       sort_keys=True).encode()).hexdigest()
-    spec_text = json.dumps(raw, sort_keys=True)
+    record = exp.record()
     before = json.loads(saved.read_text()) if resume and saved.exists() else None
-    if before is not None and SOURCE_DIGEST in before and before[SOURCE_DIGEST] != raw.get(SOURCE_DIGEST):
-        raise LigoError(f"--resume: the source checkpoint {exp.source_path} changed since {output.final} was started "
-                        "(its files differ), so the finished runs grew another model; restore it, or pass "
-                        "--overwrite to start again")
-    if before is not None and _shared(before) != _shared(raw):
-        raise LigoError(f"--resume: {output.final} holds a run of a different experiment (a setting other than its "
-                        "methods changed since); pass --overwrite to start it again, or another --out")
+    stale = exp.check_resume(before, record, output.final) if before is not None else set()
     try:
-        report = _Bench(exp, output.open(), data, progress, log, stale=_changed_methods(before, exp.raw)).run(spec_text)
+        report = _Bench(exp, output.open(), data, progress, log, stale=stale).run(json.dumps(record, sort_keys=True))
     except BaseException:
         if not output.resumable():
             output.discard()  # nothing worth resuming: leave nothing behind
@@ -91,28 +79,6 @@ def run_experiment(exp: Experiment, out: str | Path, data: str | None = None, pr
         output.release()
     output.commit()
     return report
-
-
-SOURCE_DIGEST = "_source_digest"  # experiment.json: the digest of a pretrained source's files
-
-
-def _shared(exp: dict) -> str:
-    """The settings every run of an experiment depends on: all but its methods and its words (and the source's
-    digest, checked on its own; folders from before it was recorded have none)."""
-    return json.dumps({k: v for k, v in exp.items() if k not in ("_where", "methods", "description", SOURCE_DIGEST)},
-                      sort_keys=True)
-
-
-def _changed_methods(before: dict | None, exp: dict) -> set[str]:
-    """Methods whose runs in a resumed folder no longer match the experiment (their labels aside)."""
-    if before is None:
-        return set()
-
-    def runs(method: dict | None) -> dict:
-        return {k: v for k, v in (method or {}).items() if k != "label"}
-
-    old = before.get("methods", {})
-    return {name for name in exp["methods"] if name in old and runs(old[name]) != runs(exp["methods"][name])}
 
 
 class _Bench:

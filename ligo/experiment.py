@@ -9,6 +9,7 @@ own mapping is kept (``raw``): it is what ``results.json`` records and what ``--
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from .config import FIT_DEFAULTS, PLAN_KEYS, GrowthPlan, GrowthStage, TrainConfi
 from .errors import LigoError
 
 STAGE_KEYS = {"at", "optimizer_state", "fit_steps", "fit_lr"}
+SOURCE_DIGEST = "_source_digest"  # experiment.json: the digest of a pretrained source's files
 REQUIRED = ("name", "model_type", "source", "target", "train", "methods")
 
 
@@ -101,6 +103,36 @@ class Experiment:
         exp.methods = {name: exp._method(name, m) for name, m in methods.items()}
         exp._check()
         return exp
+
+    def record(self) -> dict:
+        """What ``experiment.json`` holds: the file's mapping, and the digest of a pretrained source's files (a
+        changed source is a changed setting)."""
+        record = dict(self.raw)
+        if self.source_path is not None:
+            import hashlib
+
+            from .rundir import file_digests
+
+            digests = json.dumps(file_digests(self.source_path, skip=()), sort_keys=True)
+            record[SOURCE_DIGEST] = hashlib.sha256(digests.encode()).hexdigest()
+        return record
+
+    def check_resume(self, before: dict, record: dict, where) -> set[str]:
+        """Refuse to resume a run of another experiment (a changed setting or source) in ``where``; returns the
+        methods changed since it was made (they run again; a new label alone does not)."""
+        if SOURCE_DIGEST in before and before[SOURCE_DIGEST] != record.get(SOURCE_DIGEST):
+            raise LigoError(f"--resume: the source checkpoint {self.source_path} changed since {where} was started "
+                            "(its files differ), so the finished runs grew another model; restore it, or pass "
+                            "--overwrite to start again")
+        if _shared(before) != _shared(record):
+            raise LigoError(f"--resume: {where} holds a run of a different experiment (a setting other than its "
+                            "methods changed since); pass --overwrite to start it again, or another --out")
+
+        def runs(method: dict | None) -> dict:
+            return {k: v for k, v in (method or {}).items() if k != "label"}
+
+        old = before.get("methods", {})
+        return {n for n, m in self.raw["methods"].items() if n in old and runs(old[n]) != runs(m)}
 
     def changed(self, **raw_changes) -> "Experiment":
         """This experiment with some of its file's keys replaced (validated again)."""
@@ -222,6 +254,13 @@ class Experiment:
                                                          for m in self.methods.values() if m.target is not None]:
             spec, src_read, config = grown_config(get_spec(self.model_type), src, target)
             check_growth(spec, spec.dims(src_read), spec.dims(config, where=f"{where}: {name}"))
+
+
+def _shared(record: dict) -> str:
+    """The settings every run of an experiment depends on: all but its methods and its words (and the source's
+    digest, checked on its own; folders from before it was recorded have none)."""
+    return json.dumps({k: v for k, v in record.items() if k not in ("_where", "methods", "description", SOURCE_DIGEST)},
+                      sort_keys=True)
 
 
 def _check_source_path(exp: "Experiment") -> None:

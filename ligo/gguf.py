@@ -51,8 +51,9 @@ def _load(gguf: Path, dtype: torch.dtype):
     transformers.logging.set_verbosity_error()  # "dequantizing the whole model" is what is asked for here
     transformers.logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True,
+                                                      trust_remote_code=False)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise LigoError(f"{gguf} could not be read as a causal language model by transformers: "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
