@@ -98,9 +98,9 @@ def _main(argv: list[str] | None) -> int:
         _quiet_libraries()
         return int(args._run(args) or 0)
     except Preempted as stop:
-        from .outputs import main_rank
+        from .launch import is_main_process
 
-        if main_rank():
+        if is_main_process():
             print(f"ligo {args.command}: preempted at {stop.run} step {stop.step}; continue with: "
                   f"{_resume_command(argv)}", file=sys.stderr)
         return 143
@@ -152,10 +152,11 @@ def _how_to_continue(args, argv: list[str] | None) -> str:
     line that continues it when it left work to continue (its output, or the staging folder replacing it)."""
     from pathlib import Path
 
-    from .outputs import STAGING, main_rank, sibling
+    from .launch import is_main_process
+    from .outputs import STAGING, sibling
 
     out = getattr(args, "out", None)
-    if not hasattr(args, "resume") or not out or not main_rank():
+    if not hasattr(args, "resume") or not out or not is_main_process():
         return ""
     out = Path(out)
     kept = sibling(out, STAGING).is_dir() or (out.is_dir() and any(out.iterdir()) and not getattr(args, "overwrite", 0))

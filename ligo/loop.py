@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .errors import LigoError
 from .flops import device_peak_tflops
+from .launch import check_batch, has_accelerator_device, is_main_process
 from .moe import lm_loss_only
 from .optim import MasterWeights, make_optimizer, optimizer_step, precision
 from .rundir import Preemption, RunDir, latest_checkpoint
@@ -86,23 +87,6 @@ def make_collate(objective: str, tokenizer=None, seed: int | None = None) -> Cal
     return lambda batch: mlm([{"input_ids": b} for b in batch])
 
 
-def has_accelerator_device() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available()) or (
-        hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
-def check_batch(cfg: TrainConfig, what: str = "batch_size") -> None:
-    """Refuse a batch that the processes of this launch cannot share, before any work (the launch's size is
-    in the environment torchrun and accelerate set, so no process group is needed to know it)."""
-    import os
-
-    nproc = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if cfg.batch_size % nproc:
-        raise LigoError(f"{what} {cfg.batch_size} is not divisible by the {nproc} processes; "
-                        "pick a multiple of the process count")
-
-
 def make_accelerator(cfg: TrainConfig, run_dir: Path | None):
     """An Accelerator for one loop. Precision is applied by the loop itself (autocast), so several loops
     with different precisions can run in one process without touching accelerate's singletons."""
@@ -155,9 +139,7 @@ class _Loop:
         self.checkpoint_info, self.on_step, self.on_eval = checkpoint_info or {}, on_step, on_eval
         self.accelerator = accelerator = make_accelerator(cfg, run_dir)
         self.device, nproc = accelerator.device, accelerator.num_processes
-        if cfg.batch_size % nproc:
-            raise LigoError(f"batch_size {cfg.batch_size} is not divisible by the {nproc} processes; "
-                            "pick a multiple of the process count")
+        check_batch(cfg)
         if len(train_data) < cfg.batch_size:
             raise LigoError(f"the training split holds {len(train_data)} blocks, fewer than one batch of "
                             f"{cfg.batch_size}; give more data or a smaller batch size / seq_len")
@@ -232,7 +214,7 @@ class _Loop:
         peak = device_peak_tflops(self.device) if cfg.peak_tflops is None else cfg.peak_tflops
         self.meter = _Meter(cfg, flops_per_step, peak, acc.num_processes, self.wall)
         self.bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, dynamic_ncols=True, leave=False,
-                        disable=not (cfg.progress and acc.is_main_process))
+                        disable=not (cfg.progress and is_main_process()))
         status, self.pending, self.step_loss = "running", [], torch.zeros((), device=self.device)
         self.model.train()
         with Preemption(enabled=self.run_dir is not None) as preempt:

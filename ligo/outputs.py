@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -173,11 +174,6 @@ def staged(out: str | Path, overwrite: bool = False, inputs=()) -> Iterator[Path
         raise
 
 
-def main_rank() -> bool:
-    """Rank 0 of a multi-process launch (torchrun, accelerate launch), or a single process."""
-    return os.environ.get("RANK", "0") in ("0", "")
-
-
 _HELD: dict[str, int] = {}  # output path -> the lock file this process holds for it
 
 
@@ -186,7 +182,9 @@ def lock_output(out: Path) -> None:
     import fcntl
     import tempfile
 
-    if not main_rank():  # the other ranks of a launch write through rank 0
+    from .launch import is_main_process
+
+    if not is_main_process():  # the other ranks of a launch write through rank 0
         return
     key = str(out.resolve())
     if key in _HELD:
@@ -218,6 +216,20 @@ def unlock_output(out: Path) -> None:
     fd = _HELD.pop(str(out.resolve()), None)
     if fd is not None:
         os.close(fd)  # closing releases the lock
+
+
+def resumed_settings(out: Path) -> dict:
+    """The training settings of the newest checkpoint of the run in ``out`` (its unfinished replacement first)."""
+    from .rundir import STATE_FILE, latest_checkpoint
+
+    for run_dir in (sibling(Path(out), STAGING), Path(out)):
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None:
+            try:
+                return json.loads((ckpt / STATE_FILE).read_text()).get("config") or {}
+            except (OSError, ValueError):
+                return {}  # read_state names the problem when the run is resumed
+    return {}
 
 
 class RunOutput:

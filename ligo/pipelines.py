@@ -26,7 +26,8 @@ from .growth import GrowResult, Grower
 from .hf import build_config, model_class
 from .moe import train_router
 from .data import tokens_to_read
-from .loop import LoopResult, check_batch, make_collate, train_loop
+from .launch import check_batch, is_main_process, process_state
+from .loop import LoopResult, make_collate, train_loop
 from .outputs import RunOutput
 from .rundir import MANIFEST, data_digest, latest_checkpoint
 
@@ -92,9 +93,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         check = blocks.val[:check_blocks]
     path = None
     if out is not None:  # under a multi-process launch (a data-parallel fit), the main process writes it
-        process = _process()
-        with process.main_process_first():
-            path = grower.save(out, overwrite, max_shard_size, check=check) if process.is_main_process else Path(out)
+        with process_state().main_process_first():
+            path = grower.save(out, overwrite, max_shard_size, check=check) if is_main_process() else Path(out)
     return GrowResult(path, grower.operator, grower.target_config, grower.recipe(), grower.fit_result, grower.timings,
                       grower.tokenizer_files)
 
@@ -256,7 +256,7 @@ def _finish(result: LoopResult, tokenizer, output: RunOutput, recipe: dict, grow
     acc = result.accelerator
     acc.wait_for_everyone()
     state = acc.get_state_dict(result.model)
-    if acc.is_main_process:
+    if is_main_process():
         _save_final(acc.unwrap_model(result.model), state, tokenizer, output.work, recipe, growth)
         output.commit()
     acc.wait_for_everyone()
@@ -386,7 +386,7 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
             cfg = fit.config(grower, train_cfg)
             same = cfg.seq_len == train_cfg.seq_len and start.blocks is not None
             grower.fit(data, cfg, blocks=start.blocks if same else None)
-        with _process().main_process_first():  # the grown model is written once, by the first process
+        with process_state().main_process_first():  # the grown model is written once, by the first process
             if not (grown / "config.json").exists():
                 grower.save(grown, overwrite=True)
         growth = grower.recipe()
@@ -404,15 +404,6 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
                    replace(start, prior=prior, source_card=growth),
                    resume=resume and latest_checkpoint(trained) is not None, overwrite=True)
     return result, growth
-
-
-def _process():
-    """This process's place in a launch (accelerate's PartialState, with the loop's device choice)."""
-    from accelerate import PartialState
-
-    from .loop import has_accelerator_device
-
-    return PartialState(cpu=not has_accelerator_device())
 
 
 @dataclass

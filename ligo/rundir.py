@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LigoError, as_user_error
+from .launch import is_main_process
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -87,20 +88,6 @@ def read_state(ckpt: Path) -> dict:
     return state
 
 
-def resumed_settings(out: Path) -> dict:
-    """The training settings of the newest checkpoint of the run in ``out`` (its unfinished replacement first)."""
-    from .outputs import STAGING, sibling
-
-    for run_dir in (sibling(Path(out), STAGING), Path(out)):
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None:
-            try:
-                return json.loads((ckpt / STATE_FILE).read_text()).get("config") or {}
-            except (OSError, ValueError):
-                return {}  # read_state names the problem when the run is resumed
-    return {}
-
-
 def check_resumable(state: dict, config: dict, digest: str | None, ckpt: Path) -> None:
     """Refuse a resume whose settings or data differ from the run's (the curve would change mid-way)."""
     old = state.get("config") or {}
@@ -123,7 +110,7 @@ class RunDir:
 
     @property
     def writes(self) -> bool:
-        return self.path is not None and self.acc.is_main_process
+        return self.path is not None and is_main_process()
 
     # -- log ----------------------------------------------------------------------------------
     def read_log(self) -> list[dict]:
@@ -163,14 +150,14 @@ class RunDir:
         acc, step = self.acc, state["step"]
         root = self.path / CHECKPOINTS
         final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
-        if acc.is_main_process:
+        if is_main_process():
             shutil.rmtree(tmp, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         try:
             acc.save_state(str(tmp), safe_serialization=True)
             acc.wait_for_everyone()  # every rank's files are written before they are hashed
-            if acc.is_main_process:
+            if is_main_process():
                 (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_digests(tmp)}))
         except Exception as exc:  # disk full, quota, file-size limit...: the partial checkpoint never gets its name
             error = as_user_error(exc, f"writing the checkpoint for step {step}", where=root)
@@ -180,7 +167,7 @@ class RunDir:
             last = latest_checkpoint(self.path)
             raise LigoError(f"{error}" + (f" with --resume (the last complete checkpoint is {last})" if last else "")
                             ) from None
-        if acc.is_main_process:
+        if is_main_process():
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in checkpoints(self.path)[:-keep_last]:

@@ -81,9 +81,9 @@ def run(args) -> int:
                   device=_device(args.device, fit is not None),
                   stream=not args.in_memory, arch=args.arch, check_seq_len=seq_len, inputs=[target_file(args.target)],
                   **check)
-    from ..outputs import main_rank
+    from ..launch import is_main_process
 
-    if not main_rank():  # under a multi-process launch the main process reports
+    if not is_main_process():  # under a multi-process launch the main process reports
         return 0
     if result.fit is not None:
         info = result.recipe["fit"]

@@ -117,7 +117,9 @@ def run(args) -> int:
                         data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
                         device=check_device(args.device, default_cuda=False), inputs=inputs)
     loop = result.trained.loop
-    if not loop.accelerator.is_main_process:
+    from ..launch import is_main_process
+
+    if not is_main_process():
         return 0
     print(f"grown model in {result.grown}; trained {loop.steps} steps, held-out loss {loop.final_val:.4f}; "
           f"final model in {result.out / 'trained'}")

@@ -55,7 +55,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..pipelines import Start, train
-    from ..rundir import resumed_settings
+    from ..outputs import resumed_settings
 
     # with --resume, the run's own settings are the defaults: only what is given again is compared
     base = resumed_settings(Path(args.out)) if args.resume else {}
@@ -65,7 +65,9 @@ def run(args) -> int:
     result = train(args.model, data_config(args), args.out, cfg, start, resume=args.resume, overwrite=args.overwrite,
                    inputs=[args.stages])
     loop = result.loop
-    if not loop.accelerator.is_main_process:
+    from ..launch import is_main_process
+
+    if not is_main_process():
         return 0
     first, last = loop.evals[0]["val_loss"] if loop.evals else float("nan"), loop.final_val
     stopped = f" (stopped early: no held-out improvement in {cfg.patience} evaluations)" if loop.status == "stopped" \
