@@ -221,7 +221,7 @@ class _Bench:
     def _grown(self, label: str, steps: int, method: Method, scratch_lr: float, seed: int) -> dict:
         """A growth method: the one grow -> fit -> train path, the fit's FLOPs out of the budget."""
         from .checkpoint import load_checkpoint
-        from .pipelines import FitSpec, grow_and_train
+        from .pipelines import grow_and_train
 
         exp, name = self.exp, method.name
         run_dir = self._run_dir(label, name, seed)
@@ -232,10 +232,7 @@ class _Bench:
             target_cfg = exp.configs(len(self.tokenizer), method.target)[1]
             steps = self._equal_flops(steps, target_cfg, self._grown_config(method, scratch_lr, seed, steps=steps))
         cfg = self._grown_config(method, scratch_lr, seed, steps=steps)
-        fit = None
-        if method.fit:
-            fit_cfg = exp.fit_config(method, steps=int(method.fit.get("steps", 1)), seed=seed, progress=self.progress)
-            fit = FitSpec(fit_cfg, method.fit.get("share"))
+        fit = exp.fit_spec(method, seed=seed, progress=self.progress) if method.fit else None
         t0 = time.perf_counter()
         peak_rss_mb(reset=True)
         source = exp.source_path or self.out / "source"

@@ -85,8 +85,9 @@ def validate(obj: Any, where: str) -> None:
                 raise LigoError(f"{where}: {f.name} must be at most {m['high']}, got {value!r}")
 
 
-def from_mapping(cls, data: dict, where: str):
-    """An instance of the settings class ``cls`` from a mapping; unknown keys are errors."""
+def check_mapping(cls, data: dict, where: str) -> None:
+    """Check a mapping of settings of the class ``cls`` (unknown keys, types, ranges; missing keys take their
+    defaults) without building an instance."""
     if not isinstance(data, dict):
         raise LigoError(f"{where} must be a mapping of setting names to values")
     known = {f.name for f in fields(cls)}
@@ -98,7 +99,32 @@ def from_mapping(cls, data: dict, where: str):
         default = f.default if f.default is not MISSING else f.default_factory()
         object.__setattr__(obj, f.name, data.get(f.name, default))
     validate(obj, where)
+
+
+def from_mapping(cls, data: dict, where: str):
+    """An instance of the settings class ``cls`` from a mapping; unknown keys are errors."""
+    check_mapping(cls, data, where)
     return cls(**data)
+
+
+class Settings:
+    """What every settings dataclass shares: checked when built (``WHERE`` names it in errors), read from a
+    mapping (unknown keys are errors), written back as one, copied with changes."""
+
+    WHERE = "settings"
+
+    def __post_init__(self) -> None:
+        validate(self, self.WHERE)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str | None = None):
+        return from_mapping(cls, data, where or cls.WHERE)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes):
+        return replace(self, **changes)
 
 
 def read_yaml(path: str | Path, what: str, hint: str = "check the path"):
@@ -135,8 +161,10 @@ def defaults(cls) -> dict:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Hyper-parameters of one run of the training loop (the operator fit uses the same class)."""
+
+    WHERE = "training config"
 
     steps: int = setting(200, "optimizer steps", low=1)
     batch_size: int = setting(8, "sequences per micro-batch, over all processes", low=1)
@@ -173,18 +201,8 @@ class TrainConfig:
     progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        validate(self, "training config")
+        super().__post_init__()
         self.trackers = list(self.trackers)
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "training config") -> "TrainConfig":
-        return from_mapping(cls, data, where)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based)."""
@@ -215,6 +233,16 @@ FIT_DEFAULTS = {"steps": 0, "lr": 3e-3, "warmup": 1, "weight_decay": 0.0, "eval_
 FIT_STEPS_API = 100  # Grower.fit() called without settings: the longest it runs (patience usually stops it sooner)
 
 
+def fit_share(value, where: str = "fit") -> float | None:
+    """The fit's length as a share of a training budget's FLOPs: a number in [0, 1); None for 0 or none (no fit)."""
+    if value is None:
+        return None
+    if not _kind_ok(value, float) or not 0 <= value < 1:
+        raise LigoError(f"{where}: fit share must be a number in [0, 1) (a share of the training budget's FLOPs, e.g. "
+                        f"0.02; 0: no fit), got {value!r}")
+    return value or None
+
+
 def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
     """The operator fit's TrainConfig from user values over :data:`FIT_DEFAULTS`; None for 0 steps."""
     merged = {**FIT_DEFAULTS, **values}
@@ -229,8 +257,49 @@ def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
 
 
 @dataclass
-class GrowthPlan:
+class FitSpec:
+    """An operator fit inside a training budget: its settings (TrainConfig keys over
+    :data:`ligo.config.FIT_DEFAULTS`), and its length: ``share`` of the budget's FLOPs (its steps then follow
+    from the target's cost, :meth:`config`), else the settings' ``steps``. Checked when built."""
+
+    settings: dict = field(default_factory=dict)
+    share: float | None = None
+
+    def __post_init__(self) -> None:
+        self.share = fit_share(self.share)
+        check_mapping(TrainConfig, {**FIT_DEFAULTS, **self.settings, "steps": 1}, "fit")  # (steps: checked below)
+        if not self.share and self.steps < 1:
+            raise LigoError(f"fit: give the fit's steps (1 or more) or its share of the budget, got steps "
+                            f"{self.steps!r}")
+
+    @property
+    def steps(self):
+        return self.settings.get("steps", FIT_DEFAULTS["steps"])
+
+    def config(self, grower, train_cfg: TrainConfig) -> TrainConfig:
+        """The fit's TrainConfig for a training budget of ``train_cfg`` on the target of ``grower`` (a
+        :class:`ligo.growth.Grower`: it knows what a fit step costs)."""
+        merged = {**FIT_DEFAULTS, **self.settings}
+        if not self.share:
+            return fit_config(merged)
+        tokens = merged.get("batch_size", TrainConfig.batch_size) * merged.get("grad_accum", TrainConfig.grad_accum)
+        seq_len = merged.get("seq_len", TrainConfig.seq_len)
+        steps = grower.fit_steps(self.share, train_cfg, seq_len, tokens * seq_len,
+                                 merged.get("grad_accum", TrainConfig.grad_accum))
+        return TrainConfig.from_dict({**merged, "steps": steps, "warmup": min(merged["warmup"], steps),
+                                      "eval_every": min(merged["eval_every"] or steps, steps)}, where="fit")
+
+    def to_dict(self) -> dict:
+        """As a recipe records it: the settings, and the share when the steps follow from it."""
+        settings = {k: v for k, v in self.settings.items() if not (self.share and k == "steps")}
+        return {**settings, "share": self.share} if self.share else settings
+
+
+@dataclass
+class GrowthPlan(Settings):
     """Everything that defines an operator besides the weights: recorded in the recipe."""
+
+    WHERE = "growth plan"
 
     width: Literal["auto", WidthInit] = setting(
         "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), or "
@@ -249,9 +318,6 @@ class GrowthPlan:
         "its number of source units (fan_in, muP-style: the fit LR is then a relative change per unit)")
     depth_lr_scale: float = setting(1.0, "fit: the depth maps' LR as a multiple of the fit LR", low=0)
 
-    def __post_init__(self) -> None:
-        validate(self, "growth plan")
-
     def resolved(self, tokens_per_param: float | None = None) -> "GrowthPlan":
         """The plan with ``auto`` made concrete from what is known of the source: ``tokens_per_param``, the
         tokens it was trained on per parameter (None: unknown, as for any checkpoint ligo did not train).
@@ -267,20 +333,15 @@ class GrowthPlan:
         depth = self.depth if self.depth != "auto" else "stack" if weak or width == "random" else "identity"
         return replace(self, width=width, depth=depth)
 
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "growth plan") -> "GrowthPlan":
-        return from_mapping(cls, data, where)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}  # what a recipe or an experiment method may set
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Settings):
     """Where the training text comes from (see ``ligo.data``)."""
+
+    WHERE = "data"
 
     data: Optional[str] = setting(None, "training text: a file or folder of text (.txt, .py, ...), .jsonl/.json, "
                                   ".parquet or .arrow files, a Dataset.save_to_disk folder, or a dataset name "
@@ -292,27 +353,19 @@ class DataConfig:
                               "than memory)")
     num_proc: Optional[int] = setting(None, "processes for tokenization (default: up to 8 for large datasets)", low=1)
 
-    def __post_init__(self) -> None:
-        validate(self, "data")
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "data") -> "DataConfig":
-        return from_mapping(cls, data, where)
-
     @classmethod
     def of(cls, data: "DataConfig | str | None") -> "DataConfig":
         if isinstance(data, DataConfig):
             return data
         return cls(data=None if data is None else str(data))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class GrowthStage:
+class GrowthStage(Settings):
     """Growth in the middle of a run: after step ``at``, the model, its optimizer state and the run
     continue as the grown model (``ligo train --grow-at``, or a list of stages in a file)."""
+
+    WHERE = "growth stage"
 
     at: int = setting(0, "grow after this optimizer step (0: no mid-run growth)", low=0)
     target: dict = setting({}, "target sizes, as for ligo grow --target (a JSON object)")
@@ -324,16 +377,6 @@ class GrowthStage:
     fit_steps: int = setting(0, "operator fit steps on the training data before the grown model continues", low=0)
     fit_lr: float = setting(FIT_DEFAULTS["lr"], "the stage fit's peak LR", positive=True)
 
-    def __post_init__(self) -> None:
-        validate(self, "growth stage")
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "growth stage") -> "GrowthStage":
-        return from_mapping(cls, data, where)
-
     def plan(self, seed: int = 0) -> GrowthPlan:
         return GrowthPlan(width=self.width, depth=self.depth, split_noise=self.split_noise, seed=seed)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 

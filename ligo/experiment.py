@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from .arch import get_spec
-from .config import FIT_DEFAULTS, PLAN_KEYS, GrowthPlan, GrowthStage, TrainConfig, setting, validate
+from .config import PLAN_KEYS, FitSpec, GrowthPlan, GrowthStage, TrainConfig, setting, validate
 from .errors import LigoError
 
 STAGE_KEYS = {"at", "optimizer_state", "fit_steps", "fit_lr"}
@@ -153,12 +153,19 @@ class Experiment:
                 **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {})}
         return TrainConfig.from_dict({**base, **section, **extra}, where=self.where)
 
-    def fit_config(self, method: Method, steps: int, **extra) -> TrainConfig:
-        """The fit's settings: FIT_DEFAULTS, the experiment's fit section, the method's mapping (without
-        ``share``); scored on the same held-out batches as training, so the curves join up."""
+    def fit_spec(self, method: Method, **extra):
+        """The method's fit: the experiment's shared settings, its fit section, the method's mapping, ``extra``;
+        its length a share of the budget, or its steps (1 by default); scored on the same held-out batches as
+        training, so the curves join up."""
+        base = {"seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
+                **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {})}
         section = {k: v for k, v in (method.fit or {}).items() if k != "share"}
         section.setdefault("eval_batches", self.train.get("eval_batches", TrainConfig.eval_batches))
-        return self.train_config({**FIT_DEFAULTS, **section, "steps": steps}, **extra)
+        section.setdefault("steps", 1)
+        try:
+            return FitSpec({**base, **section, **extra}, (method.fit or {}).get("share"))
+        except LigoError as exc:
+            raise LigoError(f"{self.where}: method {method.name}: {exc}") from None
 
     @property
     def source_path(self) -> Path | None:
@@ -214,8 +221,7 @@ class Experiment:
         if method.kind != "scratch":
             self.train_config({**self.train, **train}, progress=False)
         if fit:
-            _check_share(where, fit)
-            self.fit_config(method, steps=1)
+            self.fit_spec(method)
         if stage is not None:
             method.growth_stage(1, self.target)
         return method
@@ -307,13 +313,6 @@ def _check_stage(where: str, stage, m: dict, plan: dict) -> None:
         raise LigoError(f"{where}: a staged method needs a concrete width and depth (auto is decided from a finished "
                         "source; a staged run grows mid-run): give width split/copy/random and depth "
                         "stack/interleave/identity")
-
-
-def _check_share(where: str, fit: dict) -> None:
-    share = fit.get("share")
-    if share is not None and (not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1):
-        raise LigoError(f"{where}: fit share must be a number between 0 and 1 (a share of the budget's FLOPs, "
-                        f"e.g. 0.02), got {share!r}")
 
 
 def read_experiment(path: str | Path, smoke: bool = False) -> tuple[dict, str]:

@@ -305,14 +305,17 @@ class Grower:
         model.tie_weights()  # ties made while the weights were being created on meta are not all kept
         return model
 
-    def fit_steps(self, share: float, train_cfg: TrainConfig, fit_cfg: TrainConfig) -> int:
-        """Fit steps that cost ``share`` of a training budget (``train_cfg.steps`` steps of the target):
-        a fit step is a training step of the target plus building the weights from the operator."""
-        from .flops import step_flops
+    def fit_steps(self, share: float, train_cfg: TrainConfig, seq_len: int, tokens_per_step: int,
+                  grad_accum: int = 1) -> int:
+        """Fit steps (of ``tokens_per_step`` tokens in blocks of ``seq_len``) that cost ``share`` of a training
+        budget (``train_cfg.steps`` steps of the target): a fit step is a training step of the target plus
+        building the weights from the operator (once per micro-batch)."""
+        from .flops import step_flops, train_flops_per_token
 
         meta = meta_model(self.spec.objective, self.target_config)
         budget = step_flops(meta, self.target_dims, train_cfg) * train_cfg.steps
-        per_step = step_flops(meta, self.target_dims, fit_cfg) + self.operator.build_flops() * fit_cfg.grad_accum
+        per_step = train_flops_per_token(meta, self.target_dims, seq_len) * tokens_per_step + \
+            self.operator.build_flops() * grad_accum
         return max(1, int(share * budget / per_step))
 
     def fit(self, data: str | Path | None = None, cfg: TrainConfig | None = None, *, blocks=None,

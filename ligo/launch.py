@@ -37,8 +37,8 @@ def process_state():
     return PartialState(cpu=not has_accelerator_device())
 
 
-def check_batch(cfg, what: str = "batch_size") -> None:
+def check_batch(batch_size: int, what: str = "batch_size") -> None:
     """Refuse a batch that the processes of this launch cannot share, before any work."""
-    if cfg.batch_size % world_size():
-        raise LigoError(f"{what} {cfg.batch_size} is not divisible by the {world_size()} processes; "
+    if batch_size % world_size():
+        raise LigoError(f"{what} {batch_size} is not divisible by the {world_size()} processes; "
                         "pick a multiple of the process count")

@@ -139,7 +139,7 @@ class _Loop:
         self.checkpoint_info, self.on_step, self.on_eval = checkpoint_info or {}, on_step, on_eval
         self.accelerator = accelerator = make_accelerator(cfg, run_dir)
         self.device, nproc = accelerator.device, accelerator.num_processes
-        check_batch(cfg)
+        check_batch(cfg.batch_size)
         if len(train_data) < cfg.batch_size:
             raise LigoError(f"the training split holds {len(train_data)} blocks, fewer than one batch of "
                             f"{cfg.batch_size}; give more data or a smaller batch size / seq_len")

@@ -75,7 +75,7 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         raise LigoError(f"--check-blocks must be a number of blocks, 0 or more (0: no start check), got {check_blocks!r}")
     data = DataConfig.of(data)
     if fit is not None:
-        check_batch(fit, "the fit's batch_size")
+        check_batch(fit.batch_size, "the fit's batch_size")
     if out is not None:
         parse_size(max_shard_size)
         check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target), *inputs])
@@ -171,7 +171,7 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
 
     cfg_path = None if isinstance(from_config, dict) else from_config
     data = DataConfig.of(data)
-    check_batch(cfg)
+    check_batch(cfg.batch_size)
     output = RunOutput(out, overwrite=overwrite, resume=resume,
                        inputs=[model, cfg_path, tokenizer, data.data, *inputs])
     try:
@@ -406,22 +406,6 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
     return result, growth
 
 
-@dataclass
-class FitSpec:
-    """An operator fit inside a budget: its settings, and its length as ``share`` of the budget's FLOPs
-    (then ``cfg.steps`` is replaced) or as ``cfg.steps``."""
-
-    cfg: TrainConfig
-    share: float | None = None
-
-    def config(self, grower: Grower, train_cfg: TrainConfig) -> TrainConfig:
-        if not self.share:
-            return self.cfg
-        steps = grower.fit_steps(self.share, train_cfg, self.cfg)
-        return self.cfg.replace(steps=steps, warmup=min(self.cfg.warmup, steps),
-                                eval_every=min(self.cfg.eval_every or steps, steps))
-
-
 def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *, plan: GrowthPlan | None = None,
                fit: FitSpec | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
                resume: bool = False, overwrite: bool = False, recipe: dict | None = None,
@@ -438,9 +422,9 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     from .data import load_blocks
 
     data = DataConfig.of(data)
-    check_batch(train_cfg)  # before any work: a batch the processes cannot share fails here, on every rank
+    check_batch(train_cfg.batch_size)  # before any work: a batch the processes cannot share fails here, on every rank
     if fit is not None:
-        check_batch(fit.cfg, "the fit's batch_size")
+        check_batch(fit.settings.get("batch_size", TrainConfig.batch_size), "the fit's batch_size")
     output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data, *_paths(target), *inputs])
     try:
         if resume:

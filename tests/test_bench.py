@@ -212,12 +212,17 @@ def test_speed_benchmarks_run_on_the_cpu(script, keys, tmp_path):
 def test_a_pretrained_checkpoint_is_a_source(sources, tmp_path):
     """source: {path: DIR} grows a checkpoint trained elsewhere: its tokenizer, its config, its held-out loss
     measured on the experiment's blocks (the grown lossless plan starts there), its training cost unknown."""
-    exp = load_experiment("demo", smoke=True)
-    raw = {m: v for m, v in exp.raw["methods"].items() if m in ("scratch", "paper")}
+    from ligo.experiment import Experiment
+
+    demo = load_experiment("demo", smoke=True)
+    raw = {m: v for m, v in demo.raw["methods"].items() if m in ("scratch", "paper")}
     raw["lossless"] = {"width": "split", "depth": "identity"}
-    exp = exp.changed(source={"path": str(sources["llama"])}, methods=raw,
-                      target={"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 8,
-                              "num_key_value_heads": 4, "intermediate_size": 192})
+    changes = dict(source={"path": str(sources["llama"])}, methods=raw,
+                   target={"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 8,
+                           "num_key_value_heads": 4, "intermediate_size": 192})
+    with pytest.raises(LigoError, match="vocab_size is the size of the tokenizer ligo trains"):  # never ignored
+        demo.changed(**changes)
+    exp = Experiment.from_dict({**{k: v for k, v in demo.raw.items() if k != "vocab_size"}, **changes}, demo.where)
     report = run_experiment(exp, tmp_path / "out", progress=False, log=lambda *_: None)
     source, methods = report["source"], report["budgets"][0]["methods"]
     assert source["path"] == str(sources["llama"]) and source["flops"] is None

@@ -60,10 +60,12 @@ def test_defaults_come_from_the_settings_classes():
     exp = load_experiment("demo")
     cfg = exp.train_config({})
     assert cfg.mixed_precision == TrainConfig.mixed_precision
-    fit = exp.fit_config(exp.methods["ligo"], steps=5)
+    fit = exp.fit_spec(exp.methods["ligo"])
+    merged = {**FIT_DEFAULTS, **fit.settings}
     section = exp.raw.get("fit") or {}
     for key in ("lr", "warmup", "eval_every", "patience", "weight_decay"):
-        assert getattr(fit, key) == section.get(key, FIT_DEFAULTS[key]), key
+        assert merged[key] == section.get(key, FIT_DEFAULTS[key]), key
+    assert fit.share == section["share"] and "share" not in fit.settings
     assert GrowthStage().fit_lr == FIT_DEFAULTS["lr"]
 
 

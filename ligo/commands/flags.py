@@ -22,8 +22,9 @@ def _default(f):
 
 
 def add_flags(p: argparse.ArgumentParser, cls, *, prefix: str = "", title: str, exclude=(), shown: dict | None = None,
-              aliases: dict | None = None) -> None:
-    """One ``--flag`` per field of ``cls`` (a settings dataclass), in an argument group."""
+              aliases: dict | None = None, helps: dict | None = None) -> None:
+    """One ``--flag`` per field of ``cls`` (a settings dataclass), in an argument group; ``helps``: a field's help
+    text where the command's differs from the field's own (its default shown as given there)."""
     group = p.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
@@ -33,6 +34,10 @@ def add_flags(p: argparse.ArgumentParser, cls, *, prefix: str = "", title: str, 
         kind, default = hints[f.name], (shown or {}).get(f.name, _default(f))
         dest = (prefix + f.name).replace("-", "_")
         text = f.metadata["help"]
+        if f.name in (helps or {}):
+            group.add_argument(*names, dest=dest, type=_typed(kind, f.name), default=None, metavar=kind.__name__.upper(),
+                               help=helps[f.name])
+            continue
         origin, args = typing.get_origin(kind), typing.get_args(kind)
         if origin is list:
             group.add_argument(*names, dest=dest, nargs="*", default=None, help=f"{text} (default: none)")
@@ -87,13 +92,10 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     add_flags(p, GrowthPlan, title="growth plan (the operator's initial value)", exclude=("seed",))
 
 
-def add_fit_flags(p: argparse.ArgumentParser, aliases: dict | None = None) -> None:
+def add_fit_flags(p: argparse.ArgumentParser, aliases: dict | None = None,
+                  steps_help: str = "operator fit steps on --data (default: 0, no fit)") -> None:
     add_flags(p, TrainConfig, prefix="fit-", title="operator fit (LiGO proper; --fit-steps 0: no fit)",
-              exclude=FIT_EXCLUDE, shown={**FIT_DEFAULTS, "steps": 0}, aliases=aliases)
-    # TrainConfig requires steps >= 1; the fit also takes 0, so its steps flag is typed separately
-    for action in p._actions:
-        if action.dest == "fit_steps":
-            action.help = "operator fit steps on --data (default: 0, no fit)"
+              exclude=FIT_EXCLUDE, shown=FIT_DEFAULTS, aliases=aliases, helps={"steps": steps_help})
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:

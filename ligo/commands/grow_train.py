@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import FIT_DEFAULTS, PLAN_KEYS, DataConfig, GrowthPlan, TrainConfig, fit_config
+from ..config import PLAN_KEYS, DataConfig, GrowthPlan, TrainConfig, fit_share
 from ..errors import LigoError
 from .flags import add_data_flags, add_fit_flags, add_plan_flags, add_target_flag, add_train_flags, \
     given, parse_target, target_file
@@ -37,10 +37,7 @@ def add_parser(sub, name):
                    "accelerate puts it)")
     add_data_flags(p)
     add_plan_flags(p)
-    add_fit_flags(p)
-    for action in p._actions:
-        if action.dest == "fit_steps":
-            action.help = "operator fit steps on --data (default: 0, no fit; or --fit-share)"
+    add_fit_flags(p, steps_help="operator fit steps on --data (default: 0, no fit; or --fit-share)")
     p.add_argument("--fit-share", type=float, help="operator fit length as a share of the training budget's FLOPs, e.g. 0.02 "
                    "(default: no fit; the unfitted operator measured best, see docs/benchmarks.md)")
     add_train_flags(p)
@@ -62,23 +59,10 @@ def load_recipe(path: str | None) -> dict:
     return data
 
 
-def fit_share(fit_values: dict, flag: float | None) -> float | None:
-    """The fit's share of the training budget: --fit-share, else the recipe's ``fit.share``; None when
-    the fit is given in steps or there is none (the default). Pops ``share`` from ``fit_values``."""
-    share = fit_values.pop("share", None)
-    if flag is not None:
-        share = flag
-        fit_values.pop("steps", None)
-    if share is not None and (not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share < 1):
-        raise LigoError(f"fit share must be a number in [0, 1), got {share!r}; for example --fit-share 0.02")
-    if share == 0:
-        fit_values["steps"] = 0
-    return share or None
-
-
 def run(args) -> int:
     from ..hf import check_device
-    from ..pipelines import FitSpec, grow_train
+    from ..config import FitSpec
+    from ..pipelines import grow_train
 
     recipe = load_recipe(args.config)
     for key in ("source", "target", "out"):
@@ -101,18 +85,14 @@ def run(args) -> int:
     fit_values = {"seq_len": train_cfg.seq_len, "batch_size": train_cfg.batch_size, "seed": train_cfg.seed,
                   "mixed_precision": train_cfg.mixed_precision, **recipe.get("fit", {}),
                   **given(args, TrainConfig, prefix="fit-"), "progress": train_cfg.progress}
-    share = fit_share(fit_values, args.fit_share)
-    # with a share, the steps are worked out from the budget once the target is known (FitSpec.config)
-    fit_cfg = fit_config({**fit_values, "steps": 1} if share else fit_values, where="fit")
-    if share:
-        fit_cfg = fit_cfg.replace(warmup=fit_values.get("warmup", FIT_DEFAULTS["warmup"]))
+    share = fit_values.pop("share", None)
+    if args.fit_share is not None:  # the flag over the recipe's share or steps
+        share = args.fit_share
+        fit_values.pop("steps", None)
+    fit = FitSpec(fit_values, share) if fit_share(share) or fit_values.get("steps") else None
     plan = GrowthPlan.from_dict({**{k: recipe[k] for k in PLAN_KEYS if k in recipe}, "seed": train_cfg.seed})
-    fit_recipe = {"steps": 0} if fit_cfg is None else fit_cfg.to_dict()
-    if share:  # its steps are worked out from the budget once the target is known
-        fit_recipe = {**{k: v for k, v in fit_recipe.items() if k != "steps"}, "share": share}
     recipe.update(seed=train_cfg.seed, seq_len=train_cfg.seq_len, batch_size=train_cfg.batch_size,
-                  fit=fit_recipe, train=train_cfg.to_dict())
-    fit = None if fit_cfg is None else FitSpec(fit_cfg, share)
+                  fit=fit.to_dict() if fit else {"steps": 0}, train=train_cfg.to_dict())
     result = grow_train(recipe["source"], recipe["target"], recipe["out"], plan=plan, fit=fit, train_cfg=train_cfg,
                         data=data, resume=args.resume, overwrite=args.overwrite, recipe=recipe,
                         device=check_device(args.device, default_cuda=False), inputs=inputs)
