@@ -42,6 +42,7 @@ from .arch import get_spec
 from .config import TrainConfig
 from .errors import LigoError
 from .experiment import Experiment, Method, load_experiment  # noqa: F401  (load_experiment: the API's entry)
+from .records import Recipe
 
 
 def peak_rss_mb(reset: bool = False) -> float:
@@ -162,14 +163,15 @@ class _Bench:
                                  exp.batch_size)
             self.log(f"[{exp.name}] source: {exp.source_path} (pretrained), held-out loss {loss:.4f}")
             return {"flops": None, "final_val_loss": loss, "steps": None, "path": str(exp.source_path)}
-        if (path / "config.json").exists():  # finished in an earlier, interrupted run
-            led = json.loads((path / "ligo_recipe.json").read_text())["ledger"]
-            return {"flops": led["train_flops"], "final_val_loss": led["final_val_loss"], "steps": led["steps"]}
+        recipe = Recipe.load(path) if (path / "config.json").exists() else None
+        if recipe is not None and recipe.ledger is not None:  # finished in an earlier, interrupted run
+            led = recipe.ledger
+            return {"flops": led.train_flops, "final_val_loss": led.final_val_loss, "steps": led.steps}
         res = train(None, None, path, exp.train_config(exp.source.get("train", {}), progress=self.progress),
                     self._start(from_config=self.src_cfg), overwrite=True, resume=self._resumable(path))
         self.log(f"[{exp.name}] source: {res.loop.steps} steps, held-out loss {res.loop.final_val:.4f}, "
-                 f"{res.ledger['train_flops']:.3e} FLOPs")
-        return {"flops": res.ledger["train_flops"], "final_val_loss": res.loop.final_val, "steps": res.loop.steps}
+                 f"{res.ledger.train_flops:.3e} FLOPs")
+        return {"flops": res.ledger.train_flops, "final_val_loss": res.loop.final_val, "steps": res.loop.steps}
 
     @staticmethod
     def _resumable(path: Path) -> bool:

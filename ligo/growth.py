@@ -12,32 +12,19 @@ from torch import nn
 
 from . import __version__
 from .arch import Dims
-from .checkpoint import RECIPE_NAME, Checkpoint, LazyWeights, check_tokenizer_fits, copy_tokenizer, \
-    describe_checkpoint, load_checkpoint, load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming, \
-    write_json
+from .checkpoint import Checkpoint, LazyWeights, check_tokenizer_fits, describe_checkpoint, load_checkpoint, \
+    load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming
 from .config import FIT_STEPS_API, MAX_SHARD_SIZE, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
 from .moe import fused_parameters, install_fused, lm_loss_only, upcycle, upcycle_table
 from .operator import GrowthOperator, depth_plan, lossless_gaps
+from .records import Recipe
 
 
 def _size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def trained_tokens(path: Path) -> int | None:
-    """Tokens the model in ``path`` was trained on, from the recipe ligo saved beside it (None when it has
-    none: a checkpoint from elsewhere, whose training ligo cannot know)."""
-    import json
-
-    try:
-        recipe = json.loads((Path(path) / RECIPE_NAME).read_text())
-        steps, cfg = recipe["ledger"]["steps"], TrainConfig.from_dict(recipe["config"])
-    except (OSError, ValueError, KeyError, TypeError, LigoError):
-        return None
-    return int(steps) * cfg.tokens_per_step
 
 
 def read_target(target: dict | str | Path) -> dict:
@@ -210,7 +197,8 @@ class Grower:
         build_config(self.target_config)  # transformers' own checks of the target, before any work
         self._check_memory()
         t1 = time.perf_counter()
-        self.source_tokens = trained_tokens(self.source.path)
+        recipe = Recipe.load(self.source.path)  # what ligo knows of the source's training (nothing: from elsewhere)
+        self.source_tokens = recipe.trained_tokens() if recipe is not None else None
         tied = set(self.spec.tied) if self.source.dims.tie else set()
         self.source_params = sum(self.source.state[k].numel() for k in self.source.layout if k not in tied)
         tpp = None if self.source_tokens is None else self.source_tokens / self.source_params
@@ -391,36 +379,38 @@ class Grower:
         """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card.
         ``check``: held-out token blocks on which the grown model's start loss is measured beside the
         source's before the output is committed (recorded in the recipe as ``start_check``)."""
-        from .modelcard import write_model_card
-        from .outputs import check_output, staged
+        from .outputs import check_output
+        from .writer import write_model
 
         parse_size(max_shard_size)  # a bad size fails before the work, not after
         check_output(out, overwrite=overwrite, inputs=[self.source.path])
         if self.stream:
             self._check_disk(Path(out))
-        t0 = time.perf_counter()
-        state = None if self.stream else self.materialize()
-        t1 = time.perf_counter()
-        config = self.hf_config()
-        with staged(out, overwrite, inputs=[self.source.path]) as tmp:
+        t0, grown = time.perf_counter(), []
+        held = [] if self.stream else [self.materialize()]  # popped once written: no copy stays while the check runs
+
+        def weights(folder: Path) -> None:
             if self.stream:  # each target tensor from the source tensors it needs, each shard written when full
                 shapes = {key: torch.empty(shape, dtype=self.dtype, device="meta")
                           for key, shape in self.operator.target_shapes().items()}
-                save_weights_streaming(self.operator.stream(LazyWeights(self.source.path), self.dtype), shapes, tmp,
-                                       max_shard_size)
+                save_weights_streaming(self.operator.stream(LazyWeights(self.source.path), self.dtype), shapes,
+                                       folder, max_shard_size)
             else:
-                save_weights(state, tmp, max_shard_size)
-            del state
-            t1 = time.perf_counter() if self.stream else t1
-            config.save_pretrained(tmp)
-            self.tokenizer_files = copy_tokenizer(self.source.path, tmp)
+                grown.append(time.perf_counter())
+                save_weights(held.pop(), folder, max_shard_size)
+            grown.append(time.perf_counter())
+
+        def recipe(folder: Path) -> Recipe:
             if check is not None:
-                src, grown = (held_out_loss(p, check, self.spec.objective, self._tokenizer)
-                              for p in (self.source.path, tmp))
-                self.start_check = {"tokens": int(check.numel()), "source_loss": src, "grown_loss": grown,
-                                    "gap": grown - src}
-            recipe = self.recipe()
-            write_json(tmp / RECIPE_NAME, recipe)
-            write_model_card(tmp, recipe, kind="grown")
+                src, loss = (held_out_loss(p, check, self.spec.objective, self._tokenizer)
+                             for p in (self.source.path, folder))
+                self.start_check = {"tokens": int(check.numel()), "source_loss": src, "grown_loss": loss,
+                                    "gap": loss - src}
+            return Recipe(self.recipe())
+
+        self.tokenizer_files = write_model(out, weights=weights, config=self.hf_config(), tokenizer=self.source.path,
+                                           recipe=recipe, overwrite=overwrite, inputs=[self.source.path],
+                                           max_shard_size=max_shard_size)
+        t1 = grown[0] if not self.stream else grown[-1]  # in memory: grown before the writing; streaming: written
         self.timings.update(materialize_s=t1 - t0, save_s=time.perf_counter() - t1)
         return Path(out)

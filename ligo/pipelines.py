@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import RECIPE_NAME, check_tokenizer_fits, describe_checkpoint, load_tokenizer, read_config, write_json
+from .checkpoint import check_tokenizer_fits, describe_checkpoint, load_tokenizer, read_config, write_json
 from .config import MAX_SHARD_SIZE, DataConfig, GrowthPlan, TrainConfig
 from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
@@ -29,16 +29,14 @@ from .data import tokens_to_read
 from .launch import check_batch, is_main_process, process_state
 from .loop import LoopResult, make_collate, train_loop
 from .outputs import RunOutput
+from .records import Ledger, Recipe, carried_ledger
 from .rundir import MANIFEST, data_digest, latest_checkpoint
-
-EMPTY_LEDGER = {"source_flops": None, "fit_flops": 0.0, "previous_train_flops": 0.0}
-
 
 @dataclass
 class TrainResult:
     out: Path
     loop: LoopResult
-    ledger: dict
+    ledger: Ledger
 
 
 @dataclass
@@ -104,22 +102,6 @@ def _paths(target) -> list:
     return [target] if isinstance(target, (str, Path)) else []
 
 
-def prior_ledger(model_dir: Path | None) -> dict:
-    """The compute already spent on a model, from the recipe ligo saved beside it (if any)."""
-    try:
-        recipe = json.loads((model_dir / RECIPE_NAME).read_text()) if model_dir else None
-    except (OSError, json.JSONDecodeError):
-        recipe = None
-    if not isinstance(recipe, dict):
-        return dict(EMPTY_LEDGER)
-    if "ledger" in recipe:  # a model trained by ligo: everything it cost is prior work now
-        led = recipe["ledger"]
-        return {"source_flops": led.get("source_flops"), "fit_flops": led.get("fit_flops", 0.0),
-                "previous_train_flops": led.get("previous_train_flops", 0.0) + led.get("train_flops", 0.0)}
-    fit = recipe.get("fit") or {}
-    return {"source_flops": recipe.get("source_flops"), "fit_flops": fit.get("flops", 0.0), "previous_train_flops": 0.0}
-
-
 def _manifest(output: RunOutput, model, from_config, tokenizer, data) -> tuple:
     """With --resume and no model given, what the run was started with (from its run.json)."""
     if model is not None or from_config is not None:
@@ -144,7 +126,7 @@ class Start:
     attn_implementation: str | None = None
     stages: list = field(default_factory=list)  # mid-run growth (:class:`ligo.config.GrowthStage`)
     blocks: Any = None  # the token blocks, already read (default: read from ``data``)
-    prior: dict | None = None  # the FLOPs already spent (default: from the model's recipe)
+    prior: Ledger | None = None  # the FLOPs already spent (default: from the model's recipe)
     source_card: dict | None = None  # the growth recipe for the model card (default: the model's own)
 
 
@@ -184,12 +166,12 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
         spec, dims, config = _describe(model, from_config, cfg_path)
         if model is not None:
             tok_dir = Path(tokenizer or model)
-            prior = prior or prior_ledger(Path(model))
+            prior = prior or carried_ledger(model)
         else:
             if tokenizer is None and tokenizer_obj is None:
                 raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
             tok_dir = Path(tokenizer) if tokenizer else None
-            prior = prior or dict(EMPTY_LEDGER)
+            prior = prior or Ledger()
         stages = sorted(start.stages, key=lambda st: st.at)
         _check_stages(stages, spec, config, cfg)
         tok = tokenizer_obj or load_tokenizer(tok_dir)
@@ -198,7 +180,7 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
             raise LigoError(f"seq_len {cfg.seq_len} exceeds the model's {dims.positions} positions; lower --seq-len")
         if blocks is None:  # with streaming, read only what the run will use (and its held-out share)
             blocks = load_blocks(data, tok, cfg.seq_len, max_tokens=tokens_to_read(cfg))
-        offset = prior["fit_flops"] + prior["previous_train_flops"]
+        offset = prior.spent
         manifest = {"ligo_version": __version__, "model": None if model is None else str(model),
                     "from_config": str(cfg_path) if cfg_path else None, "tokenizer": str(tok_dir) if tok_dir else None,
                     "data": data.to_dict(), "stages": [st.to_dict() for st in stages],
@@ -233,8 +215,8 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
             if latest_checkpoint(output.work) is None:  # nothing worth resuming: leave nothing behind
                 output.discard()
             raise
-        ledger = dict(prior, train_flops=result.flops - offset, flops_per_step=per_step, steps=result.steps,
-                      wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
+        ledger = prior.after_run(result.flops - offset, flops_per_step=per_step, steps=result.steps, wall_s=result.wall,
+                                 final_val_loss=result.final_val, throughput=result.throughput)
         if result.status == "preempted":
             raise Preempted(output.work, result.steps)
         from .modelcard import data_name, model_name
@@ -244,14 +226,15 @@ def train(model: str | Path | None, data: DataConfig | str | Path | None, out: s
                   "from_config": manifest["from_config"] or ("<dict>" if from_config is not None else None),
                   "data": data_name(data), "data_config": {**data.to_dict(), "data": data_name(data)},
                   "config": cfg.to_dict(),
-                  "stages": manifest["stages"], "ledger": ledger}
-        _finish(result, tok, output, recipe, start.source_card or _growth_recipe(current))
+                  "stages": manifest["stages"], "ledger": ledger.to_dict()}
+        before = Recipe.load(current)
+        _finish(result, tok, output, Recipe(recipe), start.source_card or (before.growth if before else None))
         return TrainResult(output.final, result, ledger)
     finally:
         output.release()
 
 
-def _finish(result: LoopResult, tokenizer, output: RunOutput, recipe: dict, growth: dict | None) -> None:
+def _finish(result: LoopResult, tokenizer, output: RunOutput, recipe: Recipe, growth: dict | None) -> None:
     """Save the trained model (rank 0; the state gathered from every rank) and commit the output."""
     acc = result.accelerator
     acc.wait_for_everyone()
@@ -306,14 +289,6 @@ def _stage_fit(stage, cfg: TrainConfig) -> TrainConfig | None:
                        "progress": cfg.progress}, where="growth stage fit")
 
 
-def _growth_recipe(model) -> dict | None:
-    try:
-        recipe = json.loads((Path(model) / RECIPE_NAME).read_text()) if model else None
-    except (OSError, json.JSONDecodeError):
-        return None
-    return recipe if isinstance(recipe, dict) and "plan" in recipe else None
-
-
 def _build_model(spec, model, config: dict, cfg: TrainConfig, attn_implementation: str | None):
     cls = model_class(spec.objective)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -334,22 +309,15 @@ def _build_model(spec, model, config: dict, cfg: TrainConfig, attn_implementatio
     return net
 
 
-def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: dict | None) -> None:
-    """Write the model files into ``out``: weights first, config.json last (each renamed into place)."""
-    import os
-    import shutil
+def _save_final(model, state: dict, tokenizer, out: Path, recipe: Recipe, growth: dict | None) -> None:
+    """Write the trained model into its run folder (config.json last), or say in one line what failed and
+    whether a checkpoint is left to resume from."""
+    from .writer import write_model
 
-    from .modelcard import write_model_card
-
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / RECIPE_NAME, recipe)
-        write_model_card(tmp, recipe, kind="trained", growth=growth)
+        write_model(out, weights=lambda folder: model.save_pretrained(folder, state_dict=state, safe_serialization=True),
+                    config=None, tokenizer=tokenizer, recipe=recipe, growth=growth, into_run=True)
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         error = as_user_error(exc, f"saving the model into {out}")
         if error is None:
             raise
@@ -357,10 +325,6 @@ def _save_final(model, state: dict, tokenizer, out: Path, recipe: dict, growth: 
             raise LigoError(f"{error} with --resume (the checkpoints are intact)") from None
         raise LigoError(f"{error}; no checkpoint was kept to resume from (--save-every N keeps them), so run it "
                         "again") from None
-    names = sorted(p.name for p in tmp.iterdir())
-    for name in [n for n in names if n != "config.json"] + ["config.json"]:
-        os.replace(tmp / name, out / name)
-    tmp.rmdir()
 
 
 def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, plan: GrowthPlan | None,
@@ -378,8 +342,9 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
     from .hf import meta_model
 
     grown, trained = job / "grown", job / "trained"
-    if (grown / "config.json").exists() and (grown / RECIPE_NAME).exists():  # grown (and fitted) before a stop
-        growth = json.loads((grown / RECIPE_NAME).read_text())
+    before = Recipe.load(grown) if (grown / "config.json").exists() else None
+    if before is not None:  # grown (and fitted) before a stop
+        growth = before.fields
     else:
         grower = Grower(source, target, plan, device=device, tokenizer=start.tokenizer)
         if fit is not None:  # every process of a launch fits (one data-parallel fit)
@@ -399,7 +364,7 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
         if steps < 1:
             raise LigoError("the operator fit costs more than the whole training budget; use a smaller fit share "
                             "or more training steps")
-    prior = {"source_flops": None, "fit_flops": fit_flops, "previous_train_flops": 0.0}
+    prior = Ledger(fit_flops=fit_flops)
     result = train(grown, data, trained, train_cfg.replace(steps=steps),
                    replace(start, prior=prior, source_card=growth),
                    resume=resume and latest_checkpoint(trained) is not None, overwrite=True)

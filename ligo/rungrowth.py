@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checkpoint import RECIPE_NAME, Checkpoint, copy_tokenizer, load_tokenizer, read_config, save_weights, write_json
+from .checkpoint import Checkpoint, load_tokenizer, read_config, save_weights
+from .records import Ledger, Recipe
+from .writer import write_model
 from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
 from .rundir import CARRIED_PREFIXES, CHECKPOINTS, LOG_FILE, MANIFEST, MASTERS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, file_digests, check_pickles, latest_checkpoint, \
@@ -137,8 +139,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
            # the run's source: the model it trained (its checkpoint folder is no model's name), and the run's name
            "recipe": {**grower.recipe(), "source": model_name(model_dir or run_dir, config), "run": model_name(run_dir),
                       "step": state["step"], "optimizer_state": optimizer_state,
-                      "ledger": {"source_flops": None, "fit_flops": fit_flops, "previous_train_flops": 0.0,
-                                 "train_flops": state["flops"]}},
+                      "ledger": Ledger(fit_flops=fit_flops, train_flops=state["flops"]).to_dict()},
            "model_dir": model_dir}
     new_slots = _slots({}, grower.target_config, spec, cfg.get("weight_decay", 0.1))
     optim = _torch_load(ckpt / OPTIMIZER_FILE) if (ckpt / OPTIMIZER_FILE).exists() else None
@@ -217,19 +218,6 @@ def write_checkpoint(grown: dict, ckpt_src: Path, dest: Path, model_dir: Path) -
     (dest / STATE_FILE).write_text(json.dumps(state))
 
 
-def write_model(grown: dict, dest: Path, tokenizer_dir: Path | None) -> None:
-    """The grown model as a plain HF folder (config, weights, tokenizer, recipe, card)."""
-    from .modelcard import write_model_card
-
-    dest.mkdir(parents=True)
-    save_weights(grown["state"], dest)
-    grown["config"].save_pretrained(dest)
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, dest)
-    write_json(dest / RECIPE_NAME, grown["recipe"])
-    write_model_card(dest, grown["recipe"], kind="grown")
-
-
 def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPlan | None = None, *,
              optimizer_state: str = "grow", fit: TrainConfig | None = None, overwrite: bool = False,
              data=None, inputs=()) -> Path:
@@ -254,7 +242,8 @@ def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPla
     ckpt, state, manifest = open_run(run_dir)
     with staged(out, overwrite, inputs=[run_dir, *inputs]) as tmp:
         final = Path(out).resolve()
-        write_model(grown, tmp / "model", _tokenizer_dir(grown, manifest))
+        write_model(tmp / "model", weights=grown["state"], config=grown["config"],
+                    tokenizer=_tokenizer_dir(grown, manifest), recipe=Recipe(grown["recipe"]))
         write_checkpoint(grown, ckpt, tmp / CHECKPOINTS / ckpt.name, final / "model")
         log = [line for line in (run_dir / LOG_FILE).read_text().splitlines()
                if line.strip() and json.loads(line)["step"] <= state["step"]] if (run_dir / LOG_FILE).exists() else []
@@ -283,11 +272,8 @@ def grow_in_place(run_dir: Path, target: dict, plan: GrowthPlan | None, *, optim
     grown["trainer_state"].update(info or {})
     name = f"step-{state['step']:07d}"
     model_dir = (run_dir / f"grown-at-{state['step']:07d}").resolve()
-    tmp_model = run_dir / f".grown-at-{state['step']:07d}.tmp"
-    for stale in (model_dir, tmp_model):
-        shutil.rmtree(stale, ignore_errors=True)
-    write_model(grown, tmp_model, _tokenizer_dir(grown, manifest))
-    os.replace(tmp_model, model_dir)
+    write_model(model_dir, weights=grown["state"], config=grown["config"], tokenizer=_tokenizer_dir(grown, manifest),
+                recipe=Recipe(grown["recipe"]), overwrite=True)  # (a folder left by a kill is grown again)
     tmp_ckpt = ckpt.parent / f".{name}-grown.tmp"
     shutil.rmtree(tmp_ckpt, ignore_errors=True)
     write_checkpoint(grown, ckpt, tmp_ckpt, model_dir)

@@ -135,12 +135,12 @@ def test_mid_run_growth_resumes_from_a_kill_before_the_growth_was_kept(sources, 
 
 
 def _state_without_optimizer(run):
-    from ligo.rundir import _file_digests
+    from ligo.rundir import file_digests
 
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
     (ckpt / "optimizer.bin").unlink()
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    state["files"] = _file_digests(ckpt)
+    state["files"] = file_digests(ckpt)
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
 
 
