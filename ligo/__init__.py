@@ -19,7 +19,7 @@ _API = {
     "get_spec": "arch", "register_architecture": "arch", "supported_types": "arch",
     "GrowthOperator": "operator",
     "Grower": "growth",
-    "grow": "pipelines", "train": "pipelines", "grow_train": "pipelines", "Start": "pipelines", "FitSpec": "config",
+    "grow": "pipelines", "train": "training", "grow_train": "pipelines", "Start": "training", "FitSpec": "config",
     "Experiment": "experiment", "load_experiment": "experiment", "run_experiment": "bench",
 }
 __all__ = [*_API, "__version__"]

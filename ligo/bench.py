@@ -40,7 +40,6 @@ import torch
 from . import __version__
 from .arch import get_spec
 from .config import TrainConfig
-from .errors import LigoError
 from .experiment import Experiment, Method, load_experiment  # noqa: F401  (load_experiment: the API's entry)
 from .records import Recipe
 
@@ -146,7 +145,7 @@ class _Bench:
                  f"({time.perf_counter() - t0:.1f}s)")
 
     def _start(self, **more):
-        from .pipelines import Start
+        from .training import Start
 
         return Start(tokenizer=self.tokenizer, blocks=self.blocks, attn_implementation=self.exp.attn_implementation,
                      **more)
@@ -154,7 +153,7 @@ class _Bench:
     def _source(self) -> dict:
         """The small model: trained here (its cost known: convention b), or pretrained (source: {path}), measured."""
         from .growth import held_out_loss
-        from .pipelines import train
+        from .training import train
 
         exp, path = self.exp, self.out / "source"
         if exp.source_path is not None:  # pretrained elsewhere: its training cost is unknown, its loss measured here
@@ -181,7 +180,7 @@ class _Bench:
 
     def _scratch(self, label: str, steps: int, lr: float, seed: int | None = None) -> dict:
         """One scratch run, from this experiment's folder, the scratch cache, or trained now."""
-        from .pipelines import train
+        from .training import train
 
         exp = self.exp
         cfg = exp.train_config({**exp.train, "steps": steps, "lr": lr, **({"seed": seed} if seed is not None else {})},
@@ -269,7 +268,7 @@ class _Bench:
         budget's FLOPs, grown mid-run (weights and optimizer state), then trained as the target."""
         from .flops import step_flops
         from .hf import meta_model
-        from .pipelines import train
+        from .training import train
 
         exp, name = self.exp, method.name
         run_dir = self._run_dir(label, name, seed)

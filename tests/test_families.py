@@ -16,7 +16,7 @@ from ligo import GrowthPlan, TrainConfig, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
 from ligo.operator import lossless_gaps
-from ligo.pipelines import Start, train
+from ligo.training import Start, train
 
 FAMILIES = tuple(tiny.FAMILIES)
 RMS = tuple(mt for mt in FAMILIES if mt != "gpt_neox")  # GPT-NeoX normalizes with LayerNorm

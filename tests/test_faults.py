@@ -204,7 +204,7 @@ def test_a_failed_final_save_says_whether_a_checkpoint_is_left(tmp_path):
     import errno
 
     from ligo.errors import LigoError
-    from ligo.pipelines import _save_final
+    from ligo.training import _save_final
 
     class Full:
         def save_pretrained(self, *args, **kwargs):

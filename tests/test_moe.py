@@ -15,7 +15,7 @@ from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
 from ligo.flops import matmul_params
 from ligo.growth import FitModule, Grower
-from ligo.pipelines import Start, train
+from ligo.training import Start, train
 
 MOE = tuple(tiny.MOE)
 DENSE = {"llama": "mixtral", "qwen3": "qwen3_moe"}  # what upcycles into what
@@ -223,7 +223,7 @@ def test_a_live_run_is_not_grown_into_experts(moe_sources, blocks, tmp_path):
     for mt, target in (("mixtral", {"experts": 8, "experts_per_token": 4}), ("llama", {"experts": 4})):
         run = tmp_path / mt
         train(moe_sources[mt], None, run, TrainConfig(steps=2, save_every=2, **quick), Start(blocks=blocks))
-        with pytest.raises(LigoError, match="grow its saved model with `ligo grow`"):
+        with pytest.raises(LigoError, match="grow its final model with `ligo grow`"):
             grow_checkpoint(run, target)
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 from ligo import TrainConfig, grow
 from ligo.config import WEAK_SOURCE_TOKENS_PER_PARAM
-from ligo.pipelines import Start, train
+from ligo.training import Start, train
 
 SOURCE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
               intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True)
@@ -28,9 +28,10 @@ def strong_source(tmp_path_factory, tokenizer, corpus):
     steps = 640  # x 16 x 64 tokens = 655k tokens for ~31k parameters
     train(None, None, out, TrainConfig(steps=steps, batch_size=16, seq_len=64, lr=1e-2, warmup=20, eval_every=0,
                                        progress=False), Start(from_config=cfg, tokenizer=out.parent / "tok", blocks=blocks))
-    from ligo.growth import Grower, trained_tokens
+    from ligo.growth import Grower
+    from ligo.records import Recipe
 
-    assert trained_tokens(out) / Grower(out, TARGET).source_params >= 20
+    assert Recipe.load(out).trained_tokens() / Grower(out, TARGET).source_params >= 20
     (out / "ligo_recipe.json").unlink()  # now a checkpoint from elsewhere: its training unknown to ligo
     return out
 

@@ -54,16 +54,15 @@ def run(args) -> int:
     from dataclasses import fields
     from pathlib import Path
 
-    from ..pipelines import Start, train
+    from ..training import Start, train
     from ..outputs import resumed_settings
 
     # with --resume, the run's own settings are the defaults: only what is given again is compared
     base = resumed_settings(Path(args.out)) if args.resume else {}
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig.from_dict({**{k: v for k, v in base.items() if k in known}, **given(args, TrainConfig)})
-    start = Start(from_config=args.from_config, tokenizer=args.tokenizer, stages=stages(args))
-    result = train(args.model, data_config(args), args.out, cfg, start, resume=args.resume, overwrite=args.overwrite,
-                   inputs=[args.stages])
+    start = Start(from_config=args.from_config, tokenizer=args.tokenizer, stages=stages(args), inputs=(args.stages,))
+    result = train(args.model, data_config(args), args.out, cfg, start, resume=args.resume, overwrite=args.overwrite)
     loop = result.loop
     from ..launch import is_main_process
 
