@@ -253,7 +253,7 @@ class Experiment:
                             "allowed: ['lr_scale', 'warmup']")
         from .hf import build_config
         from .moe import grown_config
-        from .operator import check_growth
+        from .maps import check_growth
 
         src = dict(build_config(self.configs()[0]).to_dict())
         for name, target in [("target", self.target)] + [(f"method {m.name}: target", m.target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .arch import Dims
+from .arch import FIXED, Dims, Entry
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-name fragment, most specific first.
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("B200", 2250.0),
@@ -64,3 +64,34 @@ def device_peak_tflops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for fragment, peak in PEAK_TFLOPS if fragment in name), None)
+
+
+def build_flops(op) -> int:
+    """FLOPs of building the target's weights once from a :class:`ligo.operator.GrowthOperator`, forward and
+    backward (what ``torch.utils.flop_counter`` counts for its forward and backward; tested to match)."""
+    total = 0
+
+    def axes(shape: list[int], entry: Entry, lead: int, grad: bool) -> int:
+        flops = 0
+        for a, tokens in enumerate(entry.axes):
+            grown = [t for t in tokens if t not in FIXED]
+            others = 1
+            for i, size in enumerate(shape):
+                others *= size if i != a + lead else 1
+            for tok in grown:  # a fused axis grows each part separately
+                (n1, unit), (n2, _) = op.src.units(tok), op.tgt.units(tok)
+                # forward, the map's grad, and the input's grad when the input has one
+                flops += 2 * others * n2 * unit * n1 * (3 if grad else 2)
+            if grown:
+                shape[a + lead] = sum(op.tgt.axis_size(t) for t in tokens)
+                grad = True
+        return flops
+
+    for key, entry in op.singles:
+        total += axes(list(op.source_tensor(key).shape), entry, 0, False)
+    for e in op.layer_entries:
+        src = op.source_layers(e)
+        per_layer = src[0].numel()
+        total += 2 * 2 * op.tgt.layers * op.src.layers * per_layer  # depth mix, forward and the map's grad
+        total += axes([op.tgt.layers, *src.shape[1:]], e, 1, True)
+    return total

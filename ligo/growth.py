@@ -19,7 +19,8 @@ from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
 from .moe import fused_parameters, install_fused, lm_loss_only, upcycle, upcycle_table
-from .operator import GrowthOperator, depth_plan, lossless_gaps
+from .maps import depth_plan, lossless_gaps
+from .operator import GrowthOperator
 from .records import Recipe
 
 
@@ -202,9 +203,11 @@ class Grower:
         tied = set(self.spec.tied) if self.source.dims.tie else set()
         self.source_params = sum(self.source.state[k].numel() for k in self.source.layout if k not in tied)
         tpp = None if self.source_tokens is None else self.source_tokens / self.source_params
+        # the one place a plan's auto fields are resolved: from what is known of the source's training
+        plan = (plan or GrowthPlan()).resolved(tpp)
         # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
-                                       self.source.state, plan, tokens_per_param=tpp, compact=self.stream,
+                                       self.source.state, plan, compact=self.stream,
                                        router_std=float(self.target_config.get("initializer_range") or 0.02))
         if not self.stream:
             self.operator.to(self.device)
@@ -298,12 +301,12 @@ class Grower:
         """Fit steps (of ``tokens_per_step`` tokens in blocks of ``seq_len``) that cost ``share`` of a training
         budget (``train_cfg.steps`` steps of the target): a fit step is a training step of the target plus
         building the weights from the operator (once per micro-batch)."""
-        from .flops import step_flops, train_flops_per_token
+        from .flops import build_flops, step_flops, train_flops_per_token
 
         meta = meta_model(self.spec.objective, self.target_config)
         budget = step_flops(meta, self.target_dims, train_cfg) * train_cfg.steps
         per_step = train_flops_per_token(meta, self.target_dims, seq_len) * tokens_per_step + \
-            self.operator.build_flops() * grad_accum
+            build_flops(self.operator) * grad_accum
         return max(1, int(share * budget / per_step))
 
     def fit(self, data: str | Path | None = None, cfg: TrainConfig | None = None, *, blocks=None,
@@ -312,7 +315,7 @@ class Grower:
         embedded default corpus). The operator ends at its best held-out point, so a fit never ends
         worse than the plan it started from."""
         from .data import load_blocks, tokens_to_read
-        from .flops import step_flops
+        from .flops import build_flops, step_flops
 
         cfg = cfg or fit_config({"steps": FIT_STEPS_API})
         if self.stream:
@@ -324,7 +327,7 @@ class Grower:
         if blocks is None:
             blocks = load_blocks(data, self.tokenizer, cfg.seq_len, max_tokens=tokens_to_read(cfg))
         meta_target = meta_model(self.spec.objective, self.target_config)
-        build = self.operator.build_flops()
+        build = build_flops(self.operator)
         per_step = step_flops(meta_target, self.target_dims, cfg) + build * cfg.grad_accum
         best: dict = {}
 

@@ -29,208 +29,34 @@ function-preserving start exists. The fixed growth methods are initial values of
 * depth ``stack`` (target layer i <- source layer i mod L1), ``interleave`` (each source layer
   repeated in place) and ``identity`` (as interleave, but the repeats' residual-writing modules are
   zero, so new layers start as identities in pre-norm models).
+
+The parts, one concern each: the initial values of the maps are pure functions in :mod:`ligo.maps`; this
+class holds the maps (as parameters, or as selections alone when it is only materialized) and the source
+weights as it reads them (its layout: the weights outside the layers, each layer entry stacked over the
+source layers); :mod:`ligo.apply` applies the maps; :func:`ligo.flops.build_flops` counts their cost. The plan
+arrives concrete: its ``auto`` is resolved by the caller (:meth:`ligo.config.GrowthPlan.resolved`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from .arch import FIXED, GROWN, LAYER_TOKENS, READ_PARTNER, SPACE_OF, WRITE_TOKENS, ArchSpec, Dims, Entry
-from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan
+from .arch import GROWN, LAYER_TOKENS, READ_PARTNER, SPACE_OF, WRITE_TOKENS, ArchSpec, Dims, Entry
+from .apply import grown, pieces
+from .config import GrowthPlan
 from .errors import LigoError
+from .maps import check_growth, dense, depth_plan, expert_scale, random_rows, residual_scales, unit_selection, \
+    width_init, width_selection
 
 
 ROUTER_NOISE = 0.05  # split experts of a trained router: noise of this fraction of its weights' RMS
-_CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of about this many elements
 
 
 def _param_name(token: str) -> str:
     return token.replace(".", "_").replace("{e}", "E")
-
-
-def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
-    """Refuse target shapes the operator cannot produce, with the fix in the message."""
-    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts"):
-        if getattr(tgt, name) < getattr(src, name):
-            raise LigoError(f"target {spec.config_key(name) or name}={getattr(tgt, name)} is smaller than the source's "
-                            f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
-    if tgt.head_dim != src.head_dim:
-        why = "rotary pairs live inside each head" if spec.rope else "attention is grown by whole heads"
-        raise LigoError(f"head_dim would change from {src.head_dim} to {tgt.head_dim} ({why}); choose the target's "
-                        f"heads so that head_dim stays {src.head_dim}")
-    for d, tag in ((src, "source"), (tgt, "target")):
-        if d.heads % d.kv_heads:
-            raise LigoError(f"{tag} kv heads ({d.kv_heads}) do not divide its attention heads ({d.heads}); "
-                            "pick a kv-head count that divides the head count")
-    if tgt.vocab != src.vocab:
-        raise LigoError(f"target vocab size {tgt.vocab} differs from the source's {src.vocab}; the vocabulary is "
-                        "never grown, so keep the source's vocab_size (and tokenizer)")
-    if src.positions is not None and tgt.positions != src.positions:
-        raise LigoError(f"target positions {tgt.positions} differ from the source's {src.positions}; "
-                        "positions are never grown, so keep the source's value")
-    if tgt.experts > src.experts and src.experts > 1 and tgt.experts % src.experts:
-        raise LigoError(f"the experts would grow from {src.experts} to {tgt.experts}, which is no multiple: some experts "
-                        f"would get more copies than others; choose a multiple of {src.experts}")
-    if tgt.tie != src.tie:
-        raise LigoError(f"target tie_word_embeddings={tgt.tie} differs from the source's {src.tie}; keep the "
-                        "source's value (an untied head cannot become tied without changing the function)")
-
-
-# -- initial values -----------------------------------------------------------------------------
-def depth_plan(method: str, l1: int, l2: int) -> tuple[list[int], list[bool]]:
-    """For each target layer: its source layer and whether it is a repeat (a new layer)."""
-    if method == "stack":
-        src = [i % l1 for i in range(l2)]
-    elif method in ("interleave", "identity"):
-        src = [i * l1 // l2 for i in range(l2)]
-    else:
-        raise LigoError(f"unknown depth method {method!r}; choose one of {', '.join(DEPTH_INITS)}")
-    seen: set[int] = set()
-    repeat = []
-    for j in src:
-        repeat.append(j in seen)
-        seen.add(j)
-    return src, repeat
-
-
-def unit_selection(token: str, src: Dims, tgt: Dims) -> torch.Tensor:
-    """The source unit each target unit copies: units are neurons, or whole heads for attention."""
-    space = SPACE_OF[token].name
-    kv = torch.arange(tgt.kv_heads) % src.kv_heads
-    if space == "kv_heads":
-        return kv
-    if space == "heads":
-        # Keep GQA grouping: a target query head copies a source query head of the group its
-        # kv head copies; successive copies of a group cycle through that group's query heads.
-        g1, g2 = src.heads // src.kv_heads, tgt.heads // tgt.kv_heads
-        used = [0] * src.kv_heads
-        sel = []
-        for j in range(tgt.kv_heads):
-            k = int(kv[j])
-            for _ in range(g2):
-                sel.append(k * g1 + used[k] % g1)
-                used[k] += 1
-        if min(used) < g1:
-            raise LigoError(f"query heads per kv group shrink from {g1} to {g2} with kv heads {src.kv_heads}->"
-                            f"{tgt.kv_heads}: some source heads would be dropped; grow kv heads by an integer "
-                            "factor or use --width random")
-        return torch.tensor(sel)
-    n1, _ = src.units(token)
-    n2, _ = tgt.units(token)
-    return torch.arange(n2) % n1
-
-
-def residual_scales(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> torch.Tensor | None:
-    """Each residual unit's ``alpha`` when the stream grows by scaled copies (see the module docstring): a
-    lossless width init, an RMSNorm family and a hidden size that is no integer multiple of the source's.
-    None otherwise."""
-    if plan.width not in ("copy", "split") or spec.norms["type"] != "rms" or tgt.hidden % src.hidden == 0:
-        return None
-    sel = unit_selection("res", src, tgt)
-    copies = torch.bincount(sel, minlength=src.hidden).double()
-    return (tgt.hidden / src.hidden / copies[sel]).sqrt()
-
-
-def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
-    """Why growing ``src`` into ``tgt`` with ``plan`` (resolved) does not keep the source's function
-    exactly, one sentence a reason; empty when it does (fp32 rounding aside)."""
-    gaps = []
-    if plan.width == "random":
-        gaps.append("random-mixture width (the paper's init) does not keep the function; use --width split")
-    if plan.depth != "identity" and tgt.layers > src.layers:
-        gaps.append(f"{plan.depth} depth repeats trained layers, which changes the function; use --depth identity")
-    if plan.depth == "identity" and tgt.layers > src.layers and spec.norms.get("stream") == "post":
-        gaps.append(f"{spec.model_type} normalizes the residual stream after each layer (post-LN), so a new layer "
-                    "whose output is zero is not an identity: only growth without new layers is lossless")
-    if plan.width in ("copy", "split") and tgt.hidden % src.hidden and spec.norms["type"] == "layer":
-        gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
-                    f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
-    gaps += expert_gaps(plan, src, tgt)
-    if plan.width in ("copy", "split"):
-        names = {e: t for e in spec.norms["gains"] for t in ("q", "k")
-                 if any(t in axis for entry in spec.entries if entry.name == e for axis in entry.axes)}
-        for name, tok in sorted(names.items()):
-            (n1, _), (n2, _) = src.units(tok), tgt.units(tok)
-            if n2 % n1:
-                gaps.append(f"{name.split('.')[-2]} normalizes the whole {tok} projection over all heads, whose "
-                            f"statistic changes when heads grow by a non-integer factor ({n1} -> {n2}); grow "
-                            "heads and kv heads by an integer factor")
-    return gaps
-
-
-def expert_gaps(plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
-    """Why the experts axis does not keep the source's function (see :func:`expert_scale` for the exact cases)."""
-    gaps = []
-    if src.experts > 1 or tgt.experts > 1:
-        ratio = tgt.experts // src.experts
-        if src.experts > 1 and tgt.experts_per_token != src.experts_per_token * ratio:
-            gaps.append(f"a token uses {tgt.experts_per_token} of {tgt.experts} experts where the source used "
-                        f"{src.experts_per_token} of {src.experts}: copied experts route as the source only with "
-                        f"{src.experts_per_token * ratio} per token (every copy of each chosen expert)")
-        if tgt.experts > src.experts and plan.width == "split" and not (src.experts == 1 and tgt.router_normalized):
-            gaps.append("split experts start from a router with noise added, whose top-k weights keep the source's "
-                        "function only when a dense model is upcycled with a renormalized router; use --width copy")
-    return gaps
-
-
-def expert_scale(src: Dims, tgt: Dims) -> float:
-    """What the experts' outputs are multiplied by. Copies of one source expert with equal router scores keep
-    the source's mixture when the top-k weights are renormalized (they sum to one), and when they are not and
-    a token uses every copy of each chosen expert (the copies' shares sum to the source's weight). A dense
-    model upcycled under a router that does not renormalize gives a token ``k / E`` of the copies' weight
-    (uniform scores over ``E`` experts, ``k`` chosen): its experts are scaled by ``E / k``."""
-    if src.experts == 1 and tgt.experts > 1 and not tgt.router_normalized:
-        return tgt.experts / tgt.experts_per_token
-    return 1.0
-
-
-def _random_rows(n: int, n1: int, gen: torch.Generator) -> torch.Tensor:
-    rows = torch.rand(n, n1, generator=gen, dtype=torch.float64)
-    return rows / rows.sum(1, keepdim=True)
-
-
-def width_selection(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
-                    split_noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The initial width map of one map token as a selection, (source unit, coefficient) for each target
-    unit, when every row has one entry (copy, split, and random with no new units); None when the map is
-    dense (random mixtures). Draws the same random numbers as :func:`width_init`."""
-    n1, _ = src.units(token)
-    n2, _ = tgt.units(token)
-    if method == "random":
-        return (torch.arange(n1), torch.ones(n1)) if n2 == n1 else None
-    if method not in ("copy", "split"):
-        raise LigoError(f"unknown width method {method!r}; choose one of {', '.join(WIDTH_INITS)}")
-    sel = unit_selection(token, src, tgt)
-    if token in WRITE_TOKENS:
-        coef = torch.ones(n2, dtype=torch.float64)
-    else:
-        if method == "copy":
-            share = torch.ones(n2, dtype=torch.float64)
-        else:  # unequal shares break the symmetry between copies
-            share = 1 + split_noise * (2 * torch.rand(n2, generator=gen, dtype=torch.float64) - 1)
-        total = torch.zeros(n1, dtype=torch.float64).index_add_(0, sel, share)
-        coef = share / total[sel]
-    return sel, coef.float()  # the coefficients computed in float64, rounded once
-
-
-def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
-               split_noise: float = 0.5) -> torch.Tensor:
-    """Initial width map (target units x source units) of one map token, in float32."""
-    n1, _ = src.units(token)
-    n2, _ = tgt.units(token)
-    selection = width_selection(method, token, src, tgt, gen, split_noise)
-    if selection is None:  # the paper's init: old units kept, new units random convex mixtures of old ones
-        return torch.cat([torch.eye(n1), _random_rows(n2 - n1, n1, gen).float()])
-    return _dense(*selection, n1)
-
-
-def _dense(index: torch.Tensor, coef: torch.Tensor, n1: int) -> torch.Tensor:
-    return torch.zeros(*index.shape, n1).scatter_(-1, index.unsqueeze(-1), coef.unsqueeze(-1))
 
 
 # -- the operator -------------------------------------------------------------------------------
@@ -238,34 +64,38 @@ class GrowthOperator(nn.Module):
     """Learnable depth and width maps from a frozen source state dict to a target state dict."""
 
     def __init__(self, spec: ArchSpec, src_dims: Dims, tgt_dims: Dims, layout: dict, src_state: dict,
-                 plan: GrowthPlan | None = None, tokens_per_param: float | None = None, compact: bool = False,
-                 router_std: float = 0.02):
-        """``compact``: the operator will only be materialized, never fitted (streaming growth): each width
+                 plan: GrowthPlan, compact: bool = False, router_std: float = 0.02):
+        """``plan``: a concrete plan (its ``auto`` fields resolved by the caller, :meth:`GrowthPlan.resolved`).
+        ``compact``: the operator will only be materialized, never fitted (streaming growth): each width
         map that is a selection keeps only its (unit, coefficient) form, not its dense matrix.
         ``router_std``: the scale of the noise a symmetry-breaking plan adds to the router of copied experts
         (the target config's ``initializer_range``: what a router trained from scratch starts from)."""
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
-        # the one place a plan's auto fields are resolved: from what is known of the source's training
-        self.plan = plan = (plan or GrowthPlan()).resolved(tokens_per_param)
+        if plan.width == "auto" or plan.depth == "auto":
+            raise LigoError("internal error: the operator needs a concrete plan; resolve auto first (GrowthPlan.resolved)")
+        self.plan = plan
         check_growth(spec, src_dims, tgt_dims)
         tokens = self._collect(layout)
         # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast to float32
         # where they are used, which is exact
-        for (kind, key), src in self._stacked(src_state).items():
+        for (kind, key), src in self.stacked(src_state).items():
             self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
         self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
         sources, repeat = depth_plan(plan.depth, src_dims.layers, tgt_dims.layers)
         self.width = nn.ParameterDict()
-        self._sparse: dict = {}         # width map selections, computed when materializing (see _selection)
-        self._compacted: set[str] = set()
-        self._compacted_numel = 0
+        # Width maps kept as selections: ``compact`` holds the maps whose only storage is their selection
+        # (streaming: their parameter is empty), ``_selections`` caches the selection form of dense maps
+        # (forgotten whenever the maps may have changed)
+        self.compact: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._compact_numel = 0  # the dense size the compact maps stand for (counted as parameters)
+        self._selections: dict = {}
         self._init_width(tokens, self._layer_groups(repeat), compact)
         self._scale_residual()
         self._router_noise(router_std)
         if compact:
             for name in list(self.width):
-                self._compact(name)
+                self._make_compact(name)
         # An embedding the model multiplies by hidden ** power: divided by the growth of that factor; the
         # norm in front of a head tied to it multiplied by it (the head's logits would shrink otherwise).
         self.scales: dict[str, float] = {}
@@ -328,11 +158,8 @@ class GrowthOperator(nn.Module):
                 self._install_map(tok, self._expert_parts(tok, fresh, gen, experts), compact)
                 continue
             partner = next((_param_name(w) for w in SPACE_OF[tok].write if _param_name(w) in self.width), None)
-            if plan.width == "random" and tok in READ_PARTNER and partner in self._compacted:
-                self._sparse[(_param_name(tok), False)] = self._sparse[(partner, False)]
-                self._compacted.add(_param_name(tok))
-                self._compacted_numel += self._compacted_numel_of(partner)
-                self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
+            if plan.width == "random" and tok in READ_PARTNER and partner in self.compact:
+                self._hold_compact(_param_name(tok), self.compact[partner])
                 continue
             if plan.width == "random" and tok in READ_PARTNER and partner is not None:
                 self.width[_param_name(tok)] = nn.Parameter(self.width[partner].detach().clone())
@@ -349,13 +176,10 @@ class GrowthOperator(nn.Module):
         dense: its norms' maps are derived from it)."""
         n1 = self.src.units(tok)[0]
         if compact and tok not in ("res", "res.in") and all(isinstance(p, tuple) for p in parts):
-            index, coef = (torch.stack(x) for x in zip(*parts)) if tok in LAYER_TOKENS else parts[0]
-            self._sparse[(_param_name(tok), False)] = (index, coef)
-            self._compacted.add(_param_name(tok))
-            self._compacted_numel += index.numel() * n1
-            self.width[_param_name(tok)] = nn.Parameter(torch.empty(0))
+            self._hold_compact(_param_name(tok), tuple(torch.stack(x) for x in zip(*parts)) if tok in LAYER_TOKENS
+                               else parts[0])
             return
-        parts = [_dense(*p, n1) if isinstance(p, tuple) else p for p in parts]
+        parts = [dense(*p, n1) if isinstance(p, tuple) else p for p in parts]
         self.width[_param_name(tok)] = nn.Parameter(torch.stack(parts) if tok in LAYER_TOKENS else parts[0])
 
     def _expert_parts(self, tok: str, fresh: list[bool], gen: torch.Generator, drawn: dict) -> list:
@@ -365,7 +189,7 @@ class GrowthOperator(nn.Module):
         convex mixtures of them (as the paper's width init); the experts' outputs scaled by :func:`expert_scale`."""
         n1, n2 = self.src.experts, self.tgt.experts
         if "parts" not in drawn:
-            drawn["parts"] = [torch.cat([torch.eye(n1), _random_rows(n2 - n1, n1, gen).float()])
+            drawn["parts"] = [torch.cat([torch.eye(n1), random_rows(n2 - n1, n1, gen).float()])
                               if (new or self.plan.width == "random") and n2 > n1
                               else (torch.arange(n2) % n1, torch.ones(n2)) for new in fresh]
         scale = expert_scale(self.src, self.tgt) if tok == "exp.out" else 1.0
@@ -394,10 +218,11 @@ class GrowthOperator(nn.Module):
                 self._noise_std[e.name] = std if src.experts == 1 else None
                 self.noise.add(e.name)
 
-    def _router_noise_of(self, e: Entry, chunk: slice, read) -> torch.Tensor:
+    def router_noise(self, e: Entry, chunk: slice, read) -> torch.Tensor:
+        """The fixed noise on the grown router of ``e`` in the target layers ``chunk``."""
         if self._noise_std[e.name] is None:
-            src = torch.stack([self._layer(read, e, j).float() for j in range(self.src.layers)]) if read is not None \
-                else getattr(self, "l_" + _param_name(e.name)).float()
+            src = torch.stack([self.layer(read, e, j).float() for j in range(self.src.layers)]) if read is not None \
+                else self.source_layers(e).float()
             self._noise_std[e.name] = ROUTER_NOISE * float(src.pow(2).mean().sqrt())
         return self._noise_std[e.name] * getattr(self, "n_" + _param_name(e.name))[chunk]
 
@@ -421,202 +246,86 @@ class GrowthOperator(nn.Module):
                     if tok == "res" else self.width["res_in"].detach() / alpha)
             self.width[_param_name(tok) + "_gain"] = nn.Parameter(base)
 
-    def _stacked(self, state: dict) -> dict[tuple[str, str], torch.Tensor]:
+    def stacked(self, state: dict) -> dict[tuple[str, str], torch.Tensor]:
         """A source-shaped state (checkpoint keys) as the operator holds it: weights outside the layers
         by key (``("w_", key)``), layer weights stacked over the source layers (``("l_", entry name)``)."""
         out = {("w_", key): state[key] for key, _ in self.singles}
         for e in self.layer_entries:
-            out[("l_", e.name)] = torch.stack([self._layer(lambda k: state[k], e, j) for j in range(self.src.layers)])
+            out[("l_", e.name)] = torch.stack([self.layer(lambda k: state[k], e, j) for j in range(self.src.layers)])
         return out
 
-    def _layer(self, read, e: Entry, j: int) -> torch.Tensor:
+    def source_tensor(self, key: str) -> torch.Tensor:
+        """The source's weight ``key`` outside the layers, as the operator holds it."""
+        return getattr(self, "w_" + _param_name(key))
+
+    def source_layers(self, e: Entry) -> torch.Tensor:
+        """The source's weights of layer entry ``e``, stacked over the source layers."""
+        return getattr(self, "l_" + _param_name(e.name))
+
+    def depth_map(self, module: str) -> torch.Tensor:
+        """The depth map (target layers x source layers) of a layer module."""
+        return self.depth[_param_name(module)]
+
+    def layer(self, read, e: Entry, j: int) -> torch.Tensor:
         """Source layer ``j`` of entry ``e`` read with ``read(key)``: a per-expert entry's stacked over its experts."""
         keys = self.spec.layer_keys(self.prefix, e, j, self.src)
         return torch.stack([read(k) for k in keys]) if e.per_expert else read(keys[0])
 
-    # -- application ------------------------------------------------------------------------
-    def _map_name(self, token: str, gain: bool = False) -> str:
+    # -- the maps, as the application reads them ---------------------------------------------------
+    def map_name(self, token: str, gain: bool = False) -> str:
         name = _param_name(token)
         return name + "_gain" if gain and name + "_gain" in self.width else name
 
-    def _map(self, token: str, absolute: bool, gain: bool = False) -> torch.Tensor:
-        name = self._map_name(token, gain)
-        if name in self._compacted:
+    def map(self, token: str, absolute: bool, gain: bool = False) -> torch.Tensor:
+        name = self.map_name(token, gain)
+        if name in self.compact:
             raise LigoError(f"internal error: the width map {name} was compacted for streaming and cannot be fitted")
         m = self.width[name]
         return m.abs() if absolute else m
 
-    def _selection(self, name: str, absolute: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def selection(self, name: str, absolute: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A width map whose every row has at most one nonzero entry (a copy, a split share, a zero row), as
         (source unit, coefficient) per target unit and group, or None for a dense map. Applying it is an
         index and a product, with the values of the matrix product (zeros' signs aside)."""
+        if name in self.compact:
+            index, coef = self.compact[name]
+            return index, coef.abs() if absolute else coef
         key = (name, absolute)
-        if key not in self._sparse:
+        if key not in self._selections:
             m = self.width[name].detach()
             m = m.abs() if absolute else m
             if bool(((m != 0).sum(-1) <= 1).all()):
                 index = m.abs().argmax(-1)
-                self._sparse[key] = (index, m.gather(-1, index.unsqueeze(-1)).squeeze(-1))
+                self._selections[key] = (index, m.gather(-1, index.unsqueeze(-1)).squeeze(-1))
             else:
-                self._sparse[key] = None
-        return self._sparse[key]
+                self._selections[key] = None
+        return self._selections[key]
 
-    def _compacted_numel_of(self, name: str) -> int:
-        index, _ = self._sparse[(name, False)]
-        return index.numel() * self.src.units(self._token_of(name))[0]
+    def forget_selections(self) -> None:
+        """The maps may have changed (a fit step): their selection forms are computed again when needed."""
+        self._selections.clear()
+
+    def _hold_compact(self, name: str, selection: tuple[torch.Tensor, torch.Tensor]) -> None:
+        index, _ = selection
+        self.compact[name] = selection
+        self._compact_numel += index.numel() * self.src.units(self._token_of(name))[0]
+        self.width[name] = nn.Parameter(torch.empty(0))
 
     @staticmethod
     def _token_of(name: str) -> str:
         return next(t for t in GROWN if _param_name(t) == name.removesuffix("_gain"))
 
     @torch.no_grad()
-    def _compact(self, name: str) -> None:
+    def _make_compact(self, name: str) -> None:
         """Free the dense storage of a width map that is a selection (streaming growth: nothing will be
         fitted); the operator then materializes from the selection alone. A dense map is kept."""
-        if name not in self._compacted and self._selection(name, False) is not None:
-            self._compacted_numel += self.width[name].numel()
+        if name in self.compact:
+            return
+        selection = self.selection(name, False)
+        if selection is not None:
+            self.compact[name] = selection
+            self._compact_numel += self.width[name].numel()
             self.width[name].data = torch.empty(0, device=self.width[name].device)
-            self._compacted.add(name)
-
-    def _expand_axis(self, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups: torch.Tensor | None,
-                     absolute: bool, gain: bool = False) -> torch.Tensor:
-        """Grow one axis of ``w``. ``groups``: the map group of each row of a leading layer dimension
-        (None for a weight outside the layers); ``gain``: ``w`` is a norm's gain."""
-        if len(tokens) > 1:  # fused axis: grow each part, concatenate
-            parts = w.split([self.src.axis_size(t) for t in tokens], dim=axis)
-            return torch.cat([self._expand_axis(p, axis, (t,), groups, absolute, gain)
-                              for p, t in zip(parts, tokens)], dim=axis)
-        tok = tokens[0]
-        if tok in FIXED:
-            return w
-        _, unit = self.src.units(tok)
-        w = rearrange(w.movedim(axis, -1), "... (unit d) -> ... unit d", d=unit)
-        name = self._map_name(tok, gain)
-        sel = None if torch.is_grad_enabled() else self._selection(name, absolute)
-        if sel is not None:  # a selection: gather the source units, scale them (no matrix product)
-            index, coef = sel
-            if index.dim() == 1 or len(index) == 1:
-                index, coef = (index, coef) if index.dim() == 1 else (index[0], coef[0])
-                w = w.index_select(-2, index) * coef[:, None]
-            else:
-                present = [int(g) for g in torch.unique(groups)]
-                parts = [w[groups == g].index_select(-2, index[g]) * coef[g][:, None] for g in present]
-                order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
-                w = torch.cat(parts)[torch.argsort(order)]
-            return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
-        m = self._map(tok, absolute, gain)
-        if m.dim() == 2 or len(m) == 1:
-            w = torch.einsum("...sd,ts->...td", w, m if m.dim() == 2 else m[0])
-        else:  # one map per group of layers
-            present = [int(g) for g in torch.unique(groups)]
-            parts = [torch.einsum("...sd,ts->...td", w[groups == g], m[g]) for g in present]
-            order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
-            w = torch.cat(parts)[torch.argsort(order)]
-        return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
-
-    def _expand(self, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None, absolute: bool) -> torch.Tensor:
-        for a, tokens in enumerate(entry.axes):
-            w = self._expand_axis(w, a + int(groups is not None), tokens, groups, absolute, entry.name in self.gains)
-        return w * self.scales[entry.name] if entry.name in self.scales else w
-
-    def _offset(self, entry: Entry, weights: bool) -> float:
-        """What a stored weight is offset by (a norm gain stored as ``gain - 1``): growth acts on the gain
-        itself, depth mix included. Optimizer moments (``weights=False``) have no offset."""
-        return self.spec.norms["offset"] if weights and entry.name in self.gains else 0.0
-
-    def _pieces(self, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
-                read=None) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
-        """The target's tensors one at a time (float32), tied duplicates left out, as ``(key, rows, tensor)``:
-        ``rows`` is None for a whole tensor, or the slice of its first axis that this piece holds.
-
-        ``state``: a source-shaped state to grow instead of the source weights (e.g. optimizer
-        moments, keyed like the checkpoint); ``absolute``: apply the maps' absolute values; ``read``: a
-        function ``read(key, rows=None)`` returning a checkpoint tensor (or a slice of rows of its first
-        axis), to read the source on demand (streaming growth).
-        Each layer entry is computed for all target layers at once (fast, for the fit), or one target
-        layer at a time from only the source layers its depth row uses (``layer_by_layer``: least
-        memory, for materializing large models; the same arithmetic whichever way the source is read).
-        With ``layer_by_layer`` a weight outside the layers whose first axis is never grown (embeddings,
-        heads: vocab rows) comes in slices of rows."""
-        held = self._stacked(state) if state is not None else None
-        if not self._compacted:
-            self._sparse.clear()  # the maps may have been fitted since the last call
-
-        def single(key: str, rows: slice | None = None) -> torch.Tensor:
-            # a fresh float32 copy either way: the same memory layout gives the same kernels, so streaming
-            # and in-memory growth compute the same bits
-            if read is not None:
-                return read(key, rows).to(torch.float32, copy=True)
-            t = held[("w_", key)] if held is not None else getattr(self, "w_" + _param_name(key))
-            return (t if rows is None else t[rows]).to(torch.float32, copy=True)
-
-        def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
-            if read is not None:
-                return torch.stack([self._layer(read, e, j).float() for j in index])
-            t = held[("l_", e.name)] if held is not None else getattr(self, "l_" + _param_name(e.name))
-            return (t if index is None else t[index]).float()
-
-        def grow_single(w: torch.Tensor, entry: Entry) -> torch.Tensor:
-            grown = self._expand(w, entry, None, absolute)
-            offset = self._offset(entry, state is None)
-            if offset:  # E (w + o) - o, computed so that it is exactly E w where E's rows sum to one
-                grown = grown + offset * (self._expand(torch.ones_like(w), entry, None, absolute) - 1)
-            return grown
-
-        shapes = self.target_shapes() if layer_by_layer else {}
-        for key, entry in self.singles:
-            if not (layer_by_layer and all(t in FIXED for t in entry.axes[0]) and len(entry.axes) > 1):
-                yield key, None, grow_single(single(key), entry)
-                continue
-            shape = shapes[key]
-            step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
-            for start in range(0, shape[0], step):
-                rows = slice(start, min(start + step, shape[0]))
-                yield key, rows, grow_single(single(key, rows), entry)
-        for e in self.layer_entries:
-            offset = self._offset(e, state is None)
-            depth = self.depth[_param_name(e.module)]
-            depth = depth.abs() if absolute else depth
-            shape = getattr(self, "l_" + _param_name(e.name)).shape[1:]
-            if layer_by_layer:
-                steps = []
-                for i in range(self.tgt.layers):
-                    index = torch.nonzero(depth[i]).flatten().tolist()
-                    steps.append((slice(i, i + 1), depth[i, index][None], index))
-            else:
-                steps = [(slice(None), depth, None)]
-            for chunk, coef, index in steps:
-                src = layers(e, index) if index != [] else torch.zeros(0, *shape, device=depth.device)
-                mixed = torch.einsum("ij,j...->i...", coef, src)
-                grown = self._expand(mixed, e, self.layer_group[chunk], absolute)
-                if offset:
-                    ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src))
-                    grown = grown + offset * (self._expand(ones, e, self.layer_group[chunk], absolute) - 1)
-                if e.name in self.noise and state is None and not absolute:
-                    grown = grown + self._router_noise_of(e, chunk, read)
-                del mixed, src
-                for i, w in zip(range(self.tgt.layers)[chunk], grown):
-                    if e.per_expert:
-                        for x, key in enumerate(self.spec.layer_keys(self.prefix, e, i, self.tgt)):
-                            yield key, None, w[x].clone()  # its own storage, saved as its own tensor
-                    else:
-                        yield self.spec.layer_key(self.prefix, e, i), None, w
-                del grown
-
-    def _grown(self, dtype: torch.dtype | None = None, **kwargs) -> Iterator[tuple[str, torch.Tensor]]:
-        """:meth:`_pieces` with the slices of rows put together: whole tensors (the pieces cast to ``dtype``)."""
-        shapes = self.target_shapes()
-        key, out = None, None
-        for name, rows, v in self._pieces(**kwargs):
-            if rows is None:
-                yield name, v
-                continue
-            if name != key:
-                key, out = name, torch.empty(shapes[name], dtype=dtype or torch.float32, device=v.device)
-            out[rows] = v
-            if rows.stop == shapes[name][0]:
-                yield name, out
-                key, out = None, None
 
     def singles_and_layers_keys(self) -> list[str]:
         """The keys :meth:`forward` returns (checkpoint naming), without computing anything."""
@@ -629,16 +338,17 @@ class GrowthOperator(nn.Module):
         def shape(entry: Entry, src: torch.Size) -> list[int]:
             return [t if t > 0 else s for t, s in zip(self.spec.shape(entry, self.tgt), src)]
 
-        out = {key: shape(e, getattr(self, "w_" + _param_name(key)).shape) for key, e in self.singles}
+        out = {key: shape(e, self.source_tensor(key).shape) for key, e in self.singles}
         for e in self.layer_entries:
-            size = shape(e, getattr(self, "l_" + _param_name(e.name)).shape[1:])
+            size = shape(e, self.source_layers(e).shape[1:])
             size = size[1:] if e.per_expert else size
             out.update({k: size for i in range(self.tgt.layers) for k in self.spec.layer_keys(self.prefix, e, i, self.tgt)})
         return out
 
+    # -- the application (ligo.apply) -------------------------------------------------------------
     def forward(self) -> dict[str, torch.Tensor]:
         """The target state dict (tied keys point at the same tensor)."""
-        out = dict(self._grown())
+        out = dict(grown(self))
         for key, target in self.tied.items():
             out[key] = out[target]
         return out
@@ -648,7 +358,7 @@ class GrowthOperator(nn.Module):
         """The target's tensors (cast to ``dtype``) as ``(key, rows, piece)``, in :meth:`materialize`'s order
         and with its arithmetic, from a source read on demand by ``read(key, rows=None)``: only the source
         tensors one piece depends on are held at a time (embeddings and heads come in slices of rows)."""
-        for key, rows, v in self._pieces(layer_by_layer=True, read=read):
+        for key, rows, v in pieces(self, layer_by_layer=True, read=read):
             yield key, rows, v.to(dtype=dtype)
 
     @torch.no_grad()
@@ -658,40 +368,10 @@ class GrowthOperator(nn.Module):
 
         Streams: only one target layer of one weight kind is held in float32 at a time; each result
         is cast to ``dtype`` and moved to ``device`` (default: where the operator is) at once.
-        ``state``/``absolute``: grow another source-shaped state instead (see :meth:`_grown`).
+        ``state``/``absolute``: grow another source-shaped state instead (see :func:`ligo.apply.pieces`).
         """
         return {key: v.to(device=device or v.device, dtype=dtype or v.dtype)
-                for key, v in self._grown(layer_by_layer=True, state=state, absolute=absolute, dtype=dtype)}
-
-    def build_flops(self) -> int:
-        """FLOPs of building the target's weights once, forward and backward (what
-        ``torch.utils.flop_counter`` counts for :meth:`forward` and its backward; tested to match)."""
-        total = 0
-
-        def axes(shape: list[int], entry: Entry, lead: int, grad: bool) -> int:
-            flops = 0
-            for a, tokens in enumerate(entry.axes):
-                grown = [t for t in tokens if t not in FIXED]
-                others = 1
-                for i, size in enumerate(shape):
-                    others *= size if i != a + lead else 1
-                for tok in grown:  # a fused axis grows each part separately
-                    (n1, unit), (n2, _) = self.src.units(tok), self.tgt.units(tok)
-                    # forward, the map's grad, and the input's grad when the input has one
-                    flops += 2 * others * n2 * unit * n1 * (3 if grad else 2)
-                if grown:
-                    shape[a + lead] = sum(self.tgt.axis_size(t) for t in tokens)
-                    grad = True
-            return flops
-
-        for key, entry in self.singles:
-            total += axes(list(getattr(self, "w_" + _param_name(key)).shape), entry, 0, False)
-        for e in self.layer_entries:
-            src = getattr(self, "l_" + _param_name(e.name))
-            per_layer = src[0].numel()
-            total += 2 * 2 * self.tgt.layers * self.src.layers * per_layer  # depth mix, forward and the map's grad
-            total += axes([self.tgt.layers, *src.shape[1:]], e, 1, True)
-        return total
+                for key, v in grown(self, layer_by_layer=True, state=state, absolute=absolute, dtype=dtype)}
 
     def param_groups(self) -> list[dict]:
         """AdamW groups for the fit: no weight decay anywhere; each width map's LR scaled by the plan's
@@ -705,4 +385,4 @@ class GrowthOperator(nn.Module):
         return groups
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters()) + self._compacted_numel
+        return sum(p.numel() for p in self.parameters()) + self._compact_numel

@@ -243,7 +243,7 @@ def _manifest(work: Path, final: Path, tokenizer, data: DataConfig) -> tuple:
 def _check_stages(stages: list, model: Model, cfg: TrainConfig) -> None:
     """Mid-run growth stages checked before any training: inside the run, in order, valid targets."""
     from .hf import known_config_keys
-    from .operator import check_growth
+    from .maps import check_growth
     from .rungrowth import check_live_growth
 
     spec, before, current = model.spec, 0, model.config

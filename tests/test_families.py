@@ -15,7 +15,7 @@ from conftest import run_cli, write_json
 from ligo import GrowthPlan, TrainConfig, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
-from ligo.operator import lossless_gaps
+from ligo.maps import lossless_gaps
 from ligo.training import Start, train
 
 FAMILIES = tuple(tiny.FAMILIES)
@@ -176,14 +176,14 @@ def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sour
     shard written when full); its shards and index are byte for byte those of the in-memory path."""
     import filecmp
 
-    import ligo.operator
+    import ligo.apply
 
     src = family_sources.get(model_type) or sources[model_type]
     target = dict(tiny.TARGET[model_type], **({"intermediate_size": 96} if model_type != "gpt2" else {}))
     for plan in (GrowthPlan(), GrowthPlan(width="random", depth="stack")):  # selections; dense random maps
         out = tmp_path / plan.width
         with monkeypatch.context() as m:
-            m.setattr(ligo.operator, "_CHUNK_ELEMENTS", 1000)  # many slices of embedding rows, in both paths
+            m.setattr(ligo.apply, "_CHUNK_ELEMENTS", 1000)  # many slices of embedding rows, in both paths
             grow(src, target, out / "memory", max_shard_size="40KB", stream=False, plan=plan)
             grow(src, target, out / "stream", max_shard_size="40KB", plan=plan)
         names = sorted(p.name for p in (out / "stream").iterdir())

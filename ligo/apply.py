@@ -1,0 +1,160 @@
+"""Applying the growth operator's maps to the source's weights (or to any state shaped like them: optimizer
+moments): the target's tensors, all layers at once for the fit, one target layer at a time to materialize, or
+from a source read on demand to stream. The maths is in :mod:`ligo.operator`'s docstring.
+
+A width map that is a selection (every row one entry: copies, split shares) is applied as an index and a
+product, with the values of the matrix product; a dense map (random mixtures, and every map while the fit
+takes gradients) as an einsum. Both paths compute the same bits whichever way the source is read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from einops import rearrange
+
+from .arch import FIXED, Entry
+
+_CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of about this many elements
+
+
+def expand_axis(op, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups: torch.Tensor | None,
+                 absolute: bool, gain: bool = False) -> torch.Tensor:
+    """Grow one axis of ``w``. ``groups``: the map group of each row of a leading layer dimension
+    (None for a weight outside the layers); ``gain``: ``w`` is a norm's gain."""
+    if len(tokens) > 1:  # fused axis: grow each part, concatenate
+        parts = w.split([op.src.axis_size(t) for t in tokens], dim=axis)
+        return torch.cat([expand_axis(op, p, axis, (t,), groups, absolute, gain)
+                          for p, t in zip(parts, tokens)], dim=axis)
+    tok = tokens[0]
+    if tok in FIXED:
+        return w
+    _, unit = op.src.units(tok)
+    w = rearrange(w.movedim(axis, -1), "... (unit d) -> ... unit d", d=unit)
+    name = op.map_name(tok, gain)
+    sel = None if torch.is_grad_enabled() else op.selection(name, absolute)
+    if sel is not None:  # a selection: gather the source units, scale them (no matrix product)
+        index, coef = sel
+        if index.dim() == 1 or len(index) == 1:
+            index, coef = (index, coef) if index.dim() == 1 else (index[0], coef[0])
+            w = w.index_select(-2, index) * coef[:, None]
+        else:
+            present = [int(g) for g in torch.unique(groups)]
+            parts = [w[groups == g].index_select(-2, index[g]) * coef[g][:, None] for g in present]
+            order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
+            w = torch.cat(parts)[torch.argsort(order)]
+        return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
+    m = op.map(tok, absolute, gain)
+    if m.dim() == 2 or len(m) == 1:
+        w = torch.einsum("...sd,ts->...td", w, m if m.dim() == 2 else m[0])
+    else:  # one map per group of layers
+        present = [int(g) for g in torch.unique(groups)]
+        parts = [torch.einsum("...sd,ts->...td", w[groups == g], m[g]) for g in present]
+        order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
+        w = torch.cat(parts)[torch.argsort(order)]
+    return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
+
+def expand(op, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None, absolute: bool) -> torch.Tensor:
+    for a, tokens in enumerate(entry.axes):
+        w = expand_axis(op, w, a + int(groups is not None), tokens, groups, absolute, entry.name in op.gains)
+    return w * op.scales[entry.name] if entry.name in op.scales else w
+
+def _offset(op, entry: Entry, weights: bool) -> float:
+    """What a stored weight is offset by (a norm gain stored as ``gain - 1``): growth acts on the gain
+    itself, depth mix included. Optimizer moments (``weights=False``) have no offset."""
+    return op.spec.norms["offset"] if weights and entry.name in op.gains else 0.0
+
+def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
+            read=None) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
+    """The target's tensors one at a time (float32), tied duplicates left out, as ``(key, rows, tensor)``:
+    ``rows`` is None for a whole tensor, or the slice of its first axis that this piece holds.
+
+    ``state``: a source-shaped state to grow instead of the source weights (e.g. optimizer
+    moments, keyed like the checkpoint); ``absolute``: apply the maps' absolute values; ``read``: a
+    function ``read(key, rows=None)`` returning a checkpoint tensor (or a slice of rows of its first
+    axis), to read the source on demand (streaming growth).
+    Each layer entry is computed for all target layers at once (fast, for the fit), or one target
+    layer at a time from only the source layers its depth row uses (``layer_by_layer``: least
+    memory, for materializing large models; the same arithmetic whichever way the source is read).
+    With ``layer_by_layer`` a weight outside the layers whose first axis is never grown (embeddings,
+    heads: vocab rows) comes in slices of rows."""
+    held = op.stacked(state) if state is not None else None
+    op.forget_selections()  # the maps may have been fitted since the last call
+
+    def single(key: str, rows: slice | None = None) -> torch.Tensor:
+        # a fresh float32 copy either way: the same memory layout gives the same kernels, so streaming
+        # and in-memory growth compute the same bits
+        if read is not None:
+            return read(key, rows).to(torch.float32, copy=True)
+        t = held[("w_", key)] if held is not None else op.source_tensor(key)
+        return (t if rows is None else t[rows]).to(torch.float32, copy=True)
+
+    def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
+        if read is not None:
+            return torch.stack([op.layer(read, e, j).float() for j in index])
+        t = held[("l_", e.name)] if held is not None else op.source_layers(e)
+        return (t if index is None else t[index]).float()
+
+    def grow_single(w: torch.Tensor, entry: Entry) -> torch.Tensor:
+        grown = expand(op, w, entry, None, absolute)
+        offset = _offset(op, entry, state is None)
+        if offset:  # E (w + o) - o, computed so that it is exactly E w where E's rows sum to one
+            grown = grown + offset * (expand(op, torch.ones_like(w), entry, None, absolute) - 1)
+        return grown
+
+    shapes = op.target_shapes() if layer_by_layer else {}
+    for key, entry in op.singles:
+        if not (layer_by_layer and all(t in FIXED for t in entry.axes[0]) and len(entry.axes) > 1):
+            yield key, None, grow_single(single(key), entry)
+            continue
+        shape = shapes[key]
+        step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+        for start in range(0, shape[0], step):
+            rows = slice(start, min(start + step, shape[0]))
+            yield key, rows, grow_single(single(key, rows), entry)
+    for e in op.layer_entries:
+        offset = _offset(op, e, state is None)
+        depth = op.depth_map(e.module)
+        depth = depth.abs() if absolute else depth
+        shape = op.source_layers(e).shape[1:]
+        if layer_by_layer:
+            steps = []
+            for i in range(op.tgt.layers):
+                index = torch.nonzero(depth[i]).flatten().tolist()
+                steps.append((slice(i, i + 1), depth[i, index][None], index))
+        else:
+            steps = [(slice(None), depth, None)]
+        for chunk, coef, index in steps:
+            src = layers(e, index) if index != [] else torch.zeros(0, *shape, device=depth.device)
+            mixed = torch.einsum("ij,j...->i...", coef, src)
+            grown = expand(op, mixed, e, op.layer_group[chunk], absolute)
+            if offset:
+                ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src))
+                grown = grown + offset * (expand(op, ones, e, op.layer_group[chunk], absolute) - 1)
+            if e.name in op.noise and state is None and not absolute:
+                grown = grown + op.router_noise(e, chunk, read)
+            del mixed, src
+            for i, w in zip(range(op.tgt.layers)[chunk], grown):
+                if e.per_expert:
+                    for x, key in enumerate(op.spec.layer_keys(op.prefix, e, i, op.tgt)):
+                        yield key, None, w[x].clone()  # its own storage, saved as its own tensor
+                else:
+                    yield op.spec.layer_key(op.prefix, e, i), None, w
+            del grown
+
+def grown(op, dtype: torch.dtype | None = None, **kwargs) -> Iterator[tuple[str, torch.Tensor]]:
+    """:meth:`_pieces` with the slices of rows put together: whole tensors (the pieces cast to ``dtype``)."""
+    shapes = op.target_shapes()
+    key, out = None, None
+    for name, rows, v in pieces(op, **kwargs):
+        if rows is None:
+            yield name, v
+            continue
+        if name != key:
+            key, out = name, torch.empty(shapes[name], dtype=dtype or torch.float32, device=v.device)
+        out[rows] = v
+        if rows.stop == shapes[name][0]:
+            yield name, out
+            key, out = None, None

@@ -1,0 +1,197 @@
+"""The initial values of the growth operator's maps, as pure functions, and what a plan keeps.
+
+Width maps are given per map token (a space's write or read side) as a *selection*, (source unit,
+coefficient) for each target unit, wherever every row has one entry (copy, split, and random with no new
+units), or as a dense matrix (target units x source units: the paper's random mixtures); the operator keeps
+a selection as one where it can (see :class:`ligo.operator.GrowthOperator`). Depth maps are given as the
+source layer behind each target layer, and whether it is a repeat (a new layer). The module docstring of
+:mod:`ligo.operator` has the maths; :func:`lossless_gaps` says, in words, where a plan does not keep the
+source's function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .arch import SPACE_OF, WRITE_TOKENS, ArchSpec, Dims
+from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan
+from .errors import LigoError
+
+
+def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
+    """Refuse target shapes the operator cannot produce, with the fix in the message."""
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts"):
+        if getattr(tgt, name) < getattr(src, name):
+            raise LigoError(f"target {spec.config_key(name) or name}={getattr(tgt, name)} is smaller than the source's "
+                            f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
+    if tgt.head_dim != src.head_dim:
+        why = "rotary pairs live inside each head" if spec.rope else "attention is grown by whole heads"
+        raise LigoError(f"head_dim would change from {src.head_dim} to {tgt.head_dim} ({why}); choose the target's "
+                        f"heads so that head_dim stays {src.head_dim}")
+    for d, tag in ((src, "source"), (tgt, "target")):
+        if d.heads % d.kv_heads:
+            raise LigoError(f"{tag} kv heads ({d.kv_heads}) do not divide its attention heads ({d.heads}); "
+                            "pick a kv-head count that divides the head count")
+    if tgt.vocab != src.vocab:
+        raise LigoError(f"target vocab size {tgt.vocab} differs from the source's {src.vocab}; the vocabulary is "
+                        "never grown, so keep the source's vocab_size (and tokenizer)")
+    if src.positions is not None and tgt.positions != src.positions:
+        raise LigoError(f"target positions {tgt.positions} differ from the source's {src.positions}; "
+                        "positions are never grown, so keep the source's value")
+    if tgt.experts > src.experts and src.experts > 1 and tgt.experts % src.experts:
+        raise LigoError(f"the experts would grow from {src.experts} to {tgt.experts}, which is no multiple: some experts "
+                        f"would get more copies than others; choose a multiple of {src.experts}")
+    if tgt.tie != src.tie:
+        raise LigoError(f"target tie_word_embeddings={tgt.tie} differs from the source's {src.tie}; keep the "
+                        "source's value (an untied head cannot become tied without changing the function)")
+
+
+def depth_plan(method: str, l1: int, l2: int) -> tuple[list[int], list[bool]]:
+    """For each target layer: its source layer and whether it is a repeat (a new layer)."""
+    if method == "stack":
+        src = [i % l1 for i in range(l2)]
+    elif method in ("interleave", "identity"):
+        src = [i * l1 // l2 for i in range(l2)]
+    else:
+        raise LigoError(f"unknown depth method {method!r}; choose one of {', '.join(DEPTH_INITS)}")
+    seen: set[int] = set()
+    repeat = []
+    for j in src:
+        repeat.append(j in seen)
+        seen.add(j)
+    return src, repeat
+
+
+def unit_selection(token: str, src: Dims, tgt: Dims) -> torch.Tensor:
+    """The source unit each target unit copies: units are neurons, or whole heads for attention."""
+    space = SPACE_OF[token].name
+    kv = torch.arange(tgt.kv_heads) % src.kv_heads
+    if space == "kv_heads":
+        return kv
+    if space == "heads":
+        # Keep GQA grouping: a target query head copies a source query head of the group its
+        # kv head copies; successive copies of a group cycle through that group's query heads.
+        g1, g2 = src.heads // src.kv_heads, tgt.heads // tgt.kv_heads
+        used = [0] * src.kv_heads
+        sel = []
+        for j in range(tgt.kv_heads):
+            k = int(kv[j])
+            for _ in range(g2):
+                sel.append(k * g1 + used[k] % g1)
+                used[k] += 1
+        if min(used) < g1:
+            raise LigoError(f"query heads per kv group shrink from {g1} to {g2} with kv heads {src.kv_heads}->"
+                            f"{tgt.kv_heads}: some source heads would be dropped; grow kv heads by an integer "
+                            "factor or use --width random")
+        return torch.tensor(sel)
+    n1, _ = src.units(token)
+    n2, _ = tgt.units(token)
+    return torch.arange(n2) % n1
+
+
+def residual_scales(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> torch.Tensor | None:
+    """Each residual unit's ``alpha`` when the stream grows by scaled copies (see the module docstring): a
+    lossless width init, an RMSNorm family and a hidden size that is no integer multiple of the source's.
+    None otherwise."""
+    if plan.width not in ("copy", "split") or spec.norms["type"] != "rms" or tgt.hidden % src.hidden == 0:
+        return None
+    sel = unit_selection("res", src, tgt)
+    copies = torch.bincount(sel, minlength=src.hidden).double()
+    return (tgt.hidden / src.hidden / copies[sel]).sqrt()
+
+
+def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
+    """Why growing ``src`` into ``tgt`` with ``plan`` (resolved) does not keep the source's function
+    exactly, one sentence a reason; empty when it does (fp32 rounding aside)."""
+    gaps = []
+    if plan.width == "random":
+        gaps.append("random-mixture width (the paper's init) does not keep the function; use --width split")
+    if plan.depth != "identity" and tgt.layers > src.layers:
+        gaps.append(f"{plan.depth} depth repeats trained layers, which changes the function; use --depth identity")
+    if plan.depth == "identity" and tgt.layers > src.layers and spec.norms.get("stream") == "post":
+        gaps.append(f"{spec.model_type} normalizes the residual stream after each layer (post-LN), so a new layer "
+                    "whose output is zero is not an identity: only growth without new layers is lossless")
+    if plan.width in ("copy", "split") and tgt.hidden % src.hidden and spec.norms["type"] == "layer":
+        gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
+                    f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
+    gaps += expert_gaps(plan, src, tgt)
+    if plan.width in ("copy", "split"):
+        names = {e: t for e in spec.norms["gains"] for t in ("q", "k")
+                 if any(t in axis for entry in spec.entries if entry.name == e for axis in entry.axes)}
+        for name, tok in sorted(names.items()):
+            (n1, _), (n2, _) = src.units(tok), tgt.units(tok)
+            if n2 % n1:
+                gaps.append(f"{name.split('.')[-2]} normalizes the whole {tok} projection over all heads, whose "
+                            f"statistic changes when heads grow by a non-integer factor ({n1} -> {n2}); grow "
+                            "heads and kv heads by an integer factor")
+    return gaps
+
+
+def expert_gaps(plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
+    """Why the experts axis does not keep the source's function (see :func:`expert_scale` for the exact cases)."""
+    gaps = []
+    if src.experts > 1 or tgt.experts > 1:
+        ratio = tgt.experts // src.experts
+        if src.experts > 1 and tgt.experts_per_token != src.experts_per_token * ratio:
+            gaps.append(f"a token uses {tgt.experts_per_token} of {tgt.experts} experts where the source used "
+                        f"{src.experts_per_token} of {src.experts}: copied experts route as the source only with "
+                        f"{src.experts_per_token * ratio} per token (every copy of each chosen expert)")
+        if tgt.experts > src.experts and plan.width == "split" and not (src.experts == 1 and tgt.router_normalized):
+            gaps.append("split experts start from a router with noise added, whose top-k weights keep the source's "
+                        "function only when a dense model is upcycled with a renormalized router; use --width copy")
+    return gaps
+
+
+def expert_scale(src: Dims, tgt: Dims) -> float:
+    """What the experts' outputs are multiplied by. Copies of one source expert with equal router scores keep
+    the source's mixture when the top-k weights are renormalized (they sum to one), and when they are not and
+    a token uses every copy of each chosen expert (the copies' shares sum to the source's weight). A dense
+    model upcycled under a router that does not renormalize gives a token ``k / E`` of the copies' weight
+    (uniform scores over ``E`` experts, ``k`` chosen): its experts are scaled by ``E / k``."""
+    if src.experts == 1 and tgt.experts > 1 and not tgt.router_normalized:
+        return tgt.experts / tgt.experts_per_token
+    return 1.0
+
+
+def random_rows(n: int, n1: int, gen: torch.Generator) -> torch.Tensor:
+    rows = torch.rand(n, n1, generator=gen, dtype=torch.float64)
+    return rows / rows.sum(1, keepdim=True)
+
+
+def width_selection(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
+                    split_noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The initial width map of one map token as a selection, (source unit, coefficient) for each target
+    unit, when every row has one entry (copy, split, and random with no new units); None when the map is
+    dense (random mixtures). Draws the same random numbers as :func:`width_init`."""
+    n1, _ = src.units(token)
+    n2, _ = tgt.units(token)
+    if method == "random":
+        return (torch.arange(n1), torch.ones(n1)) if n2 == n1 else None
+    if method not in ("copy", "split"):
+        raise LigoError(f"unknown width method {method!r}; choose one of {', '.join(WIDTH_INITS)}")
+    sel = unit_selection(token, src, tgt)
+    if token in WRITE_TOKENS:
+        coef = torch.ones(n2, dtype=torch.float64)
+    else:
+        if method == "copy":
+            share = torch.ones(n2, dtype=torch.float64)
+        else:  # unequal shares break the symmetry between copies
+            share = 1 + split_noise * (2 * torch.rand(n2, generator=gen, dtype=torch.float64) - 1)
+        total = torch.zeros(n1, dtype=torch.float64).index_add_(0, sel, share)
+        coef = share / total[sel]
+    return sel, coef.float()  # the coefficients computed in float64, rounded once
+
+
+def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
+               split_noise: float = 0.5) -> torch.Tensor:
+    """Initial width map (target units x source units) of one map token, in float32."""
+    n1, _ = src.units(token)
+    n2, _ = tgt.units(token)
+    selection = width_selection(method, token, src, tgt, gen, split_noise)
+    if selection is None:  # the paper's init: old units kept, new units random convex mixtures of old ones
+        return torch.cat([torch.eye(n1), random_rows(n2 - n1, n1, gen).float()])
+    return dense(*selection, n1)
+
+
+def dense(index: torch.Tensor, coef: torch.Tensor, n1: int) -> torch.Tensor:
+    return torch.zeros(*index.shape, n1).scatter_(-1, index.unsqueeze(-1), coef.unsqueeze(-1))
