@@ -120,7 +120,7 @@ def calibrate(exp: dict, which: str, steps: int = 6) -> dict:
     target, with the trainer's settings on this device (random weights and tokens)."""
     import torch
 
-    from ligo.arch import get_spec
+    from ligo.tables import get_spec
     from ligo.experiment import Experiment
     from ligo.hf import build_config, model_class
     from ligo.loop import make_collate, train_loop

@@ -70,7 +70,7 @@ def ligo_loop(model, blocks, batch: int, steps: int, warmup: int, compile_: bool
     cfg = TrainConfig(steps=warmup + steps, batch_size=batch, seq_len=blocks.shape[1], lr=1e-4, warmup=10,
                       eval_every=0, eval_batches=1, log_every=warmup, compile=compile_, progress=False,
                       mixed_precision="bf16" if bf16 else "no")
-    from ligo.arch import get_spec
+    from ligo.tables import get_spec
     from ligo.flops import step_flops
 
     per_step = step_flops(model, get_spec("llama").dims(model.config.to_dict()), cfg)

@@ -28,7 +28,7 @@ SIZES = {
 def measure(name: str, cfg: dict, step: bool) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ligo.arch import get_spec
+    from ligo.tables import get_spec
     from ligo.diagnostics import unit_report
 
     config = LlamaConfig(**cfg, max_position_embeddings=2048, tie_word_embeddings=True, head_dim=64)

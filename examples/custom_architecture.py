@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ligo import grow
-from ligo.arch import register_architecture
+from ligo.tables import register_architecture
 
 OLMO = {
     "model_type": "olmo",

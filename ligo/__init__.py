@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 _API = {
     "LigoError": "errors", "Preempted": "errors",
     "GrowthPlan": "config", "TrainConfig": "config", "DataConfig": "config", "GrowthStage": "config",
-    "get_spec": "arch", "register_architecture": "arch", "supported_types": "arch",
+    "get_spec": "tables", "register_architecture": "tables", "supported_types": "tables",
     "GrowthOperator": "operator",
     "Grower": "growth",
     "grow": "pipelines", "train": "training", "grow_train": "pipelines", "Start": "training", "FitSpec": "config",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from einops import rearrange
 
-from .arch import FIXED, Entry
+from .spaces import FIXED, Entry
 
 _CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of about this many elements
 

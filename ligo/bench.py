@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .arch import get_spec
+from .tables import get_spec
 from .config import TrainConfig
 from .experiment import Experiment, Method, load_experiment  # noqa: F401  (load_experiment: the API's entry)
 from .records import Recipe

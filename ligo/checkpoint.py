@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from .config import MAX_SHARD_SIZE
-from .arch import ArchSpec, Dims, Match, spec_for
+from .arch import ArchSpec
+from .tables import spec_for
+from .spaces import Dims, Match
 from .errors import LigoError, as_user_error
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",

@@ -37,6 +37,11 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
     return field(default=default, metadata=meta)
 
 
+def required(help: str) -> Any:
+    """A dataclass field that a mapping must give (no default), with its help text."""
+    return field(metadata={"help": help, "low": None, "high": None, "positive": False})
+
+
 def _kind_ok(value: Any, kind: Any) -> bool:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is Literal:
@@ -47,6 +52,8 @@ def _kind_ok(value: Any, kind: Any) -> bool:
         return value is None
     if origin is list:
         return isinstance(value, list) and all(_kind_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_kind_ok(k, args[0]) and _kind_ok(v, args[1]) for k, v in value.items())
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
@@ -65,6 +72,8 @@ def describe(kind: Any) -> str:
         return " or ".join("none" if a is type(None) else describe(a) for a in args)
     if origin is list:
         return f"a list of {describe(args[0])}"
+    if origin is dict:
+        return f"a mapping of {describe(args[0])} to {describe(args[1])}"
     return getattr(kind, "__name__", str(kind))
 
 
@@ -94,10 +103,16 @@ def check_mapping(cls, data: dict, where: str) -> None:
     unknown = set(data) - known
     if unknown:
         raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    missing = sorted(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                     and f.name not in data)
+    if missing:
+        raise LigoError(f"{where}: missing key(s) {missing}")
     obj = cls.__new__(cls)  # validate with the right field names before __post_init__ adds its own checks
     for f in fields(cls):
-        default = f.default if f.default is not MISSING else f.default_factory()
-        object.__setattr__(obj, f.name, data.get(f.name, default))
+        if f.name in data:
+            object.__setattr__(obj, f.name, data[f.name])
+        else:
+            object.__setattr__(obj, f.name, f.default if f.default is not MISSING else f.default_factory())
     validate(obj, where)
 
 
@@ -268,9 +283,10 @@ class FitSpec:
     def __post_init__(self) -> None:
         self.share = fit_share(self.share)
         check_mapping(TrainConfig, {**FIT_DEFAULTS, **self.settings, "steps": 1}, "fit")  # (steps: checked below)
+        if not _kind_ok(self.steps, int) or self.steps < 0:
+            raise LigoError(f"fit: fit steps must be a non-negative integer, got {self.steps!r}")
         if not self.share and self.steps < 1:
-            raise LigoError(f"fit: give the fit's steps (1 or more) or its share of the budget, got steps "
-                            f"{self.steps!r}")
+            raise LigoError("fit: give the fit's steps (1 or more) or its share of the budget, got neither")
 
     @property
     def steps(self):

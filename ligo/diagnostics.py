@@ -27,7 +27,8 @@ from typing import Iterator
 import torch
 from einops import rearrange
 
-from .arch import SPACE_OF, SPACES, ArchSpec, Dims, Match
+from .arch import ArchSpec
+from .spaces import SPACE_OF, SPACES, Dims, Match
 
 SAMPLE = 256  # units whose nearest neighbour is searched, per space and layer
 _TOL = 1e-9  # projections closer than this (relative) are compared exactly

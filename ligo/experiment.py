@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-from .arch import get_spec
+from .tables import get_spec
 from .config import PLAN_KEYS, FitSpec, GrowthPlan, GrowthStage, TrainConfig, setting, validate
 from .errors import LigoError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .arch import FIXED, Dims, Entry
+from .spaces import FIXED, Dims, Entry
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-name fragment, most specific first.
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("B200", 2250.0),

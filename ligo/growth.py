@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .arch import Dims
+from .spaces import Dims
 from .checkpoint import Checkpoint, LazyWeights, check_tokenizer_fits, describe_checkpoint, load_checkpoint, \
     load_tokenizer, parse_size, read_config, save_weights, save_weights_streaming
 from .config import FIT_STEPS_API, MAX_SHARD_SIZE, GrowthPlan, TrainConfig, fit_config

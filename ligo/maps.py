@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .arch import SPACE_OF, WRITE_TOKENS, ArchSpec, Dims
+from .arch import ArchSpec
+from .spaces import SPACE_OF, WRITE_TOKENS, Dims
 from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan
 from .errors import LigoError
 

@@ -14,7 +14,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .arch import ArchSpec, get_spec, supported_types
+from .arch import ArchSpec
+from .tables import get_spec, supported_types
 from .errors import LigoError
 
 EXPERT_KEYS = ("experts", "experts_per_token")

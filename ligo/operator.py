@@ -6,7 +6,7 @@ target layer ``i`` is
     W'_i = E_out · (sum_j  D_m[i, j] · W_j) · E_in^T        (one width map per axis of W)
 
 where ``D_m`` (target layers x source layers) is the *depth* map of that module and the width maps
-``E`` expand each axis from its source space to its target space (the spaces are ``ligo.arch.SPACES``).
+``E`` expand each axis from its source space to its target space (the spaces are ``ligo.spaces.SPACES``).
 Attention spaces are grown by whole heads: ``E = A ⊗ I_head_dim`` with ``A`` over heads, so rotary
 pairs stay intact. Each space has independent *write* (out) and *read* (in) maps, so an exactly
 function-preserving start exists. The fixed growth methods are initial values of these maps:
@@ -44,7 +44,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .arch import GROWN, LAYER_TOKENS, READ_PARTNER, SPACE_OF, WRITE_TOKENS, ArchSpec, Dims, Entry
+from .arch import ArchSpec
+from .spaces import GROWN, LAYER_TOKENS, READ_PARTNER, SPACE_OF, WRITE_TOKENS, Dims, Entry
 from .apply import grown, pieces
 from .config import GrowthPlan
 from .errors import LigoError

@@ -25,7 +25,7 @@ from .errors import LigoError
 
 def _params(exp: dict, which: str, where: str) -> int:
     """Parameters of the experiment's source or target model (tied weights once), from its config."""
-    from .arch import get_spec
+    from .tables import get_spec
     from .experiment import Experiment
     from .hf import meta_model
 

@@ -100,7 +100,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     """Grow the newest checkpoint of ``run_dir``. Returns what to write: the grown model (``state``,
     ``config``, ``recipe``), the checkpoint's files (``weights``, ``optimizer``, ``masters``) and its
     trainer state."""
-    from .arch import get_spec
+    from .tables import get_spec
     from .growth import Grower
     from .modelcard import model_name
 

@@ -62,7 +62,7 @@ class Model:
 
     @classmethod
     def of(cls, model, from_config) -> "Model":
-        from .arch import get_spec
+        from .tables import get_spec
 
         if isinstance(model, Model):
             return model

@@ -8,7 +8,8 @@ from importlib import resources
 import pytest
 
 import tiny
-from ligo.arch import GROWN, READ_PARTNER, SPACES, WRITE_TOKENS, get_spec, register_architecture, supported_types
+from ligo.tables import get_spec, register_architecture, supported_types
+from ligo.spaces import GROWN, READ_PARTNER, SPACES, WRITE_TOKENS
 from ligo.errors import LigoError
 
 

@@ -129,7 +129,7 @@ def test_olmo2_says_when_its_whole_projection_norms_cannot_stay_exact(family_sou
     """OLMo 2 normalizes q and k over all heads together: copies of every head keep the statistic (exact, the
     lossless test above), a non-integer head ratio does not, and `ligo grow` says so instead of calling the
     plan lossless."""
-    from ligo.arch import get_spec
+    from ligo.tables import get_spec
 
     spec, ck = get_spec("olmo2"), load_checkpoint(family_sources["olmo2"], "meta")
     even = spec.dims({**ck.config, "num_attention_heads": 8, "num_key_value_heads": 4, "hidden_size": 128})

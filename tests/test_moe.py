@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import tiny
 from conftest import run_cli, write_json
 from ligo import GrowthPlan, TrainConfig, grow
-from ligo.arch import get_spec
+from ligo.tables import get_spec
 from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
 from ligo.flops import matmul_params

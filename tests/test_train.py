@@ -230,7 +230,7 @@ def test_two_processes_same_global_batch(sources, corpus, tmp_path):
 
 @pytest.mark.parametrize("model_type", tiny.ARCHS)
 def test_analytic_flops_match_the_pytorch_counter(model_type):
-    from ligo.arch import get_spec
+    from ligo.tables import get_spec
     from ligo.flops import measured_flops, step_flops
 
     model = tiny.make_model(model_type)  # eager attention: the counter sees every matmul

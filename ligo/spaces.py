@@ -1,0 +1,127 @@
+"""The vocabulary the architecture tables, the operator and the diagnostics share: the grown spaces and the
+axis tokens that place every weight axis in one, and the sizes of a model (:class:`Dims`) and its weights'
+table entries (:class:`Entry`, :class:`Match`).
+
+Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fused ``c_attn``):
+
+=========  ================================================================================
+``res``    residual stream, written (embeddings, block outputs, norms inside the stream)
+``res.in`` residual stream, read (Q/K/V/FFN inputs, the final norm in front of the LM head)
+``q``      query heads, written by the query projection (grown by whole heads)
+``k``/``v`` key / value heads, written by the key / value projections (grown by whole heads)
+``o.in``   per-query-head attention outputs, read by the output projection
+``qkv``    whole heads of a per-head interleaved query/key/value projection (GPT-NeoX: each head's
+           q, k and v slices side by side), grown with the query heads
+``ffn``    FFN hidden units, written (up/gate/fc-in); ``ffn.in``: read (down/fc-out)
+``exp``    the experts of a mixture-of-experts layer, as the leading axis of an expert's weights that
+           read the residual stream (gate/up); ``exp.out``: of those that write it (down). A table entry
+           with an ``{e}`` in its name is one tensor per expert (checkpoint keys ``experts.{e}.w1.weight``),
+           held stacked over the experts
+``router`` the experts, as the rows of the router (its scores per expert)
+``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
+           per-head norm over ``head_dim``): never grown
+=========  ================================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Space:
+    """A grown weight space: the map tokens that write (produce) its units and read (consume) them."""
+
+    name: str
+    write: tuple[str, ...]
+    read: tuple[str, ...]
+    count: str              # the Dims field giving the number of units
+    unit: str | None        # the Dims field giving a unit's size (head_dim for heads), None for neurons
+    in_layers: bool         # the space lives inside each layer (its maps may differ per layer group)
+
+
+# The one vocabulary of spaces, shared by the operator (which maps exist and how they pair up) and the
+# diagnostics (which weights show whether a space's units are duplicates).
+SPACES = (
+    Space("res", ("res",), ("res.in",), "hidden", None, False),
+    Space("ffn", ("ffn",), ("ffn.in",), "ffn", None, True),
+    Space("heads", ("q", "qkv"), ("o.in",), "heads", "head_dim", True),
+    Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
+    # an expert is a unit whose write vector is its weights and whose read vector is its router row
+    Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
+)
+SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
+# token -> (count dim, unit-size dim); a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim
+GROWN = {tok: (s.count, "qkv_unit" if tok == "qkv" else s.unit) for tok, s in SPACE_OF.items()}
+WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
+LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
+READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
+FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim"}
+GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token")
+EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes of one model, read from its config through the table's config keys."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    positions: int | None
+    tie: bool
+    experts: int = 1                # experts per MoE layer (1: a dense model)
+    experts_per_token: int = 1
+    router_normalized: bool = True  # the top-k router weights are renormalized to sum to one
+
+    @property
+    def qkv_unit(self) -> int:
+        return 3 * self.head_dim
+
+    def units(self, token: str) -> tuple[int, int]:
+        """(number of units, unit size) of a grown map token."""
+        count, size = GROWN[token]
+        return getattr(self, count), (getattr(self, size) if size else 1)
+
+    def axis_size(self, token: str) -> int:
+        if token in GROWN:
+            n, d = self.units(token)
+            return n * d
+        dim = FIXED[token]
+        return getattr(self, dim) if dim else -1  # -1: any size (token types)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One weight of the table: its name (relative to its scope) and its axes."""
+
+    name: str
+    axes: tuple[tuple[str, ...], ...]
+    scope: str  # "globals", "layer" or "head"
+
+    @property
+    def module(self) -> str:
+        return self.name.rsplit(".", 1)[0]
+
+    @property
+    def grown(self) -> bool:
+        return any(t in GROWN for axis in self.axes for t in axis)
+
+    @property
+    def per_expert(self) -> bool:
+        """One checkpoint tensor per expert (``{e}`` in the name), held stacked over the experts."""
+        return "{e}" in self.name
+
+    def key_name(self, expert: int | None = None) -> str:
+        return self.name.replace("{e}", str(expert)) if self.per_expert else self.name
+
+
+@dataclass(frozen=True)
+class Match:
+    entry: Entry
+    layer: int | None
+    expert: int | None = None

@@ -1,0 +1,212 @@
+"""Architecture tables: their format, declared as typed data whose types are its checks, and the registry of
+the built-in tables (``ligo/archs/*.json``) and of those a user registers. :mod:`ligo.arch` has what a table
+says (:class:`ligo.arch.ArchSpec`); docs/architectures.md has the format in words and how to add a family.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from .arch import DOCS_ADDING, REQUIRED_CONFIG, ArchSpec
+from .spaces import EXPERT_TOKENS, FIXED, GROWN, Entry
+from .config import from_mapping, required, setting
+from .errors import LigoError
+
+OBJECTIVES = ("causal-lm", "masked-lm")
+_CONFIG_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_default_factor",
+                "vocab", "positions", "tie", "experts", "experts_per_token"}
+Axes = list[Union[str, int]]  # a weight's axes: one token (or ``+``-joined tokens) per axis
+
+
+# -- the table format, declared as typed data: its types are its checks (ligo.config.validate) --------------------
+@dataclass
+class TableFile:
+    """An architecture table as its JSON file gives it (docs/architectures.md has the format)."""
+
+    objective: Literal["causal-lm", "masked-lm"] = required("the pretraining objective")
+    config: dict[str, Union[str, int, list[str]]] = required("generic size name -> the config key (or aliases) "
+                                                             "holding it; ffn_default_factor: a number")
+    base_prefix: str = required("the prefix of the base model's keys in the LM-head model (model.)")
+    layer_prefix: str = required("the prefix of a layer's keys, with {i} for its index (layers.{i}.)")
+    globals: dict[str, Axes] = required("the weights outside the layers: name -> axes")
+    layer: dict[str, Axes] = required("the weights of every layer: name -> axes ({e}: one per expert)")
+    model_type: Optional[str] = setting(None, "the one model_type the table serves")
+    model_types: Optional[list[str]] = setting(None, "the model_types of the family the table serves")
+    rope: bool = setting(False, "attention with rotary embeddings (heads grown whole)")
+    head: dict[str, Axes] = setting({}, "the LM head's weights (outside the base model)")
+    tied: dict[str, str] = setting({}, "a head weight -> the weight it is tied to")
+    identity_zero: list[str] = setting([], "the modules zeroed in a new layer of identity depth")
+    layer_lists: list[str] = setting([], "per-layer config lists that follow the depth plan")
+    ignore: list[str] = setting([], "checkpoint keys that are not weights (buffers)")
+    norms: dict = setting({}, "the norms' numerics (see Norms)")
+    embed_scale: Optional[dict] = setting(None, "an embedding the model scales by a power of hidden (see EmbedScale)")
+    renamed: dict[str, str] = setting({}, "checkpoint key -> the model's parameter name, where they differ")
+    router: dict = setting({}, "MoE: {normalized: true, false or the config key saying so}")
+    fused: dict[str, list[str]] = setting({}, "MoE: a layer parameter -> the per-expert entries it holds fused")
+    upcycle: dict = setting({}, "MoE: {from: [dense model_types], layer: {dense name: entry name}}")
+    requires: dict = setting({}, "config key -> the value ligo needs")
+
+
+@dataclass
+class Norms:
+    type: Literal["rms", "layer"] = setting("layer", "RMSNorm or LayerNorm")
+    offset: float = setting(0.0, "the gain is offset + weight (Gemma's 1 + w)")
+    gains: list[str] = setting([], "the norm weights over the residual stream")
+    stream: Literal["pre", "post"] = setting("pre", "post: the residual stream is normalized after each layer")
+
+
+@dataclass
+class EmbedScale:
+    weight: str = required("the embedding the model multiplies by hidden_size ** power")
+    power: float = required("the power")
+    tied_norm: Optional[str] = setting(None, "the norm in front of a head tied to the embedding")
+
+
+def _entry(where: str, scope: str, name: str, axes: list) -> Entry:
+    """One weight of a table, its axes parsed into tokens (``+`` joins spaces concatenated on one axis)."""
+    if not axes:
+        raise LigoError(f"{where}: {scope}.{name}: axes must be a non-empty list")
+    parsed = tuple(tuple(str(a).split("+")) for a in axes)
+    if ("{e}" in name) != (parsed[0][0] in EXPERT_TOKENS) or ("{e}" in name and scope != "layer"):
+        raise LigoError(f"{where}: {scope}.{name}: a per-expert weight is a layer weight with '{{e}}' in its name and "
+                        f"{' or '.join(EXPERT_TOKENS)} as its first axis, and only it")
+    for tok in (t for axis in parsed for t in axis):
+        if tok not in GROWN and tok not in FIXED:
+            raise LigoError(f"{where}: {scope}.{name}: unknown axis token {tok!r}; allowed: "
+                            f"{sorted(GROWN) + sorted(FIXED)}")
+    return Entry(name, parsed, scope)
+
+
+def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
+    """A table from its JSON mapping: every key and type checked by the declared format (:class:`TableFile`,
+    :class:`Norms`, :class:`EmbedScale`), then every name it refers to."""
+    where = f"architecture table {source}"
+    if not isinstance(data, dict):
+        raise LigoError(f"{where} must be a JSON object; see {DOCS_ADDING}")
+    t = from_mapping(TableFile, data, where)
+    if (t.model_type is None) == (t.model_types is None):
+        raise LigoError(f"{where}: give either model_type (one type) or model_types (a family's list)")
+    types = [t.model_type] if t.model_type is not None else t.model_types
+    if not types or not all(types):
+        raise LigoError(f"{where}: model_types must be a non-empty list of model_type names")
+    if set(t.config) - _CONFIG_KEYS or REQUIRED_CONFIG - set(t.config) or any(v == [] for v in t.config.values()):
+        raise LigoError(f"{where}: config keys must include {sorted(REQUIRED_CONFIG)} and may add "
+                        f"{sorted(_CONFIG_KEYS - REQUIRED_CONFIG)}, each naming a config key (or a list of "
+                        f"aliases); got {sorted(t.config)}")
+    if "{i}" not in t.layer_prefix:
+        raise LigoError(f"{where}: layer_prefix must contain '{{i}}', got {t.layer_prefix!r}")
+    entries = [_entry(where, scope, name, axes) for scope in ("globals", "layer", "head")
+               for name, axes in getattr(t, scope).items()]
+    norms = from_mapping(Norms, t.norms or {"type": "layer"}, f"{where}: norms")
+    scale = from_mapping(EmbedScale, t.embed_scale, f"{where}: embed_scale") if t.embed_scale is not None else None
+    names, modules = {e.name for e in entries}, {e.module for e in entries if e.scope == "layer"}
+    refs = [("identity_zero", m, modules) for m in t.identity_zero] + [("norms.gains", g, names) for g in norms.gains]
+    refs += [("embed_scale", n, names) for n in ([scale.weight, scale.tied_norm] if scale else []) if n]
+    refs += [(f"fused.{p}", n, names) for p, parts in t.fused.items() for n in parts or [None]]
+    refs += [("upcycle.layer", n, names) for n in t.upcycle.get("layer", {}).values()]
+    for key, name, known in refs:
+        if name not in known:
+            raise LigoError(f"{where}: {key} names {name!r}, which is no {'layer module' if known is modules else 'weight'} "
+                            f"of the table")
+    if "experts" in t.config and "normalized" not in t.router:
+        raise LigoError(f"{where}: an MoE table (config.experts) must say in router.normalized whether the "
+                        "top-k weights are renormalized: true, false, or the config key that says so")
+    embed = None if scale is None else {k: v for k, v in vars(scale).items() if v is not None}
+    spec = ArchSpec(model_types=tuple(types), objective=t.objective, rope=t.rope, config=dict(t.config),
+               base_prefix=t.base_prefix, layer_prefix=t.layer_prefix, entries=entries, tied=dict(t.tied),
+               identity_zero=list(t.identity_zero), layer_lists=list(t.layer_lists), ignore=list(t.ignore),
+               norms=vars(norms), embed_scale=embed, renamed=dict(t.renamed), router=t.router, fused=t.fused,
+               upcycle=t.upcycle, requires=t.requires, source=source, model_type=types[0])
+    spec._compile()
+    return spec
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def _register(spec: ArchSpec) -> None:
+    for mt in spec.model_types:
+        _REGISTRY[mt] = spec
+
+
+def _builtin_tables() -> None:
+    if _REGISTRY:
+        return
+    for item in sorted(resources.files("ligo.archs").iterdir(), key=lambda p: p.name):
+        if item.name.endswith(".json"):
+            _register(read_table(json.loads(item.read_text()), source=f"ligo/archs/{item.name}"))
+
+
+def register_architecture(table: dict | str | Path) -> ArchSpec:
+    """Add (or replace) an architecture table, from a dict or a JSON file path."""
+    _builtin_tables()
+    if isinstance(table, dict):
+        spec = read_table(table)
+    else:
+        path = Path(table)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LigoError(f"cannot read architecture table {path}: {exc}") from None
+        spec = read_table(data, source=str(path))
+    _register(spec)
+    return spec
+
+
+def supported_types() -> list[str]:
+    _builtin_tables()
+    return sorted(_REGISTRY)
+
+
+def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None) -> ArchSpec:
+    """The table of a checkpoint: its ``model_type``'s, or with ``arch`` the named table (serving the
+    checkpoint's own model_type). An unknown type whose weights and config fit a table is refused with
+    that table named, to pass as ``arch``."""
+    if arch is not None:
+        _builtin_tables()
+        if arch not in _REGISTRY:
+            raise LigoError(f"--arch {arch}: there is no architecture table for {arch!r} (tables serve "
+                            f"{', '.join(supported_types())})")
+        table = get_spec(arch)
+        spec = replace(table, model_type=model_type or table.model_type)
+        try:
+            spec.layout(keys, spec.dims(config))
+        except LigoError as exc:
+            raise LigoError(f"--arch {arch}: the {arch} table ({table.source}) does not fit this {model_type} "
+                            f"checkpoint: {exc}; give the table that describes it, or write one ({DOCS_ADDING})"
+                            ) from None
+        return spec
+    try:
+        return get_spec(model_type)
+    except LigoError as exc:
+        fits = []  # (entries of the table the checkpoint lacks, table): the closest table first
+        for spec in {id(s): s for s in _REGISTRY.values()}.values():
+            try:
+                layout = spec.layout(keys, spec.dims(config))
+            except (LigoError, TypeError, ValueError):
+                continue
+            fits.append((len({e.name for e in spec.entries} - {m.entry.name for m in layout.values()}),
+                         spec.model_types[0]))
+        if not fits:
+            raise
+        fits = [name for missing, name in sorted(fits) if missing == min(fits)[0]]
+        raise LigoError(f"model_type {model_type!r} is not supported, but its weights and config fit the "
+                        f"{' and '.join(fits)} table: grow it with --arch {fits[0]} (ligo checks names and shapes, "
+                        "not numerics such as the norm type: compare the lossless plan's logits with the source's), "
+                        f"or write a table for it ({DOCS_ADDING})") from exc
+
+
+def get_spec(model_type: str | None) -> ArchSpec:
+    """The table serving ``model_type``, as a spec whose ``model_type`` is that type."""
+    _builtin_tables()
+    if model_type not in _REGISTRY:
+        raise LigoError(f"model_type {model_type!r} is not supported (supported: {', '.join(supported_types())}); "
+                        f"to add it, write an architecture table as described in {DOCS_ADDING}")
+    spec = _REGISTRY[model_type]
+    if spec.model_type != model_type:
+        spec = replace(spec, model_type=model_type)
+    return spec
