@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checkpoint import Checkpoint, load_tokenizer, read_config, save_weights
+from .checkpoint import Checkpoint, load_tokenizer, read_config
 from .records import Ledger, Recipe
-from .writer import write_model
+from .writer import save_weights, write_model
 from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
 from .rundir import CARRIED_PREFIXES, CHECKPOINTS, LOG_FILE, MANIFEST, MASTERS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, file_digests, check_pickles, latest_checkpoint, \

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import tiny
 from ligo import grow
-from ligo.checkpoint import describe_checkpoint, load_checkpoint, load_tokenizer, parse_size, save_weights
+from ligo.checkpoint import describe_checkpoint, load_checkpoint, load_tokenizer, parse_size
+from ligo.writer import save_weights
 from ligo.errors import LigoError
 
 
@@ -117,7 +118,7 @@ def test_streamed_shards_are_the_bytes_safetensors_writes(dtype, tmp_path):
     save_weights' files byte for byte, index included."""
     import filecmp
 
-    from ligo.checkpoint import save_weights, save_weights_streaming
+    from ligo.writer import save_weights, save_weights_streaming
 
     gen = torch.Generator().manual_seed(0)
     state = {f"model.layers.{i}.w{j}": torch.randn(3 + i, 5 + j, generator=gen).to(dtype)

@@ -14,7 +14,8 @@ from ligo.tables import get_spec
 from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
 from ligo.flops import matmul_params
-from ligo.growth import FitModule, Grower
+from ligo.fit import FitModule
+from ligo.growth import Grower
 from ligo.training import Start, train
 
 MOE = tuple(tiny.MOE)

@@ -140,7 +140,7 @@ def test_split_is_lossless_and_asymmetric(sources, tmp_path):
 
 @pytest.mark.parametrize("model_type, tie", [("llama", False), ("llama", True), ("gpt2", True), ("bert", True)])
 def test_fit_lowers_loss_and_materialized_equals_fitted(model_type, tie, sources, blocks, tmp_path, tokenizer):
-    from ligo.growth import FitModule
+    from ligo.fit import FitModule
 
     src_dir = sources[model_type]
     if model_type == "llama" and tie:
@@ -162,7 +162,7 @@ def test_fit_lowers_loss_and_materialized_equals_fitted(model_type, tie, sources
 
 def test_a_fit_never_ends_worse_than_its_best_point(sources, blocks):
     """An LR far too high wrecks the operator; the fit ends at its best held-out point, not its last."""
-    from ligo.growth import FitModule
+    from ligo.fit import FitModule
 
     g = Grower(sources["llama"], lossless_target("llama"), GrowthPlan())
     before = {k: v.clone() for k, v in g.operator.state_dict().items()}
@@ -182,7 +182,7 @@ def test_a_fit_never_ends_worse_than_its_best_point(sources, blocks):
 
 
 def test_evaluation_builds_the_weights_once(sources, blocks):
-    from ligo.growth import FitModule
+    from ligo.fit import FitModule
 
     g = Grower(sources["llama"], lossless_target("llama"))
     module = FitModule(g.operator, g.target_model()).eval()
