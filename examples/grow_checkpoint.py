@@ -37,7 +37,7 @@ target = {"hidden": 2 * src_cfg["hidden_size"], "layers": 2 * src_cfg["num_hidde
 if "num_key_value_heads" in src_cfg:
     target["kv_heads"] = 2 * src_cfg["num_key_value_heads"]
 result = grow(args.source, target, out, width="split", depth="identity", overwrite=True)
-print(f"grew {args.source} -> {out} (operator: {result.recipe['operator_parameters']:,} parameters)")
+print(f"grew {args.source} -> {out} (operator: {result.operator.num_parameters():,} parameters)")
 
 small = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32)
 big = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)

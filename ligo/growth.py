@@ -80,11 +80,21 @@ def held_out_loss(path: Path, blocks: torch.Tensor, objective: str, tokenizer=No
 
 @dataclass
 class GrowResult:
+    """A grown model: where it was written (None: kept in memory), and what made it, typed."""
+
     out: Path | None
     operator: GrowthOperator
     target_config: dict
-    recipe: dict
+    recipe: Recipe
+    plan: GrowthPlan  # as resolved for this source
+    source_dims: Dims
+    target_dims: Dims
+    model_type: str
+    upcycled_from: str | None = None  # the dense model_type, when the source was upcycled into experts
     fit: LoopResult | None = None
+    fit_info: dict | None = None  # the fit as the recipe records it
+    start_check: dict | None = None  # the start loss beside the source's (with --data)
+    gaps: list[str] = field(default_factory=list)  # why the plan does not keep the source's function
     timings: dict = field(default_factory=dict)
     tokenizer_files: list[str] = field(default_factory=list)
 
@@ -293,6 +303,12 @@ class Grower:
                 "lossless": not self.gaps, "not_lossless_because": self.gaps,
                 "operator_parameters": self.operator.num_parameters(),
                 "fit": self.fit_info or None, "start_check": self.start_check}
+
+    def result(self, out: Path | None) -> GrowResult:
+        """What this grower made (written into ``out``, or not written)."""
+        return GrowResult(out, self.operator, self.target_config, Recipe(self.recipe()), self.plan, self.source.dims,
+                          self.target_dims, self.spec.model_type, self.upcycled_from, self.fit_result,
+                          self.fit_info or None, self.start_check, list(self.gaps), self.timings, self.tokenizer_files)
 
     def hf_config(self):
         config = build_config(self.target_config)

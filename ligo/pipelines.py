@@ -81,8 +81,7 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     if out is not None:  # under a multi-process launch (a data-parallel fit), the main process writes it
         with process_state().main_process_first():
             path = grower.save(out, overwrite, max_shard_size, check=check) if is_main_process() else Path(out)
-    return GrowResult(path, grower.operator, grower.target_config, grower.recipe(), grower.fit_result, grower.timings,
-                      grower.tokenizer_files)
+    return grower.result(path)
 
 
 def _paths(target) -> list:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,10 +98,8 @@ def _slots(state: dict, config: dict, spec, weight_decay: float) -> list[list[st
 
 
 def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None, *, optimizer_state: str = "grow",
-                    fit: TrainConfig | None = None, blocks=None, data=None) -> dict:
-    """Grow the newest checkpoint of ``run_dir``. Returns what to write: the grown model (``state``,
-    ``config``, ``recipe``), the checkpoint's files (``weights``, ``optimizer``, ``masters``) and its
-    trainer state."""
+                    fit: TrainConfig | None = None, blocks=None, data=None) -> "GrownRun":
+    """Grow the newest checkpoint of ``run_dir``: the grown model and the grown run's state, to write."""
     from .tables import get_spec
     from .growth import Grower
     from .modelcard import model_name
@@ -135,27 +135,43 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
         fit_flops = grower.fit_info["flops"]
     op = grower.operator
     grown = op.materialize(dtype=grower.dtype)
-    out = {"state": grown, "config": grower.hf_config(), "target_config": grower.target_config, "spec": spec,
-           # the run's source: the model it trained (its checkpoint folder is no model's name), and the run's name
-           "recipe": {**grower.recipe(), "source": model_name(model_dir or run_dir, config), "run": model_name(run_dir),
-                      "step": state["step"], "optimizer_state": optimizer_state,
-                      "ledger": Ledger(fit_flops=fit_flops, train_flops=state["flops"]).to_dict()},
-           "model_dir": model_dir}
+    # the run's source: the model it trained (its checkpoint folder is no model's name), and the run's name
+    recipe = {**grower.recipe(), "source": model_name(model_dir or run_dir, config), "run": model_name(run_dir),
+              "step": state["step"], "optimizer_state": optimizer_state,
+              "ledger": Ledger(fit_flops=fit_flops, train_flops=state["flops"]).to_dict()}
     new_slots = _slots({}, grower.target_config, spec, cfg.get("weight_decay", 0.1))
     optim = _torch_load(ckpt / OPTIMIZER_FILE) if (ckpt / OPTIMIZER_FILE).exists() else None
     if optimizer_state == "grow":
         if optim is None:
             raise LigoError(f"{ckpt} has no optimizer state to grow; pass --optimizer-state reset")
-        out["optimizer"] = _grow_optimizer(op, optim, by_slot, new_slots)
+        optimizer = _grow_optimizer(op, optim, by_slot, new_slots)
     else:
         groups = optim["param_groups"] if optim else [{} for _ in new_slots]
-        out["optimizer"] = {"state": {}, "param_groups": _reindex(groups, new_slots)}
+        optimizer = {"state": {}, "param_groups": _reindex(groups, new_slots)}
+    grown_masters = None
     if masters is not None:
         full = op.materialize(dtype=torch.float32)
-        out["masters"] = {"masters": [full[n] for group in new_slots for n in group]}
-    out["trainer_state"] = {**state, "flops": state["flops"] + fit_flops, "param_names": new_slots}
-    out["fit_flops"] = fit_flops
-    return out
+        grown_masters = {"masters": [full[n] for group in new_slots for n in group]}
+    return GrownRun(grown, grower.hf_config(), grower.target_config, spec, Recipe(recipe), model_dir, optimizer,
+                    {**state, "flops": state["flops"] + fit_flops, "param_names": new_slots}, fit_flops,
+                    grown_masters)
+
+
+@dataclass
+class GrownRun:
+    """A training run's newest checkpoint, grown: the model (weights, config, recipe) and the run's state
+    (AdamW state, fp32 master weights when the run keeps bf16 weights, the trainer state)."""
+
+    state: dict  # the grown weights
+    config: Any  # the grown model's transformers config
+    target_config: dict
+    spec: Any
+    recipe: Recipe
+    model_dir: Path | None  # the run's model folder (its tokenizer)
+    optimizer: dict
+    trainer_state: dict
+    fit_flops: float
+    masters: dict | None = None
 
 
 def check_live_growth(spec, target: dict, where) -> None:
@@ -203,17 +219,17 @@ def _grow_optimizer(op, optim: dict, old_slots: list[str], new_slots: list[list[
     return {"state": state, "param_groups": _reindex(optim["param_groups"], new_slots)}
 
 
-def write_checkpoint(grown: dict, ckpt_src: Path, dest: Path, model_dir: Path) -> None:
+def write_checkpoint(grown: GrownRun, ckpt_src: Path, dest: Path, model_dir: Path) -> None:
     """The grown checkpoint into ``dest`` (a folder that does not exist yet), digests last."""
     dest.mkdir(parents=True)
-    save_weights({k: v.contiguous() for k, v in grown["state"].items()}, dest, max_shard_size=10**15)  # one file
-    torch.save(grown["optimizer"], dest / OPTIMIZER_FILE)
-    if "masters" in grown:
-        torch.save(grown["masters"], dest / MASTERS_FILE)
+    save_weights({k: v.contiguous() for k, v in grown.state.items()}, dest, max_shard_size=10**15)  # one file
+    torch.save(grown.optimizer, dest / OPTIMIZER_FILE)
+    if grown.masters is not None:
+        torch.save(grown.masters, dest / MASTERS_FILE)
     for f in ckpt_src.iterdir():  # RNG states (and a GradScaler's) carry over as they are
         if f.name.startswith(CARRIED_PREFIXES):
             shutil.copy2(f, dest / f.name)
-    state = {**grown["trainer_state"], "model": str(model_dir)}
+    state = {**grown.trainer_state, "model": str(model_dir)}
     state["files"] = file_digests(dest)
     (dest / STATE_FILE).write_text(json.dumps(state))
 
@@ -242,8 +258,8 @@ def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPla
     ckpt, state, manifest = open_run(run_dir)
     with staged(out, overwrite, inputs=[run_dir, *inputs]) as tmp:
         final = Path(out).resolve()
-        write_model(tmp / "model", weights=grown["state"], config=grown["config"],
-                    tokenizer=_tokenizer_dir(grown, manifest), recipe=Recipe(grown["recipe"]))
+        write_model(tmp / "model", weights=grown.state, config=grown.config,
+                    tokenizer=_tokenizer_dir(grown, manifest), recipe=grown.recipe)
         write_checkpoint(grown, ckpt, tmp / CHECKPOINTS / ckpt.name, final / "model")
         log = [line for line in (run_dir / LOG_FILE).read_text().splitlines()
                if line.strip() and json.loads(line)["step"] <= state["step"]] if (run_dir / LOG_FILE).exists() else []
@@ -269,11 +285,11 @@ def grow_in_place(run_dir: Path, target: dict, plan: GrowthPlan | None, *, optim
     same result. ``info`` is added to the grown checkpoint's state."""
     ckpt, state, manifest = open_run(run_dir)
     grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks)
-    grown["trainer_state"].update(info or {})
+    grown.trainer_state.update(info or {})
     name = f"step-{state['step']:07d}"
     model_dir = (run_dir / f"grown-at-{state['step']:07d}").resolve()
-    write_model(model_dir, weights=grown["state"], config=grown["config"], tokenizer=_tokenizer_dir(grown, manifest),
-                recipe=Recipe(grown["recipe"]), overwrite=True)  # (a folder left by a kill is grown again)
+    write_model(model_dir, weights=grown.state, config=grown.config, tokenizer=_tokenizer_dir(grown, manifest),
+                recipe=grown.recipe, overwrite=True)  # (a folder left by a kill is grown again)
     tmp_ckpt = ckpt.parent / f".{name}-grown.tmp"
     shutil.rmtree(tmp_ckpt, ignore_errors=True)
     write_checkpoint(grown, ckpt, tmp_ckpt, model_dir)
@@ -281,8 +297,8 @@ def grow_in_place(run_dir: Path, target: dict, plan: GrowthPlan | None, *, optim
     return model_dir
 
 
-def _tokenizer_dir(grown: dict, manifest: dict) -> Path | None:
-    for candidate in (grown["model_dir"], manifest.get("tokenizer")):
+def _tokenizer_dir(grown: GrownRun, manifest: dict) -> Path | None:
+    for candidate in (grown.model_dir, manifest.get("tokenizer")):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None

@@ -38,8 +38,8 @@ def test_first_moments_are_the_operator_applied_to_the_sources(model_type, sourc
     run = _run(sources, blocks, tmp_path, model_type)
     plan = GrowthPlan(width="random", depth="stack")  # dense maps: every entry of m' mixes many of m
     grown = grow_checkpoint(run, tiny.TARGET[model_type], plan)
-    slots = [n for g in grown["trainer_state"]["param_names"] for n in g]
-    got = {slots[i]: s["exp_avg"] for i, s in grown["optimizer"]["state"].items()}
+    slots = [n for g in grown.trainer_state["param_names"] for n in g]
+    got = {slots[i]: s["exp_avg"] for i, s in grown.optimizer["state"].items()}
     # independent path: a checkpoint whose "weights" are the first moments, grown by ligo.grow
     moments = tmp_path / "moments"
     shutil.copytree(sources[model_type], moments)
@@ -53,7 +53,7 @@ def test_first_moments_are_the_operator_applied_to_the_sources(model_type, sourc
     assert set(got) == set(expect)
     for name in expect:
         torch.testing.assert_close(got[name], expect[name], rtol=1e-5, atol=1e-8, msg=name)
-    step = next(iter(grown["optimizer"]["state"].values()))["step"]
+    step = next(iter(grown.optimizer["state"].values()))["step"]
     assert int(step) == 3  # the step counters carry over
 
 
@@ -62,8 +62,8 @@ def test_second_moments_keep_the_update_size_of_copies(sources, blocks, tmp_path
     run = _run(sources, blocks, tmp_path)
     grown = grow_checkpoint(run, {"hidden": 128, "heads": 8, "kv_heads": 4, "ffn": 192},
                             GrowthPlan(width="copy", depth="stack"))
-    slots = [n for g in grown["trainer_state"]["param_names"] for n in g]
-    v = {slots[i]: s["exp_avg_sq"] for i, s in grown["optimizer"]["state"].items()}
+    slots = [n for g in grown.trainer_state["param_names"] for n in g]
+    v = {slots[i]: s["exp_avg_sq"] for i, s in grown.optimizer["state"].items()}
     src = {k: s["exp_avg_sq"] for k, s in _moments(run).items()}
     res, ffn = torch.arange(128) % 64, torch.arange(192) % 96
     p = "model.layers.1."

@@ -73,8 +73,8 @@ def test_a_weakly_trained_ligo_source_gets_the_paper_init(tokenizer, blocks, tmp
     train(None, None, tmp_path / "weak", TrainConfig(steps=4, batch_size=4, seq_len=32, eval_every=0, progress=False),
           Start(from_config=cfg, tokenizer=tmp_path / "tok", blocks=blocks))
     result = grow(tmp_path / "weak", TARGET, tmp_path / "grown")
-    assert (result.recipe["plan"]["width"], result.recipe["plan"]["depth"]) == ("random", "stack")
-    assert result.recipe["source_tokens"] == 4 * 4 * 32
+    assert (result.plan.width, result.plan.depth) == ("random", "stack")
+    assert result.recipe.fields["source_tokens"] == 4 * 4 * 32
 
 
 def test_a_negative_check_is_one_clear_line(strong_source, corpus, tmp_path):

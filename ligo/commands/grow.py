@@ -85,30 +85,26 @@ def run(args) -> int:
 
     if not is_main_process():  # under a multi-process launch the main process reports
         return 0
-    if result.fit is not None:
-        info = result.recipe["fit"]
-        print(f"fit: {info['steps']} steps, held-out loss {info['start_val_loss']:.4f} -> "
-              f"{info['final_val_loss']:.4f}")
-    t, src, tgt = result.timings, result.recipe["source_dims"], result.recipe["target_dims"]
-    experts = f", {tgt['experts']} experts ({tgt['experts_per_token']} per token)" if tgt["experts"] > 1 else ""
-    kind = (f"upcycled {result.recipe['upcycled_from']} into {result.recipe['model_type']}"
-            if result.recipe.get("upcycled_from") else f"grew {result.recipe['model_type']}")
-    print(f"{kind} {src['layers']}L-{src['hidden']} -> {tgt['layers']}L-{tgt['hidden']}{experts} "
-          f"(width {result.recipe['plan']['width']}, depth {result.recipe['plan']['depth']}) into {result.out}  "
-          f"[load {t['load_s']:.1f}s, build "
-          f"{t['build_s']:.1f}s, grow {t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")
-    check = result.recipe.get("start_check")
+    if result.fit_info is not None:
+        print(f"fit: {result.fit_info['steps']} steps, held-out loss {result.fit_info['start_val_loss']:.4f} -> "
+              f"{result.fit_info['final_val_loss']:.4f}")
+    t, src, tgt, plan = result.timings, result.source_dims, result.target_dims, result.plan
+    experts = f", {tgt.experts} experts ({tgt.experts_per_token} per token)" if tgt.experts > 1 else ""
+    kind = (f"upcycled {result.upcycled_from} into {result.model_type}" if result.upcycled_from
+            else f"grew {result.model_type}")
+    print(f"{kind} {src.layers}L-{src.hidden} -> {tgt.layers}L-{tgt.hidden}{experts} (width {plan.width}, depth "
+          f"{plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build {t['build_s']:.1f}s, grow "
+          f"{t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")
+    check = result.start_check
     if check:
         print(f"start loss on {check['tokens']:,} held-out tokens of --data: source {check['source_loss']:.4f}, "
               f"grown {check['grown_loss']:.4f} ({check['gap']:+.4f} nats)")
         if check["gap"] > START_GAP_WARNING:
             print(f"warning: the grown model starts {check['gap']:.2f} nats above its source, so it has lost much of "
-                  f"what the source knew (plan: width {result.recipe['plan']['width']}, depth "
-                  f"{result.recipe['plan']['depth']}); grow "
-                  "with --width split --depth identity (lossless), or fit the operator with --fit-steps N",
-                  file=sys.stderr)
-    if result.recipe["plan"]["width"] in ("split", "copy") and result.recipe["plan"]["depth"] == "identity":
-        for gap in result.recipe["not_lossless_because"]:  # the plan is meant to be lossless: say where it is not
+                  f"what the source knew (plan: width {plan.width}, depth {plan.depth}); grow with --width split "
+                  "--depth identity (lossless), or fit the operator with --fit-steps N", file=sys.stderr)
+    if plan.width in ("split", "copy") and plan.depth == "identity":
+        for gap in result.gaps:  # the plan is meant to be lossless: say where it is not
             print(f"note: not exactly lossless: {gap}", file=sys.stderr)
     if not set(result.tokenizer_files) & set(TOKENIZER_CORE):
         print(f"warning: {args.source} has no tokenizer files, so {result.out} has none either; copy the "
