@@ -10,6 +10,7 @@ stays fast.
 from __future__ import annotations
 
 import math
+import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -213,6 +214,10 @@ class TrainConfig(Settings):
     peak_tflops: Optional[float] = setting(None, "the device's peak TFLOP/s for the MFU column (default: "
                                            "looked up for known GPUs)", positive=True)
     trackers: list[str] = setting([], "accelerate trackers to log to (tensorboard, wandb), if installed")
+    freeze: Literal["none", "source-layers", "all-but-new"] = setting(
+        "none", "train only what growth added: source-layers freezes the layers that came from the source "
+        "(LLaMA-Pro's recipe: the new layers, embeddings and head train), all-but-new freezes everything but the new "
+        "layers and the norms (a grown model's recipe says which layers are new)")
     progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -321,10 +326,16 @@ class GrowthPlan(Settings):
         "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), or "
         "auto: random for a source ligo trained on under 200 tokens per parameter (where it measured best), "
         "else split")
-    depth: Literal["auto", DepthInit] = setting(
+    depth: Literal["auto", DepthInit, "map"] = setting(
         "auto", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
-        "place), identity (new layers start as identities: with split or copy width, growth is lossless), or auto: "
-        "stack for a weakly trained source or random width, else identity")
+        "place), identity (new layers start as identities: with split or copy width, growth is lossless), map (the "
+        "depth map says), or auto: map with a depth map, else stack for a weakly trained source or random width, "
+        "else identity")
+    depth_map: Optional[str] = setting(
+        None, "the source layer behind every target layer, comma-separated: an index, an inclusive range A-B, or new "
+        "(an identity block: a copy of the layer before, or new:K of layer K, with its output projections zeroed); "
+        "e.g. 0-23,8-31 (SOLAR's overlap) or 0-3,new,4-7,new; expand:K adds an identity block after every K layers "
+        "(LLaMA-Pro). The target's layers follow from it")
     per_layer: bool = setting(False, "separate width maps per target layer for the layer spaces (heads, FFN)")
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are (0: plain copies)", low=0,
                                  high=0.99)
@@ -345,12 +356,52 @@ class GrowthPlan(Settings):
         width makes a pretrained checkpoint forget what it knew (135M Llama: 3.14 -> 11.16 nats)
         (docs/benchmarks.md)."""
         weak = tokens_per_param is not None and tokens_per_param < WEAK_SOURCE_TOKENS_PER_PARAM
+        if self.depth_map is not None:  # an explicit layout: the plan's width keeps it, split when auto
+            return replace(self, width="split" if self.width == "auto" else self.width, depth="map")
         width = self.width if self.width != "auto" else "random" if weak and self.depth != "identity" else "split"
         depth = self.depth if self.depth != "auto" else "stack" if weak or width == "random" else "identity"
         return replace(self, width=width, depth=depth)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.depth_map is not None:
+            depth_map_items(self.depth_map)  # its syntax, at once
+            if self.depth not in ("auto", "map"):
+                raise LigoError(f"growth plan: give --depth {self.depth} or --depth-map, not both (a depth map says "
+                                "what every target layer is)")
+        elif self.depth == "map":
+            raise LigoError("growth plan: depth map needs --depth-map (e.g. 0-23,8-31); or choose another --depth")
 
-PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}  # what a recipe or an experiment method may set
+
+PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
+_DEPTH_ITEM = re.compile(r"(\d+)(?:-(\d+))?|new(?::(\d+))?")
+
+
+def depth_map_items(text: str) -> list[tuple]:
+    """A depth map's items in order: ``("layers", a, b)`` for the source layers a..b, ``("new", k)`` for an
+    identity block made from source layer k (None: from the layer before), ``("expand", k)`` for ``expand:K``
+    (it needs the source's depth). One clear error for bad syntax."""
+    text = text.strip()
+    example = "e.g. 0-23,8-31, or 0-3,new,4-7,new, or expand:4"
+    if text.startswith("expand:"):
+        k = text.removeprefix("expand:").strip()
+        if not k.isdigit() or int(k) < 1:
+            raise LigoError(f"depth map {text!r}: expand:K needs a whole number of layers K >= 1 ({example})")
+        return [("expand", int(k))]
+    items = []
+    for part in [p.strip() for p in text.split(",")]:
+        m = _DEPTH_ITEM.fullmatch(part)
+        if not part or m is None:
+            raise LigoError(f"depth map {text!r}: {part!r} is no layer, range or 'new' ({example})")
+        if part.startswith("new"):
+            items.append(("new", None if m.group(3) is None else int(m.group(3))))
+            continue
+        a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if b < a:
+            raise LigoError(f"depth map {text!r}: the range {part} runs backwards; write it {b}-{a}, or list the "
+                            "layers one by one")
+        items.append(("layers", a, b))
+    return items
 
 
 @dataclass

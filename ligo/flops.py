@@ -37,14 +37,44 @@ def forward_flops_per_token(model: nn.Module, dims: Dims, seq_len: int) -> float
     return 2.0 * matmul_params(model) + attention
 
 
-def train_flops_per_token(model: nn.Module, dims: Dims, seq_len: int) -> float:
-    """A training step costs three forwards: forward, and backward (grads wrt inputs and weights)."""
-    return 3.0 * forward_flops_per_token(model, dims, seq_len)
+def train_flops_per_token(model: nn.Module, dims: Dims, seq_len: int, layer_of=None) -> float:
+    """A training step costs three forwards: forward, and backward (grads wrt inputs and weights).
+
+    With frozen parameters (``requires_grad`` off) the backward is counted as it runs: a weight's gradient only
+    for trainable weights, the gradient wrt a module's input only where the gradient still has to flow, that
+    is above the lowest trainable parameter (``layer_of(name)``: a parameter's layer, None outside the layers:
+    the embeddings below them, the rest above)."""
+    forward = forward_flops_per_token(model, dims, seq_len)
+    if all(p.requires_grad for p in model.parameters()) or layer_of is None:
+        return 3.0 * forward
+    from .moe import active_fraction
+
+    active = active_fraction(model)
+
+    def position(name: str) -> int:
+        layer = layer_of(name)
+        return layer if layer is not None else -1 if "embed" in name.rsplit(".", 2)[-2] else dims.layers
+
+    trainable = [position(n) for n, p in model.named_parameters() if p.requires_grad]
+    lowest = min(trainable, default=dims.layers + 1)
+    weights = inputs = 0.0
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        dense = isinstance(module, nn.Linear) or kind == "Conv1D" or (kind.endswith("Router") and module.weight.dim() == 2)
+        for pname, p in module.named_parameters(recurse=False):
+            share = 1.0 if dense and pname == "weight" else active.get(id(p), 0.0)
+            if not share:
+                continue
+            n = 2.0 * p.numel() * share
+            weights += n if p.requires_grad else 0.0
+            inputs += n if position(f"{name}.{pname}") >= lowest and position(f"{name}.{pname}") > -1 else 0.0
+    attention = 4 * seq_len * dims.heads * dims.head_dim * sum(1 for i in range(dims.layers) if i >= lowest)
+    return forward + weights + inputs + 2 * attention
 
 
-def step_flops(model: nn.Module, dims: Dims, cfg) -> float:
+def step_flops(model: nn.Module, dims: Dims, cfg, layer_of=None) -> float:
     """Training FLOPs of one optimizer step of ``cfg`` (a TrainConfig): the one count used everywhere."""
-    return train_flops_per_token(model, dims, cfg.seq_len) * cfg.tokens_per_step
+    return train_flops_per_token(model, dims, cfg.seq_len, layer_of) * cfg.tokens_per_step
 
 
 def measured_flops(fn) -> int:

@@ -48,6 +48,17 @@ def _check_layer_settings(config: dict, target: dict, dims: Dims, layer_lists: l
                         f"choose a window of at most {positions} tokens")
 
 
+def _depth_from_map(spec, source: Checkpoint, target: dict, depth_map: str) -> dict:
+    """The target with the depth its depth map gives (a target that says another depth is refused)."""
+    layers = len(depth_plan("map", source.dims.layers, depth_map=depth_map).sources)
+    key = spec.config_key("layers", source.config)
+    given = target.get("layers", target.get(key))
+    if given is not None and given != layers:
+        raise LigoError(f"the depth map {depth_map!r} gives {layers} layers but the target says {given}; leave the "
+                        "layers out of the target (the map says them), or make them agree")
+    return {**{k: v for k, v in target.items() if k != "layers"}, key: layers}
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes that can still be allocated on ``device`` (None when unknown)."""
     if device.type == "cuda":
@@ -109,7 +120,7 @@ class Grower:
 
     def __init__(self, source: str | Path | Checkpoint, target: dict | str | Path, plan: GrowthPlan | None = None,
                  device: str | torch.device | None = None, tokenizer=None, stream: bool = False,
-                 arch: str | None = None):
+                 arch: str | None = None, dtype: torch.dtype | None = None):
         t0 = time.perf_counter()
         self.device = torch.device(device or "cpu")
         loaded_here = not isinstance(source, Checkpoint)
@@ -125,6 +136,10 @@ class Grower:
             self.source, target = upcycled
         self.upcycled_from = dense_type if upcycled is not None else None  # the dense model_type
         self.has_head, self.dtype, self.spec = self.source.has_head, self.source.dtype, self.source.spec
+        if dtype is not None:
+            self.dtype = dtype  # what the grown weights are written in (the source's by default)
+        if plan is not None and plan.depth_map is not None:
+            target = _depth_from_map(self.spec, self.source, target, plan.depth_map)
         self.target_config = self.spec.target_config(self.source.config, target, known_config_keys(self.spec.model_type))
         self.target_dims: Dims = self.spec.dims(self.target_config, where="target")
         _check_layer_settings(self.target_config, target, self.target_dims, self.spec.layer_lists)
@@ -148,11 +163,11 @@ class Grower:
         self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims)
         if loaded_here and not self.stream:  # the operator holds what it needs (layers stacked): no second copy
             self.source.state = {}
-        sources, _ = depth_plan(self.plan.depth, self.source.dims.layers, self.target_dims.layers)
+        self.depth = depth_plan(self.plan.depth, self.source.dims.layers, self.target_dims.layers, self.plan.depth_map)
         for key in self.spec.layer_lists:  # per-layer config lists follow the depth plan (unless the target sets them)
             old = self.source.config.get(key)
             if key not in target and isinstance(old, list) and len(old) == self.source.dims.layers:
-                self.target_config[key] = [old[j] for j in sources]
+                self.target_config[key] = [old[j] for j in self.depth.sources]
         self.fit_result: LoopResult | None = None
         self.fit_info: dict = {}
         self.start_check: dict | None = None
@@ -302,7 +317,8 @@ class Grower:
                 "plan": self.plan.to_dict(), "source_tokens": self.source_tokens,
                 "lossless": not self.gaps, "not_lossless_because": self.gaps,
                 "operator_parameters": self.operator.num_parameters(),
-                "fit": self.fit_info or None, "start_check": self.start_check}
+                "fit": self.fit_info or None, "start_check": self.start_check,
+                "new_layers": self.depth.new_layers}
 
     def result(self, out: Path | None) -> GrowResult:
         """What this grower made (written into ``out``, or not written)."""

@@ -11,11 +11,13 @@ source's function.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .arch import ArchSpec
 from .spaces import SPACE_OF, WRITE_TOKENS, Dims
-from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan
+from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan, depth_map_items
 from .errors import LigoError
 
 
@@ -47,20 +49,68 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
                         "source's value (an untied head cannot become tied without changing the function)")
 
 
-def depth_plan(method: str, l1: int, l2: int) -> tuple[list[int], list[bool]]:
-    """For each target layer: its source layer and whether it is a repeat (a new layer)."""
-    if method == "stack":
-        src = [i % l1 for i in range(l2)]
+@dataclass(frozen=True)
+class Depth:
+    """The depth plan, per target layer: the source layer behind it, whether it repeats a source layer used
+    before (a copy), and whether it is a new identity block (that layer with its output projections zeroed)."""
+
+    sources: list[int]
+    repeat: list[bool]
+    zero: list[bool]
+
+    @property
+    def new_layers(self) -> list[int]:
+        """The target layers growth added: the identity blocks, else the copies."""
+        flags = self.zero if any(self.zero) else self.repeat
+        return [i for i, f in enumerate(flags) if f]
+
+    def keeps_function(self, l1: int) -> bool:
+        """The layers that are not identity blocks are the source's, once each, in order."""
+        return [s for s, z in zip(self.sources, self.zero) if not z] == list(range(l1))
+
+
+def depth_plan(method: str, l1: int, l2: int | None = None, depth_map: str | None = None) -> Depth:
+    """The depth plan of a method (stack, interleave, identity) for ``l1`` -> ``l2`` layers, or of a depth map
+    (``method`` "map"; its length gives the target's layers)."""
+    if method == "map":
+        src, zero = _mapped(depth_map or "", l1)
+    elif method == "stack":
+        src, zero = [i % l1 for i in range(l2)], None
     elif method in ("interleave", "identity"):
-        src = [i * l1 // l2 for i in range(l2)]
+        src, zero = [i * l1 // l2 for i in range(l2)], None
     else:
-        raise LigoError(f"unknown depth method {method!r}; choose one of {', '.join(DEPTH_INITS)}")
+        raise LigoError(f"unknown depth method {method!r}; choose one of {', '.join(DEPTH_INITS)} or map")
     seen: set[int] = set()
     repeat = []
     for j in src:
         repeat.append(j in seen)
         seen.add(j)
-    return src, repeat
+    zero = zero if zero is not None else repeat if method == "identity" else [False] * len(src)
+    return Depth(src, repeat, zero)
+
+
+def _mapped(text: str, l1: int) -> tuple[list[int], list[bool]]:
+    """A depth map's source layer and identity-block flag per target layer, checked against ``l1`` source layers."""
+    items = depth_map_items(text)
+    if items and items[0][0] == "expand":
+        k = items[0][1]
+        items = [x for start in range(0, l1, k) for x in ([("layers", start, min(start + k, l1) - 1)] +
+                                                          ([("new", None)] if start + k <= l1 else []))]
+    src, zero = [], []
+    for item in items:
+        last = item[2] if item[0] == "layers" else item[1] if item[1] is not None else None
+        if last is not None and last >= l1:
+            raise LigoError(f"depth map {text!r}: layer {last} is out of range; the source has {l1} layers "
+                            f"(0-{l1 - 1})")
+        if item[0] == "new":  # an identity block: of layer k, else of the layer before (the first, at the start)
+            src.append(item[1] if item[1] is not None else src[-1] if src else 0)
+            zero.append(True)
+            continue
+        src += list(range(item[1], item[2] + 1))
+        zero += [False] * (item[2] - item[1] + 1)
+    if not src:
+        raise LigoError(f"depth map {text!r} is empty; give the source layer behind every target layer")
+    return src, zero
 
 
 def unit_selection(token: str, src: Dims, tgt: Dims) -> torch.Tensor:
@@ -107,9 +157,12 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> lis
     gaps = []
     if plan.width == "random":
         gaps.append("random-mixture width (the paper's init) does not keep the function; use --width split")
-    if plan.depth != "identity" and tgt.layers > src.layers:
-        gaps.append(f"{plan.depth} depth repeats trained layers, which changes the function; use --depth identity")
-    if plan.depth == "identity" and tgt.layers > src.layers and spec.norms.get("stream") == "post":
+    depth = depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
+    if not depth.keeps_function(src.layers):
+        what = "the depth map" if plan.depth == "map" else f"{plan.depth} depth"
+        gaps.append(f"{what} repeats (or reorders) trained layers, which changes the function; use --depth identity, "
+                    "or a depth map whose added layers are new identity blocks")
+    if any(depth.zero) and spec.norms.get("stream") == "post":
         gaps.append(f"{spec.model_type} normalizes the residual stream after each layer (post-LN), so a new layer "
                     "whose output is zero is not an identity: only growth without new layers is lossless")
     if plan.width in ("copy", "split") and tgt.hidden % src.hidden and spec.norms["type"] == "layer":

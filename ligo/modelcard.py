@@ -83,7 +83,9 @@ def card_text(recipe: dict, kind: str, growth: dict | None = None) -> str:
         lines += ["## Training", "", f"Data: `{recipe.get('data') or 'the Python standard library source'}`; "
                   f"{led.get('steps')} steps of {cfg.get('batch_size')} x {cfg.get('seq_len')} tokens, peak LR "
                   f"{cfg.get('lr')}, {cfg.get('schedule')} schedule; final held-out loss "
-                  f"{_fmt(led.get('final_val_loss'))}.", "",
+                  f"{_fmt(led.get('final_val_loss'))}." + (f" Trained with freeze: {cfg['freeze']} (only what growth "
+                  "added, as its recipe says; the rest is bit-identical to the grown model)."
+                  if cfg.get("freeze", "none") != "none" else ""), "",
                   "## FLOPs ledger", "", "| part | FLOPs |", "|---|---|",
                   f"| source model's training | {_fmt(led.get('source_flops'))} |",
                   f"| operator fit | {_fmt(led.get('fit_flops'))} |",

@@ -83,7 +83,10 @@ class GrowthOperator(nn.Module):
         for (kind, key), src in self.stacked(src_state).items():
             self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
         self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
-        sources, repeat = depth_plan(plan.depth, src_dims.layers, tgt_dims.layers)
+        depth = depth_plan(plan.depth, src_dims.layers, tgt_dims.layers, plan.depth_map)
+        if len(depth.sources) != tgt_dims.layers:
+            raise LigoError(f"the depth map gives {len(depth.sources)} layers but the target has {tgt_dims.layers}; "
+                            "leave the layers out of the target (the map says them), or make them agree")
         self.width = nn.ParameterDict()
         # Width maps kept as selections: ``compact`` holds the maps whose only storage is their selection
         # (streaming: their parameter is empty), ``_selections`` caches the selection form of dense maps
@@ -91,7 +94,7 @@ class GrowthOperator(nn.Module):
         self.compact: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._compact_numel = 0  # the dense size the compact maps stand for (counted as parameters)
         self._selections: dict = {}
-        self._init_width(tokens, self._layer_groups(repeat), compact)
+        self._init_width(tokens, self._layer_groups(depth.zero), compact)
         self._scale_residual()
         self._router_noise(router_std)
         if compact:
@@ -105,12 +108,12 @@ class GrowthOperator(nn.Module):
             self.scales[spec.embed_scale["weight"]] = factor
             if src_dims.tie and "tied_norm" in spec.embed_scale:
                 self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
-        base = torch.nn.functional.one_hot(torch.tensor(sources), src_dims.layers).float()
+        base = torch.nn.functional.one_hot(torch.tensor(depth.sources), src_dims.layers).float()
         self.depth = nn.ParameterDict()
         for module in sorted({e.module for e in self.layer_entries}):
             d = base.clone()
-            if plan.depth == "identity" and module in spec.identity_zero:
-                d[torch.tensor(repeat, dtype=torch.bool)] = 0
+            if module in spec.identity_zero:  # new identity blocks: their output projections start at zero
+                d[torch.tensor(depth.zero, dtype=torch.bool)] = 0
             self.depth[_param_name(module)] = nn.Parameter(d)
 
     def _collect(self, layout: dict) -> set[str]:
@@ -136,17 +139,17 @@ class GrowthOperator(nn.Module):
                 self.singles.append((key, m.entry))
         return tokens
 
-    def _layer_groups(self, repeat: list[bool]) -> list[bool]:
+    def _layer_groups(self, zero: list[bool]) -> list[bool]:
         """Layer spaces (FFN, heads) have one map per *group* of target layers: one group by default, one
-        per layer with per_layer, and with the split init a second group for the new layers of identity
-        depth, whose copies would otherwise stay identical (their outputs start at zero, so their units may
-        start as random mixtures instead of copies without changing the function). Returns, per group,
-        whether it is such a group of fresh layers."""
+        per layer with per_layer, and with the split init a second group for the new identity blocks (identity
+        depth, or ``new`` in a depth map), whose copies would otherwise stay identical (their outputs start at
+        zero, so their units may start as random mixtures instead of copies without changing the function).
+        Returns, per group, whether it is such a group of fresh layers."""
         plan, layers = self.plan, self.tgt.layers
-        fresh_group = plan.width == "split" and plan.depth == "identity" and any(repeat)
-        groups = list(range(layers)) if plan.per_layer else [int(r) for r in repeat] if fresh_group else [0] * layers
+        fresh_group = plan.width == "split" and any(zero)
+        groups = list(range(layers)) if plan.per_layer else [int(z) for z in zero] if fresh_group else [0] * layers
         self.register_buffer("layer_group", torch.tensor(groups), persistent=False)
-        return [fresh_group and any(r for r, g in zip(repeat, groups) if g == k) for k in range(max(groups) + 1)]
+        return [fresh_group and any(z for z, g in zip(zero, groups) if g == k) for k in range(max(groups) + 1)]
 
     def _init_width(self, tokens: set[str], fresh: list[bool], compact: bool) -> None:
         """One width map per grown space, write maps first (a random read map copies its write map, as the

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 
 from .checkpoint import load_tokenizer, read_config, write_json
 from .config import MAX_SHARD_SIZE, DataConfig, FitSpec, GrowthPlan, TrainConfig
@@ -39,13 +41,14 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
          plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
          overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE, device: str | None = None,
          stream: bool = True, arch: str | None = None, check_blocks: int = 16, check_seq_len: int | None = None,
-         inputs=(), **plan_fields) -> GrowResult:
+         dtype: torch.dtype | None = None, inputs=(), **plan_fields) -> GrowResult:
     """Grow ``source`` into ``target`` (sizes or a config); fit the operator first when ``fit`` is given.
 
     The plan is ``plan``, or its fields as keywords: ``grow(src, {"hidden": 1024}, "out/", width="split")``.
     Without a fit, on the CPU, growth streams (``stream``): the source is read tensor by tensor and each
     shard is written as it fills, so memory stays near one shard; ``stream=False`` gathers the grown model
-    in memory first (the same bytes on disk). ``arch``: the table for a model_type ligo has none for.
+    in memory first (the same bytes on disk). ``arch``: the table for a model_type ligo has none for. ``dtype``:
+    the grown weights' dtype (default: the source's).
     With ``data``, the grown model's loss on ``check_blocks`` held-out blocks of it is measured beside the
     source's before the output is committed (``recipe["start_check"]``; 0: no check), in blocks of
     ``check_seq_len`` tokens (default: the fit's, else 128, within the model's positions). ``inputs``: other files
@@ -66,7 +69,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         parse_size(max_shard_size)
         check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target), *inputs])
     # without a fit the operator streams on the CPU: the source is read tensor by tensor, shards written as they fill
-    grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None, arch=arch)
+    grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None, arch=arch,
+                    dtype=dtype)
     if fit is not None:
         grower.fit(data, fit)
     check = None

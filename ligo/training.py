@@ -147,6 +147,7 @@ class _Run:
     prior: Ledger
     stages: list
     manifest: dict
+    new_layers: list | None = None  # with a freeze: the layers growth added (the grown model's recipe says)
 
     @classmethod
     def set_up(cls, work: Path, final: Path, model, data: DataConfig, cfg: TrainConfig, start: Start,
@@ -167,6 +168,7 @@ class _Run:
         prior = start.prior or (carried_ledger(described.path) if described.path else Ledger())
         stages = sorted(start.stages, key=lambda st: st.at)
         _check_stages(stages, described, cfg)
+        new_layers = _new_layers(described, cfg, stages)
         tok = tok_obj or load_tokenizer(tok_dir)
         check_tokenizer_fits(tok, described.dims.vocab, tok_dir or "the run")
         positions = described.dims.positions
@@ -180,7 +182,7 @@ class _Run:
                     "tokenizer": str(tok_dir) if tok_dir else None, "data": data.to_dict(),
                     "stages": [st.to_dict() for st in stages],
                     "config": described.config if isinstance(from_config, dict) else None}  # a config as a mapping
-        return cls(work, described, data, cfg, start, tok, tok_dir, blocks, prior, stages, manifest)
+        return cls(work, described, data, cfg, start, tok, tok_dir, blocks, prior, stages, manifest, new_layers)
 
     def phases(self, resume: bool) -> tuple[LoopResult, Path | None, float]:
         """Train phase by phase: a phase ends at the next growth stage, where the checkpoint is grown and the
@@ -203,7 +205,9 @@ class _Run:
                 continue
             net_model = model if current == model.path else Model.of(current, None)
             net = _build_model(net_model, cfg, self.start.attn_implementation)
-            per_step = step_flops(net, net_model.dims, cfg)
+            if self.new_layers is not None:
+                freeze(net, net_model.spec, cfg.freeze, self.new_layers)
+            per_step = step_flops(net, net_model.dims, cfg, layer_of=layer_index(net_model.spec))
             result = train_loop(net, self.blocks.train, self.blocks.val, cfg, collate=collate,
                                 flops_per_step=per_step, flops_offset=self.prior.spent, run_dir=self.work,
                                 resume=resume, desc="train", data_digest=digest, manifest=self.manifest,
@@ -257,6 +261,51 @@ def _check_stages(stages: list, model: Model, cfg: TrainConfig) -> None:
         grown = spec.target_config(current, st.target, known_config_keys(spec.model_type))
         check_growth(spec, spec.dims(current), spec.dims(grown, where="growth stage target"))
         before, current = st.at, grown
+
+
+def _new_layers(model: Model, cfg: TrainConfig, stages: list) -> list[int] | None:
+    """With ``cfg.freeze``: the layers growth added to ``model``, from its recipe (checked before any training)."""
+    if cfg.freeze == "none":
+        return None
+    if stages:
+        raise LigoError("--freeze trains only what growth added to a grown model; it does not combine with growth "
+                        "in the middle of the run (--grow-at, --stages)")
+    recipe = Recipe.load(model.path)
+    new = recipe.fields.get("new_layers") if recipe is not None else None
+    if new is None:
+        raise LigoError(f"--freeze {cfg.freeze} needs a model that ligo grew: its recipe says which layers are new, "
+                        f"and {model.path} has none (grow it with ligo grow, or train without --freeze)")
+    if not new:
+        raise LigoError(f"--freeze {cfg.freeze}: {model.path} was grown without new layers (in width only), so there "
+                        "is nothing to train alone; train it without --freeze")
+    return list(new)
+
+
+def layer_index(spec):
+    """A function from a parameter's (or module's) name to its layer, None outside the layers."""
+    import re
+
+    pattern = re.compile(f"(?:{re.escape(spec.base_prefix)})?" +
+                         re.escape(spec.layer_prefix).replace(re.escape("{i}"), r"(\d+)"))
+
+    def layer_of(name: str) -> int | None:
+        m = pattern.match(name)
+        return int(m.group(1)) if m else None
+
+    return layer_of
+
+
+def freeze(net, spec, mode: str, new_layers: list[int]) -> None:
+    """Train only what growth added: ``source-layers`` freezes the layers that came from the source (the new
+    layers, the embeddings and the head train); ``all-but-new`` freezes everything but the new layers and the
+    norms. Frozen parameters take no gradient and hold no optimizer state."""
+    layer_of, new = layer_index(spec), set(new_layers)
+    norms = {f"{name}.{p}" for name, module in net.named_modules() if "Norm" in type(module).__name__
+             for p, _ in module.named_parameters(recurse=False)}
+    for name, p in net.named_parameters():
+        layer = layer_of(name)
+        keep = layer is None or layer in new if mode == "source-layers" else layer in new or name in norms
+        p.requires_grad_(keep)
 
 
 def _stage_fit(stage, cfg: TrainConfig) -> TrainConfig | None:

@@ -15,7 +15,7 @@ import torch
 
 import tiny
 from conftest import LIGO, assert_one_line_error, run_cli, wait_for, write_json
-from ligo import TrainConfig, train
+from ligo import Start, TrainConfig, train
 
 ARGS = ["--seq-len", "32", "--batch-size", "8", "--lr", "3e-3", "--warmup", "2", "--eval-every", "4",
         "--eval-batches", "2", "--no-progress"]
@@ -248,3 +248,48 @@ def test_nan_loss_stops_with_a_clear_message(sources, corpus, tmp_path, cli):
                "--seq-len", "32", "--lr", "1e30", "--warmup", "0", "--clip", "0", "--no-progress")
     line = assert_one_line_error(proc, "train", "loss became .* learning rate")
     assert "step" in line and not (tmp_path / "run").exists()  # nothing worth resuming: nothing left behind
+
+
+@pytest.mark.parametrize("mode", ["source-layers", "all-but-new"])
+def test_freeze_trains_only_what_growth_added(mode, sources, blocks, tmp_path):
+    """LLaMA-Pro's recipe: an identity block after every layer, then only the new blocks (and, with source-layers,
+    the embeddings and head) train. Frozen tensors stay bit-identical, the optimizer holds no state for them, and
+    the FLOPs count the backward as it runs (torch's counter agrees)."""
+    from safetensors.torch import load_file
+
+    from ligo import grow
+    from ligo.flops import measured_flops, step_flops
+    from ligo.tables import get_spec
+    from ligo.training import freeze, layer_index
+
+    grown = tmp_path / "grown"
+    grow(sources["llama"], {}, grown, depth_map="expand:1")  # 2 -> 4 layers: 0, new, 1, new
+    assert json.loads((grown / "ligo_recipe.json").read_text())["new_layers"] == [1, 3]
+    cfg = TrainConfig(steps=3, batch_size=2, seq_len=16, eval_every=0, eval_batches=1, lr=1e-2, warmup=1,
+                      progress=False, freeze=mode, save_every=3)
+    result = train(grown, None, tmp_path / "run", cfg, Start(blocks=blocks))
+    before, after = load_file(grown / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    new = {k for k in before if k.startswith(("model.layers.1.", "model.layers.3."))}
+    norms = {k for k in before if "norm" in k}
+    outside = {k for k in before if not k.startswith("model.layers.")}  # embeddings, the final norm, the head
+    assert moved and moved <= (new | outside if mode == "source-layers" else new | norms)
+    assert any(k.startswith("model.layers.1.self_attn.o_proj") for k in moved)  # the new blocks learn
+    frozen = [k for k in before if k not in moved]
+    assert all(torch.equal(before[k], after[k]) for k in frozen) and "model.layers.0.mlp.up_proj.weight" in frozen
+    optim = torch.load(tmp_path / "run" / "checkpoints" / "step-0000003" / "optimizer.bin", weights_only=True)
+    trainable = len(new) + (len(outside) if mode == "source-layers" else len(norms - new))
+    assert len(optim["state"]) == trainable
+    recipe = json.loads((tmp_path / "run" / "ligo_recipe.json").read_text())
+    assert recipe["config"]["freeze"] == mode and f"freeze: {mode}" in (tmp_path / "run" / "README.md").read_text()
+    # the analytic FLOPs of a frozen step equal torch's count of what the backward really computes
+    spec = get_spec("llama")
+    model = tiny.T.AutoModelForCausalLM.from_pretrained(grown, attn_implementation="eager")
+    freeze(model, spec, mode, [1, 3])
+    model.train()
+    ids = torch.randint(4, tiny.VOCAB, (2, 32))
+    measured = measured_flops(lambda: model(input_ids=ids, labels=ids).loss)
+    analytic = step_flops(model, spec.dims(model.config.to_dict()), TrainConfig(batch_size=2, seq_len=32),
+                          layer_of=layer_index(spec))
+    assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
+    assert result.ledger.flops_per_step < step_flops(model, spec.dims(model.config.to_dict()), cfg)  # < unfrozen

@@ -16,8 +16,13 @@ from .flags import add_data_flags, data_config, add_fit_flags, add_plan_flags, a
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="grow a model (or a training run) into a larger shape (LiGO)", description=__doc__)
-    p.add_argument("source", help="source model directory (config.json + safetensors + tokenizer), or with "
-                   "--optimizer-state the --out folder of a `ligo train` run")
+    p.add_argument("source", nargs="?", help="source model directory (config.json + safetensors + tokenizer), or "
+                   "with --optimizer-state the --out folder of a `ligo train` run (omit with --from-mergekit)")
+    p.add_argument("--from-mergekit", metavar="CONFIG", help="grow as a mergekit passthrough config says (its slices of "
+                   "one model's layers become a depth map, its dtype the output's): the same tensors mergekit writes; "
+                   "no SOURCE, --target or --depth then")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the grown weights' dtype on disk "
+                   "(default: the source's)")
     p.add_argument("--optimizer-state", choices=["grow", "reset"], help="SOURCE is a training run: grow its newest "
                    "checkpoint with its AdamW state (grow: through the operator; reset: fresh) into a run folder "
                    "that `ligo train --out OUT --resume --steps N` continues")
@@ -38,7 +43,7 @@ def add_parser(sub, name):
                    "shard as it fills; the files are the same)")
     p.add_argument("--seed", type=int, default=0, help="seed of the operator's init and of the fit (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for the fit")
-    add_target_flag(p)
+    add_target_flag(p, required=False)
     add_data_flags(p)
     add_plan_flags(p)
     add_fit_flags(p, aliases={"seq_len": ["--seq-len"], "batch_size": ["--batch-size"]})
@@ -53,7 +58,9 @@ def run(args) -> int:
     # a live run grows losslessly by default (split + identity, as `ligo train --grow-at`): its
     # optimizer state then carries on; a finished model takes the plan's auto, resolved from the source
     live = {"width": GrowthStage.width, "depth": GrowthStage.depth} if args.optimizer_state else {}
-    plan = GrowthPlan.from_dict({**live, **given(args, GrowthPlan), "seed": args.seed}, where="growth plan")
+    from_mergekit = _from_mergekit(args)
+    plan = GrowthPlan.from_dict({**live, **given(args, GrowthPlan), **from_mergekit, "seed": args.seed},
+                                where="growth plan")
     fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
                       "progress": not args.no_progress}, where="fit")
     if args.optimizer_state:
@@ -76,7 +83,11 @@ def run(args) -> int:
                         "--data, or drop --check-blocks")
     check = {} if args.check_blocks is None else {"check_blocks": args.check_blocks}
     seq_len = given(args, TrainConfig, prefix="fit-").get("seq_len")  # --seq-len: the fit's, and the start check's
-    result = grow(args.source, parse_target(args.target), args.out, plan=plan, data=data_config(args), fit=fit,
+    import torch
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    result = grow(args.source, parse_target(args.target) if args.target else {}, args.out, plan=plan,
+                  data=data_config(args), fit=fit, dtype=dtype,
                   overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                   device=_device(args.device, fit is not None),
                   stream=not args.in_memory, arch=args.arch, check_seq_len=seq_len, inputs=[target_file(args.target)],
@@ -110,6 +121,27 @@ def run(args) -> int:
         print(f"warning: {args.source} has no tokenizer files, so {result.out} has none either; copy the "
               "source's tokenizer there before training it", file=sys.stderr)
     return 0
+
+
+def _from_mergekit(args) -> dict:
+    """``--from-mergekit CONFIG``: its source, dtype and depth map (as plan fields); otherwise SOURCE and --target
+    are required."""
+    from ..errors import LigoError
+
+    if not args.from_mergekit:
+        if not args.source or not (args.target or args.depth_map):
+            raise LigoError("give SOURCE and --target (or --depth-map, which says the target's layers), or "
+                            "--from-mergekit CONFIG.yml")
+        return {}
+    if args.source or args.target or args.depth or args.depth_map or args.optimizer_state:
+        raise LigoError("--from-mergekit says the source, its layers and the dtype: drop SOURCE, --target, --depth, "
+                        "--depth-map and --optimizer-state")
+    from ..mergekit import read_passthrough
+
+    args.source, depth_map, dtype = read_passthrough(args.from_mergekit)
+    if dtype is not None and args.dtype is None:
+        args.dtype = str(dtype).removeprefix("torch.")
+    return {"depth_map": depth_map, "width": args.width or "copy"}
 
 
 def _device(name: str | None, fit: bool) -> str:
