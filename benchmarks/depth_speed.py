@@ -36,10 +36,12 @@ ZERO = {"scale": [{"filter": "o_proj", "value": 0.0}, {"filter": "down_proj", "v
 
 
 def make_source(path: Path) -> int:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from grow_speed import make_source as make
-
-    return make(SOURCE, path)
+    """The source, made in a process of its own: a child forked from a process that held the model would
+    report the parent's memory as its own peak (Linux keeps the high-water mark across fork and exec)."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from grow_speed import make_source; "
+            f"print(make_source({SOURCE!r}, __import__('pathlib').Path({str(path)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[-1])
 
 
 def timed(cmd: list[str]) -> dict:

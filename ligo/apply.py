@@ -21,31 +21,31 @@ _CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of 
 
 
 def expand_axis(op, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups: torch.Tensor | None,
-                 absolute: bool, gain: bool = False) -> torch.Tensor:
+                 absolute: bool, gain: bool = False, keep: bool = False) -> torch.Tensor:
     """Grow one axis of ``w``. ``groups``: the map group of each row of a leading layer dimension
-    (None for a weight outside the layers); ``gain``: ``w`` is a norm's gain."""
+    (None for a weight outside the layers); ``gain``: ``w`` is a norm's gain; ``keep``: a gather by one keeps
+    ``w``'s dtype (materializing: the values are the same), else it gives float32 as a product by one does."""
     if len(tokens) > 1:  # fused axis: grow each part, concatenate
         parts = w.split([op.src.axis_size(t) for t in tokens], dim=axis)
-        return torch.cat([expand_axis(op, p, axis, (t,), groups, absolute, gain)
+        return torch.cat([expand_axis(op, p, axis, (t,), groups, absolute, gain, keep)
                           for p, t in zip(parts, tokens)], dim=axis)
     tok = tokens[0]
     if tok in FIXED:
         return w
     _, unit = op.src.units(tok)
-    w = rearrange(w.movedim(axis, -1), "... (unit d) -> ... unit d", d=unit)
     name = op.map_name(tok, gain)
     sel = None if torch.is_grad_enabled() else op.selection(name, absolute)
     if sel is not None:  # a selection: gather the source units, scale them (no matrix product)
         index, coef = sel
         if index.dim() == 1 or len(index) == 1:
             index, coef = (index, coef) if index.dim() == 1 else (index[0], coef[0])
-            w = w.index_select(-2, index) * coef[:, None]
-        else:
-            present = [int(g) for g in torch.unique(groups)]
-            parts = [w[groups == g].index_select(-2, index[g]) * coef[g][:, None] for g in present]
-            order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
-            w = torch.cat(parts)[torch.argsort(order)]
-        return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
+            return _gather(w, axis, index, coef, unit, keep)
+        present = [int(g) for g in torch.unique(groups)]
+        parts = [_gather(w[groups == g], axis, index[g], coef[g], unit, keep) for g in present]
+        order = torch.cat([torch.nonzero(groups == g).flatten() for g in present])
+        return torch.cat([p.float() for p in parts] if len({p.dtype for p in parts}) > 1 else parts)[
+            torch.argsort(order)]
+    w = rearrange(w.float().movedim(axis, -1), "... (unit d) -> ... unit d", d=unit)
     m = op.map(tok, absolute, gain)
     if m.dim() == 2 or len(m) == 1:
         w = torch.einsum("...sd,ts->...td", w, m if m.dim() == 2 else m[0])
@@ -56,10 +56,30 @@ def expand_axis(op, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups:
         w = torch.cat(parts)[torch.argsort(order)]
     return rearrange(w, "... unit d -> ... (unit d)").movedim(-1, axis)
 
-def expand(op, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None, absolute: bool) -> torch.Tensor:
+def _gather(w: torch.Tensor, axis: int, index: torch.Tensor, coef: torch.Tensor, unit: int,
+            keep: bool) -> torch.Tensor:
+    """``w`` with the units of ``axis`` (``unit`` rows each) replaced by the source units ``index``, scaled by
+    ``coef``. With ``keep``, whole rows are copied in ``w``'s dtype where every coefficient is one (exact: the
+    values the float32 product gives) and an identity selection returns ``w`` itself; else every gather is
+    scaled (a product by one gives float32, as the fit's arithmetic expects)."""
+    n1 = w.shape[axis] // unit
+    ones = keep and bool((coef == 1).all())
+    if ones and len(index) == n1 and bool((index == torch.arange(n1, device=index.device)).all()):
+        return w
+    moved = w.movedim(axis, 0)
+    rows = moved.contiguous().reshape(n1, unit, -1).index_select(0, index)
+    if not ones:
+        rows = rows.float() * coef[:, None, None]
+    return rows.reshape(len(index) * unit, *moved.shape[1:]).movedim(0, axis)
+
+
+def expand(op, w: torch.Tensor, entry: Entry, groups: torch.Tensor | None, absolute: bool,
+           keep: bool = False) -> torch.Tensor:
     for a, tokens in enumerate(entry.axes):
-        w = expand_axis(op, w, a + int(groups is not None), tokens, groups, absolute, entry.name in op.gains)
-    return w * op.scales[entry.name] if entry.name in op.scales else w
+        w = expand_axis(op, w, a + int(groups is not None), tokens, groups, absolute, entry.name in op.gains, keep)
+    if entry.name in op.scales:  # (a kept dtype is the source's: the product is float32, as the fit's)
+        return (w.float() if keep else w) * op.scales[entry.name]
+    return w
 
 def _offset(op, entry: Entry, weights: bool) -> float:
     """What a stored weight is offset by (a norm gain stored as ``gain - 1``): growth acts on the gain
@@ -68,7 +88,8 @@ def _offset(op, entry: Entry, weights: bool) -> float:
 
 def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute: bool = False,
             read=None) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
-    """The target's tensors one at a time (float32), tied duplicates left out, as ``(key, rows, tensor)``:
+    """The target's tensors one at a time (float32, or the source's dtype where they are only gathered: the
+    same values), tied duplicates left out, as ``(key, rows, tensor)``:
     ``rows`` is None for a whole tensor, or the slice of its first axis that this piece holds.
 
     ``state``: a source-shaped state to grow instead of the source weights (e.g. optimizer
@@ -83,22 +104,31 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
     held = op.stacked(state) if state is not None else None
     op.forget_selections()  # the maps may have been fitted since the last call
 
+    # Materializing (layer by layer), tensors keep the source's dtype while they are only gathered (exact: the
+    # values of the float32 products), and are computed in float32 as soon as anything is multiplied or summed;
+    # for the fit they are float32 from the start. A fresh copy either way, so streaming and in-memory growth
+    # compute the same bits from the same memory layout.
     def single(key: str, rows: slice | None = None) -> torch.Tensor:
-        # a fresh float32 copy either way: the same memory layout gives the same kernels, so streaming
-        # and in-memory growth compute the same bits
-        if read is not None:
-            return read(key, rows).to(torch.float32, copy=True)
-        t = held[("w_", key)] if held is not None else op.source_tensor(key)
-        return (t if rows is None else t[rows]).to(torch.float32, copy=True)
+        t = read(key, rows) if read is not None else \
+            (held[("w_", key)] if held is not None else op.source_tensor(key))[slice(None) if rows is None else rows]
+        return t.clone() if layer_by_layer else t.to(torch.float32, copy=True)
 
     def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
         if read is not None:
-            return torch.stack([op.layer(read, e, j).float() for j in index])
+            layers_read = [op.layer(read, e, j) for j in index]
+            return layers_read[0][None] if len(layers_read) == 1 else torch.stack(layers_read)
         t = held[("l_", e.name)] if held is not None else op.source_layers(e)
-        return (t if index is None else t[index]).float()
+        t = t if index is None else t[index]
+        return t if layer_by_layer else t.float()
+
+    def mix(coef: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """The depth mix; one source layer with coefficient one is that layer itself (exact)."""
+        if coef.shape == (1, 1) and float(coef) == 1.0 and not torch.is_grad_enabled():
+            return src  # (a fresh tensor: read, stacked or indexed)
+        return torch.einsum("ij,j...->i...", coef, src.float())
 
     def grow_single(w: torch.Tensor, entry: Entry) -> torch.Tensor:
-        grown = expand(op, w, entry, None, absolute)
+        grown = expand(op, w, entry, None, absolute, keep=layer_by_layer)
         offset = _offset(op, entry, state is None)
         if offset:  # E (w + o) - o, computed so that it is exactly E w where E's rows sum to one
             grown = grown + offset * (expand(op, torch.ones_like(w), entry, None, absolute) - 1)
@@ -128,10 +158,10 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
             steps = [(slice(None), depth, None)]
         for chunk, coef, index in steps:
             src = layers(e, index) if index != [] else torch.zeros(0, *shape, device=depth.device)
-            mixed = torch.einsum("ij,j...->i...", coef, src)
-            grown = expand(op, mixed, e, op.layer_group[chunk], absolute)
+            mixed = mix(coef, src)
+            grown = expand(op, mixed, e, op.layer_group[chunk], absolute, keep=layer_by_layer)
             if offset:
-                ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src))
+                ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src, dtype=torch.float32))
                 grown = grown + offset * (expand(op, ones, e, op.layer_group[chunk], absolute) - 1)
             if e.name in op.noise and state is None and not absolute:
                 grown = grown + op.router_noise(e, chunk, read)
