@@ -341,10 +341,13 @@ class _Bench:
 
     @staticmethod
     def _keep(run_dir: Path, result: dict) -> None:
+        """A run's result, written atomically; its checkpoints (there for a resume: the optimizer state is
+        twice the model) go, the grown and the trained model stay."""
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / "result.json.tmp"
         tmp.write_text(json.dumps(result))
         tmp.replace(run_dir / "result.json")
+        shutil.rmtree(run_dir / "trained" / "checkpoints", ignore_errors=True)
 
     def _noise(self, budget: dict) -> dict:
         """The first budget again, with other seeds, for scratch and the two best other methods."""

@@ -296,3 +296,16 @@ def test_sigterm_while_bench_prepares_a_grown_method_says_how_to_continue(source
     assert err.strip().splitlines()[-1] == (f"ligo bench: terminated; continue with: ligo bench {tmp_path / 'exp.yaml'} "
                                             f"--out {out} --no-progress --resume"), err
     assert (out / "runs" / "1x" / "scratch-lr0.001" / "result.json").exists()
+
+
+def test_a_finished_bench_run_keeps_no_checkpoints(sources, corpus, tmp_path, cli):
+    """Checkpoints are for resuming: a finished method's go (a real-checkpoint benchmark filled a disk with
+    them: each holds the optimizer state, twice the model), its result, grown and trained models stay."""
+    (tmp_path / "exp.yaml").write_text(BENCH.replace("SOURCE", str(sources["llama"])).replace(
+        "eval_batches: 1}", "eval_batches: 1, save_every: 1}") + f"data: {corpus}\n")
+    cli("bench", tmp_path / "exp.yaml", "--out", tmp_path / "V", "--no-progress", check=True)
+    runs = sorted((tmp_path / "V" / "runs" / "1x").iterdir())
+    assert [r.name for r in runs] == ["grown", "scratch-lr0.001"]
+    for run in runs:
+        assert (run / "result.json").exists() and (run / "trained" / "config.json").exists()
+        assert not (run / "trained" / "checkpoints").exists()
