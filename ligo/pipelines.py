@@ -27,6 +27,7 @@ from .launch import check_batch, is_main_process, process_state
 from .outputs import RunOutput
 from .records import Ledger, Recipe
 from .rundir import latest_checkpoint
+from .tables import UnsupportedType
 from .training import Model, Start, TrainResult, train_in
 
 @dataclass
@@ -69,8 +70,13 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         parse_size(max_shard_size)
         check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target), *inputs])
     # without a fit the operator streams on the CPU: the source is read tensor by tensor, shards written as they fill
-    grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None, arch=arch,
-                    dtype=dtype)
+    try:
+        grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None,
+                        arch=arch, dtype=dtype)
+    except UnsupportedType as exc:  # no table: say which one reproduces it, checked, or why none does
+        from .suggest import refusal
+
+        raise refusal(exc) from None
     if fit is not None:
         grower.fit(data, fit)
     check = None

@@ -193,11 +193,19 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
                          spec.model_types[0]))
         if not fits:
             raise
-        fits = [name for missing, name in sorted(fits) if missing == min(fits)[0]]
-        raise LigoError(f"model_type {model_type!r} is not supported, but its weights and config fit the "
-                        f"{' and '.join(fits)} table: grow it with --arch {fits[0]} (ligo checks names and shapes, "
-                        "not numerics such as the norm type: compare the lossless plan's logits with the source's), "
-                        f"or write a table for it ({DOCS_ADDING})") from exc
+        names = [name for missing, name in sorted(fits) if missing == min(fits)[0]]
+        raise UnsupportedType(model_type, names, config) from exc
+
+
+class UnsupportedType(LigoError):
+    """A model_type without a table whose weights have the names and shapes of ``candidates``' (which may or
+    may not compute what it computes: :func:`ligo.growth.suggest_table` checks, by growing a tiny one)."""
+
+    def __init__(self, model_type: str | None, candidates: list[str], config: dict):
+        self.model_type, self.candidates, self.config = model_type, candidates, config
+        super().__init__(f"model_type {model_type!r} is not supported; its weights have the names and shapes of the "
+                         f"{' and '.join(candidates)} table (ligo grow checks whether it computes the same); to add "
+                         f"it, write a table for it ({DOCS_ADDING})")
 
 
 def get_spec(model_type: str | None) -> ArchSpec:

@@ -39,6 +39,7 @@ FAMILIES = {
     "gemma": dict(_GQA, head_dim=16),
     "phi3": dict(_GQA, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
     "olmo2": dict(_GQA),
+    "olmo3": dict(_GQA, sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
     "gpt_neox": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
                      max_position_embeddings=128, use_parallel_residual=True,
                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
