@@ -213,9 +213,14 @@ class _Bench:
         return result
 
     def _grown_config(self, method: Method, scratch_lr: float, seed: int, **more):
-        """The grown-model rule: scratch's schedule at its best LR times ``grown.lr_scale``, ``grown.warmup``."""
+        """The grown-model rule: scratch's schedule at its best LR (a pretrained source's: ligo's default after
+        growth, ``LR_PRETRAINED``: scratch's says nothing of a trained start) times ``grown.lr_scale``,
+        ``grown.warmup``."""
+        from .config import LR_PRETRAINED
+
         exp, rule = self.exp, self.exp.grown
-        return exp.train_config({**exp.train, "lr": scratch_lr * rule.get("lr_scale", 1.0),
+        base = LR_PRETRAINED if exp.source_path is not None else scratch_lr
+        return exp.train_config({**exp.train, "lr": base * rule.get("lr_scale", 1.0),
                                  "warmup": rule.get("warmup", exp.train.get("warmup", TrainConfig.warmup)),
                                  "seed": seed, **more, **method.train}, progress=self.progress)
 

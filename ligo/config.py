@@ -26,6 +26,10 @@ WIDTH_INITS, DEPTH_INITS = typing.get_args(WidthInit), typing.get_args(DepthInit
 # it ended best on cpu-tiny's sources of 5 and 100 tokens per parameter (docs/benchmarks.md); a real
 # checkpoint (10^3-10^4) forgets what it knew with it (a 135M Llama: 3.14 -> 11.16 nats at the start).
 WEAK_SOURCE_TOKENS_PER_PARAM = 200
+# The peak LR when none is given: a pretrained checkpoint (and a model grown from one) is trained on at 1e-4, the
+# LR that ended best for SmolLM2-135M trained on and for its lossless growth (real-smollm2-b: 3e-5, 1e-4, 3e-4 and
+# 1e-3 tried; 1e-3 ended above the start); a model from scratch, or grown from a weak source, at 1e-3 (cpu-tiny).
+LR_PRETRAINED, LR_FROM_SCRATCH = 1e-4, 1e-3
 MAX_SHARD_SIZE = "5GB"  # the largest safetensors shard written by default (as transformers' save_pretrained)
 
 
@@ -186,7 +190,10 @@ class TrainConfig(Settings):
     batch_size: int = setting(8, "sequences per micro-batch, over all processes", low=1)
     grad_accum: int = setting(1, "micro-batches per optimizer step", low=1)
     seq_len: int = setting(128, "tokens per sequence", low=2)
-    lr: float = setting(1e-3, "peak learning rate", positive=True)
+    lr: Optional[float] = setting(
+        None, "peak learning rate (default: 1e-4 for a pretrained checkpoint and what is grown from it, 1e-3 from "
+        "scratch or for a source ligo trained on under 200 tokens per parameter: the rule the real checkpoint "
+        "measured, docs/trainer.md)", positive=True)
     weight_decay: float = setting(0.1, "AdamW weight decay (never on biases, norms or operator maps)", low=0)
     warmup: int = setting(20, "linear warmup steps", low=0)
     schedule: Literal["cosine", "linear", "constant", "wsd"] = setting(
@@ -225,7 +232,9 @@ class TrainConfig(Settings):
         self.trackers = list(self.trackers)
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for optimizer step ``step`` (0-based)."""
+        """Learning rate for optimizer step ``step`` (0-based); the peak must be set (training sets the default)."""
+        if self.lr is None:
+            raise LigoError("internal error: a learning rate is needed here (training sets its default)")
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         if self.schedule == "constant":

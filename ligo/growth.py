@@ -14,7 +14,7 @@ from . import __version__
 from .spaces import Dims
 from .checkpoint import Checkpoint, LazyWeights, check_tokenizer_fits, describe_checkpoint, load_checkpoint, \
     load_tokenizer, parse_size, read_config
-from .config import FIT_STEPS_API, MAX_SHARD_SIZE, GrowthPlan, TrainConfig, fit_config
+from .config import FIT_STEPS_API, MAX_SHARD_SIZE, WEAK_SOURCE_TOKENS_PER_PARAM, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
@@ -151,6 +151,9 @@ class Grower:
         tied = set(self.spec.tied) if self.source.dims.tie else set()
         self.source_params = sum(self.source.state[k].numel() for k in self.source.layout if k not in tied)
         tpp = None if self.source_tokens is None else self.source_tokens / self.source_params
+        # pretrained: a checkpoint from elsewhere (its training unknown, real ones 10^3-10^4 tokens per parameter),
+        # or one ligo trained on enough tokens; what the LR after growth defaults to follows it (LR_PRETRAINED)
+        self.source_pretrained = tpp is None or tpp >= WEAK_SOURCE_TOKENS_PER_PARAM
         # the one place a plan's auto fields are resolved: from what is known of the source's training
         plan = (plan or GrowthPlan()).resolved(tpp)
         # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
@@ -318,7 +321,7 @@ class Grower:
                 "lossless": not self.gaps, "not_lossless_because": self.gaps,
                 "operator_parameters": self.operator.num_parameters(),
                 "fit": self.fit_info or None, "start_check": self.start_check,
-                "new_layers": self.depth.new_layers}
+                "new_layers": self.depth.new_layers, "pretrained": self.source_pretrained}
 
     def result(self, out: Path | None) -> GrowResult:
         """What this grower made (written into ``out``, or not written)."""

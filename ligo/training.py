@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .checkpoint import check_finite, check_tokenizer_fits, describe_checkpoint, load_tokenizer, read_config
-from .config import DataConfig, TrainConfig
+from .config import LR_FROM_SCRATCH, LR_PRETRAINED, DataConfig, TrainConfig
 from .errors import LigoError, Preempted, as_user_error
 from .hf import build_config, model_class
 from .launch import check_batch, is_main_process
@@ -148,6 +148,8 @@ class _Run:
     stages: list
     manifest: dict
     new_layers: list | None = None  # with a freeze: the layers growth added (the grown model's recipe says)
+    pretrained: bool = False  # a pretrained checkpoint, or grown from one: the LR default follows it
+    lr_rule: str = "given"  # how the peak LR was chosen
 
     @classmethod
     def set_up(cls, work: Path, final: Path, model, data: DataConfig, cfg: TrainConfig, start: Start,
@@ -166,6 +168,12 @@ class _Run:
             raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
         tok_dir = Path(tokenizer or described.path) if tokenizer or described.path else None
         prior = start.prior or (carried_ledger(described.path) if described.path else Ledger())
+        pretrained = _pretrained(described)
+        lr_rule = "given"
+        if cfg.lr is None:  # the default peak LR follows what the model is (the rule the real checkpoint measured)
+            cfg = cfg.replace(lr=LR_PRETRAINED if pretrained else LR_FROM_SCRATCH)
+            lr_rule = (f"default {cfg.lr:g}: " + ("a pretrained checkpoint or grown from one" if pretrained else
+                                                 "from scratch, or from a weak source ligo trained"))
         stages = sorted(start.stages, key=lambda st: st.at)
         _check_stages(stages, described, cfg)
         new_layers = _new_layers(described, cfg, stages)
@@ -182,7 +190,9 @@ class _Run:
                     "tokenizer": str(tok_dir) if tok_dir else None, "data": data.to_dict(),
                     "stages": [st.to_dict() for st in stages],
                     "config": described.config if isinstance(from_config, dict) else None}  # a config as a mapping
-        return cls(work, described, data, cfg, start, tok, tok_dir, blocks, prior, stages, manifest, new_layers)
+        run = cls(work, described, data, cfg, start, tok, tok_dir, blocks, prior, stages, manifest, new_layers)
+        run.pretrained, run.lr_rule = pretrained, lr_rule
+        return run
 
     def phases(self, resume: bool) -> tuple[LoopResult, Path | None, float]:
         """Train phase by phase: a phase ends at the next growth stage, where the checkpoint is grown and the
@@ -228,7 +238,8 @@ class _Run:
                 "model": model_name(model.path, model.config if model.path else None),
                 "from_config": from_config, "data": data_name(data),
                 "data_config": {**data.to_dict(), "data": data_name(data)}, "config": self.cfg.to_dict(),
-                "stages": self.manifest["stages"], "ledger": ledger.to_dict()}
+                "stages": self.manifest["stages"], "ledger": ledger.to_dict(), "pretrained": self.pretrained,
+                "lr_rule": self.lr_rule}
 
 
 def _manifest(work: Path, final: Path, tokenizer, data: DataConfig) -> tuple:
@@ -261,6 +272,19 @@ def _check_stages(stages: list, model: Model, cfg: TrainConfig) -> None:
         grown = spec.target_config(current, st.target, known_config_keys(spec.model_type))
         check_growth(spec, spec.dims(current), spec.dims(grown, where="growth stage target"))
         before, current = st.at, grown
+
+
+def _pretrained(model: Model) -> bool:
+    """Is ``model`` a pretrained checkpoint or made from one? A checkpoint from elsewhere is; ligo's recipes say
+    for what ligo made (a grown model: its source; a trained one: what it trained); from scratch it is not."""
+    if model.path is None:
+        return False
+    recipe = Recipe.load(model.path)
+    if recipe is None:
+        return True
+    if "pretrained" in recipe.fields:
+        return bool(recipe.fields["pretrained"])
+    return recipe.growth is not None and recipe.fields.get("source_tokens") is None  # (recipes before ligo 0.3)
 
 
 def _new_layers(model: Model, cfg: TrainConfig, stages: list) -> list[int] | None:

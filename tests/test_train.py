@@ -293,3 +293,31 @@ def test_freeze_trains_only_what_growth_added(mode, sources, blocks, tmp_path):
                           layer_of=layer_index(spec))
     assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
     assert result.ledger.flops_per_step < step_flops(model, spec.dims(model.config.to_dict()), cfg)  # < unfrozen
+
+
+def test_the_default_lr_follows_what_the_model_is(sources, blocks, tmp_path, tokenizer):
+    """A checkpoint from elsewhere, and what is grown from it, train at 1e-4 by default (the rule real-smollm2-b
+    measured); a model from scratch at 1e-3; a given LR is kept. The recipe says which rule chose it."""
+    from ligo import grow
+    from ligo.config import LR_FROM_SCRATCH, LR_PRETRAINED
+
+    quick = dict(steps=2, batch_size=2, seq_len=16, eval_every=0, eval_batches=1, progress=False, warmup=1)
+
+    def recipe(run):
+        return json.loads((run / "ligo_recipe.json").read_text())
+
+    train(sources["llama"], None, tmp_path / "outside", TrainConfig(**quick), Start(blocks=blocks))
+    assert recipe(tmp_path / "outside")["config"]["lr"] == LR_PRETRAINED == 1e-4
+    assert recipe(tmp_path / "outside")["lr_rule"].startswith("default 0.0001: a pretrained checkpoint")
+    grow(sources["llama"], {"hidden": 128}, tmp_path / "grown")
+    train(tmp_path / "grown", None, tmp_path / "grown-run", TrainConfig(**quick), Start(blocks=blocks))
+    assert recipe(tmp_path / "grown-run")["config"]["lr"] == LR_PRETRAINED
+    config = {**tiny.config("llama").to_dict(), "model_type": "llama"}
+    train(None, None, tmp_path / "scratch", TrainConfig(**quick), Start(from_config=config, tokenizer=tokenizer,
+                                                                       blocks=blocks))
+    assert recipe(tmp_path / "scratch")["config"]["lr"] == LR_FROM_SCRATCH and not recipe(tmp_path / "scratch")["pretrained"]
+    grow(tmp_path / "scratch", {"hidden": 128}, tmp_path / "weak-grown")  # ligo trained it on few tokens: weak
+    train(tmp_path / "weak-grown", None, tmp_path / "weak-run", TrainConfig(**quick), Start(blocks=blocks))
+    assert recipe(tmp_path / "weak-run")["config"]["lr"] == LR_FROM_SCRATCH
+    train(sources["llama"], None, tmp_path / "given", TrainConfig(**quick, lr=3e-3), Start(blocks=blocks))
+    assert recipe(tmp_path / "given")["config"]["lr"] == 3e-3 and recipe(tmp_path / "given")["lr_rule"] == "given"
