@@ -22,8 +22,16 @@ def add_parser(sub, name):
 def run(args) -> int:
     from pathlib import Path
 
+    import os
+
+    import torch
+
     from ..bench import load_experiment, run_experiment
 
+    if "OMP_NUM_THREADS" not in os.environ:
+        # tiny models gain nothing from a second thread, and two threads beside another process on a 2-core machine
+        # thrash (the source's 400 steps: over 9 minutes with two threads, 80 s with one, beside one training job)
+        torch.set_num_threads(1)
     exp = load_experiment("demo", smoke=args.smoke)
     run_experiment(exp, args.out, progress=not args.no_progress, overwrite=True)
     out = Path(args.out).resolve()
