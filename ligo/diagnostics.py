@@ -8,8 +8,9 @@ Net2Net have equal write vectors; if they stay equal through training, the grown
 
 The report streams over the weights, one slice at a time, and never builds a unit's whole vector (the
 residual stream's units carry about a thousandth of the model each): its cost is linear in the model's size,
-about ``2 * SAMPLE`` FLOPs per parameter, a tenth of a training step on 4 x 256 tokens
-(benchmarks/unit_report_cost.py).
+a few passes over the weights: a fifth to a quarter of one training step on 4 x 256 tokens at 135M and 360M
+on one CPU thread, 20 s at 1.2B (benchmarks/unit_report_cost.py; the full distance matrix it replaced took
+longer than the training at 240M).
 
 * **Duplicates** are counted exactly: each unit's vector is projected on a fixed random direction (float64,
   slice by slice), units are sorted by the projection, and neighbours whose projections agree are compared
@@ -30,7 +31,7 @@ from einops import rearrange
 from .arch import ArchSpec
 from .spaces import SPACE_OF, SPACES, Dims, Match
 
-SAMPLE = 256  # units whose nearest neighbour is searched, per space and layer
+SAMPLE = 128  # units whose nearest neighbour is searched, per space and layer
 _TOL = 1e-9  # projections closer than this (relative) are compared exactly
 
 
