@@ -102,3 +102,14 @@ def test_a_batch_the_processes_cannot_share_is_one_line(sources, corpus, tmp_pat
 def _torchrun():
     if TORCHRUN is None:
         pytest.skip("torchrun is not installed beside this Python")
+
+
+def test_grow_train_checks_the_batch_before_it_grows(sources, corpus, tmp_path):
+    """A batch two processes cannot share is refused before the grow (it used to be found after it, and one rank
+    then read a grown model the other had not finished writing)."""
+    proc = _launch("grow-train", sources["llama"], "--target", '{"hidden": 128}', "--data", corpus, "--out",
+                   tmp_path / "J", "--steps", "2", "--batch-size", "3", "--seq-len", "32", "--no-progress")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ligo grow-train: ")]
+    assert lines and all("batch_size 3 is not divisible by the 2 processes" in line for line in lines), proc.stderr
+    assert not (tmp_path / "J").exists()
