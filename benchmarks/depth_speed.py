@@ -12,7 +12,8 @@ resident memory read from the kernel (wait4):
 * ``wide``: width and depth at once with the lossless selection plan (split + identity) into 3072 wide, 24 layers.
 
 Beside each, the physical floor of the same work on the same disk: reading the source's files and writing the
-target's bytes (``floor_s``), so ``ligo_s / floor_s`` says how close to the disk ligo runs.
+target's bytes (``floor_s``), so ``ligo_s / floor_s`` says how close to the disk ligo runs. Dirty pages are
+flushed (``sync``) before every timed step, none is synced at its end (as ligo and mergekit do not).
 
     python benchmarks/depth_speed.py --json benchmarks/results/depth-speed-cpu-DATE.json
     python benchmarks/depth_speed.py --cases solar --workdir /tmp/ds      # keep the source between runs
@@ -45,7 +46,9 @@ def make_source(path: Path) -> int:
 
 
 def timed(cmd: list[str]) -> dict:
-    """Run ``cmd`` in a fresh process: wall seconds and its peak resident memory (MB, from wait4)."""
+    """Run ``cmd`` in a fresh process: wall seconds and its peak resident memory (MB, from wait4). Dirty pages
+    of earlier runs are flushed first, so that no run pays for another's writeback."""
+    os.sync()
     with tempfile.TemporaryFile("w+") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -58,7 +61,9 @@ def timed(cmd: list[str]) -> dict:
 
 
 def floor(src: Path, target_bytes: int, where: Path) -> float:
-    """Seconds to read every source file and write ``target_bytes`` to the output's disk (no compute)."""
+    """Seconds to read every source file and write ``target_bytes`` to the output's disk (no compute), after the
+    same flush of dirty pages as each timed run."""
+    os.sync()
     t0 = time.perf_counter()
     for f in sorted(src.glob("*.safetensors")):
         with open(f, "rb") as fh:
