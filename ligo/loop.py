@@ -117,8 +117,13 @@ def train_loop(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tenso
     ``stop_at``: pause after that step with a checkpoint (status "paused"; the schedule is still that of
     ``cfg.steps``), as mid-run growth does. ``checkpoint_info`` is stored in every checkpoint's state.
     ``on_step(step, model)`` runs after every step, ``on_eval(step, val_loss, model)`` after every
-    evaluation (step 0 included). SIGTERM or Ctrl-C ends the step, checkpoints and returns "preempted".
+    evaluation (step 0 included). SIGTERM or Ctrl-C ends the step, checkpoints and returns "preempted". A
+    config without a peak LR trains at ``LR_FROM_SCRATCH`` (``ligo.train`` chooses by what the model is).
     """
+    if cfg.lr is None:
+        from .config import LR_FROM_SCRATCH
+
+        cfg = cfg.replace(lr=LR_FROM_SCRATCH)
     loop = _Loop(model, train_data, val_data, cfg, collate=collate, eval_collate=eval_collate,
                  run_dir=Path(run_dir) if run_dir else None, desc=desc, checkpoint_info=checkpoint_info,
                  on_step=on_step, on_eval=on_eval)

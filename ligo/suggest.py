@@ -70,7 +70,8 @@ def reproduction_gap(model_type: str | None, config: dict, table: str) -> float 
             try:
                 Grower(Path(tmp) / "source", target, GrowthPlan(width="split", depth="identity"), arch=table).save(out)
                 grown = model_class(spec.objective).from_pretrained(out, attn_implementation="eager",
-                                                                    dtype=torch.float32).eval()
+                                                                    dtype=torch.float32, trust_remote_code=False,
+                                                                    local_files_only=True).eval()
             except LigoError:
                 continue  # (a shape this family cannot take, e.g. an odd head count)
             worst = max(worst, float((grown(input_ids=ids).logits - expected).abs().max()))
