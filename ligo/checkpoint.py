@@ -182,6 +182,7 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     if not p.is_dir():
         raise LigoError(f"{p} is not a directory; pass the directory that holds config.json and the weights")
     config = read_config(p)
+    _refuse_quantized(p, config)
     headers = read_headers(p)
     spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
     dims = spec.dims(config, where=str(p / "config.json"))
@@ -198,6 +199,18 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     has_head = any(k.startswith(spec.base_prefix) for k in state) if spec.base_prefix else any(
         m.entry.scope == "head" for m in layout.values())
     return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head)
+
+
+def _refuse_quantized(p: Path, config: dict) -> None:
+    """Quantized weights (GPT-OSS's MXFP4 blocks and scales, bitsandbytes, GPTQ...) are not the model's weights
+    as numbers: refused with how to get floats."""
+    quant = config.get("quantization_config")
+    if not quant:
+        return
+    method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
+    how = ("load it with transformers.Mxfp4Config(dequantize=True) and save_pretrained" if method == "mxfp4" else
+           "load it with transformers (dequantized) and save_pretrained in bfloat16 or float32")
+    raise LigoError(f"{p} holds quantized weights ({method}); ligo grows floating-point weights: {how}, then grow that")
 
 
 def _untie_a_stored_head(p: Path, config: dict, spec: ArchSpec, dims: Dims, headers: dict) -> tuple[dict, Dims]:

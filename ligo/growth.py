@@ -239,9 +239,7 @@ class Grower:
         provides them at every step), only its buffers (rotary tables, position ids) are real."""
         from accelerate import init_empty_weights
 
-        cfg = build_config(self.target_config)
-        if getattr(cfg, "_attn_implementation", None) is None:
-            cfg._attn_implementation = "sdpa"
+        cfg = build_config(self.target_config)  # (attention: transformers' default, sdpa where the class has it)
         with torch.device(device or self.device), init_empty_weights(include_buffers=False):
             model = model_class(self.spec.objective).from_config(cfg)
         model.tie_weights()  # ties made while the weights were being created on meta are not all kept

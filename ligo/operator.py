@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .arch import ArchSpec
-from .spaces import GROWN, LAYER_TOKENS, READ_PARTNER, SPACE_OF, WRITE_TOKENS, Dims, Entry
+from .spaces import GROWN, LAYER_TOKENS, MAP_OF, READ_PARTNER, SPACE_OF, WRITE_TOKENS, Dims, Entry
 from .apply import grown, pieces
 from .config import GrowthPlan
 from .errors import LigoError
@@ -129,7 +129,7 @@ class GrowthOperator(nn.Module):
         for key, m in sorted(layout.items()):
             if key in tied:
                 continue
-            tokens.update(t for axis in m.entry.axes for t in axis if t in GROWN)
+            tokens.update(MAP_OF.get(t, t) for axis in m.entry.axes for t in axis if t in GROWN)
             if m.entry.scope == "layer":
                 if m.layer == 0 and not m.expert:
                     self.layer_entries.append(m.entry)
@@ -277,7 +277,7 @@ class GrowthOperator(nn.Module):
 
     # -- the maps, as the application reads them ---------------------------------------------------
     def map_name(self, token: str, gain: bool = False) -> str:
-        name = _param_name(token)
+        name = _param_name(MAP_OF.get(token, token))
         return name + "_gain" if gain and name + "_gain" in self.width else name
 
     def map(self, token: str, absolute: bool, gain: bool = False) -> torch.Tensor:

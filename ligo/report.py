@@ -170,7 +170,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {report['budgets'][0]['methods'][n]['label']} | " + " | ".join(cells) + " |")
         lines.append("")
     if report.get("noise"):
-        lines.append("Noise floor: " + ", ".join(f"{n}: {v['seeds']} -> |Δ| {v['delta']:.4f}"
+        lines.append("Noise floor: " + ", ".join(f"{n}: [{', '.join(f'{x:.4f}' for x in v['seeds'])}] -> |Δ| {v['delta']:.4f}"
                                                   for n, v in report["noise"].items()) + ".")
     return "\n".join(lines) + "\n"
 

@@ -13,6 +13,9 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``qkv``    whole heads of a per-head interleaved query/key/value projection (GPT-NeoX: each head's
            q, k and v slices side by side), grown with the query heads
 ``ffn``    FFN hidden units, written (up/gate/fc-in); ``ffn.in``: read (down/fc-out)
+``ffn.pair`` FFN hidden units written as interleaved (gate, up) pairs, two rows a unit (GPT-OSS's fused
+           ``gate_up_proj``): the ``ffn`` map, a unit two entries wide
+``q.head`` one value per query head (GPT-OSS's attention sinks): the ``q`` map, a unit one entry wide
 ``exp``    the experts of a mixture-of-experts layer, as the leading axis of an expert's weights that
            read the residual stream (gate/up); ``exp.out``: of those that write it (down). A table entry
            with an ``{e}`` in its name is one tensor per expert (checkpoint keys ``experts.{e}.w1.weight``),
@@ -44,15 +47,20 @@ class Space:
 # diagnostics (which weights show whether a space's units are duplicates).
 SPACES = (
     Space("res", ("res",), ("res.in",), "hidden", None, False),
-    Space("ffn", ("ffn",), ("ffn.in",), "ffn", None, True),
-    Space("heads", ("q", "qkv"), ("o.in",), "heads", "head_dim", True),
+    Space("ffn", ("ffn", "ffn.pair"), ("ffn.in",), "ffn", None, True),
+    Space("heads", ("q", "qkv", "q.head"), ("o.in",), "heads", "head_dim", True),
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
     # an expert is a unit whose write vector is its weights and whose read vector is its router row
     Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
 )
 SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
-# token -> (count dim, unit-size dim); a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim
-GROWN = {tok: (s.count, "qkv_unit" if tok == "qkv" else s.unit) for tok, s in SPACE_OF.items()}
+# tokens whose unit is not their space's: a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim, a
+# GPT-OSS FFN unit is a (gate, up) pair, a sink is one value per head
+_UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None}
+# token -> (count dim, unit-size dim)
+GROWN = {tok: (s.count, _UNIT[tok] if tok in _UNIT else s.unit) for tok, s in SPACE_OF.items()}
+# tokens that apply another token's map with their own unit size (one map per space side, however it is laid out)
+MAP_OF = {"ffn.pair": "ffn", "q.head": "q"}
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
@@ -82,6 +90,10 @@ class Dims:
     def qkv_unit(self) -> int:
         return 3 * self.head_dim
 
+    @property
+    def pair(self) -> int:
+        return 2
+
     def units(self, token: str) -> tuple[int, int]:
         """(number of units, unit size) of a grown map token."""
         count, size = GROWN[token]
@@ -105,7 +117,11 @@ class Entry:
 
     @property
     def module(self) -> str:
-        return self.name.rsplit(".", 1)[0]
+        """What the weight belongs to (one depth map each): the module of a ``.weight`` or ``.bias``, else the
+        parameter itself, its ``_bias`` with it (GPT-OSS's experts hold ``gate_up_proj`` and ``down_proj`` with
+        their biases in one module, and only ``down_proj`` writes the residual stream)."""
+        head, _, last = self.name.rpartition(".")
+        return head if last in ("weight", "bias") else self.name.removesuffix("_bias")
 
     @property
     def grown(self) -> bool:

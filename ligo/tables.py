@@ -71,9 +71,10 @@ def _entry(where: str, scope: str, name: str, axes: list) -> Entry:
     if not axes:
         raise LigoError(f"{where}: {scope}.{name}: axes must be a non-empty list")
     parsed = tuple(tuple(str(a).split("+")) for a in axes)
-    if ("{e}" in name) != (parsed[0][0] in EXPERT_TOKENS) or ("{e}" in name and scope != "layer"):
-        raise LigoError(f"{where}: {scope}.{name}: a per-expert weight is a layer weight with '{{e}}' in its name and "
-                        f"{' or '.join(EXPERT_TOKENS)} as its first axis, and only it")
+    if ("{e}" in name and parsed[0][0] not in EXPERT_TOKENS) or (parsed[0][0] in EXPERT_TOKENS and scope != "layer"):
+        raise LigoError(f"{where}: {scope}.{name}: an experts weight is a layer weight with "
+                        f"{' or '.join(EXPERT_TOKENS)} as its first axis: one tensor per expert with '{{e}}' in its "
+                        "name, or one tensor stacked over the experts without it")
     for tok in (t for axis in parsed for t in axis):
         if tok not in GROWN and tok not in FIXED:
             raise LigoError(f"{where}: {scope}.{name}: unknown axis token {tok!r}; allowed: "

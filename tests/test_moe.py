@@ -41,11 +41,17 @@ def ids():
 
 
 def test_every_checkpoint_weight_matches_one_entry(moe_sources):
-    """The tables describe the checkpoint's per-expert keys (transformers fuses them only in memory)."""
+    """The tables describe the checkpoint's per-expert keys (transformers fuses them only in memory), or its
+    tensors stacked over the experts (GPT-OSS's checkpoints hold them so)."""
     for mt in MOE:
         ck = load_checkpoint(moe_sources[mt])
         assert ck.dims.experts == 4 and ck.dims.experts_per_token == 2
-        assert sum(1 for m in ck.layout.values() if m.expert is not None) == 2 * 4 * 3  # layers x experts x (gate, up, down)
+        per_expert = sum(1 for m in ck.layout.values() if m.expert is not None)
+        stacked = [k for k, m in ck.layout.items() if m.entry.axes[0][0] in ("exp", "exp.out") and m.expert is None]
+        if mt == "gpt_oss":  # layers x (gate_up, its bias, down, its bias), each [experts, ...]
+            assert per_expert == 0 and len(stacked) == 2 * 4 and all(ck.state[k].shape[0] == 4 for k in stacked)
+        else:
+            assert per_expert == 2 * 4 * 3 and not stacked  # layers x experts x (gate, up, down)
     assert load_checkpoint(moe_sources["mixtral"]).dims.router_normalized  # Mixtral always renormalizes
     assert not load_checkpoint(moe_sources["qwen3_moe-raw"]).dims.router_normalized
 

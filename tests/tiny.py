@@ -71,6 +71,9 @@ MOE = {
     "qwen3_moe": dict(_GQA, head_dim=32, moe_intermediate_size=48, num_experts=4, num_experts_per_tok=2,
                       norm_topk_prob=True),
     "olmoe": dict(_GQA, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False),
+    # attention sinks, biases everywhere, experts held stacked with interleaved gate/up and biases, a router bias
+    "gpt_oss": dict(_GQA, head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+                    layer_types=["sliding_attention", "full_attention"]),
 }
 SOURCE.update(MOE)
 # 2x wider and deeper, twice the experts, each chosen expert's copies all used (the lossless case)
@@ -113,9 +116,9 @@ def make_model(model_type: str, bare: bool = False, seed: int = 0, **overrides):
     cfg = config(model_type, **overrides)
     cfg._attn_implementation = "eager"
     model = model_cls(model_type, bare).from_config(cfg)
-    with torch.no_grad():  # non-trivial norms so that tests see them
+    with torch.no_grad():  # non-trivial norms and biases so that tests see them
         for name, p in model.named_parameters():
-            if p.dim() == 1:
+            if p.dim() == 1 or name.endswith("_bias"):
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 
