@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import re
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, Literal, Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal, Optional
 
 from .errors import LigoError
+from .settings import Settings, check_mapping, kind_ok, setting
 
 # the choices of the settings below, named once (the tuples are read off the Literal types)
 WidthInit = Literal["split", "copy", "random"]
@@ -31,153 +31,6 @@ WEAK_SOURCE_TOKENS_PER_PARAM = 200
 # 1e-3 tried; 1e-3 ended above the start); a model from scratch, or grown from a weak source, at 1e-3 (cpu-tiny).
 LR_PRETRAINED, LR_FROM_SCRATCH = 1e-4, 1e-3
 MAX_SHARD_SIZE = "5GB"  # the largest safetensors shard written by default (as transformers' save_pretrained)
-
-
-def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            positive: bool = False) -> Any:
-    """A dataclass field with its help text and range (``low <= value <= high``; ``positive``: > 0)."""
-    meta = {"help": help, "low": low, "high": high, "positive": positive}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def required(help: str) -> Any:
-    """A dataclass field that a mapping must give (no default), with its help text."""
-    return field(metadata={"help": help, "low": None, "high": None, "positive": False})
-
-
-def _kind_ok(value: Any, kind: Any) -> bool:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is Literal:
-        return value in args
-    if origin is typing.Union:
-        return any(_kind_ok(value, a) for a in args)
-    if kind is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_kind_ok(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_kind_ok(k, args[0]) and _kind_ok(v, args[1]) for k, v in value.items())
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, kind)
-
-
-def describe(kind: Any) -> str:
-    """A type as a user reads it: 'int', 'one of cosine, linear', 'bool or none'."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, args))
-    if origin is typing.Union:
-        return " or ".join("none" if a is type(None) else describe(a) for a in args)
-    if origin is list:
-        return f"a list of {describe(args[0])}"
-    if origin is dict:
-        return f"a mapping of {describe(args[0])} to {describe(args[1])}"
-    return getattr(kind, "__name__", str(kind))
-
-
-def validate(obj: Any, where: str) -> None:
-    """Check every field of a settings dataclass against its type and range."""
-    hints = typing.get_type_hints(type(obj))
-    for f in fields(obj):
-        value, kind = getattr(obj, f.name), hints[f.name]
-        if not _kind_ok(value, kind):
-            raise LigoError(f"{where}: {f.name} must be {describe(kind)}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            m = f.metadata
-            if m.get("positive") and value <= 0:
-                raise LigoError(f"{where}: {f.name} must be positive, got {value!r}")
-            if m.get("low") is not None and value < m["low"]:
-                raise LigoError(f"{where}: {f.name} must be at least {m['low']}, got {value!r}")
-            if m.get("high") is not None and value > m["high"]:
-                raise LigoError(f"{where}: {f.name} must be at most {m['high']}, got {value!r}")
-
-
-def check_mapping(cls, data: dict, where: str) -> None:
-    """Check a mapping of settings of the class ``cls`` (unknown keys, types, ranges; missing keys take their
-    defaults) without building an instance."""
-    if not isinstance(data, dict):
-        raise LigoError(f"{where} must be a mapping of setting names to values")
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    missing = sorted(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-                     and f.name not in data)
-    if missing:
-        raise LigoError(f"{where}: missing key(s) {missing}")
-    obj = cls.__new__(cls)  # validate with the right field names before __post_init__ adds its own checks
-    for f in fields(cls):
-        if f.name in data:
-            object.__setattr__(obj, f.name, data[f.name])
-        else:
-            object.__setattr__(obj, f.name, f.default if f.default is not MISSING else f.default_factory())
-    validate(obj, where)
-
-
-def from_mapping(cls, data: dict, where: str):
-    """An instance of the settings class ``cls`` from a mapping; unknown keys are errors."""
-    check_mapping(cls, data, where)
-    return cls(**data)
-
-
-class Settings:
-    """What every settings dataclass shares: checked when built (``WHERE`` names it in errors), read from a
-    mapping (unknown keys are errors), written back as one, copied with changes."""
-
-    WHERE = "settings"
-
-    def __post_init__(self) -> None:
-        validate(self, self.WHERE)
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str | None = None):
-        return from_mapping(cls, data, where or cls.WHERE)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def replace(self, **changes):
-        return replace(self, **changes)
-
-
-def read_yaml(path: str | Path, what: str, hint: str = "check the path"):
-    """A YAML (or JSON) file's content, or one clear error naming ``what`` it is: missing or unparsable."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise LigoError(f"{what} {p} does not exist; {hint}")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise LigoError(f"{what} {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
-
-
-def parse_mapping(text: str, where: str, allowed: set[str]) -> dict:
-    """A YAML (or JSON, which YAML reads too) mapping with only ``allowed`` keys, or one clear error."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LigoError(f"{where} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
-    if not isinstance(data, dict):
-        raise LigoError(f"{where} must hold a mapping of keys to values")
-    unknown = set(data) - allowed
-    if unknown:
-        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return data
-
-
-def defaults(cls) -> dict:
-    return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}
 
 
 @dataclass
@@ -266,7 +119,7 @@ def fit_share(value, where: str = "fit") -> float | None:
     """The fit's length as a share of a training budget's FLOPs: a number in [0, 1); None for 0 or none (no fit)."""
     if value is None:
         return None
-    if not _kind_ok(value, float) or not 0 <= value < 1:
+    if not kind_ok(value, float) or not 0 <= value < 1:
         raise LigoError(f"{where}: fit share must be a number in [0, 1) (a share of the training budget's FLOPs, e.g. "
                         f"0.02; 0: no fit), got {value!r}")
     return value or None
@@ -276,11 +129,11 @@ def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
     """The operator fit's TrainConfig from user values over :data:`FIT_DEFAULTS`; None for 0 steps."""
     merged = {**FIT_DEFAULTS, **values}
     steps = merged["steps"]
-    if not _kind_ok(steps, int) or steps < 0:
+    if not kind_ok(steps, int) or steps < 0:
         raise LigoError(f"{where}: fit steps must be a non-negative integer, got {steps!r}")
     if steps == 0:
         return None
-    if _kind_ok(merged["warmup"], int):
+    if kind_ok(merged["warmup"], int):
         merged["warmup"] = min(merged["warmup"], steps)
     return TrainConfig.from_dict(merged, where=where)
 
@@ -297,7 +150,7 @@ class FitSpec:
     def __post_init__(self) -> None:
         self.share = fit_share(self.share)
         check_mapping(TrainConfig, {**FIT_DEFAULTS, **self.settings, "steps": 1}, "fit")  # (steps: checked below)
-        if not _kind_ok(self.steps, int) or self.steps < 0:
+        if not kind_ok(self.steps, int) or self.steps < 0:
             raise LigoError(f"fit: fit steps must be a non-negative integer, got {self.steps!r}")
         if not self.share and self.steps < 1:
             raise LigoError("fit: give the fit's steps (1 or more) or its share of the budget, got neither")

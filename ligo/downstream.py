@@ -33,7 +33,7 @@ def _lm_eval():
 
 def _tasks(tasks: list[str]) -> tuple[list[str], list[str]]:
     """(task names, folders to search) from names and local task YAML paths."""
-    from .config import read_yaml
+    from .settings import read_yaml
 
     names, folders = [], []
     for t in tasks:

@@ -15,9 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-from .tables import get_spec
-from .config import PLAN_KEYS, FitSpec, GrowthPlan, GrowthStage, TrainConfig, setting, validate
+from .config import PLAN_KEYS, FitSpec, GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
+from .settings import setting, validate
+from .tables import get_spec
 
 STAGE_KEYS = {"at", "optimizer_state", "fit_steps", "fit_lr"}
 SOURCE_DIGEST = "_source_digest"  # experiment.json: the digest of a pretrained source's files
@@ -252,8 +253,8 @@ class Experiment:
             raise LigoError(f"{where}: grown: unknown key(s) {sorted(set(self.grown) - {'lr_scale', 'warmup'})}; "
                             "allowed: ['lr_scale', 'warmup']")
         from .hf import build_config
-        from .moe import grown_config
         from .maps import check_growth
+        from .moe import grown_config
 
         src = dict(build_config(self.configs()[0]).to_dict())
         for name, target in [("target", self.target)] + [(f"method {m.name}: target", m.target)
@@ -318,7 +319,7 @@ def _check_stage(where: str, stage, m: dict, plan: dict) -> None:
 def read_experiment(path: str | Path, smoke: bool = False) -> tuple[dict, str]:
     """The mapping of an experiment file (or of an embedded one, such as 'demo') and where it was read;
     with ``smoke``, its ``smoke`` section merged over it (an experiment without one is refused)."""
-    from .config import parse_mapping
+    from .settings import parse_mapping
 
     p = Path(path)
     if not p.exists():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import read_yaml
+from .settings import read_yaml
 from .errors import LigoError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -13,8 +13,9 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..config import FIT_DEFAULTS, DataConfig, GrowthPlan, TrainConfig, describe
+from ..config import FIT_DEFAULTS, DataConfig, GrowthPlan, TrainConfig
 from ..errors import LigoError
+from ..settings import describe
 
 
 def _default(f):

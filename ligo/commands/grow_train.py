@@ -47,7 +47,7 @@ def add_parser(sub, name):
 def load_recipe(path: str | None) -> dict:
     if not path:
         return {}
-    from ..config import parse_mapping
+    from ..settings import parse_mapping
 
     p = Path(path)
     if not p.is_file():

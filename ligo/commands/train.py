@@ -33,7 +33,7 @@ def stages(args) -> list[GrowthStage]:
     """The growth stages of --stages FILE (a list, or a mapping with a 'stages' list) and of the --grow-* flags."""
     from pathlib import Path
 
-    from ..config import read_yaml
+    from ..settings import read_yaml
     from ..errors import LigoError
 
     found = []

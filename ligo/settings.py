@@ -1,0 +1,161 @@
+"""Typed settings: dataclass fields that carry their help text and range, checked when built, read from mappings
+and YAML files with one clear error for a wrong key, type or range. ``ligo.config`` declares the settings of a
+run with these; the architecture tables (``ligo.tables``) declare their format with them. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import MISSING, asdict, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import LigoError
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            positive: bool = False) -> Any:
+    """A dataclass field with its help text and range (``low <= value <= high``; ``positive``: > 0)."""
+    meta = {"help": help, "low": low, "high": high, "positive": positive}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def required(help: str) -> Any:
+    """A dataclass field that a mapping must give (no default), with its help text."""
+    return field(metadata={"help": help, "low": None, "high": None, "positive": False})
+
+
+def kind_ok(value: Any, kind: Any) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return value in args
+    if origin is typing.Union:
+        return any(kind_ok(value, a) for a in args)
+    if kind is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(kind_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(kind_ok(k, args[0]) and kind_ok(v, args[1]) for k, v in value.items())
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def describe(kind: Any) -> str:
+    """A type as a user reads it: 'int', 'one of cosine, linear', 'bool or none'."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is typing.Union:
+        return " or ".join("none" if a is type(None) else describe(a) for a in args)
+    if origin is list:
+        return f"a list of {describe(args[0])}"
+    if origin is dict:
+        return f"a mapping of {describe(args[0])} to {describe(args[1])}"
+    return getattr(kind, "__name__", str(kind))
+
+
+def validate(obj: Any, where: str) -> None:
+    """Check every field of a settings dataclass against its type and range."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, kind = getattr(obj, f.name), hints[f.name]
+        if not kind_ok(value, kind):
+            raise LigoError(f"{where}: {f.name} must be {describe(kind)}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            m = f.metadata
+            if m.get("positive") and value <= 0:
+                raise LigoError(f"{where}: {f.name} must be positive, got {value!r}")
+            if m.get("low") is not None and value < m["low"]:
+                raise LigoError(f"{where}: {f.name} must be at least {m['low']}, got {value!r}")
+            if m.get("high") is not None and value > m["high"]:
+                raise LigoError(f"{where}: {f.name} must be at most {m['high']}, got {value!r}")
+
+
+def check_mapping(cls, data: dict, where: str) -> None:
+    """Check a mapping of settings of the class ``cls`` (unknown keys, types, ranges; missing keys take their
+    defaults) without building an instance."""
+    if not isinstance(data, dict):
+        raise LigoError(f"{where} must be a mapping of setting names to values")
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    missing = sorted(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                     and f.name not in data)
+    if missing:
+        raise LigoError(f"{where}: missing key(s) {missing}")
+    obj = cls.__new__(cls)  # validate with the right field names before __post_init__ adds its own checks
+    for f in fields(cls):
+        if f.name in data:
+            object.__setattr__(obj, f.name, data[f.name])
+        else:
+            object.__setattr__(obj, f.name, f.default if f.default is not MISSING else f.default_factory())
+    validate(obj, where)
+
+
+def from_mapping(cls, data: dict, where: str):
+    """An instance of the settings class ``cls`` from a mapping; unknown keys are errors."""
+    check_mapping(cls, data, where)
+    return cls(**data)
+
+
+class Settings:
+    """What every settings dataclass shares: checked when built (``WHERE`` names it in errors), read from a
+    mapping (unknown keys are errors), written back as one, copied with changes."""
+
+    WHERE = "settings"
+
+    def __post_init__(self) -> None:
+        validate(self, self.WHERE)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str | None = None):
+        return from_mapping(cls, data, where or cls.WHERE)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+
+def read_yaml(path: str | Path, what: str, hint: str = "check the path"):
+    """A YAML (or JSON) file's content, or one clear error naming ``what`` it is: missing or unparsable."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise LigoError(f"{what} {p} does not exist; {hint}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise LigoError(f"{what} {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+
+
+def parse_mapping(text: str, where: str, allowed: set[str]) -> dict:
+    """A YAML (or JSON, which YAML reads too) mapping with only ``allowed`` keys, or one clear error."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LigoError(f"{where} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
+    if not isinstance(data, dict):
+        raise LigoError(f"{where} must hold a mapping of keys to values")
+    unknown = set(data) - allowed
+    if unknown:
+        raise LigoError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return data
+
+
+def defaults(cls) -> dict:
+    return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}
