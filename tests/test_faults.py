@@ -136,7 +136,7 @@ def test_two_runs_into_one_folder_refuse_the_second(sources, corpus, tmp_path):
     from conftest import run_cli, start_cli, wait_for
 
     out = tmp_path / "r"
-    first = start_cli("train", sources["llama"], "--data", corpus, "--out", out, "--steps", "400", "--batch-size",
+    first = start_cli("train", sources["llama"], "--data", corpus, "--out", out, "--steps", "100000", "--batch-size",
                       "2", "--seq-len", "16", "--eval-every", "0", "--eval-batches", "1", "--log-every", "1",
                       "--no-progress")
     try:

@@ -86,7 +86,7 @@ def run(args) -> int:
     import torch
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    result = grow(args.source, parse_target(args.target) if args.target else {}, args.out, plan=plan,
+    result = grow(args.source, parse_target(args.target) if args.target is not None else {}, args.out, plan=plan,
                   data=data_config(args), fit=fit, dtype=dtype,
                   overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                   device=_device(args.device, fit is not None),
@@ -117,6 +117,9 @@ def run(args) -> int:
     if plan.width in ("split", "copy") and plan.depth == "identity":
         for gap in result.gaps:  # the plan is meant to be lossless: say where it is not
             print(f"note: not exactly lossless: {gap}", file=sys.stderr)
+    if result.left_out_layers:
+        print(f"note: the source's {result.left_out_layers} layer(s) after its last (multi-token prediction) are left "
+              "out, as transformers leaves them out when it loads the model", file=sys.stderr)
     if not set(result.tokenizer_files) & set(TOKENIZER_CORE):
         print(f"warning: {args.source} has no tokenizer files, so {result.out} has none either; copy the "
               "source's tokenizer there before training it", file=sys.stderr)
@@ -129,11 +132,11 @@ def _from_mergekit(args) -> dict:
     from ..errors import LigoError
 
     if not args.from_mergekit:
-        if not args.source or not (args.target or args.depth_map):
+        if not args.source or (args.target is None and not args.depth_map):
             raise LigoError("give SOURCE and --target (or --depth-map, which says the target's layers), or "
                             "--from-mergekit CONFIG.yml")
         return {}
-    if args.source or args.target or args.depth or args.depth_map or args.optimizer_state:
+    if args.source or args.target is not None or args.depth or args.depth_map or args.optimizer_state:
         raise LigoError("--from-mergekit says the source, its layers and the dtype: drop SOURCE, --target, --depth, "
                         "--depth-map and --optimizer-state")
     from ..mergekit import read_passthrough
