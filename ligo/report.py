@@ -182,19 +182,37 @@ def plot(report: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     for budget in report["budgets"]:
+        zoom = _zoom(budget)
         for axis, label in (("flops", "training FLOPs (operator fit included)"), ("wall", "wall time (s)")):
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            for name, r in budget["methods"].items():
-                xs = [p[axis] for p in r["curve"]]
-                ys = [p["val_loss"] for p in r["curve"]]
-                ax.plot(xs, ys, marker=".", lw=2 if name == "scratch" or r.get(LEARNED) else 1.2, label=r["label"])
-            ax.axhline(budget["summary"]["scratch_final_val_loss"], color="grey", ls=":", lw=1)
-            ax.set_xlabel(label)
-            ax.set_ylabel("held-out loss")
-            ax.set_title(f"{report['experiment']['name']} ({budget['label']}): held-out loss vs {axis}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(13, 5) if zoom else (7, 4.5), squeeze=False)
+            for ax in axes[0]:
+                colors = plt.get_cmap("tab10" if len(budget["methods"]) <= 10 else "tab20")
+                for i, (name, r) in enumerate(budget["methods"].items()):
+                    xs = [p[axis] for p in r["curve"]]
+                    ys = [p["val_loss"] for p in r["curve"]]
+                    ax.plot(xs, ys, marker=".", lw=2 if name == "scratch" or r.get(LEARNED) else 1.2, label=r["label"],
+                            color=colors(i % colors.N))
+                ax.axhline(budget["summary"]["scratch_final_val_loss"], color="grey", ls=":", lw=1)
+                ax.set_xlabel(label)
+                ax.set_ylabel("held-out loss")
+                ax.grid(alpha=0.3)
+            axes[0][0].set_title(f"{report['experiment']['name']} ({budget['label']}): held-out loss vs {axis}")
+            axes[0][0].legend(fontsize=7)
+            if zoom:  # the final losses close together: the same curves, where they end
+                axes[0][1].set_ylim(*zoom)
+                axes[0][1].set_title("the same, near the best final losses")
             fig.tight_layout()
             suffix = "" if budget is report["budgets"][0] else f"-{budget['label']}"
             fig.savefig(out / f"loss_vs_{axis}{suffix}.png", dpi=110)
             plt.close(fig)
+
+
+def _zoom(budget: dict) -> tuple[float, float] | None:
+    """A loss range that shows the best final losses apart, when the curves span far more (None otherwise)."""
+    finals = sorted(r["final_val_loss"] for r in budget["methods"].values())
+    everything = [p["val_loss"] for r in budget["methods"].values() for p in r["curve"]]
+    best = finals[: max(2, (len(finals) + 1) // 2)]  # the better half
+    spread = max(best[-1] - best[0], 1e-3)
+    if max(everything) - min(everything) < 8 * spread:
+        return None
+    return best[0] - 0.5 * spread, best[-1] + 1.5 * spread
