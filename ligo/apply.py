@@ -138,9 +138,11 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
         return t.clone() if layer_by_layer else t.to(torch.float32, copy=True)
 
     def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
+        """The source layers of ``e`` at the depth map's columns ``index`` (None: all)."""
         if read is not None:
-            layers_read = [op.layer(read, e, j) for j in index]
-            return layers_read[0][None] if len(layers_read) == 1 else torch.stack(layers_read)
+            held_rows = op.src_rows(e)
+            return torch.stack([op.layer(read, e, held_rows[j]) for j in (index if index is not None else
+                                                                          range(len(held_rows)))])
         t = held[("l_", e.name)] if held is not None else op.source_layers(e)
         t = t if index is None else t[index]
         return t if layer_by_layer else t.float()
@@ -170,33 +172,41 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
             yield key, rows, grow_single(single(key, rows), entry)
     for e in op.layer_entries:
         offset = _offset(op, e, state is None)
-        depth = op.depth_map(e.module)
-        depth = depth.abs() if absolute else depth
+        depth = op.depth_map(e.module)  # its rows: the target layers holding e; its columns: the source layers
+        depth, rows = (depth.abs() if absolute else depth), op.tgt_rows(e)
         shape = op.source_layers(e).shape[1:]
-        if layer_by_layer:
-            steps = []
-            for i in range(op.tgt.layers):
-                index = torch.nonzero(depth[i]).flatten().tolist()
-                steps.append((slice(i, i + 1), depth[i, index][None], index))
-        else:
-            steps = [(slice(None), depth, None)]
-        for chunk, coef, index in steps:
+        groups = op.layer_group[torch.tensor(rows, dtype=torch.long, device=op.layer_group.device)]
+        for chunk, coef, index in _steps(depth, layer_by_layer):
             src = layers(e, index) if index != [] else torch.zeros(0, *shape, device=depth.device)
             mixed = mix(coef, src)
-            grown = expand(op, mixed, e, op.layer_group[chunk], absolute, keep=layer_by_layer)
+            grown = expand(op, mixed, e, groups[chunk], absolute, keep=layer_by_layer)
             if offset:
                 ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src, dtype=torch.float32))
-                grown = grown + offset * (expand(op, ones, e, op.layer_group[chunk], absolute) - 1)
+                grown = grown + offset * (expand(op, ones, e, groups[chunk], absolute) - 1)
             if e.name in op.noise and state is None and not absolute:
                 grown = grown + op.router_noise(e, chunk, read)
             del mixed, src
-            for i, w in zip(range(op.tgt.layers)[chunk], grown):
-                if e.per_expert:
-                    for x, key in enumerate(op.spec.layer_keys(op.prefix, e, i, op.tgt)):
-                        yield key, None, w[x].clone()  # its own storage, saved as its own tensor
-                else:
-                    yield op.spec.layer_key(op.prefix, e, i), None, w
+            yield from _named(op, e, rows[chunk], grown)
             del grown
+
+
+def _steps(depth: torch.Tensor, layer_by_layer: bool) -> list[tuple[slice, torch.Tensor, list[int] | None]]:
+    """How a layer entry is computed: ``(rows of its depth map, their coefficients, the source columns they
+    read)``; all rows at once (columns None: all), or one row at a time from only the columns it uses."""
+    if not layer_by_layer:
+        return [(slice(None), depth, None)]
+    index = [torch.nonzero(depth[r]).flatten().tolist() for r in range(depth.shape[0])]
+    return [(slice(r, r + 1), depth[r, cols][None], cols) for r, cols in enumerate(index)]
+
+
+def _named(op, e: Entry, rows: list[int], grown: torch.Tensor) -> Iterator[tuple[str, None, torch.Tensor]]:
+    """The grown layers of entry ``e`` (target layers ``rows``) under their checkpoint keys."""
+    for i, w in zip(rows, grown):
+        if e.per_expert:
+            for x, key in enumerate(op.spec.layer_keys(op.prefix, e, i, op.tgt)):
+                yield key, None, w[x].clone()  # its own storage, saved as its own tensor
+        else:
+            yield op.spec.layer_key(op.prefix, e, i), None, w
 
 def grown(op, dtype: torch.dtype | None = None, **kwargs) -> Iterator[tuple[str, torch.Tensor]]:
     """:meth:`_pieces` with the slices of rows put together: whole tensors (the pieces cast to ``dtype``)."""

@@ -33,7 +33,9 @@ from .spaces import Dims, Entry, Match
 DOCS_ADDING = "docs/architectures.md"
 
 
-GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token")
+GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
+                 "dense_ffn", "shared_experts", "expert_groups")
+KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ArchSpec.layer_kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
 
@@ -59,9 +61,12 @@ class ArchSpec:
     fused: dict = field(default_factory=dict)    # layer parameter -> the checkpoint entries it holds (see module doc)
     upcycle: dict = field(default_factory=dict)  # {"from": [dense model_types], "layer": {dense name: entry name}}
     requires: dict = field(default_factory=dict)  # config key -> the value ligo needs
+    kinds: dict = field(default_factory=dict)  # layers of several kinds: {"by": {rule: config key}, "names": [...]}
+    trailing_layers: str | None = None  # config key: layers after the last that transformers does not load (MTP)
     source: str = ""
     model_type: str = ""  # the type this spec was looked up for (the family's first by default)
     _patterns: list[tuple[re.Pattern, Entry | None]] = field(default_factory=list, repr=False)
+    _layer_pattern: re.Pattern | None = field(default=None, repr=False)
 
     def _compile(self) -> None:
         layer = re.escape(self.layer_prefix).replace(re.escape("{i}"), r"(?P<i>\d+)")
@@ -78,6 +83,7 @@ class ArchSpec:
         for ign in self.ignore:
             pats.append((re.compile(base + re.escape(ign).replace(re.escape("{i}"), r"\d+")), None))
         self._patterns = pats
+        self._layer_pattern = re.compile(base + layer)
 
     # -- config ------------------------------------------------------------------------------
     def config_key(self, name: str, config: dict | None = None) -> str | None:
@@ -94,6 +100,8 @@ class ArchSpec:
 
         def get(name, default=None):
             key = k.get(name)
+            if isinstance(key, int) and not isinstance(key, bool):
+                return key  # a size the family fixes (Llama 4's one shared expert)
             value = config.get(key) if key else None
             if value is None:
                 return default
@@ -128,10 +136,61 @@ class ArchSpec:
         normalized = self.router.get("normalized", True)
         if isinstance(normalized, str):
             normalized = config.get(normalized, False)
-        return Dims(layers=get("layers"), hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
+        layers = get("layers")
+        return Dims(layers=layers, hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
                     head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
                     tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
-                    router_normalized=bool(normalized))
+                    router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
+                    expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
+                    shared_experts=get("shared_experts", 0), kinds=self.layer_kinds(config, layers, where))
+
+    # -- layers of several kinds -------------------------------------------------------------
+    def layer_kinds(self, config: dict, layers: int, where: str = "config") -> tuple[str, ...]:
+        """Each layer's kind, as the config says it (empty for a table whose layers are all alike). Rules
+        (``kinds.by``): ``first_k`` (the first k layers are of the first kind, the rest of the second: GLM-4.5's
+        ``first_k_dense_replace``), ``indices`` (the listed layers are of the second kind, the others of the
+        first: Llama 4's ``moe_layers``), ``list`` (a per-layer list of kind names: ``layer_types``)."""
+        if not self.kinds:
+            return ()
+        (rule, key), = self.kinds["by"].items()
+        names, value = self.kinds["names"], config.get(key)
+        if rule == "first_k":
+            k = 0 if value is None else value
+            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= layers:
+                raise LigoError(f"{where}: {key} must be a layer count from 0 to {layers}, got {value!r}")
+            return tuple(names[0] if i < k else names[1] for i in range(layers))
+        if rule == "indices":
+            if not isinstance(value, list) or not all(isinstance(i, int) and 0 <= i < layers for i in value):
+                raise LigoError(f"{where}: {key} must list layer indices from 0 to {layers - 1}, got {value!r}")
+            return tuple(names[1] if i in value else names[0] for i in range(layers))
+        if not isinstance(value, list) or len(value) != layers or any(v not in names for v in value):
+            raise LigoError(f"{where}: {key} must give each of the {layers} layers one of {names}, got {value!r}")
+        return tuple(value)
+
+    def kinds_config(self, kinds: list[str]) -> dict:
+        """The config entry that says ``kinds`` (the target's, after the depth plan), or an error when the
+        config cannot say that order (the first k layers of one kind, the rest of another)."""
+        if not self.kinds:
+            return {}
+        (rule, key), = self.kinds["by"].items()
+        names = self.kinds["names"]
+        if rule == "first_k":
+            k = sum(1 for kind in kinds if kind == names[0])
+            if any(kind != names[0] for kind in kinds[:k]):
+                raise LigoError(f"this depth plan puts a {names[0]} layer after a {names[1]} layer, which a "
+                                f"{self.model_type} config cannot say (its first {key} layers are {names[0]}, the "
+                                f"rest {names[1]}); grow it with --depth identity or interleave, or a --depth-map "
+                                f"that keeps the {names[0]} layers first")
+            return {key: k}
+        if rule == "indices":
+            return {key: [i for i, kind in enumerate(kinds) if kind == names[1]]}
+        return {key: list(kinds)}
+
+    def kind_rows(self, entry: Entry, dims: Dims) -> list[int]:
+        """The layers holding ``entry``: every layer, or those of its kind."""
+        if entry.kind is None:
+            return list(range(dims.layers))
+        return [i for i, kind in enumerate(dims.kinds) if kind == entry.kind]
 
     def target_config(self, source_config: dict, target: dict, known_keys: set[str] | frozenset = frozenset()
                       ) -> dict:
@@ -149,7 +208,8 @@ class ArchSpec:
             raise LigoError(f"target model_type {target['model_type']!r} differs from the source's "
                             f"{self.model_type!r}; growth keeps the architecture, so use a "
                             f"{self.model_type!r} target config")
-        generic = {name: self.config_key(name, source_config) for name in self.config if name != "ffn_default_factor"}
+        generic = {name: self.config_key(name, source_config) for name in self.config
+                   if name != "ffn_default_factor" and not isinstance(self.config[name], int)}
         aliases = {a: name for name, v in self.config.items() if isinstance(v, list) for a in v}
         aliases.update({v: name for name, v in generic.items()})
         allowed = set(generic) | set(source_config) | set(known_keys) | set(aliases) | {"model_type"}
@@ -214,10 +274,25 @@ class ArchSpec:
                                                               None if expert is None else int(expert)))
         return found
 
-    def layout(self, keys, dims: Dims) -> dict[str, Match]:
-        """Map every key of a checkpoint to its entry; unknown or ambiguous keys are errors."""
+    def trailing_count(self, config: dict | None) -> int:
+        """Layers after the last that a checkpoint of this config may hold and transformers does not load."""
+        value = (config or {}).get(self.trailing_layers) if self.trailing_layers else None
+        return value if isinstance(value, int) and value > 0 else 0
+
+    def layer_index(self, key: str) -> int | None:
+        """The layer a checkpoint key belongs to (by the table's layer prefix), None outside the layers."""
+        m = self._layer_pattern.match(key) if self._layer_pattern is not None else None
+        return int(m.group("i")) if m else None
+
+    def layout(self, keys, dims: Dims, config: dict | None = None) -> dict[str, Match]:
+        """Map every key of a checkpoint to its entry; unknown or ambiguous keys are errors. With ``config``, the
+        layers after the last that the table's ``trailing_layers`` counts (multi-token prediction, which
+        transformers does not load) are left out."""
         out: dict[str, Match] = {}
+        trailing = self.trailing_count(config)
         for key in keys:
+            if trailing and (i := self.layer_index(key)) is not None and dims.layers <= i < dims.layers + trailing:
+                continue  # a layer after the last that transformers does not load (multi-token prediction)
             found = self.match(key)
             if not found:
                 raise LigoError(f"weight {key!r} matches no entry of the {self.model_type!r} table "
@@ -239,12 +314,16 @@ class ArchSpec:
         for m in out.values():
             if m.entry.scope == "layer":
                 by_entry.setdefault(m.entry.name, set()).add((m.layer, m.expert))
+        entries = {e.name: e for e in self.entries}
         for name, found in by_entry.items():
             experts = range(dims.experts) if "{e}" in name else [None]
-            if found != {(i, x) for i in range(dims.layers) for x in experts}:
+            rows = self.kind_rows(entries[name], dims)
+            if found != {(i, x) for i in rows for x in experts}:
                 where = "layers and experts" if "{e}" in name else "layers"
-                raise LigoError(f"layer weight {name!r} is present in {len(found)} of its "
-                                f"{dims.layers * len(experts)} {where}; the checkpoint is incomplete")
+                of_kind = f" {entries[name].kind}" if entries[name].kind else ""
+                raise LigoError(f"layer weight {name!r} is present in {len(found)} layers (and experts) where the config "
+                                f"has {len(rows) * len(experts)}{of_kind} {where}; the checkpoint is incomplete, or "
+                                "does not match its config.json")
         return out
 
     def layer_key(self, prefix: str, entry: Entry, layer: int, expert: int | None = None) -> str:

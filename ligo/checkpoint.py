@@ -188,7 +188,7 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     dims = spec.dims(config, where=str(p / "config.json"))
     config, dims = _untie_a_stored_head(p, config, spec, dims, headers)
     state = headers if str(device) == "meta" else read_weights(p, device)
-    layout = spec.layout(state.keys(), dims)
+    layout = spec.layout(state.keys(), dims, config)
     for key, m in layout.items():
         expect, got = spec.key_shape(m.entry, dims), list(state[key].shape)
         if len(got) != len(expect) or any(e not in (-1, g) for e, g in zip(expect, got)):

@@ -34,6 +34,8 @@ class FitModule(nn.Module):
         # experts held fused in memory: their parameter names and shapes, read once (installing replaces them)
         self._fused = fused_parameters(operator.spec, target_model, operator.prefix, operator.tgt.layers)
         built |= set(self._fused)
+        # weights the model holds as buffers (GLM's router correction bias): installed as the parameters are
+        self._buffer_names = {name for name, _ in target_model.named_buffers() if name in built}
         missing = sorted(n for n in self._ties if not set(self._ties[n]) & built)
         if missing:
             raise LigoError(f"the operator builds no weight for {missing[:3]} of the target; the architecture "
@@ -56,9 +58,15 @@ class FitModule(nn.Module):
             op = self.operator
             weights = {**weights, **install_fused(op.spec, self._fused, weights, op.prefix, op.tgt.experts)}
         for key, tensor in weights.items():
-            if self._fused and self._renamed.get(key, key) not in self._ties:
-                continue  # a per-expert weight, installed fused
             key = self._renamed.get(key, key)
+            if key in self._buffer_names:
+                owner, _, attr = key.rpartition(".")
+                module = self.target.get_submodule(owner)
+                module._buffers.pop(attr, None)
+                module.__dict__[attr] = tensor
+                continue
+            if self._fused and key not in self._ties:
+                continue  # a per-expert weight, installed fused
             for name in self._ties.get(key, (key,)):
                 owner, _, attr = name.rpartition(".")
                 module = self.target.get_submodule(owner)

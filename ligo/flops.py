@@ -122,6 +122,7 @@ def build_flops(op) -> int:
     for e in op.layer_entries:
         src = op.source_layers(e)
         per_layer = src[0].numel()
-        total += 2 * 2 * op.tgt.layers * op.src.layers * per_layer  # depth mix, forward and the map's grad
-        total += axes([op.tgt.layers, *src.shape[1:]], e, 1, True)
+        rows, cols = len(op.tgt_rows(e)), len(op.src_rows(e))  # the layers holding e (all, or those of its kind)
+        total += 2 * 2 * rows * cols * per_layer  # depth mix, forward and the map's grad
+        total += axes([rows, *src.shape[1:]], e, 1, True)
     return total

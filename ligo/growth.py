@@ -108,6 +108,7 @@ class GrowResult:
     gaps: list[str] = field(default_factory=list)  # why the plan does not keep the source's function
     timings: dict = field(default_factory=dict)
     tokenizer_files: list[str] = field(default_factory=list)
+    left_out_layers: int = 0  # layers after the source's last that transformers does not load (MTP), not grown
 
 
 class Grower:
@@ -149,6 +150,9 @@ class Grower:
         recipe = Recipe.load(self.source.path)  # what ligo knows of the source's training (nothing: from elsewhere)
         self.source_tokens = recipe.trained_tokens() if recipe is not None else None
         tied = set(self.spec.tied) if self.source.dims.tie else set()
+        # layers after the last that the layout leaves out (multi-token prediction: transformers does not load them)
+        self.left_out_layers = len({i for k in self.source.state if k not in self.source.layout
+                                    and (i := self.spec.layer_index(k)) is not None and i >= self.source.dims.layers})
         self.source_params = sum(self.source.state[k].numel() for k in self.source.layout if k not in tied)
         tpp = None if self.source_tokens is None else self.source_tokens / self.source_params
         # pretrained: a checkpoint from elsewhere (its training unknown, real ones 10^3-10^4 tokens per parameter),
@@ -156,6 +160,8 @@ class Grower:
         self.source_pretrained = tpp is None or tpp >= WEAK_SOURCE_TOKENS_PER_PARAM
         # the one place a plan's auto fields are resolved: from what is known of the source's training
         plan = (plan or GrowthPlan()).resolved(tpp)
+        self.depth = depth_plan(plan.depth, self.source.dims.layers, self.target_dims.layers, plan.depth_map)
+        self._follow_depth(target)
         # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
                                        self.source.state, plan, compact=self.stream,
@@ -166,11 +172,6 @@ class Grower:
         self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims)
         if loaded_here and not self.stream:  # the operator holds what it needs (layers stacked): no second copy
             self.source.state = {}
-        self.depth = depth_plan(self.plan.depth, self.source.dims.layers, self.target_dims.layers, self.plan.depth_map)
-        for key in self.spec.layer_lists:  # per-layer config lists follow the depth plan (unless the target sets them)
-            old = self.source.config.get(key)
-            if key not in target and isinstance(old, list) and len(old) == self.source.dims.layers:
-                self.target_config[key] = [old[j] for j in self.depth.sources]
         self.fit_result: LoopResult | None = None
         self.fit_info: dict = {}
         self.start_check: dict | None = None
@@ -178,18 +179,38 @@ class Grower:
         self.tokenizer_files: list[str] = []
         self.timings = {"load_s": t1 - t0, "build_s": time.perf_counter() - t1}
 
+    def _follow_depth(self, target: dict) -> None:
+        """Per-layer config lists follow the depth plan (unless the target sets them), and so do the layers' kinds
+        (a layer keeps its source layer's kind), which the target's config then says."""
+        sources = self.depth.sources
+        if len(sources) != self.target_dims.layers:
+            return  # (the operator says what is wrong)
+        for key in self.spec.layer_lists:
+            old = self.source.config.get(key)
+            if key not in target and isinstance(old, list) and len(old) == self.source.dims.layers:
+                self.target_config[key] = [old[j] for j in sources]
+        if self.source.dims.kinds:
+            kinds = [self.source.dims.kinds[j] for j in sources]
+            for key, value in self.spec.kinds_config(kinds).items():
+                if key not in target:
+                    self.target_config[key] = value
+            self.target_dims = self.spec.dims(self.target_config, where="target")
+
     def _target_sizes(self) -> list[int]:
         """The number of elements of every grown tensor kind (one per layer entry), tied weights once."""
         tied = set(self.spec.tied) if self.target_dims.tie else set()
         sizes = []
+        seen = set()
         for key, m in self.source.layout.items():
-            if key in tied or (m.entry.scope == "layer" and m.layer != 0) or m.expert:
+            if key in tied or m.entry.name in seen or m.expert:
                 continue
+            if m.entry.scope == "layer":
+                seen.add(m.entry.name)
             shape = [s if s > 0 else g for s, g in zip(self.spec.key_shape(m.entry, self.target_dims),
                                                        self.source.state[key].shape)]
             shape = [self.target_dims.experts, *shape] if m.entry.per_expert else shape
-            sizes.append(int(torch.tensor(shape).prod()))
-            sizes.extend([sizes[-1]] * (self.target_dims.layers - 1 if m.entry.scope == "layer" else 0))
+            layers = len(self.spec.kind_rows(m.entry, self.target_dims)) if m.entry.scope == "layer" else 1
+            sizes.extend([int(torch.tensor(shape).prod())] * layers)
         return sizes
 
     def target_parameters(self) -> int:
@@ -325,7 +346,8 @@ class Grower:
         """What this grower made (written into ``out``, or not written)."""
         return GrowResult(out, self.operator, self.target_config, Recipe(self.recipe()), self.plan, self.source.dims,
                           self.target_dims, self.spec.model_type, self.upcycled_from, self.fit_result,
-                          self.fit_info or None, self.start_check, list(self.gaps), self.timings, self.tokenizer_files)
+                          self.fit_info or None, self.start_check, list(self.gaps), self.timings, self.tokenizer_files,
+                          self.left_out_layers)
 
     def hf_config(self):
         config = build_config(self.target_config)

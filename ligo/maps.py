@@ -41,6 +41,12 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     if src.positions is not None and tgt.positions != src.positions:
         raise LigoError(f"target positions {tgt.positions} differ from the source's {src.positions}; "
                         "positions are never grown, so keep the source's value")
+    if tgt.expert_groups != src.expert_groups or tgt.experts % tgt.expert_groups:
+        raise LigoError(f"the experts are chosen within {src.expert_groups} groups; keep that number, with experts that "
+                        f"it divides ({tgt.experts} do not divide into {tgt.expert_groups})"
+                        if tgt.experts % tgt.expert_groups else
+                        f"the target's expert groups ({tgt.expert_groups}) differ from the source's "
+                        f"({src.expert_groups}); keep the source's")
     if tgt.experts > src.experts and src.experts > 1 and tgt.experts % src.experts:
         raise LigoError(f"the experts would grow from {src.experts} to {tgt.experts}, which is no multiple: some experts "
                         f"would get more copies than others; choose a multiple of {src.experts}")
@@ -87,6 +93,19 @@ def depth_plan(method: str, l1: int, l2: int | None = None, depth_map: str | Non
         seen.add(j)
     zero = zero if zero is not None else repeat if method == "identity" else [False] * len(src)
     return Depth(src, repeat, zero)
+
+
+def checked_depth(plan, src: Dims, tgt: Dims) -> Depth:
+    """The plan's depth plan for ``src`` -> ``tgt``, checked against the target's layers and layer kinds."""
+    depth = depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
+    if len(depth.sources) != tgt.layers:
+        raise LigoError(f"the depth map gives {len(depth.sources)} layers but the target has {tgt.layers}; "
+                        "leave the layers out of the target (the map says them), or make them agree")
+    if src.kinds and list(tgt.kinds) != [src.kinds[j] for j in depth.sources]:
+        raise LigoError(f"the target's layer kinds {list(tgt.kinds)} are not those of the layers the depth plan "
+                        f"grows them from ({[src.kinds[j] for j in depth.sources]}); leave the layer kinds out "
+                        "of the target: each layer keeps its source layer's kind")
+    return depth
 
 
 def _mapped(text: str, l1: int) -> tuple[list[int], list[bool]]:
@@ -190,6 +209,9 @@ def expert_gaps(plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
             gaps.append(f"a token uses {tgt.experts_per_token} of {tgt.experts} experts where the source used "
                         f"{src.experts_per_token} of {src.experts}: copied experts route as the source only with "
                         f"{src.experts_per_token * ratio} per token (every copy of each chosen expert)")
+        if tgt.experts > src.experts and src.expert_groups > 1:
+            gaps.append(f"experts are chosen within {src.expert_groups} groups, whose scores change when experts are "
+                        "copied into them; only growth without new experts keeps the routing")
         if tgt.experts > src.experts and plan.width == "split" and not (src.experts == 1 and tgt.router_normalized):
             gaps.append("split experts start from a router with noise added, whose top-k weights keep the source's "
                         "function only when a dense model is upcycled with a renormalized router; use --width copy")
@@ -201,9 +223,13 @@ def expert_scale(src: Dims, tgt: Dims) -> float:
     the source's mixture when the top-k weights are renormalized (they sum to one), and when they are not and
     a token uses every copy of each chosen expert (the copies' shares sum to the source's weight). A dense
     model upcycled under a router that does not renormalize gives a token ``k / E`` of the copies' weight
-    (uniform scores over ``E`` experts, ``k`` chosen): its experts are scaled by ``E / k``."""
+    (uniform scores over ``E`` experts, ``k`` chosen): its experts are scaled by ``E / k``. A sigmoid router that
+    does not renormalize (GLM-4.5, DeepSeek-V3 with ``norm_topk_prob`` off) gives each copy its source's whole
+    weight: the copies' outputs are divided by their number."""
     if src.experts == 1 and tgt.experts > 1 and not tgt.router_normalized:
         return tgt.experts / tgt.experts_per_token
+    if src.experts > 1 and tgt.experts > src.experts and tgt.router_sigmoid and not tgt.router_normalized:
+        return src.experts / tgt.experts  # each copy keeps its source's own sigmoid weight: the copies share it
     return 1.0
 
 

@@ -49,7 +49,7 @@ from .spaces import GROWN, LAYER_TOKENS, MAP_OF, READ_PARTNER, SPACE_OF, WRITE_T
 from .apply import grown, pieces
 from .config import GrowthPlan
 from .errors import LigoError
-from .maps import check_growth, dense, depth_plan, expert_scale, random_rows, residual_scales, unit_selection, \
+from .maps import check_growth, checked_depth, dense, expert_scale, random_rows, residual_scales, unit_selection, \
     width_init, width_selection
 
 
@@ -83,10 +83,7 @@ class GrowthOperator(nn.Module):
         for (kind, key), src in self.stacked(src_state).items():
             self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
         self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
-        depth = depth_plan(plan.depth, src_dims.layers, tgt_dims.layers, plan.depth_map)
-        if len(depth.sources) != tgt_dims.layers:
-            raise LigoError(f"the depth map gives {len(depth.sources)} layers but the target has {tgt_dims.layers}; "
-                            "leave the layers out of the target (the map says them), or make them agree")
+        depth = checked_depth(plan, src_dims, tgt_dims)
         self.width = nn.ParameterDict()
         # Width maps kept as selections: ``compact`` holds the maps whose only storage is their selection
         # (streaming: their parameter is empty), ``_selections`` caches the selection form of dense maps
@@ -108,12 +105,15 @@ class GrowthOperator(nn.Module):
             self.scales[spec.embed_scale["weight"]] = factor
             if src_dims.tie and "tied_norm" in spec.embed_scale:
                 self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
+        # a module of one kind of layers maps the target layers of that kind from the source layers of that kind
         base = torch.nn.functional.one_hot(torch.tensor(depth.sources), src_dims.layers).float()
+        zero = torch.tensor(depth.zero, dtype=torch.bool)
         self.depth = nn.ParameterDict()
-        for module in sorted({e.module for e in self.layer_entries}):
-            d = base.clone()
+        for module, e in sorted({e.module: e for e in self.layer_entries}.items()):
+            rows, cols = self.tgt_rows(e), self.src_rows(e)
+            d = base[rows][:, cols].clone()
             if module in spec.identity_zero:  # new identity blocks: their output projections start at zero
-                d[torch.tensor(depth.zero, dtype=torch.bool)] = 0
+                d[zero[rows]] = 0
             self.depth[_param_name(module)] = nn.Parameter(d)
 
     def _collect(self, layout: dict) -> set[str]:
@@ -131,7 +131,7 @@ class GrowthOperator(nn.Module):
                 continue
             tokens.update(MAP_OF.get(t, t) for axis in m.entry.axes for t in axis if t in GROWN)
             if m.entry.scope == "layer":
-                if m.layer == 0 and not m.expert:
+                if not m.expert and m.entry not in self.layer_entries:
                     self.layer_entries.append(m.entry)
             else:
                 if any(t in LAYER_TOKENS for axis in m.entry.axes for t in axis):
@@ -215,17 +215,17 @@ class GrowthOperator(nn.Module):
         for e in self.layer_entries:
             if e.axes[0] == ("router",):
                 shape = self.spec.shape(e, tgt)
-                self.register_buffer("n_" + _param_name(e.name), torch.randn(tgt.layers, *shape, generator=gen),
-                                     persistent=False)
+                self.register_buffer("n_" + _param_name(e.name), torch.randn(len(self.tgt_rows(e)), *shape,
+                                                                             generator=gen), persistent=False)
                 # a trained router: noise small beside its weights (measured when the source is read), so the
                 # routing barely moves
                 self._noise_std[e.name] = std if src.experts == 1 else None
                 self.noise.add(e.name)
 
     def router_noise(self, e: Entry, chunk: slice, read) -> torch.Tensor:
-        """The fixed noise on the grown router of ``e`` in the target layers ``chunk``."""
+        """The fixed noise on the grown router of ``e`` in its target layers ``chunk`` (rows of its depth map)."""
         if self._noise_std[e.name] is None:
-            src = torch.stack([self.layer(read, e, j).float() for j in range(self.src.layers)]) if read is not None \
+            src = torch.stack([self.layer(read, e, j).float() for j in self.src_rows(e)]) if read is not None \
                 else self.source_layers(e).float()
             self._noise_std[e.name] = ROUTER_NOISE * float(src.pow(2).mean().sqrt())
         return self._noise_std[e.name] * getattr(self, "n_" + _param_name(e.name))[chunk]
@@ -255,8 +255,16 @@ class GrowthOperator(nn.Module):
         by key (``("w_", key)``), layer weights stacked over the source layers (``("l_", entry name)``)."""
         out = {("w_", key): state[key] for key, _ in self.singles}
         for e in self.layer_entries:
-            out[("l_", e.name)] = torch.stack([self.layer(lambda k: state[k], e, j) for j in range(self.src.layers)])
+            out[("l_", e.name)] = torch.stack([self.layer(lambda k: state[k], e, j) for j in self.src_rows(e)])
         return out
+
+    def src_rows(self, e: Entry) -> list[int]:
+        """The source layers holding layer entry ``e`` (all, or those of its kind): its stacked rows."""
+        return self.spec.kind_rows(e, self.src)
+
+    def tgt_rows(self, e: Entry) -> list[int]:
+        """The target layers holding layer entry ``e``: the rows of its depth map."""
+        return self.spec.kind_rows(e, self.tgt)
 
     def source_tensor(self, key: str) -> torch.Tensor:
         """The source's weight ``key`` outside the layers, as the operator holds it."""
@@ -334,7 +342,7 @@ class GrowthOperator(nn.Module):
     def singles_and_layers_keys(self) -> list[str]:
         """The keys :meth:`forward` returns (checkpoint naming), without computing anything."""
         keys = [key for key, _ in self.singles] + list(self.tied)
-        return keys + [k for e in self.layer_entries for i in range(self.tgt.layers)
+        return keys + [k for e in self.layer_entries for i in self.tgt_rows(e)
                        for k in self.spec.layer_keys(self.prefix, e, i, self.tgt)]
 
     def target_shapes(self) -> dict[str, list[int]]:
@@ -346,7 +354,7 @@ class GrowthOperator(nn.Module):
         for e in self.layer_entries:
             size = shape(e, self.source_layers(e).shape[1:])
             size = size[1:] if e.per_expert else size
-            out.update({k: size for i in range(self.tgt.layers) for k in self.spec.layer_keys(self.prefix, e, i, self.tgt)})
+            out.update({k: size for i in self.tgt_rows(e) for k in self.spec.layer_keys(self.prefix, e, i, self.tgt)})
         return out
 
     # -- the application (ligo.apply) -------------------------------------------------------------

@@ -118,7 +118,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     weights = read_weights(ckpt)
     masters = _torch_load(ckpt / MASTERS_FILE) if (ckpt / MASTERS_FILE).exists() else None
     dims = spec.dims(config)
-    layout = spec.layout(weights.keys(), dims)
+    layout = spec.layout(weights.keys(), dims, config)
     check_finite(weights, ckpt, layout)
     slots = _slots(state, config, spec, cfg.get("weight_decay", 0.1))
     by_slot = [n for group in slots for n in group]
@@ -178,9 +178,9 @@ def check_live_growth(spec, target: dict, where) -> None:
     """A live run (its checkpoint: weights and optimizer state) grows as a dense model into a dense model."""
     from .moe import upcycle_table
 
-    if spec.fused or upcycle_table(spec, target) is not None:
+    if "experts" in spec.config or upcycle_table(spec, target) is not None:
         raise LigoError(f"{where}: growing a live run of a mixture of experts, or into one, is not supported (a run's "
-                        "checkpoint holds the experts fused, as transformers does); let the run finish, grow its "
+                        "checkpoint holds the experts as transformers does, fused); let the run finish, grow its "
                         "final model with `ligo grow`, and continue with `ligo train`")
 
 
@@ -199,7 +199,7 @@ def _grow_optimizer(op, optim: dict, old_slots: list[str], new_slots: list[list[
     """AdamW moments through the operator: m linearly, v by the rule in the module's docstring."""
     per_name = {old_slots[int(i)]: s for i, s in optim["state"].items()}
     missing = [k for k, _ in op.singles if k not in per_name] + [
-        op.spec.layer_key(op.prefix, e, 0) for e in op.layer_entries if op.spec.layer_key(op.prefix, e, 0) not in per_name]
+        key for e in op.layer_entries if (key := op.spec.layer_key(op.prefix, e, op.src_rows(e)[0])) not in per_name]
     if missing:
         raise LigoError(f"the checkpoint's optimizer has no moments for {missing[:3]} (was it saved before the first "
                         "step?); grow the run with --optimizer-state reset")

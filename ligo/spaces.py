@@ -16,6 +16,10 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``ffn.pair`` FFN hidden units written as interleaved (gate, up) pairs, two rows a unit (GPT-OSS's fused
            ``gate_up_proj``): the ``ffn`` map, a unit two entries wide
 ``q.head`` one value per query head (GPT-OSS's attention sinks): the ``q`` map, a unit one entry wide
+``dffn``   the FFN hidden units of the dense layers of a model whose other layers are mixtures of experts (GLM-4.5's
+           first layers, Llama 4's dense layers), when their size differs from the experts'; ``dffn.in``: read
+``sffn``   the hidden units of the shared experts beside the routed ones (their FFN, ``shared_experts`` x the
+           experts' FFN size); ``sffn.in``: read
 ``exp``    the experts of a mixture-of-experts layer, as the leading axis of an expert's weights that
            read the residual stream (gate/up); ``exp.out``: of those that write it (down). A table entry
            with an ``{e}`` in its name is one tensor per expert (checkpoint keys ``experts.{e}.w1.weight``),
@@ -48,6 +52,8 @@ class Space:
 SPACES = (
     Space("res", ("res",), ("res.in",), "hidden", None, False),
     Space("ffn", ("ffn", "ffn.pair"), ("ffn.in",), "ffn", None, True),
+    Space("dense_ffn", ("dffn",), ("dffn.in",), "dense_ffn", None, True),
+    Space("shared_ffn", ("sffn",), ("sffn.in",), "shared_ffn", None, True),
     Space("heads", ("q", "qkv", "q.head"), ("o.in",), "heads", "head_dim", True),
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
     # an expert is a unit whose write vector is its weights and whose read vector is its router row
@@ -65,7 +71,6 @@ WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim"}
-GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token")
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 
@@ -85,6 +90,15 @@ class Dims:
     experts: int = 1                # experts per MoE layer (1: a dense model)
     experts_per_token: int = 1
     router_normalized: bool = True  # the top-k router weights are renormalized to sum to one
+    router_sigmoid: bool = False    # each expert scored by a sigmoid (GLM-4.5, DeepSeek-V3), not a softmax over all
+    expert_groups: int = 1          # experts chosen within groups (DeepSeek-V3's n_group)
+    dense_ffn: int = 0              # the FFN size of the dense layers beside MoE layers (0: none of their own)
+    shared_experts: int = 0         # shared experts beside the routed ones (their FFN: this x ffn)
+    kinds: tuple[str, ...] = ()     # each layer's kind, for a model whose layers differ (empty: all alike)
+
+    @property
+    def shared_ffn(self) -> int:
+        return self.shared_experts * self.ffn
 
     @property
     def qkv_unit(self) -> int:
@@ -114,6 +128,7 @@ class Entry:
     name: str
     axes: tuple[tuple[str, ...], ...]
     scope: str  # "globals", "layer" or "head"
+    kind: str | None = None  # a layer weight of the layers of this kind only (None: of every layer)
 
     @property
     def module(self) -> str:

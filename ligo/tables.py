@@ -11,25 +11,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from .arch import DOCS_ADDING, REQUIRED_CONFIG, ArchSpec
-from .spaces import EXPERT_TOKENS, FIXED, GROWN, Entry
-from .config import from_mapping, required, setting
+from .arch import DOCS_ADDING, KIND_RULES, REQUIRED_CONFIG, ArchSpec
 from .errors import LigoError
+from .settings import from_mapping, required, setting
+from .spaces import EXPERT_TOKENS, FIXED, GROWN, Entry
 
 OBJECTIVES = ("causal-lm", "masked-lm")
 _CONFIG_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_default_factor",
-                "vocab", "positions", "tie", "experts", "experts_per_token"}
+                "vocab", "positions", "tie", "experts", "experts_per_token", "dense_ffn", "shared_experts",
+                "expert_groups"}
 Axes = list[Union[str, int]]  # a weight's axes: one token (or ``+``-joined tokens) per axis
 
 
-# -- the table format, declared as typed data: its types are its checks (ligo.config.validate) --------------------
+# -- the table format, declared as typed data: its types are its checks (ligo.settings.validate) --------------------
 @dataclass
 class TableFile:
     """An architecture table as its JSON file gives it (docs/architectures.md has the format)."""
 
     objective: Literal["causal-lm", "masked-lm"] = required("the pretraining objective")
     config: dict[str, Union[str, int, list[str]]] = required("generic size name -> the config key (or aliases) "
-                                                             "holding it; ffn_default_factor: a number")
+                                                             "holding it, or the size itself where the family fixes "
+                                                             "it; ffn_default_factor: a number")
     base_prefix: str = required("the prefix of the base model's keys in the LM-head model (model.)")
     layer_prefix: str = required("the prefix of a layer's keys, with {i} for its index (layers.{i}.)")
     globals: dict[str, Axes] = required("the weights outside the layers: name -> axes")
@@ -45,10 +47,21 @@ class TableFile:
     norms: dict = setting({}, "the norms' numerics (see Norms)")
     embed_scale: Optional[dict] = setting(None, "an embedding the model scales by a power of hidden (see EmbedScale)")
     renamed: dict[str, str] = setting({}, "checkpoint key -> the model's parameter name, where they differ")
-    router: dict = setting({}, "MoE: {normalized: true, false or the config key saying so}")
+    router: dict = setting({}, "MoE: {normalized: true, false or the config key saying so; scores: softmax (the "
+                               "default) or sigmoid}")
     fused: dict[str, list[str]] = setting({}, "MoE: a layer parameter -> the per-expert entries it holds fused")
     upcycle: dict = setting({}, "MoE: {from: [dense model_types], layer: {dense name: entry name}}")
     requires: dict = setting({}, "config key -> the value ligo needs")
+    kinds: Optional[dict] = setting(None, "layers of several kinds (see Kinds): the weights only some layers hold")
+    trailing_layers: Optional[str] = setting(None, "the config key counting the layers after the last that the "
+                                                   "checkpoint may hold and transformers does not load (MTP): left out")
+
+
+@dataclass
+class Kinds:
+    by: dict[str, str] = required("how the config says each layer's kind: {first_k, indices or list: config key}")
+    layers: dict[str, dict[str, Axes]] = required("kind name -> the weights the layers of that kind hold beside the "
+                                                  "common ones (first_k and indices: two kinds, in order)")
 
 
 @dataclass
@@ -66,7 +79,7 @@ class EmbedScale:
     tied_norm: Optional[str] = setting(None, "the norm in front of a head tied to the embedding")
 
 
-def _entry(where: str, scope: str, name: str, axes: list) -> Entry:
+def _entry(where: str, scope: str, name: str, axes: list, kind: str | None = None) -> Entry:
     """One weight of a table, its axes parsed into tokens (``+`` joins spaces concatenated on one axis)."""
     if not axes:
         raise LigoError(f"{where}: {scope}.{name}: axes must be a non-empty list")
@@ -79,7 +92,7 @@ def _entry(where: str, scope: str, name: str, axes: list) -> Entry:
         if tok not in GROWN and tok not in FIXED:
             raise LigoError(f"{where}: {scope}.{name}: unknown axis token {tok!r}; allowed: "
                             f"{sorted(GROWN) + sorted(FIXED)}")
-    return Entry(name, parsed, scope)
+    return Entry(name, parsed, scope, kind)
 
 
 def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
@@ -102,6 +115,7 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
         raise LigoError(f"{where}: layer_prefix must contain '{{i}}', got {t.layer_prefix!r}")
     entries = [_entry(where, scope, name, axes) for scope in ("globals", "layer", "head")
                for name, axes in getattr(t, scope).items()]
+    kinds = _kinds(where, t.kinds, entries) if t.kinds is not None else {}
     norms = from_mapping(Norms, t.norms or {"type": "layer"}, f"{where}: norms")
     scale = from_mapping(EmbedScale, t.embed_scale, f"{where}: embed_scale") if t.embed_scale is not None else None
     names, modules = {e.name for e in entries}, {e.module for e in entries if e.scope == "layer"}
@@ -113,6 +127,8 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
         if name not in known:
             raise LigoError(f"{where}: {key} names {name!r}, which is no {'layer module' if known is modules else 'weight'} "
                             f"of the table")
+    if t.router.get("scores", "softmax") not in ("softmax", "sigmoid"):
+        raise LigoError(f"{where}: router.scores must be softmax or sigmoid, got {t.router['scores']!r}")
     if "experts" in t.config and "normalized" not in t.router:
         raise LigoError(f"{where}: an MoE table (config.experts) must say in router.normalized whether the "
                         "top-k weights are renormalized: true, false, or the config key that says so")
@@ -121,9 +137,29 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
                base_prefix=t.base_prefix, layer_prefix=t.layer_prefix, entries=entries, tied=dict(t.tied),
                identity_zero=list(t.identity_zero), layer_lists=list(t.layer_lists), ignore=list(t.ignore),
                norms=vars(norms), embed_scale=embed, renamed=dict(t.renamed), router=t.router, fused=t.fused,
-               upcycle=t.upcycle, requires=t.requires, source=source, model_type=types[0])
+               upcycle=t.upcycle, requires=t.requires, kinds=kinds, trailing_layers=t.trailing_layers, source=source,
+               model_type=types[0])
     spec._compile()
     return spec
+
+
+def _kinds(where: str, data: dict, entries: list[Entry]) -> dict:
+    """The layer kinds of a table (its ``kinds``), their entries appended to ``entries``; returns the rule as the
+    spec holds it: ``{"by": {rule: config key}, "names": [kind, ...]}``."""
+    k = from_mapping(Kinds, data, f"{where}: kinds")
+    if len(k.by) != 1 or next(iter(k.by)) not in KIND_RULES:
+        raise LigoError(f"{where}: kinds.by must be one of {{first_k, indices, list: config key}}, got {k.by}")
+    rule = next(iter(k.by))
+    if rule != "list" and len(k.layers) != 2:
+        raise LigoError(f"{where}: kinds.by {rule} says two kinds of layers; kinds.layers gives {len(k.layers)}")
+    common = {e.module for e in entries if e.scope == "layer"}
+    for kind, weights in k.layers.items():
+        for name, axes in weights.items():
+            entry = _entry(where, "layer", name, axes, kind)
+            if entry.module in common or any(e.name == name for e in entries):
+                raise LigoError(f"{where}: kinds.layers.{kind}.{name}: a module belongs to one kind, or to every layer")
+            entries.append(entry)
+    return {"by": dict(k.by), "names": list(k.layers)}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -138,7 +174,7 @@ def _builtin_tables() -> None:
     if _REGISTRY:
         return
     for item in sorted(resources.files("ligo.archs").iterdir(), key=lambda p: p.name):
-        if item.name.endswith(".json"):
+        if item.name.endswith(".json") and not item.name.startswith("_"):
             _register(read_table(json.loads(item.read_text()), source=f"ligo/archs/{item.name}"))
 
 
@@ -175,7 +211,7 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
         table = get_spec(arch)
         spec = replace(table, model_type=model_type or table.model_type)
         try:
-            spec.layout(keys, spec.dims(config))
+            spec.layout(keys, spec.dims(config), config)
         except LigoError as exc:
             raise LigoError(f"--arch {arch}: the {arch} table ({table.source}) does not fit this {model_type} "
                             f"checkpoint: {exc}; give the table that describes it, or write one ({DOCS_ADDING})"
@@ -184,10 +220,12 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
     try:
         return get_spec(model_type)
     except LigoError as exc:
+        if refused_reason(model_type):
+            raise
         fits = []  # (entries of the table the checkpoint lacks, table): the closest table first
         for spec in {id(s): s for s in _REGISTRY.values()}.values():
             try:
-                layout = spec.layout(keys, spec.dims(config))
+                layout = spec.layout(keys, spec.dims(config), config)
             except (LigoError, TypeError, ValueError):
                 continue
             fits.append((len({e.name for e in spec.entries} - {m.entry.name for m in layout.values()}),
@@ -209,9 +247,17 @@ class UnsupportedType(LigoError):
                          f"it, write a table for it ({DOCS_ADDING})")
 
 
+def refused_reason(model_type: str | None) -> str | None:
+    """Why a model_type that has no table is refused (``ligo/archs/_refused.json``), None when nothing is said."""
+    reasons = json.loads(resources.files("ligo.archs").joinpath("_refused.json").read_text())
+    return reasons.get(model_type) if model_type and not model_type.startswith("_") else None
+
+
 def get_spec(model_type: str | None) -> ArchSpec:
     """The table serving ``model_type``, as a spec whose ``model_type`` is that type."""
     _builtin_tables()
+    if model_type not in _REGISTRY and (why := refused_reason(model_type)):
+        raise LigoError(f"model_type {model_type!r} is not supported: {why} (what is: {DOCS_ADDING})")
     if model_type not in _REGISTRY:
         raise LigoError(f"model_type {model_type!r} is not supported (supported: {', '.join(supported_types())}); "
                         f"to add it, write an architecture table as described in {DOCS_ADDING}")

@@ -48,10 +48,12 @@ def test_every_checkpoint_weight_matches_one_entry(moe_sources):
         assert ck.dims.experts == 4 and ck.dims.experts_per_token == 2
         per_expert = sum(1 for m in ck.layout.values() if m.expert is not None)
         stacked = [k for k, m in ck.layout.items() if m.entry.axes[0][0] in ("exp", "exp.out") and m.expert is None]
-        if mt == "gpt_oss":  # layers x (gate_up, its bias, down, its bias), each [experts, ...]
-            assert per_expert == 0 and len(stacked) == 2 * 4 and all(ck.state[k].shape[0] == 4 for k in stacked)
+        moe_layers = 1 if mt in ("glm4_moe", "llama4_text") else 2  # (their first layer is dense)
+        if mt in ("gpt_oss", "llama4_text"):  # MoE layers x (gate_up, down[, their biases]), each [experts, ...]
+            assert per_expert == 0 and len(stacked) == moe_layers * (4 if mt == "gpt_oss" else 2)
+            assert all(ck.state[k].shape[0] == 4 for k in stacked)
         else:
-            assert per_expert == 2 * 4 * 3 and not stacked  # layers x experts x (gate, up, down)
+            assert per_expert == moe_layers * 4 * 3 and not stacked  # MoE layers x experts x (gate, up, down)
     assert load_checkpoint(moe_sources["mixtral"]).dims.router_normalized  # Mixtral always renormalizes
     assert not load_checkpoint(moe_sources["qwen3_moe-raw"]).dims.router_normalized
 

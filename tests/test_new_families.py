@@ -1,7 +1,8 @@
 """The families of 2025-26 (issue 31): every guarantee of the older families, on tiny random checkpoints that
 transformers' own config classes build (tests/tiny.py). GPT-OSS: an attention sink per head, biases on every
 projection, experts held stacked over the experts with interleaved (gate, up) units and their biases, a router
-with a bias, sliding and full layers."""
+with a bias, sliding and full layers. GLM-4.5 and Llama 4: layers of two kinds (dense and mixture of experts: the
+first k, or the listed ones), shared experts beside the routed ones, sigmoid routers."""
 
 import json
 
@@ -17,13 +18,16 @@ from ligo.fit import FitModule
 from ligo.growth import Grower
 from ligo.training import Start, train
 
-NEW = ("gpt_oss",)
+NEW = ("gpt_oss", "glm4_moe", "llama4_text")
+KINDS = ("glm4_moe", "llama4_text")  # layers of two kinds
 
 
 @pytest.fixture(scope="module")
 def new_sources(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("new-families")
-    return {mt: tiny.save_model(tiny.make_model(mt), root / mt, tokenizer) for mt in NEW}
+    out = {mt: tiny.save_model(tiny.make_model(mt), root / mt, tokenizer) for mt in NEW}
+    out["glm4_moe-raw"] = tiny.save_model(tiny.make_model("glm4_moe", norm_topk_prob=False), root / "glm-raw", tokenizer)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +50,21 @@ def test_lossless_plan_gives_the_sources_logits(model_type, width, new_sources, 
     diff, model = tiny.max_logit_diff(new_sources[model_type], tmp_path / "out", text_ids)
     assert diff <= 1e-4, diff
     assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads) == (4, 128, 8)
-    assert model.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention", "full_attention"]
+    source = json.loads((new_sources[model_type] / "config.json").read_text())
+    if "layer_types" in source:  # each layer, then its new copy
+        assert model.config.layer_types == [t for t in source["layer_types"] for _ in range(2)]
 
 
-def test_gpt_oss_at_a_non_integer_ratio(new_sources, text_ids, tmp_path):
-    """Hidden 64 -> 80, FFN 96 -> 120 (its interleaved gate/up pairs kept whole), 2 -> 3 layers: exact."""
-    grow(new_sources["gpt_oss"], {"hidden_size": 80, "num_hidden_layers": 3, "intermediate_size": 120},
-         tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
-    diff, _ = tiny.max_logit_diff(new_sources["gpt_oss"], tmp_path / "out", text_ids)
+@pytest.mark.parametrize("model_type", NEW)
+def test_lossless_at_a_non_integer_ratio(model_type, new_sources, text_ids, tmp_path):
+    """Hidden 64 -> 80, every FFN by 5/4 (GPT-OSS's interleaved gate/up pairs kept whole; the dense layers', the
+    experts' and the shared experts' FFN each grown), 2 -> 3 layers: exact."""
+    target = {"hidden_size": 80, "num_hidden_layers": 3, "intermediate_size": 120}
+    target.update({"glm4_moe": {"moe_intermediate_size": 60}, "llama4_text": {"intermediate_size": 60,
+                                                                              "intermediate_size_mlp": 120}}.get(
+        model_type, {}))
+    grow(new_sources[model_type], target, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
+    diff, _ = tiny.max_logit_diff(new_sources[model_type], tmp_path / "out", text_ids)
     assert diff <= 1e-4, diff
 
 
@@ -75,12 +86,14 @@ def test_gpt_oss_stacking_and_expert_copies_are_exact(new_sources, tmp_path):
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=key)
 
 
-def test_gpt_oss_grows_experts_losslessly(new_sources, text_ids, tmp_path):
-    """8 experts, 4 per token: every copy of each chosen expert is chosen, and the softmax over the chosen
-    logits gives each copy half its source's weight."""
-    grow(new_sources["gpt_oss"], tiny.TARGET["gpt_oss"], tmp_path / "out", plan=GrowthPlan(width="copy",
-                                                                                          depth="identity"))
-    diff, model = tiny.max_logit_diff(new_sources["gpt_oss"], tmp_path / "out", text_ids)
+@pytest.mark.parametrize("source", [*NEW, "glm4_moe-raw"])
+def test_experts_grow_losslessly(source, new_sources, text_ids, tmp_path):
+    """8 experts, 4 per token: every copy of each chosen expert is chosen. GPT-OSS's softmax over the chosen logits
+    and GLM's renormalized sigmoid scores give each copy half its source's weight; Llama 4's sigmoid (and GLM's
+    with norm_topk_prob off) gives each copy its source's whole weight, so the copies' outputs are halved."""
+    mt = source.split("-")[0]
+    grow(new_sources[source], tiny.TARGET[mt], tmp_path / "out", plan=GrowthPlan(width="copy", depth="identity"))
+    diff, model = tiny.max_logit_diff(new_sources[source], tmp_path / "out", text_ids)
     assert diff <= 1e-4, diff
     assert (model.config.num_local_experts, model.config.num_experts_per_tok) == (8, 4)
 
@@ -97,18 +110,23 @@ def test_gpt_oss_new_layers_are_identities_that_still_learn(new_sources):
         assert torch.equal(out[f"model.layers.1.{name}"], out[f"model.layers.0.{name}"]), name
 
 
-def test_gpt_oss_default_plan_loads_and_trains(new_sources, blocks, tmp_path):
-    grow(new_sources["gpt_oss"], tiny.TARGET["gpt_oss"], tmp_path / "grown")
+@pytest.mark.parametrize("model_type", NEW)
+def test_default_plan_loads_and_trains(model_type, new_sources, blocks, tmp_path):
+    grow(new_sources[model_type], tiny.TARGET[model_type], tmp_path / "grown")
     res = train(tmp_path / "grown", None, tmp_path / "run", TrainConfig(steps=6, batch_size=4, seq_len=32, lr=3e-3,
                                                                          warmup=0, eval_every=0, eval_batches=2,
                                                                          progress=False), Start(blocks=blocks))
     assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == "gpt_oss"
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
 
 
-def test_gpt_oss_fitted_model_is_the_materialized_one(new_sources, blocks, tmp_path):
-    """The fit installs the stacked experts under their own names; the saved model gives the fitted logits."""
-    g = Grower(new_sources["gpt_oss"], tiny.TARGET["gpt_oss"], plan=GrowthPlan(width="random", depth="stack"))
+@pytest.mark.parametrize("model_type", NEW)
+def test_fitted_model_is_the_materialized_one(model_type, new_sources, blocks, tmp_path):
+    """The fit installs the experts as transformers holds them (GPT-OSS and Llama 4: stacked under their own names;
+    GLM: fused from the per-expert checkpoint tensors), only in the layers of their kind; the saved model gives the
+    fitted logits."""
+    depth = "interleave" if model_type == "glm4_moe" else "stack"  # (GLM's dense layers come first)
+    g = Grower(new_sources[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth=depth))
     g.fit(None, TrainConfig(steps=3, batch_size=4, seq_len=32, lr=3e-3, warmup=0, eval_every=0, eval_batches=1,
                             progress=False), blocks=blocks)
     assert g.fit_info["steps"] == 3
@@ -121,16 +139,31 @@ def test_gpt_oss_fitted_model_is_the_materialized_one(new_sources, blocks, tmp_p
     torch.testing.assert_close(fitted, saved, rtol=1e-4, atol=1e-4)
 
 
-def test_gpt_oss_streams_the_same_bytes_and_shows_its_table(new_sources, tmp_path):
+@pytest.mark.parametrize("model_type", NEW)
+def test_streaming_growth_writes_the_same_tensors(model_type, new_sources, tmp_path):
+    depth = "interleave" if model_type == "glm4_moe" else "stack"
     for stream in (False, True):
-        Grower(new_sources["gpt_oss"], tiny.TARGET["gpt_oss"], plan=GrowthPlan(width="random", depth="stack"),
+        Grower(new_sources[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth=depth),
                stream=stream).save(tmp_path / str(stream))
     a, b = load_checkpoint(tmp_path / "False").state, load_checkpoint(tmp_path / "True").state
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpt_oss_shows_its_table(new_sources, tmp_path):
+    Grower(new_sources["gpt_oss"], tiny.TARGET["gpt_oss"], plan=GrowthPlan(width="random", depth="stack"),
+           stream=True).save(tmp_path / "True")
     proc = run_cli("inspect", new_sources["gpt_oss"], "--table", check=True)
     assert "sinks" in proc.stdout and "ffn.pair" in proc.stdout
     units = json.loads(run_cli("inspect", str(tmp_path / "True"), "--units", "--json", check=True).stdout)["units"]
     assert units["experts"]["units"] == 4 * 8 and units["heads"]["units"] == 4 * 8  # layers x units
+
+
+@pytest.mark.parametrize("model_type, shows", [("glm4_moe", ["layer[dense]:", "sffn"]),
+                                                ("llama4_text", ["layer[moe]:", "sffn"])])
+def test_layer_kinds_show_in_the_table(model_type, shows, new_sources):
+    """``ligo inspect --table`` of a model with two kinds of layers lists each kind's entries and the shared FFN."""
+    out = run_cli("inspect", new_sources[model_type], "--table", check=True).stdout
+    assert all(s in out for s in shows), out
 
 
 def test_a_quantized_checkpoint_is_refused_with_how_to_dequantize(new_sources, tmp_path):
@@ -148,3 +181,98 @@ def test_a_quantized_checkpoint_is_refused_with_how_to_dequantize(new_sources, t
     assert proc.returncode != 0 and not (tmp_path / "out").exists()
     assert "holds quantized weights (mxfp4)" in proc.stderr and "Mxfp4Config(dequantize=True)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_layer_kinds_follow_the_depth_plan(new_sources, tmp_path):
+    """A target layer keeps its source layer's kind, and the grown config says so: GLM's first dense layers
+    (identity, interleave: 1 -> 2 of 4; a map), Llama 4's listed MoE layers (stacked: [1] -> [1, 3])."""
+    for depth, k in (("identity", 2), ("interleave", 2)):
+        grow(new_sources["glm4_moe"], {"layers": 4}, tmp_path / depth, plan=GrowthPlan(depth=depth))
+        assert json.loads((tmp_path / depth / "config.json").read_text())["first_k_dense_replace"] == k
+    grow(new_sources["glm4_moe"], {}, tmp_path / "map", plan=GrowthPlan(depth="map", depth_map="0,0,0,1,new"))
+    assert json.loads((tmp_path / "map" / "config.json").read_text())["first_k_dense_replace"] == 3
+    grow(new_sources["llama4_text"], {"layers": 5}, tmp_path / "l4", plan=GrowthPlan(width="copy", depth="stack"))
+    config = json.loads((tmp_path / "l4" / "config.json").read_text())
+    assert config["moe_layers"] == [1, 3] and config["no_rope_layers"] == [1, 0, 1, 0, 1]
+    src, out = load_checkpoint(new_sources["llama4_text"]).state, load_checkpoint(tmp_path / "l4").state
+    for key, value in out.items():  # stacking: every target layer is its source layer, verbatim
+        ref = key
+        if ".layers." in key:
+            i = int(key.split(".layers.")[1].split(".")[0])
+            ref = key.replace(f".layers.{i}.", f".layers.{i % 2}.")
+        torch.testing.assert_close(value, src[ref], rtol=0, atol=0, msg=key)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "l4")
+    assert [type(layer.feed_forward).__name__ for layer in model.model.layers] == ["Llama4TextMLP", "Llama4TextMoe"] * 2 + [
+        "Llama4TextMLP"]
+
+
+def test_a_depth_plan_the_config_cannot_say_is_refused(new_sources, tmp_path):
+    """GLM says its kinds as "the first k layers are dense": stacking would put a dense layer after MoE layers."""
+    proc = run_cli("grow", new_sources["glm4_moe"], "--target", '{"layers": 3}', "--out", tmp_path / "out",
+                   "--depth", "stack")
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert "puts a dense layer after a moe layer" in proc.stderr and "--depth identity" in proc.stderr
+    with pytest.raises(Exception, match="not those of the layers the depth plan grows them from"):
+        grow(new_sources["glm4_moe"], {"layers": 4, "first_k_dense_replace": 1}, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_expert_groups_are_kept_and_said(new_sources, tmp_path):
+    """DeepSeek-style expert groups (n_group): copies change the groups' scores, so growing experts is not called
+    lossless; the number of groups stays."""
+    from ligo.maps import expert_gaps
+
+    spec = load_checkpoint(new_sources["glm4_moe"], "meta").spec
+    config = load_checkpoint(new_sources["glm4_moe"], "meta").config
+    src = spec.dims({**config, "n_group": 2, "topk_group": 1})
+    tgt = spec.dims({**config, "n_group": 2, "topk_group": 1, "n_routed_experts": 8, "num_experts_per_tok": 4})
+    assert any("within 2 groups" in gap for gap in expert_gaps(GrowthPlan(width="copy"), src, tgt))
+    with pytest.raises(Exception, match="expert groups"):
+        grow(new_sources["glm4_moe"], {"n_group": 2}, tmp_path / "out")
+
+
+def test_multi_token_prediction_layers_are_left_out_and_said(new_sources, tmp_path):
+    """GLM-4.5 and DeepSeek-V3 checkpoints hold a multi-token-prediction layer after the last, which transformers
+    does not load: ligo leaves it out too, and says so."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "mtp"
+    shutil.copytree(new_sources["glm4_moe"], src)
+    state = load_file(src / "model.safetensors")
+    state.update({k.replace("layers.1.", "layers.2."): v.clone() for k, v in state.items() if ".layers.1." in k})
+    state["model.layers.2.eh_proj.weight"] = torch.zeros(64, 128)  # (MTP's own weights: no table entry needed)
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    proc = run_cli("grow", src, "--target", '{"layers": 4}', "--out", tmp_path / "out", check=True)
+    assert "1 layer(s) after its last (multi-token prediction) are left out" in proc.stderr
+    assert not any(".layers.4." in k for k in load_checkpoint(tmp_path / "out").state)
+
+
+_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+              max_position_embeddings=128)
+REFUSED = {  # tiny random models of the types ligo has no table for, and a word of the reason it gives
+    "deepseek_v3": (dict(_SMALL, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, q_lora_rank=32,
+                         kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                         first_k_dense_replace=1, n_group=1, topk_group=1), "latent attention"),
+    "gemma4_text": (dict(_SMALL, head_dim=16, hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB),
+                    "per-layer embeddings"),
+    "qwen3_next": (dict(_SMALL, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                        shared_expert_intermediate_size=32, layer_types=["linear_attention", "full_attention"],
+                        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                        linear_value_head_dim=8), "Gated DeltaNet"),
+    "lfm2": (dict(_SMALL, layer_types=["conv", "full_attention"]), "convolution"),
+    "granitemoehybrid": (dict(_SMALL, layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=32,
+                              mamba_d_state=8, num_local_experts=0, shared_intermediate_size=96), "Mamba-2"),
+}
+
+
+@pytest.mark.parametrize("model_type", REFUSED)
+def test_types_without_a_table_are_refused_with_their_reason(model_type, tmp_path):
+    """Never a suggested table that computes something else: one line naming what ligo cannot describe yet."""
+    config, word = REFUSED[model_type]
+    src = tiny.save_model(tiny.make_model_of(model_type, **config), tmp_path / model_type)
+    proc = run_cli("grow", src, "--target", '{"layers": 3}', "--out", tmp_path / "out")
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert f"model_type '{model_type}' is not supported: " in proc.stderr and word in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--arch" not in proc.stderr

@@ -74,11 +74,22 @@ MOE = {
     # attention sinks, biases everywhere, experts held stacked with interleaved gate/up and biases, a router bias
     "gpt_oss": dict(_GQA, head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
                     layer_types=["sliding_attention", "full_attention"]),
+    # a dense first layer, then MoE layers with a shared expert and a sigmoid router with a correction bias;
+    # partial rotary, attention biases, per-head q/k norms
+    "glm4_moe": dict(_GQA, head_dim=16, moe_intermediate_size=48, n_routed_experts=4, num_experts_per_tok=2,
+                     first_k_dense_replace=1, n_shared_experts=1, norm_topk_prob=True, attention_bias=True,
+                     use_qk_norm=True),
+    # dense and MoE layers interleaved (moe_layers), a shared expert, a sigmoid router, NoPE layers, chunked attention
+    "llama4_text": dict(_GQA, head_dim=16, intermediate_size=48, intermediate_size_mlp=96, num_local_experts=4,
+                        num_experts_per_tok=2, interleave_moe_layer_step=2, no_rope_layers=[1, 0],
+                        attention_chunk_size=8),
 }
 SOURCE.update(MOE)
 # 2x wider and deeper, twice the experts, each chosen expert's copies all used (the lossless case)
 TARGET.update({mt: dict(_GQA_TARGET, experts=8, experts_per_token=4) for mt in MOE})
 TARGET["qwen3_moe"]["moe_intermediate_size"] = 96
+TARGET["glm4_moe"]["moe_intermediate_size"] = 96
+TARGET["llama4_text"].update(intermediate_size=96, intermediate_size_mlp=192)
 CLASSIC = ("gpt2", "bert", "roberta", "llama", "mistral", "qwen2")   # the families of ligo 0.2
 DECODERS = ("gpt2", "llama", "mistral", "qwen2", *FAMILIES)  # the MoE families are tested in test_moe.py
 ARCHS = CLASSIC  # the families most tests run on; tests/test_families.py runs every guarantee on FAMILIES
@@ -120,6 +131,9 @@ def make_model(model_type: str, bare: bool = False, seed: int = 0, **overrides):
         for name, p in model.named_parameters():
             if p.dim() == 1 or name.endswith("_bias"):
                 p.add_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # (GLM's router bias is a buffer)
+                b.add_(0.1 * torch.randn_like(b))
     return model.eval()
 
 

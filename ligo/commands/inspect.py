@@ -34,13 +34,16 @@ def run(args) -> int:
         "parameters": sum(ck.state[k].numel() for k in ck.layout), "dims": asdict(d),
         "spaces": {"residual": d.hidden, "query heads": f"{d.heads} x {d.head_dim}",
                    "kv heads": f"{d.kv_heads} x {d.head_dim}", "ffn": d.ffn, "vocab": d.vocab,
-                   **({"experts": f"{d.experts} ({d.experts_per_token} per token)"} if d.experts > 1 else {})},
+                   **({"experts": f"{d.experts} ({d.experts_per_token} per token)"} if d.experts > 1 else {}),
+                   **({"dense layers' ffn": d.dense_ffn} if d.dense_ffn else {}),
+                   **({"shared experts' ffn": f"{d.shared_experts} x {d.ffn}"} if d.shared_experts else {})},
     }
     spec = ck.spec
     info["numerics"] = {"norms": spec.norms["type"], "gain_offset": spec.norms["offset"],
                         "embed_scale": spec.embed_scale, "layer_lists": [k for k in spec.layer_lists if k in ck.config]}
     if args.table:
-        info["table_entries"] = {f"{e.scope}:{e.name}": ["+".join(axis) for axis in e.axes] for e in spec.entries}
+        info["table_entries"] = {f"{e.scope}{f'[{e.kind}]' if e.kind else ''}:{e.name}": ["+".join(axis) for axis in e.axes]
+                                 for e in spec.entries}
     if args.target:
         g = Grower(ck, parse_target(args.target))
         info["target_dims"] = asdict(g.target_dims)
@@ -58,6 +61,10 @@ def run(args) -> int:
           f"ffn {d.ffn}, vocab {d.vocab}, tied embeddings: {d.tie}"
           + (f"; experts {d.experts}, {d.experts_per_token} per token, top-k weights "
              f"{'renormalized' if d.router_normalized else 'not renormalized'}" if d.experts > 1 else ""))
+    if d.kinds:
+        counts = {k: d.kinds.count(k) for k in dict.fromkeys(d.kinds)}
+        print("  layer kinds: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+              + f" ({', '.join(f'{k}: {v}' for k, v in spec.kinds['by'].items())})")
     num = info["numerics"]
     print(f"  norms: {'RMSNorm' if num['norms'] == 'rms' else 'LayerNorm'}"
           + (f" (gain = {num['gain_offset']:g} + weight)" if num["gain_offset"] else "")
