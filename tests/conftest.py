@@ -57,6 +57,18 @@ def sources(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="session")
+def text_ids(tokenizer):
+    """A batch of real text: the start of two standard-library modules, tokenized."""
+    import sysconfig
+
+    import torch
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rows = [tokenizer((root / name).read_text()[:2000])["input_ids"][:40] for name in ("argparse.py", "textwrap.py")]
+    return torch.tensor(rows)
+
+
+@pytest.fixture(scope="session")
 def blocks(corpus, tokenizer):
     from ligo.data import load_blocks
 

@@ -3,8 +3,6 @@ every guarantee of the classic families, on tiny random checkpoints that transfo
 build, each with its quirk switched on (tests/tiny.py: FAMILIES)."""
 
 import json
-import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +10,10 @@ from transformers import AutoModelForCausalLM
 
 import tiny
 from conftest import run_cli, write_json
-from ligo import GrowthPlan, TrainConfig, grow
+from ligo import GrowthPlan, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
 from ligo.maps import lossless_gaps
-from ligo.training import Start, train
 
 FAMILIES = tuple(tiny.FAMILIES)
 RMS = tuple(mt for mt in FAMILIES if mt != "gpt_neox")  # GPT-NeoX normalizes with LayerNorm
@@ -26,14 +23,6 @@ RMS = tuple(mt for mt in FAMILIES if mt != "gpt_neox")  # GPT-NeoX normalizes wi
 def family_sources(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("families")
     return {mt: tiny.save_model(tiny.make_model(mt), root / mt, tokenizer) for mt in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def text_ids(tokenizer):
-    """A batch of real text: the start of two standard-library modules, tokenized."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    rows = [tokenizer((root / name).read_text()[:2000])["input_ids"][:40] for name in ("argparse.py", "textwrap.py")]
-    return torch.tensor(rows)
 
 
 @pytest.mark.parametrize("width", ["split", "copy"])
@@ -108,12 +97,7 @@ def test_per_layer_lists_follow_the_depth_plan(family_sources, tmp_path):
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_default_plan_loads_and_trains(model_type, family_sources, blocks, tmp_path):
     """The default plan's output loads with AutoModelForCausalLM and its loss falls in a few steps."""
-    grow(family_sources[model_type], tiny.TARGET[model_type], tmp_path / "grown")
-    res = train(tmp_path / "grown", None, tmp_path / "run", TrainConfig(steps=6, batch_size=4, seq_len=32, lr=3e-3,
-                                                                         warmup=0, eval_every=0, eval_batches=2,
-                                                                         progress=False), Start(blocks=blocks))
-    assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
+    tiny.grow_train_and_load(family_sources[model_type], model_type, blocks, tmp_path)
 
 
 def test_the_console_script_shows_and_grows_a_new_family(family_sources, corpus, tmp_path):

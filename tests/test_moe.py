@@ -128,15 +128,7 @@ def test_the_fitted_model_is_the_materialized_one(moe_sources, blocks, tmp_path)
     """The fit installs the operator's output as transformers holds experts (stacked, gate and up fused); the
     saved model gives the fitted model's held-out logits."""
     g = Grower(moe_sources["olmoe"], tiny.TARGET["olmoe"], plan=GrowthPlan(width="random", depth="stack"))
-    g.fit(None, TrainConfig(steps=3, batch_size=4, seq_len=32, lr=3e-3, warmup=0, eval_every=0, eval_batches=1,
-                            progress=False), blocks=blocks)
-    g.save(tmp_path / "out")
-    module = FitModule(g.operator, g.target_model()).eval()
-    x = blocks.val[:2]
-    with torch.no_grad():
-        fitted = module(input_ids=x).logits
-        saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()(input_ids=x).logits
-    torch.testing.assert_close(fitted, saved, rtol=1e-4, atol=1e-4)
+    tiny.fit_and_compare(g, blocks, tmp_path / "out")
 
 
 def test_an_upcycled_model_trains_with_the_router_loss(moe_sources, blocks, tmp_path):

@@ -12,11 +12,9 @@ from transformers import AutoModelForCausalLM
 
 import tiny
 from conftest import run_cli
-from ligo import GrowthPlan, TrainConfig, grow
+from ligo import GrowthPlan, grow
 from ligo.checkpoint import load_checkpoint
-from ligo.fit import FitModule
 from ligo.growth import Grower
-from ligo.training import Start, train
 
 NEW = ("gpt_oss", "glm4_moe", "llama4_text")
 KINDS = ("glm4_moe", "llama4_text")  # layers of two kinds
@@ -28,16 +26,6 @@ def new_sources(tmp_path_factory, tokenizer):
     out = {mt: tiny.save_model(tiny.make_model(mt), root / mt, tokenizer) for mt in NEW}
     out["glm4_moe-raw"] = tiny.save_model(tiny.make_model("glm4_moe", norm_topk_prob=False), root / "glm-raw", tokenizer)
     return out
-
-
-@pytest.fixture(scope="module")
-def text_ids(tokenizer):
-    import sysconfig
-    from pathlib import Path
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    rows = [tokenizer((root / name).read_text()[:2000])["input_ids"][:40] for name in ("argparse.py", "textwrap.py")]
-    return torch.tensor(rows)
 
 
 @pytest.mark.parametrize("width", ["split", "copy"])
@@ -112,12 +100,7 @@ def test_gpt_oss_new_layers_are_identities_that_still_learn(new_sources):
 
 @pytest.mark.parametrize("model_type", NEW)
 def test_default_plan_loads_and_trains(model_type, new_sources, blocks, tmp_path):
-    grow(new_sources[model_type], tiny.TARGET[model_type], tmp_path / "grown")
-    res = train(tmp_path / "grown", None, tmp_path / "run", TrainConfig(steps=6, batch_size=4, seq_len=32, lr=3e-3,
-                                                                         warmup=0, eval_every=0, eval_batches=2,
-                                                                         progress=False), Start(blocks=blocks))
-    assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
+    tiny.grow_train_and_load(new_sources[model_type], model_type, blocks, tmp_path)
 
 
 @pytest.mark.parametrize("model_type", NEW)
@@ -127,16 +110,7 @@ def test_fitted_model_is_the_materialized_one(model_type, new_sources, blocks, t
     fitted logits."""
     depth = "interleave" if model_type == "glm4_moe" else "stack"  # (GLM's dense layers come first)
     g = Grower(new_sources[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth=depth))
-    g.fit(None, TrainConfig(steps=3, batch_size=4, seq_len=32, lr=3e-3, warmup=0, eval_every=0, eval_batches=1,
-                            progress=False), blocks=blocks)
-    assert g.fit_info["steps"] == 3
-    g.save(tmp_path / "out")
-    module = FitModule(g.operator, g.target_model()).eval()
-    x = blocks.val[:2]
-    with torch.no_grad():
-        fitted = module(input_ids=x).logits
-        saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()(input_ids=x).logits
-    torch.testing.assert_close(fitted, saved, rtol=1e-4, atol=1e-4)
+    tiny.fit_and_compare(g, blocks, tmp_path / "out")
 
 
 @pytest.mark.parametrize("model_type", NEW)

@@ -176,3 +176,34 @@ def max_logit_diff(src: Path, out: Path, ids: torch.Tensor):
 
     (a, _), (b, model) = logits(src), logits(out)
     return (a - b).abs().max().item(), model
+
+
+def fit_and_compare(grower, blocks, out: Path) -> None:
+    """Fit ``grower`` three steps, save it to ``out``: the saved model gives the fitted model's logits (<= 1e-4)."""
+    from ligo.config import TrainConfig
+    from ligo.fit import FitModule
+
+    grower.fit(None, TrainConfig(steps=3, batch_size=4, seq_len=32, lr=3e-3, warmup=0, eval_every=0, eval_batches=1,
+                                 progress=False), blocks=blocks)
+    assert grower.fit_info["steps"] == 3
+    grower.save(out)
+    module = FitModule(grower.operator, grower.target_model()).eval()
+    x = blocks.val[:2]
+    with torch.no_grad():
+        fitted = module(input_ids=x).logits
+        saved = T.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()(input_ids=x).logits
+    torch.testing.assert_close(fitted, saved, rtol=1e-4, atol=1e-4)
+
+
+def grow_train_and_load(source: Path, model_type: str, blocks, tmp_path: Path) -> None:
+    """The default plan's output loads with AutoModelForCausalLM as ``model_type``, and its loss falls in a few
+    steps of ``ligo.train``."""
+    from ligo import TrainConfig, grow
+    from ligo.training import Start, train
+
+    grow(source, TARGET[model_type], tmp_path / "grown")
+    res = train(tmp_path / "grown", None, tmp_path / "run", TrainConfig(steps=6, batch_size=4, seq_len=32, lr=3e-3,
+                                                                         warmup=0, eval_every=0, eval_batches=2,
+                                                                         progress=False), Start(blocks=blocks))
+    assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
+    assert T.AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
