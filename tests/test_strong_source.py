@@ -82,3 +82,17 @@ def test_a_negative_check_is_one_clear_line(strong_source, corpus, tmp_path):
                    "--check-blocks", "-1")
     assert proc.returncode == 2 and "--check-blocks must be a number of blocks, 0 or more" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("width_lr, advice", [("uniform", "--width-lr fan_in"), ("fan_in", "a smaller --fit-lr")])
+def test_a_fit_that_never_improves_says_so_and_what_to_change(width_lr, advice, sources, corpus, tmp_path):
+    """A fit whose every step raises the held-out loss keeps its start (as on SmolLM2-135M with uniform map steps):
+    ligo grow says that the fit bought nothing and which setting to change."""
+    proc = run_cli("grow", sources["llama"], "--target", '{"hidden": 128}', "--out", tmp_path / "g", "--data", corpus,
+                   "--width", "split", "--depth", "identity", "--width-lr", width_lr, "--fit-steps", "3",
+                   "--fit-lr", "1", "--fit-eval-every", "1", "--fit-seq-len", "32", "--fit-batch-size", "4",
+                   "--fit-eval-batches", "2", "--no-progress", check=True)
+    recipe = json.loads((tmp_path / "g" / "ligo_recipe.json").read_text())
+    assert recipe["fit"]["best_step"] == 0
+    note = [line for line in proc.stderr.splitlines() if line.startswith("note: no fit step improved")]
+    assert len(note) == 1 and advice in note[0], proc.stderr
