@@ -63,6 +63,7 @@ class ArchSpec:
     requires: dict = field(default_factory=dict)  # config key -> the value ligo needs
     kinds: dict = field(default_factory=dict)  # layers of several kinds: {"by": {rule: config key}, "names": [...]}
     trailing_layers: str | None = None  # config key: layers after the last that transformers does not load (MTP)
+    ffn_rule: dict | None = None  # the FFN size derived from the config's (see tables.FfnRule)
     source: str = ""
     model_type: str = ""  # the type this spec was looked up for (the family's first by default)
     _patterns: list[tuple[re.Pattern, Entry | None]] = field(default_factory=list, repr=False)
@@ -119,6 +120,7 @@ class ArchSpec:
         ffn = get("ffn")
         if ffn is None:
             ffn = int(k.get("ffn_default_factor", 4)) * hidden
+        ffn = self.real_ffn(config, ffn)
         head_dim = get("head_dim")
         if head_dim is None:
             if hidden % heads:
@@ -137,12 +139,30 @@ class ArchSpec:
         if isinstance(normalized, str):
             normalized = config.get(normalized, False)
         layers = get("layers")
+        kinds = self.layer_kinds(config, layers, where)
         return Dims(layers=layers, hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
                     head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
                     tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
                     expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
-                    shared_experts=get("shared_experts", 0), kinds=self.layer_kinds(config, layers, where))
+                    shared_experts=get("shared_experts", 0), kinds=kinds,
+                    attention_layers=self.attention_layers(kinds))
+
+    def attention_layers(self, kinds: tuple[str, ...]) -> int | None:
+        """How many layers attend, where only some kinds do (a hybrid); None: every layer."""
+        attends = {e.kind for e in self.entries if e.scope == "layer" and any(t in ("q", "qkv") for t in e.axes[0])}
+        return None if None in attends or not kinds else sum(1 for kind in kinds if kind in attends)
+
+    def real_ffn(self, config: dict, ffn: int) -> int:
+        """The FFN size the model builds from the config's ``ffn`` (the table's ``ffn_rule``, when on)."""
+        rule = self.ffn_rule
+        if rule is None or not config.get(rule["flag"], True):
+            return ffn
+        ffn, mult, multiple = int(2 * ffn / 3), config.get(rule["multiplier"]), config.get(rule["multiple_of"], 256)
+        if mult is None:
+            return ffn
+        ffn = int(mult * ffn)
+        return multiple * ((ffn + multiple - 1) // multiple)
 
     # -- layers of several kinds -------------------------------------------------------------
     def layer_kinds(self, config: dict, layers: int, where: str = "config") -> tuple[str, ...]:
@@ -182,9 +202,10 @@ class ArchSpec:
                                 f"rest {names[1]}); grow it with --depth identity or interleave, or a --depth-map "
                                 f"that keeps the {names[0]} layers first")
             return {key: k}
+        lists = {k: [i for i, kind in enumerate(kinds) if kind == of] for k, of in self.kinds["index_lists"].items()}
         if rule == "indices":
-            return {key: [i for i, kind in enumerate(kinds) if kind == names[1]]}
-        return {key: list(kinds)}
+            return {key: [i for i, kind in enumerate(kinds) if kind == names[1]], **lists}
+        return {key: list(kinds), **lists}
 
     def kind_rows(self, entry: Entry, dims: Dims) -> list[int]:
         """The layers holding ``entry``: every layer, or those of its kind."""
@@ -241,6 +262,12 @@ class ArchSpec:
                 written[key] = name
             out[key] = value
         out["model_type"] = self.model_type
+        if self.ffn_rule is not None and source_config.get(self.ffn_rule["flag"], True):
+            # the grown config states the FFN's real size (a target's ffn is the real size too)
+            key = generic["ffn"]
+            given = key in written
+            out[key] = out[key] if given else self.real_ffn(source_config, source_config.get(key))
+            out[self.ffn_rule["flag"]] = False
         # per-layer lists the target leaves out get one entry per target layer (the source's pattern repeated;
         # growth then rewrites them by its depth plan), so the target config is valid on its own
         src_layers, layers = source_config.get(generic["layers"]), out.get(generic["layers"])

@@ -33,7 +33,8 @@ def matmul_params(model: nn.Module) -> float:
 
 def forward_flops_per_token(model: nn.Module, dims: Dims, seq_len: int) -> float:
     """2 FLOPs per matmul weight, plus attention scores and their weighted sum over the full sequence."""
-    attention = 4 * seq_len * dims.heads * dims.head_dim * dims.layers
+    layers = dims.layers if dims.attention_layers is None else dims.attention_layers
+    attention = 4 * seq_len * dims.heads * dims.head_dim * layers
     return 2.0 * matmul_params(model) + attention
 
 

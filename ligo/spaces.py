@@ -25,6 +25,9 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
            with an ``{e}`` in its name is one tensor per expert (checkpoint keys ``experts.{e}.w1.weight``),
            held stacked over the experts
 ``router`` the experts, as the rows of the router (its scores per expert)
+``conv``   the channels of a gated short convolution (LFM2: its input projection's three streams, its depthwise
+           filters, one per channel), as many as the residual stream but a space of their own; ``conv.in``: read
+           by its output projection
 ``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
            per-head norm over ``head_dim``): never grown
 =========  ================================================================================
@@ -58,6 +61,8 @@ SPACES = (
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
     # an expert is a unit whose write vector is its weights and whose read vector is its router row
     Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
+    # the channels of a short convolution layer (LFM2): as many as the residual stream, grown apart from it
+    Space("conv", ("conv",), ("conv.in",), "hidden", None, True),
 )
 SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # tokens whose unit is not their space's: a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim, a
@@ -70,7 +75,8 @@ MAP_OF = {"ffn.pair": "ffn", "q.head": "q"}
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
-FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim"}
+FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "kernel": None}  # kernel: a
+# convolution's kernel (and its group axis of one), never grown
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 
@@ -95,6 +101,7 @@ class Dims:
     dense_ffn: int = 0              # the FFN size of the dense layers beside MoE layers (0: none of their own)
     shared_experts: int = 0         # shared experts beside the routed ones (their FFN: this x ffn)
     kinds: tuple[str, ...] = ()     # each layer's kind, for a model whose layers differ (empty: all alike)
+    attention_layers: int | None = None  # the layers that attend (None: all; a hybrid's others convolve)
 
     @property
     def shared_ffn(self) -> int:

@@ -55,6 +55,8 @@ class TableFile:
     kinds: Optional[dict] = setting(None, "layers of several kinds (see Kinds): the weights only some layers hold")
     trailing_layers: Optional[str] = setting(None, "the config key counting the layers after the last that the "
                                                    "checkpoint may hold and transformers does not load (MTP): left out")
+    ffn_rule: Optional[dict] = setting(None, "an FFN size the model derives from the config's (LFM2's SwiGLU "
+                                             "rounding, see FfnRule)")
 
 
 @dataclass
@@ -62,6 +64,18 @@ class Kinds:
     by: dict[str, str] = required("how the config says each layer's kind: {first_k, indices or list: config key}")
     layers: dict[str, dict[str, Axes]] = required("kind name -> the weights the layers of that kind hold beside the "
                                                   "common ones (first_k and indices: two kinds, in order)")
+    index_lists: dict[str, str] = setting({}, "config keys that list the indices of the layers of a kind (key -> "
+                                               "kind), rewritten with the kinds after the depth plan")
+
+
+@dataclass
+class FfnRule:
+    """The FFN's real size when ``flag`` is set: ``multiple_of`` * ceil(int(multiplier * int(2 * ffn / 3)) /
+    multiple_of) (LFM2's ``block_auto_adjust_ff_dim``); the grown config states the real size with the flag off."""
+
+    flag: str = required("the config key that turns the rule on")
+    multiplier: str = required("the config key of the multiplier (null: none, and no rounding)")
+    multiple_of: str = required("the config key of the rounding multiple")
 
 
 @dataclass
@@ -133,11 +147,13 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
         raise LigoError(f"{where}: an MoE table (config.experts) must say in router.normalized whether the "
                         "top-k weights are renormalized: true, false, or the config key that says so")
     embed = None if scale is None else {k: v for k, v in vars(scale).items() if v is not None}
+    ffn_rule = vars(from_mapping(FfnRule, t.ffn_rule, f"{where}: ffn_rule")) if t.ffn_rule is not None else None
     spec = ArchSpec(model_types=tuple(types), objective=t.objective, rope=t.rope, config=dict(t.config),
                base_prefix=t.base_prefix, layer_prefix=t.layer_prefix, entries=entries, tied=dict(t.tied),
                identity_zero=list(t.identity_zero), layer_lists=list(t.layer_lists), ignore=list(t.ignore),
                norms=vars(norms), embed_scale=embed, renamed=dict(t.renamed), router=t.router, fused=t.fused,
-               upcycle=t.upcycle, requires=t.requires, kinds=kinds, trailing_layers=t.trailing_layers, source=source,
+               upcycle=t.upcycle, requires=t.requires, kinds=kinds, trailing_layers=t.trailing_layers, ffn_rule=ffn_rule,
+               source=source,
                model_type=types[0])
     spec._compile()
     return spec
@@ -159,7 +175,10 @@ def _kinds(where: str, data: dict, entries: list[Entry]) -> dict:
             if entry.module in common or any(e.name == name for e in entries):
                 raise LigoError(f"{where}: kinds.layers.{kind}.{name}: a module belongs to one kind, or to every layer")
             entries.append(entry)
-    return {"by": dict(k.by), "names": list(k.layers)}
+    unknown = sorted(set(k.index_lists.values()) - set(k.layers))
+    if unknown:
+        raise LigoError(f"{where}: kinds.index_lists names kinds {unknown} that kinds.layers does not give")
+    return {"by": dict(k.by), "names": list(k.layers), "index_lists": dict(k.index_lists)}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

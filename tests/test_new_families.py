@@ -235,7 +235,8 @@ REFUSED = {  # tiny random models of the types ligo has no table for, and a word
                         shared_expert_intermediate_size=32, layer_types=["linear_attention", "full_attention"],
                         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
                         linear_value_head_dim=8), "Gated DeltaNet"),
-    "lfm2": (dict(_SMALL, layer_types=["conv", "full_attention"]), "convolution"),
+    "lfm2_moe": (dict(_SMALL, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32, num_dense_layers=1), "mixture-of-experts"),
     "granitemoehybrid": (dict(_SMALL, layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=32,
                               mamba_d_state=8, num_local_experts=0, shared_intermediate_size=96), "Mamba-2"),
 }

@@ -46,6 +46,9 @@ FAMILIES = {
     "smollm3": dict(_GQA, no_rope_layers=[1, 0]),
     "granite": dict(_GQA, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.04,
                     logits_scaling=8.0),
+    # a hybrid: a short gated convolution layer, then attention with q/k norms; the FFN size is derived from
+    # intermediate_size (96 -> 256: LFM2's SwiGLU rounding)
+    "lfm2": dict(_GQA, layer_types=["conv", "full_attention"], conv_bias=True),
 }
 SOURCE.update(FAMILIES)
 # Integer width ratio and more layers: the lossless case.
@@ -64,6 +67,7 @@ _GQA_TARGET = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, 
                    intermediate_size=192)
 TARGET.update({mt: dict(_GQA_TARGET) for mt in FAMILIES})
 TARGET["gpt_neox"] = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, intermediate_size=192)
+TARGET["lfm2"]["intermediate_size"] = 512  # (the real FFN size: the grown config states it, its rounding off)
 # Mixtures of experts (tests/test_moe.py): 4 experts, 2 per token; Qwen3-MoE with its own expert FFN size and
 # head_dim, OLMoE with norms over whole projections. norm_topk_prob: renormalized top-k weights (Mixtral always).
 MOE = {
