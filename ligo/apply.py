@@ -140,9 +140,7 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
     def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
         """The source layers of ``e`` at the depth map's columns ``index`` (None: all)."""
         if read is not None:
-            held_rows = op.src_rows(e)
-            return torch.stack([op.layer(read, e, held_rows[j]) for j in (index if index is not None else
-                                                                          range(len(held_rows)))])
+            return _read_layers(op, read, e, index)
         t = held[("l_", e.name)] if held is not None else op.source_layers(e)
         t = t if index is None else t[index]
         return t if layer_by_layer else t.float()
@@ -188,6 +186,14 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
             del mixed, src
             yield from _named(op, e, rows[chunk], grown)
             del grown
+
+
+def _read_layers(op, read, e: Entry, index: list[int] | None) -> torch.Tensor:
+    """The source layers of ``e`` at its depth map's columns ``index`` (None: all), read on demand; one layer
+    (materializing row by row) is the tensor read, not a stacked copy."""
+    rows = op.src_rows(e)
+    found = [op.layer(read, e, rows[j]) for j in (range(len(rows)) if index is None else index)]
+    return found[0][None] if len(found) == 1 else torch.stack(found)
 
 
 def _steps(depth: torch.Tensor, layer_by_layer: bool) -> list[tuple[slice, torch.Tensor, list[int] | None]]:
