@@ -202,10 +202,11 @@ class ArchSpec:
                                 f"rest {names[1]}); grow it with --depth identity or interleave, or a --depth-map "
                                 f"that keeps the {names[0]} layers first")
             return {key: k}
-        lists = {k: [i for i, kind in enumerate(kinds) if kind == of] for k, of in self.kinds["index_lists"].items()}
-        if rule == "indices":
-            return {key: [i for i, kind in enumerate(kinds) if kind == names[1]], **lists}
-        return {key: list(kinds), **lists}
+        def indices(of: str) -> list[int]:
+            return [i for i, kind in enumerate(kinds) if kind == of]
+
+        lists = {k: indices(of) for k, of in self.kinds["index_lists"].items()}
+        return {key: indices(names[1]) if rule == "indices" else list(kinds), **lists}
 
     def kind_rows(self, entry: Entry, dims: Dims) -> list[int]:
         """The layers holding ``entry``: every layer, or those of its kind."""
@@ -265,8 +266,8 @@ class ArchSpec:
         if self.ffn_rule is not None and source_config.get(self.ffn_rule["flag"], True):
             # the grown config states the FFN's real size (a target's ffn is the real size too)
             key = generic["ffn"]
-            given = key in written
-            out[key] = out[key] if given else self.real_ffn(source_config, source_config.get(key))
+            if key not in written:
+                out[key] = self.real_ffn(source_config, source_config.get(key))
             out[self.ffn_rule["flag"]] = False
         # per-layer lists the target leaves out get one entry per target layer (the source's pattern repeated;
         # growth then rewrites them by its depth plan), so the target config is valid on its own

@@ -152,9 +152,8 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
                base_prefix=t.base_prefix, layer_prefix=t.layer_prefix, entries=entries, tied=dict(t.tied),
                identity_zero=list(t.identity_zero), layer_lists=list(t.layer_lists), ignore=list(t.ignore),
                norms=vars(norms), embed_scale=embed, renamed=dict(t.renamed), router=t.router, fused=t.fused,
-               upcycle=t.upcycle, requires=t.requires, kinds=kinds, trailing_layers=t.trailing_layers, ffn_rule=ffn_rule,
-               source=source,
-               model_type=types[0])
+               upcycle=t.upcycle, requires=t.requires, kinds=kinds, trailing_layers=t.trailing_layers,
+               ffn_rule=ffn_rule, source=source, model_type=types[0])
     spec._compile()
     return spec
 
@@ -189,9 +188,13 @@ def _register(spec: ArchSpec) -> None:
         _REGISTRY[mt] = spec
 
 
+_REFUSED: dict[str, str] = {}  # model_type -> why it has no table (ligo/archs/_refused.json)
+
+
 def _builtin_tables() -> None:
     if _REGISTRY:
         return
+    _REFUSED.update(json.loads(resources.files("ligo.archs").joinpath("_refused.json").read_text()))
     for item in sorted(resources.files("ligo.archs").iterdir(), key=lambda p: p.name):
         if item.name.endswith(".json") and not item.name.startswith("_"):
             _register(read_table(json.loads(item.read_text()), source=f"ligo/archs/{item.name}"))
@@ -268,8 +271,8 @@ class UnsupportedType(LigoError):
 
 def refused_reason(model_type: str | None) -> str | None:
     """Why a model_type that has no table is refused (``ligo/archs/_refused.json``), None when nothing is said."""
-    reasons = json.loads(resources.files("ligo.archs").joinpath("_refused.json").read_text())
-    return reasons.get(model_type) if model_type and not model_type.startswith("_") else None
+    _builtin_tables()
+    return _REFUSED.get(model_type) if model_type and not model_type.startswith("_") else None
 
 
 def get_spec(model_type: str | None) -> ArchSpec:
