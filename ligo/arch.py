@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LigoError
-from .spaces import Dims, Entry, Match
+from .spaces import SPACES, Dims, Entry, Match
+
+HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens of weights that write attention heads
 
 DOCS_ADDING = "docs/architectures.md"
 
 
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
-                 "dense_ffn", "shared_experts", "expert_groups")
+                 "dense_ffn", "shared_experts", "expert_groups", "lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim")
 KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ArchSpec.layer_kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
@@ -146,12 +148,14 @@ class ArchSpec:
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
                     expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
                     shared_experts=get("shared_experts", 0), kinds=kinds,
-                    attention_layers=self.attention_layers(kinds))
+                    attention_layers=self.attention_layers(kinds), lin_heads=get("lin_heads", 0),
+                    lin_kv_heads=get("lin_kv_heads", get("lin_heads", 0)), lin_k_dim=get("lin_k_dim", 0),
+                    lin_v_dim=get("lin_v_dim", 0))
 
-    def attention_layers(self, kinds: tuple[str, ...]) -> int | None:
-        """How many layers attend, where only some kinds do (a hybrid); None: every layer."""
-        attends = {e.kind for e in self.entries if e.scope == "layer" and any(t in ("q", "qkv") for t in e.axes[0])}
-        return None if None in attends or not kinds else sum(1 for kind in kinds if kind in attends)
+    def attention_layers(self, kinds: tuple[str, ...]) -> tuple[int, ...] | None:
+        """The layers that attend, where only some kinds do (a hybrid); None: every layer."""
+        attends = {e.kind for e in self.entries if e.scope == "layer" and any(t in HEAD_WRITES for t in e.axes[0])}
+        return None if None in attends or not kinds else tuple(i for i, kind in enumerate(kinds) if kind in attends)
 
     def real_ffn(self, config: dict, ffn: int) -> int:
         """The FFN size the model builds from the config's ``ffn`` (the table's ``ffn_rule``, when on)."""

@@ -31,11 +31,27 @@ def matmul_params(model: nn.Module) -> float:
     return total
 
 
+# the chunk length of the chunked Gated DeltaNet algorithm (transformers' PyTorch path and the FLA kernels)
+DELTA_CHUNK = 64
+
+
+def mixer_flops(dims: Dims, seq_len: int, layers=None) -> float:
+    """The forward FLOPs per token of the token mixers that hold no weight matrix, summed over ``layers`` (all by
+    default): attention scores and their weighted sum over the full sequence in a layer that attends; in a Gated
+    DeltaNet layer, per value head, the chunked algorithm's products (keys with keys and with queries within a
+    chunk, ``4 C dk``; the intra-chunk attention over the corrected values, ``2 C dv``; reading, correcting and
+    writing the ``dk x dv`` state, ``6 dk dv``), as torch's counter counts them (its triangular solves, about
+    ``C (dk + dv)`` more, are no matrix product and are left out, as are convolutions)."""
+    attention = 4 * seq_len * dims.heads * dims.head_dim
+    delta = dims.lin_heads * (4 * DELTA_CHUNK * dims.lin_k_dim + 2 * DELTA_CHUNK * dims.lin_v_dim +
+                              6 * dims.lin_k_dim * dims.lin_v_dim)
+    attends = set(range(dims.layers) if dims.attention_layers is None else dims.attention_layers)
+    return float(sum(attention if i in attends else delta for i in (range(dims.layers) if layers is None else layers)))
+
+
 def forward_flops_per_token(model: nn.Module, dims: Dims, seq_len: int) -> float:
-    """2 FLOPs per matmul weight, plus attention scores and their weighted sum over the full sequence."""
-    layers = dims.layers if dims.attention_layers is None else dims.attention_layers
-    attention = 4 * seq_len * dims.heads * dims.head_dim * layers
-    return 2.0 * matmul_params(model) + attention
+    """2 FLOPs per matmul weight, plus the token mixers' own (:func:`mixer_flops`)."""
+    return 2.0 * matmul_params(model) + mixer_flops(dims, seq_len)
 
 
 def train_flops_per_token(model: nn.Module, dims: Dims, seq_len: int, layer_of=None) -> float:
@@ -69,8 +85,7 @@ def train_flops_per_token(model: nn.Module, dims: Dims, seq_len: int, layer_of=N
             n = 2.0 * p.numel() * share
             weights += n if p.requires_grad else 0.0
             inputs += n if position(f"{name}.{pname}") >= lowest and position(f"{name}.{pname}") > -1 else 0.0
-    attention = 4 * seq_len * dims.heads * dims.head_dim * sum(1 for i in range(dims.layers) if i >= lowest)
-    return forward + weights + inputs + 2 * attention
+    return forward + weights + inputs + 2 * mixer_flops(dims, seq_len, range(max(lowest, 0), dims.layers))
 
 
 def step_flops(model: nn.Module, dims: Dims, cfg, layer_of=None) -> float:

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from .arch import ArchSpec
-from .spaces import SPACE_OF, WRITE_TOKENS, Dims
+from .spaces import GROUPED_BY, SPACE_OF, WRITE_TOKENS, Dims
 from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan, depth_map_items
 from .errors import LigoError
 
 
 def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     """Refuse target shapes the operator cannot produce, with the fix in the message."""
-    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts"):
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "lin_heads", "lin_kv_heads"):
         if getattr(tgt, name) < getattr(src, name):
             raise LigoError(f"target {spec.config_key(name) or name}={getattr(tgt, name)} is smaller than the source's "
                             f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
@@ -31,10 +31,18 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
         why = "rotary pairs live inside each head" if spec.rope else "attention is grown by whole heads"
         raise LigoError(f"head_dim would change from {src.head_dim} to {tgt.head_dim} ({why}); choose the target's "
                         f"heads so that head_dim stays {src.head_dim}")
+    for name in ("lin_k_dim", "lin_v_dim"):
+        if getattr(tgt, name) != getattr(src, name):
+            raise LigoError(f"the linear-attention {name[4]} head size would change from {getattr(src, name)} to "
+                            f"{getattr(tgt, name)} (its state lives inside each head); keep "
+                            f"{spec.config_key(name)}={getattr(src, name)}")
     for d, tag in ((src, "source"), (tgt, "target")):
         if d.heads % d.kv_heads:
             raise LigoError(f"{tag} kv heads ({d.kv_heads}) do not divide its attention heads ({d.heads}); "
                             "pick a kv-head count that divides the head count")
+        if d.lin_kv_heads and d.lin_heads % d.lin_kv_heads:
+            raise LigoError(f"{tag} linear-attention key heads ({d.lin_kv_heads}) do not divide its value heads "
+                            f"({d.lin_heads}); pick a key-head count that divides the value-head count")
     if tgt.vocab != src.vocab:
         raise LigoError(f"target vocab size {tgt.vocab} differs from the source's {src.vocab}; the vocabulary is "
                         "never grown, so keep the source's vocab_size (and tokenizer)")
@@ -135,28 +143,28 @@ def _mapped(text: str, l1: int) -> tuple[list[int], list[bool]]:
 def unit_selection(token: str, src: Dims, tgt: Dims) -> torch.Tensor:
     """The source unit each target unit copies: units are neurons, or whole heads for attention."""
     space = SPACE_OF[token].name
-    kv = torch.arange(tgt.kv_heads) % src.kv_heads
-    if space == "kv_heads":
-        return kv
-    if space == "heads":
-        # Keep GQA grouping: a target query head copies a source query head of the group its
-        # kv head copies; successive copies of a group cycle through that group's query heads.
-        g1, g2 = src.heads // src.kv_heads, tgt.heads // tgt.kv_heads
-        used = [0] * src.kv_heads
-        sel = []
-        for j in range(tgt.kv_heads):
-            k = int(kv[j])
-            for _ in range(g2):
-                sel.append(k * g1 + used[k] % g1)
-                used[k] += 1
-        if min(used) < g1:
-            raise LigoError(f"query heads per kv group shrink from {g1} to {g2} with kv heads {src.kv_heads}->"
-                            f"{tgt.kv_heads}: some source heads would be dropped; grow kv heads by an integer "
-                            "factor or use --width random")
-        return torch.tensor(sel)
-    n1, _ = src.units(token)
-    n2, _ = tgt.units(token)
-    return torch.arange(n2) % n1
+    group = GROUPED_BY.get(space)
+    if group is None:
+        n1, _ = src.units(token)
+        n2, _ = tgt.units(token)
+        return torch.arange(n2) % n1
+    # Keep the grouping (GQA; a linear-attention key head serving value heads): a target head copies a source
+    # head of the group its group's head copies; successive copies of a group cycle through that group's heads.
+    (n1, k1), (n2, k2) = (getattr(src, space), getattr(src, group)), (getattr(tgt, space), getattr(tgt, group))
+    kv = torch.arange(k2) % k1
+    g1, g2 = n1 // k1, n2 // k2
+    used = [0] * k1
+    sel = []
+    for j in range(k2):
+        k = int(kv[j])
+        for _ in range(g2):
+            sel.append(k * g1 + used[k] % g1)
+            used[k] += 1
+    if min(used) < g1:
+        what, of = ("query heads", "kv heads") if space == "heads" else ("value heads", "key heads")
+        raise LigoError(f"{what} per group shrink from {g1} to {g2} with {of} {k1}->{k2}: some source heads would "
+                        f"be dropped; grow the {of} by an integer factor or use --width random")
+    return torch.tensor(sel)
 
 
 def residual_scales(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> torch.Tensor | None:

@@ -16,6 +16,8 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``ffn.pair`` FFN hidden units written as interleaved (gate, up) pairs, two rows a unit (GPT-OSS's fused
            ``gate_up_proj``): the ``ffn`` map, a unit two entries wide
 ``q.head`` one value per query head (GPT-OSS's attention sinks): the ``q`` map, a unit one entry wide
+``q.gate`` whole query heads written with their output gate, each head's ``head_dim`` query rows then its
+           ``head_dim`` gate rows (Qwen3.5's gated attention): the ``q`` map, a unit two head_dims wide
 ``dffn``   the FFN hidden units of the dense layers of a model whose other layers are mixtures of experts (GLM-4.5's
            first layers, Llama 4's dense layers), when their size differs from the experts'; ``dffn.in``: read
 ``sffn``   the hidden units of the shared experts beside the routed ones (their FFN, ``shared_experts`` x the
@@ -28,8 +30,14 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``conv``   the channels of a gated short convolution (LFM2: its input projection's three streams, its depthwise
            filters, one per channel), as many as the residual stream but a space of their own; ``conv.in``: read
            by its output projection
+``lv``     the value heads of a linear-attention layer (Gated DeltaNet), written by their value rows and
+           output gates (grown by whole heads); ``lv.head``: one value (or one row) per value head, its decay
+           ``A_log``, ``dt_bias`` and the rows of the ``a`` and ``b`` projections; ``lv.in``: read by the output
+           projection
+``lk``     the key heads of a linear-attention layer (their query and key rows), each serving a group of value
+           heads as a kv head serves query heads
 ``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
-           per-head norm over ``head_dim``): never grown
+           per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head: never grown
 =========  ================================================================================
 """
 
@@ -57,26 +65,31 @@ SPACES = (
     Space("ffn", ("ffn", "ffn.pair"), ("ffn.in",), "ffn", None, True),
     Space("dense_ffn", ("dffn",), ("dffn.in",), "dense_ffn", None, True),
     Space("shared_ffn", ("sffn",), ("sffn.in",), "shared_ffn", None, True),
-    Space("heads", ("q", "qkv", "q.head"), ("o.in",), "heads", "head_dim", True),
+    Space("heads", ("q", "qkv", "q.head", "q.gate"), ("o.in",), "heads", "head_dim", True),
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
     # an expert is a unit whose write vector is its weights and whose read vector is its router row
     Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
     # the channels of a short convolution layer (LFM2): as many as the residual stream, grown apart from it
     Space("conv", ("conv",), ("conv.in",), "hidden", None, True),
+    # a linear-attention layer's value heads and the key heads that each serve a group of them (Gated DeltaNet)
+    Space("lin_heads", ("lv", "lv.head"), ("lv.in",), "lin_heads", "lin_v_dim", True),
+    Space("lin_kv_heads", ("lk",), (), "lin_kv_heads", "lin_k_dim", True),
 )
+# a space whose units come in groups, each served by one unit of another space (grouped-query attention)
+GROUPED_BY = {"heads": "kv_heads", "lin_heads": "lin_kv_heads"}
 SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # tokens whose unit is not their space's: a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim, a
 # GPT-OSS FFN unit is a (gate, up) pair, a sink is one value per head
-_UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None}
+_UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None, "q.gate": "gate_unit", "lv.head": None}
 # token -> (count dim, unit-size dim)
 GROWN = {tok: (s.count, _UNIT[tok] if tok in _UNIT else s.unit) for tok, s in SPACE_OF.items()}
 # tokens that apply another token's map with their own unit size (one map per space side, however it is laid out)
-MAP_OF = {"ffn.pair": "ffn", "q.head": "q"}
+MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv"}
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
-FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "kernel": None}  # kernel: a
-# convolution's kernel (and its group axis of one), never grown
+# never grown; kernel: a convolution's kernel (and its group axis of one)
+FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None}
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 
@@ -101,7 +114,12 @@ class Dims:
     dense_ffn: int = 0              # the FFN size of the dense layers beside MoE layers (0: none of their own)
     shared_experts: int = 0         # shared experts beside the routed ones (their FFN: this x ffn)
     kinds: tuple[str, ...] = ()     # each layer's kind, for a model whose layers differ (empty: all alike)
-    attention_layers: int | None = None  # the layers that attend (None: all; a hybrid's others convolve)
+    attention_layers: tuple[int, ...] | None = None  # the layers that attend (None: all; a hybrid's others convolve
+    # or run a linear recurrence)
+    lin_heads: int = 0              # a linear-attention layer's value heads (Gated DeltaNet; 0: none)
+    lin_kv_heads: int = 0           # its key heads, each serving lin_heads / lin_kv_heads value heads
+    lin_k_dim: int = 0              # a key head's size
+    lin_v_dim: int = 0              # a value head's size
 
     @property
     def shared_ffn(self) -> int:
@@ -110,6 +128,10 @@ class Dims:
     @property
     def qkv_unit(self) -> int:
         return 3 * self.head_dim
+
+    @property
+    def gate_unit(self) -> int:
+        return 2 * self.head_dim
 
     @property
     def pair(self) -> int:

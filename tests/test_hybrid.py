@@ -1,8 +1,10 @@
-"""A hybrid model (issue 32): LFM2 interleaves gated short-convolution layers with attention layers. The
+"""Hybrid models (issue 32). LFM2 interleaves gated short-convolution layers with attention layers: the
 convolution's channels are a space of their own (``conv``: its input projection's three streams, its depthwise
 filters), the layer pattern follows the depth plan, and the FFN size the config derives (LFM2's SwiGLU rounding)
-is stated in the grown config. The family guarantees (lossless at x2 and at a non-integer ratio, stacking exact,
-the default plan trains) run in tests/test_families.py; here what is particular to the hybrid."""
+is stated in the grown config. Qwen3.5 interleaves Gated DeltaNet linear-attention layers with gated attention:
+the recurrent value heads (``lv``, with their decays) and the key heads serving them (``lk``) are grown by whole
+heads, grouped as grouped-query attention is. The family guarantees (lossless at x2 and at a non-integer ratio,
+stacking exact, the default plan trains) run in tests/test_families.py; here what is particular to hybrids."""
 
 import json
 
@@ -13,12 +15,21 @@ import tiny
 from conftest import run_cli
 from ligo import GrowthPlan, grow
 from ligo.checkpoint import load_checkpoint
+from ligo.errors import LigoError
 from ligo.growth import Grower
 
 
+HYBRIDS = ("lfm2", "qwen3_5_text")
+
+
 @pytest.fixture(scope="module")
-def lfm2(tmp_path_factory, tokenizer):
-    return tiny.save_model(tiny.make_model("lfm2"), tmp_path_factory.mktemp("lfm2") / "src", tokenizer)
+def hybrids(tmp_path_factory, tokenizer):
+    return {mt: tiny.save_model(tiny.make_model(mt), tmp_path_factory.mktemp(mt) / "src", tokenizer) for mt in HYBRIDS}
+
+
+@pytest.fixture(scope="module")
+def lfm2(hybrids):
+    return hybrids["lfm2"]
 
 
 def test_the_layer_pattern_follows_the_depth_plan(lfm2, tmp_path):
@@ -36,18 +47,21 @@ def test_the_layer_pattern_follows_the_depth_plan(lfm2, tmp_path):
     assert "model.layers.3.self_attn.q_proj.weight" in state and "model.layers.2.self_attn.q_proj.weight" not in state
 
 
-def test_streaming_growth_writes_the_same_tensors(lfm2, tmp_path):
+@pytest.mark.parametrize("model_type", HYBRIDS)
+def test_streaming_growth_writes_the_same_tensors(model_type, hybrids, tmp_path):
     for stream in (False, True):
-        Grower(lfm2, tiny.TARGET["lfm2"], plan=GrowthPlan(width="random", depth="stack"),
+        Grower(hybrids[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth="stack"),
                stream=stream).save(tmp_path / str(stream))
     a, b = load_checkpoint(tmp_path / "False").state, load_checkpoint(tmp_path / "True").state
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_fitted_model_is_the_materialized_one(lfm2, blocks, tmp_path):
-    """The fit trains through transformers' own convolution path (its slow PyTorch kernel on the CPU)."""
-    tiny.fit_and_compare(Grower(lfm2, tiny.TARGET["lfm2"], plan=GrowthPlan(width="random", depth="stack")), blocks,
-                         tmp_path / "out")
+@pytest.mark.parametrize("model_type", HYBRIDS)
+def test_the_fitted_model_is_the_materialized_one(model_type, hybrids, blocks, tmp_path):
+    """The fit trains through transformers' own convolution and delta-rule paths (their slow PyTorch kernels on
+    the CPU, where causal-conv1d and flash-linear-attention do not run)."""
+    tiny.fit_and_compare(Grower(hybrids[model_type], tiny.TARGET[model_type],
+                                plan=GrowthPlan(width="random", depth="stack")), blocks, tmp_path / "out")
 
 
 @pytest.mark.parametrize("width, duplicates", [("copy", 256), ("split", 0)])
@@ -59,17 +73,74 @@ def test_inspect_counts_duplicated_convolution_channels(width, duplicates, lfm2,
     assert units["conv"]["duplicates"] == duplicates
 
 
-def test_flops_count_attention_only_where_layers_attend():
-    """The analytic FLOPs of a hybrid (attention scores only in its attention layers) match torch's counter."""
+@pytest.mark.parametrize("model_type, other", [("lfm2", "conv"), ("qwen3_5_text", "linear_attention")])
+def test_flops_count_attention_only_where_layers_attend(model_type, other):
+    """The analytic FLOPs of a hybrid (attention scores only in its attention layers, the delta rule's products in
+    its linear-attention layers) match torch's counter: a forward, and for LFM2 a training step. (A training step
+    is counted as three forwards, as everywhere; torch counts the delta rule's backward higher, its triangular
+    solves' gradients being matrix products.)"""
     from ligo.config import TrainConfig
-    from ligo.flops import measured_flops, step_flops
+    from ligo.flops import forward_flops_per_token, measured_flops, step_flops
     from ligo.tables import get_spec
 
-    model = tiny.make_model("lfm2", num_hidden_layers=4, layer_types=["conv", "conv", "conv", "full_attention"],
+    model = tiny.make_model(model_type, num_hidden_layers=4, layer_types=[other] * 3 + ["full_attention"],
                             max_position_embeddings=512).train()
-    dims = get_spec("lfm2").dims(model.config.to_dict())
-    assert dims.attention_layers == 1
+    dims = get_spec(model_type).dims(model.config.to_dict())
+    assert dims.attention_layers == (3,)
     ids = torch.randint(4, tiny.VOCAB, (2, 256))  # (long enough that attention in every layer would be 26% over)
-    measured = measured_flops(lambda: model(input_ids=ids, labels=ids).loss)
-    analytic = step_flops(model, dims, TrainConfig(batch_size=2, seq_len=256))
+    measured = measured_flops(lambda: model(input_ids=ids).logits.detach())  # (a forward only)
+    analytic = forward_flops_per_token(model, dims, 256) * ids.numel()
     assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
+    if model_type == "lfm2":
+        measured = measured_flops(lambda: model(input_ids=ids, labels=ids).loss)
+        analytic = step_flops(model, dims, TrainConfig(batch_size=2, seq_len=256))
+        assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
+
+
+@pytest.mark.parametrize("target", [
+    {"linear_num_value_heads": 8},  # each key head serves 4 value heads instead of 2
+    {"linear_num_key_heads": 4},  # each key head (copied) serves one value head instead of 2
+    {"linear_num_key_heads": 3, "linear_num_value_heads": 6, "hidden_size": 80, "num_hidden_layers": 3},  # x1.5
+])
+def test_gated_deltanet_grows_its_recurrent_heads_losslessly(target, hybrids, text_ids, tmp_path):
+    """New value heads copy a source head of their key head's group with its decay (A_log, dt_bias) and its rows of
+    the a/b projections and the output gate; split shares the output projection's reads between the copies."""
+    grow(hybrids["qwen3_5_text"], target, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
+    diff, model = tiny.max_logit_diff(hybrids["qwen3_5_text"], tmp_path / "out", text_ids)
+    assert diff <= 1e-4, diff
+    gdn = model.model.layers[0].linear_attn
+    assert (gdn.num_v_heads, gdn.num_k_heads) == (target.get("linear_num_value_heads", 4),
+                                                  target.get("linear_num_key_heads", 2))
+
+
+def test_gated_deltanet_heads_copy_their_decays(hybrids, tmp_path):
+    """With copy width, target value head x is source head (x mod 4) of the same key-head group, its A_log and
+    dt_bias verbatim; the output projection reads each copy at half weight."""
+    grow(hybrids["qwen3_5_text"], {"linear_num_key_heads": 4, "linear_num_value_heads": 8}, tmp_path / "out",
+         plan=GrowthPlan(width="copy", depth="stack"))
+    src, got = load_checkpoint(hybrids["qwen3_5_text"]).state, load_checkpoint(tmp_path / "out").state
+    sel = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])  # key heads 0,1,2,3 <- 0,1,0,1; their groups' value heads likewise
+    for name in ("A_log", "dt_bias"):
+        key = f"model.layers.0.linear_attn.{name}"
+        assert torch.equal(got[key], src[key][sel])
+    out = "model.layers.0.linear_attn.out_proj.weight"
+    torch.testing.assert_close(got[out], src[out].view(64, 4, 16)[:, sel].reshape(64, 128) / 2)
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"linear_key_head_dim": 32}, r"linear-attention k head size would change from 16 to 32"),
+    ({"linear_num_key_heads": 3}, r"linear-attention key heads \(3\) do not divide its value heads \(4\)"),
+])
+def test_bad_recurrent_head_targets_are_one_clear_line(target, message, hybrids, tmp_path):
+    with pytest.raises(LigoError, match=message):
+        grow(hybrids["qwen3_5_text"], target, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_counts_duplicated_recurrent_heads(hybrids, tmp_path):
+    grow(hybrids["qwen3_5_text"], tiny.TARGET["qwen3_5_text"], tmp_path / "g", plan=GrowthPlan(width="copy",
+                                                                                               depth="identity"))
+    units = json.loads(run_cli("inspect", tmp_path / "g", "--units", "--json", check=True).stdout)["units"]
+    # identity depth: the 2 source layers' copies are duplicates; the 2 new layers' heads are random mixtures
+    assert units["lin_heads"]["units"] == 2 * 8 and units["lin_heads"]["duplicate_writes"] == 8
+    assert units["lin_kv_heads"]["units"] == 2 * 4

@@ -49,6 +49,11 @@ FAMILIES = {
     # a hybrid: a short gated convolution layer, then attention with q/k norms; the FFN size is derived from
     # intermediate_size (96 -> 256: LFM2's SwiGLU rounding)
     "lfm2": dict(_GQA, layer_types=["conv", "full_attention"], conv_bias=True),
+    # a hybrid: a Gated DeltaNet linear-attention layer (2 key heads serving 4 value heads), then gated attention
+    # with per-head q/k norms (1 + w) and biases, partial rotary
+    "qwen3_5_text": dict(_GQA, head_dim=16, attention_bias=True, linear_num_key_heads=2, linear_num_value_heads=4,
+                         linear_key_head_dim=16, linear_value_head_dim=16,
+                         layer_types=["linear_attention", "full_attention"]),
 }
 SOURCE.update(FAMILIES)
 # Integer width ratio and more layers: the lossless case.
@@ -68,6 +73,7 @@ _GQA_TARGET = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, 
 TARGET.update({mt: dict(_GQA_TARGET) for mt in FAMILIES})
 TARGET["gpt_neox"] = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, intermediate_size=192)
 TARGET["lfm2"]["intermediate_size"] = 512  # (the real FFN size: the grown config states it, its rounding off)
+TARGET["qwen3_5_text"].update(linear_num_key_heads=4, linear_num_value_heads=8)  # the recurrent heads grow too
 # Mixtures of experts (tests/test_moe.py): 4 experts, 2 per token; Qwen3-MoE with its own expert FFN size and
 # head_dim, OLMoE with norms over whole projections. norm_topk_prob: renormalized top-k weights (Mixtral always).
 MOE = {
