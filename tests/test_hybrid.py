@@ -137,10 +137,12 @@ def test_bad_recurrent_head_targets_are_one_clear_line(target, message, hybrids,
     assert not (tmp_path / "out").exists()
 
 
-def test_inspect_counts_duplicated_recurrent_heads(hybrids, tmp_path):
-    grow(hybrids["qwen3_5_text"], tiny.TARGET["qwen3_5_text"], tmp_path / "g", plan=GrowthPlan(width="copy",
+@pytest.mark.parametrize("width, writes, duplicates", [("copy", 16, 16), ("split", 8, 0)])
+def test_inspect_counts_duplicated_recurrent_heads(width, writes, duplicates, hybrids, tmp_path):
+    """Copied value heads are duplicates in both layers of each kind; split: the new identity layers' heads start as
+    random mixtures (their outputs start at zero), the copies in the source's layers read unequal shares."""
+    grow(hybrids["qwen3_5_text"], tiny.TARGET["qwen3_5_text"], tmp_path / "g", plan=GrowthPlan(width=width,
                                                                                                depth="identity"))
     units = json.loads(run_cli("inspect", tmp_path / "g", "--units", "--json", check=True).stdout)["units"]
-    # identity depth: the 2 source layers' copies are duplicates; the 2 new layers' heads are random mixtures
-    assert units["lin_heads"]["units"] == 2 * 8 and units["lin_heads"]["duplicate_writes"] == 8
-    assert units["lin_kv_heads"]["units"] == 2 * 4
+    assert units["lin_heads"]["units"] == 2 * 8 and units["lin_kv_heads"]["units"] == 2 * 4  # 2 linear layers
+    assert units["lin_heads"]["duplicate_writes"] == writes and units["lin_heads"]["duplicates"] == duplicates
