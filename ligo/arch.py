@@ -36,7 +36,7 @@ DOCS_ADDING = "docs/architectures.md"
 
 
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
-                 "dense_ffn", "shared_experts", "expert_groups", "lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim")
+                 "dense_ffn", "shared_experts", "expert_groups", "lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "shared_ffn")
 KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ArchSpec.layer_kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
@@ -147,7 +147,7 @@ class ArchSpec:
                     tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
                     expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
-                    shared_experts=get("shared_experts", 0), kinds=kinds,
+                    shared_experts=get("shared_experts", 0), shared_ffn_size=get("shared_ffn", 0), kinds=kinds,
                     attention_layers=self.attention_layers(kinds), lin_heads=get("lin_heads", 0),
                     lin_kv_heads=get("lin_kv_heads", get("lin_heads", 0)), lin_k_dim=get("lin_k_dim", 0),
                     lin_v_dim=get("lin_v_dim", 0))

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from .arch import ArchSpec
-from .spaces import GROUPED_BY, SPACE_OF, WRITE_TOKENS, Dims
+from .spaces import GROUPED_BY, PACKED_GROUPS, SPACE_OF, WRITE_TOKENS, Dims
 from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan, depth_map_items
 from .errors import LigoError
 
 
 def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     """Refuse target shapes the operator cannot produce, with the fix in the message."""
-    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "lin_heads", "lin_kv_heads"):
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "lin_heads", "lin_kv_heads", "shared_ffn"):
         if getattr(tgt, name) < getattr(src, name):
             raise LigoError(f"target {spec.config_key(name) or name}={getattr(tgt, name)} is smaller than the source's "
                             f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
@@ -36,6 +36,10 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
             raise LigoError(f"the linear-attention {name[4]} head size would change from {getattr(src, name)} to "
                             f"{getattr(tgt, name)} (its state lives inside each head); keep "
                             f"{spec.config_key(name)}={getattr(src, name)}")
+    if tgt.lin_group != src.lin_group and any(t in PACKED_GROUPS for e in spec.entries for a in e.axes for t in a):
+        raise LigoError(f"{spec.model_type} packs each linear-attention key head with its {src.lin_group} value heads "
+                        f"in one projection, so a group's size cannot change ({src.lin_group} -> {tgt.lin_group}); "
+                        f"grow its key and value heads by the same factor")
     for d, tag in ((src, "source"), (tgt, "target")):
         if d.heads % d.kv_heads:
             raise LigoError(f"{tag} kv heads ({d.kv_heads}) do not divide its attention heads ({d.heads}); "

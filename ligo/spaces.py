@@ -21,7 +21,7 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``dffn``   the FFN hidden units of the dense layers of a model whose other layers are mixtures of experts (GLM-4.5's
            first layers, Llama 4's dense layers), when their size differs from the experts'; ``dffn.in``: read
 ``sffn``   the hidden units of the shared experts beside the routed ones (their FFN, ``shared_experts`` x the
-           experts' FFN size); ``sffn.in``: read
+           experts' FFN size, or the size the config gives); ``sffn.in``: read
 ``exp``    the experts of a mixture-of-experts layer, as the leading axis of an expert's weights that
            read the residual stream (gate/up); ``exp.out``: of those that write it (down). A table entry
            with an ``{e}`` in its name is one tensor per expert (checkpoint keys ``experts.{e}.w1.weight``),
@@ -36,6 +36,10 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
            projection
 ``lk``     the key heads of a linear-attention layer (their query and key rows), each serving a group of value
            heads as a kv head serves query heads
+``lk.qkvz`` whole key-head groups of a projection packed per group (Qwen3-Next's ``in_proj_qkvz``: a key head's
+           query and key rows, then its value heads' value rows and output-gate rows): the ``lk`` map, a unit
+           ``2 dk + 2 g dv`` wide (``g`` value heads a group); ``lk.ba``: likewise ``in_proj_ba``, ``2 g`` rows a
+           group. Packed groups keep their size: key and value heads grow by the same factor
 ``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
            per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head: never grown
 =========  ================================================================================
@@ -73,23 +77,26 @@ SPACES = (
     Space("conv", ("conv",), ("conv.in",), "hidden", None, True),
     # a linear-attention layer's value heads and the key heads that each serve a group of them (Gated DeltaNet)
     Space("lin_heads", ("lv", "lv.head"), ("lv.in",), "lin_heads", "lin_v_dim", True),
-    Space("lin_kv_heads", ("lk",), (), "lin_kv_heads", "lin_k_dim", True),
+    Space("lin_kv_heads", ("lk", "lk.qkvz", "lk.ba"), (), "lin_kv_heads", "lin_k_dim", True),
 )
 # a space whose units come in groups, each served by one unit of another space (grouped-query attention)
 GROUPED_BY = {"heads": "kv_heads", "lin_heads": "lin_kv_heads"}
 SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # tokens whose unit is not their space's: a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim, a
 # GPT-OSS FFN unit is a (gate, up) pair, a sink is one value per head
-_UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None, "q.gate": "gate_unit", "lv.head": None}
+_UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None, "q.gate": "gate_unit", "lv.head": None,
+         "lk.qkvz": "qkvz_unit", "lk.ba": "ba_unit"}
 # token -> (count dim, unit-size dim)
 GROWN = {tok: (s.count, _UNIT[tok] if tok in _UNIT else s.unit) for tok, s in SPACE_OF.items()}
 # tokens that apply another token's map with their own unit size (one map per space side, however it is laid out)
-MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv"}
+MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv", "lk.qkvz": "lk", "lk.ba": "lk"}
+PACKED_GROUPS = ("lk.qkvz", "lk.ba")  # tokens whose unit holds a whole group: the group's size may not change
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
-# never grown; kernel: a convolution's kernel (and its group axis of one)
-FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None}
+# never grown; kernel: a convolution's kernel (and its group axis of one); one: an axis of one (a scalar gate's row)
+FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None,
+         "one": None}
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 
@@ -113,6 +120,7 @@ class Dims:
     expert_groups: int = 1          # experts chosen within groups (DeepSeek-V3's n_group)
     dense_ffn: int = 0              # the FFN size of the dense layers beside MoE layers (0: none of their own)
     shared_experts: int = 0         # shared experts beside the routed ones (their FFN: this x ffn)
+    shared_ffn_size: int = 0        # the shared expert's FFN size, where the config gives it (Qwen3-Next)
     kinds: tuple[str, ...] = ()     # each layer's kind, for a model whose layers differ (empty: all alike)
     attention_layers: tuple[int, ...] | None = None  # the layers that attend (None: all; a hybrid's others convolve
     # or run a linear recurrence)
@@ -123,7 +131,19 @@ class Dims:
 
     @property
     def shared_ffn(self) -> int:
-        return self.shared_experts * self.ffn
+        return self.shared_ffn_size or self.shared_experts * self.ffn
+
+    @property
+    def lin_group(self) -> int:
+        return self.lin_heads // self.lin_kv_heads if self.lin_kv_heads else 0
+
+    @property
+    def qkvz_unit(self) -> int:
+        return 2 * self.lin_k_dim + 2 * self.lin_group * self.lin_v_dim
+
+    @property
+    def ba_unit(self) -> int:
+        return 2 * self.lin_group
 
     @property
     def qkv_unit(self) -> int:

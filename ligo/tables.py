@@ -19,7 +19,7 @@ from .spaces import EXPERT_TOKENS, FIXED, GROWN, Entry
 OBJECTIVES = ("causal-lm", "masked-lm")
 _CONFIG_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_default_factor",
                 "vocab", "positions", "tie", "experts", "experts_per_token", "dense_ffn", "shared_experts",
-                "expert_groups", "lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim"}
+                "expert_groups", "lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "shared_ffn"}
 Axes = list[Union[str, int]]  # a weight's axes: one token (or ``+``-joined tokens) per axis
 
 

@@ -19,7 +19,7 @@ from ligo.errors import LigoError
 from ligo.growth import Grower
 
 
-HYBRIDS = ("lfm2", "qwen3_5_text")
+HYBRIDS = ("lfm2", "qwen3_5_text", "qwen3_next")
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +97,20 @@ def test_flops_count_attention_only_where_layers_attend(model_type, other):
         assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
 
 
-@pytest.mark.parametrize("target", [
-    {"linear_num_value_heads": 8},  # each key head serves 4 value heads instead of 2
-    {"linear_num_key_heads": 4},  # each key head (copied) serves one value head instead of 2
-    {"linear_num_key_heads": 3, "linear_num_value_heads": 6, "hidden_size": 80, "num_hidden_layers": 3},  # x1.5
+_X15 = {"linear_num_key_heads": 3, "linear_num_value_heads": 6, "hidden_size": 80, "num_hidden_layers": 3}
+
+
+@pytest.mark.parametrize("model_type, target", [
+    ("qwen3_5_text", {"linear_num_value_heads": 8}),  # each key head serves 4 value heads instead of 2
+    ("qwen3_5_text", {"linear_num_key_heads": 4}),  # each key head (copied) serves one value head instead of 2
+    ("qwen3_5_text", _X15),  # x1.5 heads and residual stream, a new layer
+    ("qwen3_next", _X15),  # its packed groups (in_proj_qkvz, in_proj_ba) copied whole, the experts as they are
 ])
-def test_gated_deltanet_grows_its_recurrent_heads_losslessly(target, hybrids, text_ids, tmp_path):
+def test_gated_deltanet_grows_its_recurrent_heads_losslessly(model_type, target, hybrids, text_ids, tmp_path):
     """New value heads copy a source head of their key head's group with its decay (A_log, dt_bias) and its rows of
     the a/b projections and the output gate; split shares the output projection's reads between the copies."""
-    grow(hybrids["qwen3_5_text"], target, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
-    diff, model = tiny.max_logit_diff(hybrids["qwen3_5_text"], tmp_path / "out", text_ids)
+    grow(hybrids[model_type], target, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
+    diff, model = tiny.max_logit_diff(hybrids[model_type], tmp_path / "out", text_ids)
     assert diff <= 1e-4, diff
     gdn = model.model.layers[0].linear_attn
     assert (gdn.num_v_heads, gdn.num_k_heads) == (target.get("linear_num_value_heads", 4),
@@ -127,13 +131,14 @@ def test_gated_deltanet_heads_copy_their_decays(hybrids, tmp_path):
     torch.testing.assert_close(got[out], src[out].view(64, 4, 16)[:, sel].reshape(64, 128) / 2)
 
 
-@pytest.mark.parametrize("target, message", [
-    ({"linear_key_head_dim": 32}, r"linear-attention k head size would change from 16 to 32"),
-    ({"linear_num_key_heads": 3}, r"linear-attention key heads \(3\) do not divide its value heads \(4\)"),
+@pytest.mark.parametrize("model_type, target, message", [
+    ("qwen3_5_text", {"linear_key_head_dim": 32}, r"linear-attention k head size would change from 16 to 32"),
+    ("qwen3_5_text", {"linear_num_key_heads": 3}, r"linear-attention key heads \(3\) do not divide its value heads"),
+    ("qwen3_next", {"linear_num_value_heads": 8}, r"packs each linear-attention key head with its 2 value heads"),
 ])
-def test_bad_recurrent_head_targets_are_one_clear_line(target, message, hybrids, tmp_path):
+def test_bad_recurrent_head_targets_are_one_clear_line(model_type, target, message, hybrids, tmp_path):
     with pytest.raises(LigoError, match=message):
-        grow(hybrids["qwen3_5_text"], target, tmp_path / "out")
+        grow(hybrids[model_type], target, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -93,6 +93,16 @@ MOE = {
     "llama4_text": dict(_GQA, head_dim=16, intermediate_size=48, intermediate_size_mlp=96, num_local_experts=4,
                         num_experts_per_tok=2, interleave_moe_layer_step=2, no_rope_layers=[1, 0],
                         attention_chunk_size=8),
+    # hybrids with experts: Gated DeltaNet then gated attention, each with routed experts and a shared expert
+    # behind a sigmoid gate; Qwen3-Next packs each key head's value heads with it (in_proj_qkvz, in_proj_ba)
+    "qwen3_next": dict(_GQA, head_dim=16, moe_intermediate_size=48, shared_expert_intermediate_size=64,
+                       num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, linear_num_key_heads=2,
+                       linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                       layer_types=["linear_attention", "full_attention"]),
+    "qwen3_5_moe_text": dict(_GQA, head_dim=16, moe_intermediate_size=48, shared_expert_intermediate_size=64,
+                             num_experts=4, num_experts_per_tok=2, linear_num_key_heads=2, linear_num_value_heads=4,
+                             linear_key_head_dim=16, linear_value_head_dim=16,
+                             layer_types=["linear_attention", "full_attention"]),
 }
 SOURCE.update(MOE)
 # 2x wider and deeper, twice the experts, each chosen expert's copies all used (the lossless case)
@@ -100,6 +110,9 @@ TARGET.update({mt: dict(_GQA_TARGET, experts=8, experts_per_token=4) for mt in M
 TARGET["qwen3_moe"]["moe_intermediate_size"] = 96
 TARGET["glm4_moe"]["moe_intermediate_size"] = 96
 TARGET["llama4_text"].update(intermediate_size=96, intermediate_size_mlp=192)
+for _mt in ("qwen3_next", "qwen3_5_moe_text"):
+    TARGET[_mt].update(moe_intermediate_size=96, shared_expert_intermediate_size=128, linear_num_key_heads=4,
+                       linear_num_value_heads=8)
 CLASSIC = ("gpt2", "bert", "roberta", "llama", "mistral", "qwen2")   # the families of ligo 0.2
 DECODERS = ("gpt2", "llama", "mistral", "qwen2", *FAMILIES)  # the MoE families are tested in test_moe.py
 ARCHS = CLASSIC  # the families most tests run on; tests/test_families.py runs every guarantee on FAMILIES
