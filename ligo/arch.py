@@ -35,8 +35,12 @@ HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens o
 DOCS_ADDING = "docs/architectures.md"
 
 
+# the sizes of a family's recurrent layers, 0 where it has none: Gated DeltaNet's value and key heads and their
+# sizes; Mamba-2's heads, head size, groups, state size, expansion (channels = expand x hidden) and chunk length
+RECURRENT_SIZES = ("lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "mamba_heads", "mamba_head_dim",
+                   "mamba_groups", "ssm_state", "mamba_expand", "mamba_chunk")
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
-                 "dense_ffn", "shared_experts", "expert_groups", "lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "shared_ffn")
+                 "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", *RECURRENT_SIZES)
 KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ArchSpec.layer_kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
@@ -133,7 +137,10 @@ class ArchSpec:
             if config.get(key, value) != value:
                 raise LigoError(f"{where}: ligo grows {self.model_type} models with {key}={value!r}, not "
                                 f"{config[key]!r} (every layer a mixture of experts); set {key} to {value!r}")
-        experts, per_token = get("experts", 1), get("experts_per_token", 1)
+        if k.get("experts") is not None and config.get(k["experts"]) == 0:  # no experts (Granite 4's dense models)
+            experts, per_token = 1, 1
+        else:
+            experts, per_token = get("experts", 1), get("experts_per_token", 1)
         if per_token > experts:
             raise LigoError(f"{where}: {k.get('experts_per_token')}={per_token} is larger than "
                             f"{k.get('experts')}={experts}; a token cannot use more experts than there are")
@@ -148,9 +155,8 @@ class ArchSpec:
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
                     expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
                     shared_experts=get("shared_experts", 0), shared_ffn_size=get("shared_ffn", 0), kinds=kinds,
-                    attention_layers=self.attention_layers(kinds), lin_heads=get("lin_heads", 0),
-                    lin_kv_heads=get("lin_kv_heads", get("lin_heads", 0)), lin_k_dim=get("lin_k_dim", 0),
-                    lin_v_dim=get("lin_v_dim", 0))
+                    attention_layers=self.attention_layers(kinds),
+                    **{name: get(name, 0) for name in RECURRENT_SIZES})
 
     def attention_layers(self, kinds: tuple[str, ...]) -> tuple[int, ...] | None:
         """The layers that attend, where only some kinds do (a hybrid); None: every layer."""
@@ -187,6 +193,8 @@ class ArchSpec:
             if not isinstance(value, list) or not all(isinstance(i, int) and 0 <= i < layers for i in value):
                 raise LigoError(f"{where}: {key} must list layer indices from 0 to {layers - 1}, got {value!r}")
             return tuple(names[1] if i in value else names[0] for i in range(layers))
+        aliases = self.kinds.get("aliases", {})
+        value = [aliases.get(v, v) for v in value] if isinstance(value, list) else value
         if not isinstance(value, list) or len(value) != layers or any(v not in names for v in value):
             raise LigoError(f"{where}: {key} must give each of the {layers} layers one of {names}, got {value!r}")
         return tuple(value)
@@ -267,6 +275,10 @@ class ArchSpec:
                 written[key] = name
             out[key] = value
         out["model_type"] = self.model_type
+        if "mamba_heads" in generic and "mamba_heads" not in written.values():  # Mamba heads follow the hidden size
+            expand, hidden, size = (out.get(generic[n]) for n in ("mamba_expand", "hidden", "mamba_head_dim"))
+            if all(isinstance(v, int) for v in (expand, hidden, size)) and expand * hidden % size == 0:
+                out[generic["mamba_heads"]] = expand * hidden // size
         if self.ffn_rule is not None and source_config.get(self.ffn_rule["flag"], True):
             # the grown config states the FFN's real size (a target's ffn is the real size too)
             key = generic["ffn"]

@@ -36,17 +36,23 @@ DELTA_CHUNK = 64
 
 
 def mixer_flops(dims: Dims, seq_len: int, layers=None) -> float:
-    """The forward FLOPs per token of the token mixers that hold no weight matrix, summed over ``layers`` (all by
-    default): attention scores and their weighted sum over the full sequence in a layer that attends; in a Gated
-    DeltaNet layer, per value head, the chunked algorithm's products (keys with keys and with queries within a
-    chunk, ``4 C dk``; the intra-chunk attention over the corrected values, ``2 C dv``; reading, correcting and
-    writing the ``dk x dv`` state, ``6 dk dv``), as torch's counter counts them (its triangular solves, about
-    ``C (dk + dv)`` more, are no matrix product and are left out, as are convolutions)."""
+    """The forward FLOPs per token of the token mixers' products that involve no weight, summed over ``layers`` (all
+    by default), as torch's counter counts them: attention scores and their weighted sum over the full sequence in
+    a layer that attends. In a Gated DeltaNet layer, per value head, the chunked delta rule's (chunk ``C``): keys
+    with keys and with queries within a chunk, ``4 C dk``, the intra-chunk attention over the corrected values,
+    ``2 C dv``, reading, correcting and writing the ``dk x dv`` state, ``6 dk dv`` (its triangular solves, about
+    ``C (dk + dv)`` more, are no matrix product). In a Mamba-2 layer, per head, the chunked scan's (chunk ``C``
+    from the config): ``C`` with ``B`` and the scores with the inputs within a chunk, ``2 C (n + p)`` (state size
+    ``n``, head size ``p``), writing and reading the ``p x n`` states, ``4 p n``. Depthwise convolutions, 2 FLOPs
+    a channel and tap (under 2% of such a layer), are left out."""
     attention = 4 * seq_len * dims.heads * dims.head_dim
-    delta = dims.lin_heads * (4 * DELTA_CHUNK * dims.lin_k_dim + 2 * DELTA_CHUNK * dims.lin_v_dim +
-                              6 * dims.lin_k_dim * dims.lin_v_dim)
+    recurrent = dims.lin_heads * (4 * DELTA_CHUNK * dims.lin_k_dim + 2 * DELTA_CHUNK * dims.lin_v_dim +
+                                  6 * dims.lin_k_dim * dims.lin_v_dim)
+    recurrent += dims.mamba_heads * (2 * dims.mamba_chunk * (dims.ssm_state + dims.mamba_head_dim) +
+                                     4 * dims.mamba_head_dim * dims.ssm_state)
     attends = set(range(dims.layers) if dims.attention_layers is None else dims.attention_layers)
-    return float(sum(attention if i in attends else delta for i in (range(dims.layers) if layers is None else layers)))
+    return float(sum(attention if i in attends else recurrent
+                     for i in (range(dims.layers) if layers is None else layers)))
 
 
 def forward_flops_per_token(model: nn.Module, dims: Dims, seq_len: int) -> float:

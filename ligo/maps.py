@@ -23,7 +23,8 @@ from .errors import LigoError
 
 def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     """Refuse target shapes the operator cannot produce, with the fix in the message."""
-    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "lin_heads", "lin_kv_heads", "shared_ffn"):
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "lin_heads", "lin_kv_heads", "shared_ffn",
+                 "mamba_heads"):
         if getattr(tgt, name) < getattr(src, name):
             raise LigoError(f"target {spec.config_key(name) or name}={getattr(tgt, name)} is smaller than the source's "
                             f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
@@ -31,11 +32,12 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
         why = "rotary pairs live inside each head" if spec.rope else "attention is grown by whole heads"
         raise LigoError(f"head_dim would change from {src.head_dim} to {tgt.head_dim} ({why}); choose the target's "
                         f"heads so that head_dim stays {src.head_dim}")
-    for name in ("lin_k_dim", "lin_v_dim"):
+    for name, what in (("lin_k_dim", "linear-attention k head size"), ("lin_v_dim", "linear-attention v head size"),
+                       ("mamba_head_dim", "Mamba head size"), ("ssm_state", "Mamba state size"),
+                       ("mamba_groups", "number of Mamba groups")):
         if getattr(tgt, name) != getattr(src, name):
-            raise LigoError(f"the linear-attention {name[4]} head size would change from {getattr(src, name)} to "
-                            f"{getattr(tgt, name)} (its state lives inside each head); keep "
-                            f"{spec.config_key(name)}={getattr(src, name)}")
+            raise LigoError(f"the {what} would change from {getattr(src, name)} to {getattr(tgt, name)} (a recurrent "
+                            f"state lives inside each head and group); keep {spec.config_key(name)}={getattr(src, name)}")
     if tgt.lin_group != src.lin_group and any(t in PACKED_GROUPS for e in spec.entries for a in e.axes for t in a):
         raise LigoError(f"{spec.model_type} packs each linear-attention key head with its {src.lin_group} value heads "
                         f"in one projection, so a group's size cannot change ({src.lin_group} -> {tgt.lin_group}); "
@@ -200,6 +202,10 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> lis
         gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
                     f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
     gaps += expert_gaps(plan, src, tgt)
+    if plan.width in ("copy", "split") and src.mamba_heads and tgt.mamba_heads % src.mamba_heads:
+        gaps.append(f"the Mamba layers' gated norm normalizes each group of heads together, whose statistic changes "
+                    f"when heads grow by a non-integer factor ({src.mamba_heads} -> {tgt.mamba_heads}, with the hidden "
+                    "size); grow the hidden size by an integer factor")
     if plan.width in ("copy", "split"):
         names = {e: t for e in spec.norms["gains"] for t in ("q", "k")
                  if any(t in axis for entry in spec.entries if entry.name == e for axis in entry.axes)}

@@ -157,7 +157,11 @@ def lm_loss_only(model: nn.Module) -> dict:
     """Forward keywords that keep an MoE's router loss out of ``.loss`` (held-out losses are language-model
     losses; the router loss is a training aid). Empty for a dense model."""
     config = getattr(model, "config", None)
-    return {"output_router_logits": False} if getattr(config, "router_aux_loss_coef", None) is not None else {}
+    if getattr(config, "router_aux_loss_coef", None) is None:
+        return {}
+    # (a Granite 4 config names a router loss whether or not its model has experts)
+    has_experts = any(type(m).__name__.endswith("Experts") for m in model.modules())
+    return {"output_router_logits": False} if has_experts else {}
 
 
 def train_router(model: nn.Module) -> None:

@@ -40,8 +40,13 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
            query and key rows, then its value heads' value rows and output-gate rows): the ``lk`` map, a unit
            ``2 dk + 2 g dv`` wide (``g`` value heads a group); ``lk.ba``: likewise ``in_proj_ba``, ``2 g`` rows a
            group. Packed groups keep their size: key and value heads grow by the same factor
+``mh``     the heads of a Mamba-2 layer: their input channels and gate channels written by its packed input
+           projection and filtered by its depthwise convolution, and the gated norm's gain (grown by whole heads);
+           ``mh.head``: one value (or one row) per head, its ``dt`` row, ``dt_bias``, ``A_log`` and ``D``;
+           ``mh.in``: read by the output projection
 ``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
-           per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head: never grown
+           per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head, ``ssm`` a Mamba-2 layer's
+           ``B`` or ``C`` channels (groups x state size): never grown
 =========  ================================================================================
 """
 
@@ -78,25 +83,28 @@ SPACES = (
     # a linear-attention layer's value heads and the key heads that each serve a group of them (Gated DeltaNet)
     Space("lin_heads", ("lv", "lv.head"), ("lv.in",), "lin_heads", "lin_v_dim", True),
     Space("lin_kv_heads", ("lk", "lk.qkvz", "lk.ba"), (), "lin_kv_heads", "lin_k_dim", True),
+    # a Mamba-2 layer's heads (their groups, which share B and C, never grow)
+    Space("mamba_heads", ("mh", "mh.head"), ("mh.in",), "mamba_heads", "mamba_head_dim", True),
 )
 # a space whose units come in groups, each served by one unit of another space (grouped-query attention)
-GROUPED_BY = {"heads": "kv_heads", "lin_heads": "lin_kv_heads"}
+GROUPED_BY = {"heads": "kv_heads", "lin_heads": "lin_kv_heads", "mamba_heads": "mamba_groups"}
 SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # tokens whose unit is not their space's: a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim, a
 # GPT-OSS FFN unit is a (gate, up) pair, a sink is one value per head
 _UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None, "q.gate": "gate_unit", "lv.head": None,
-         "lk.qkvz": "qkvz_unit", "lk.ba": "ba_unit"}
+         "lk.qkvz": "qkvz_unit", "lk.ba": "ba_unit", "mh.head": None}
 # token -> (count dim, unit-size dim)
 GROWN = {tok: (s.count, _UNIT[tok] if tok in _UNIT else s.unit) for tok, s in SPACE_OF.items()}
 # tokens that apply another token's map with their own unit size (one map per space side, however it is laid out)
-MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv", "lk.qkvz": "lk", "lk.ba": "lk"}
+MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv", "lk.qkvz": "lk", "lk.ba": "lk",
+          "mh.head": "mh"}
 PACKED_GROUPS = ("lk.qkvz", "lk.ba")  # tokens whose unit holds a whole group: the group's size may not change
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 # never grown; kernel: a convolution's kernel (and its group axis of one); one: an axis of one (a scalar gate's row)
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None,
-         "one": None}
+         "one": None, "ssm": "ssm_size"}
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 
@@ -128,10 +136,20 @@ class Dims:
     lin_kv_heads: int = 0           # its key heads, each serving lin_heads / lin_kv_heads value heads
     lin_k_dim: int = 0              # a key head's size
     lin_v_dim: int = 0              # a value head's size
+    mamba_heads: int = 0            # a Mamba-2 layer's heads (0: none)
+    mamba_head_dim: int = 0         # a head's channels
+    mamba_groups: int = 0           # groups of heads sharing B and C
+    ssm_state: int = 0              # the state size of a group
+    mamba_expand: int = 0           # the layer's channels as a multiple of hidden (they must be heads x head size)
+    mamba_chunk: int = 0            # the chunk length of the chunked scan
 
     @property
     def shared_ffn(self) -> int:
         return self.shared_ffn_size or self.shared_experts * self.ffn
+
+    @property
+    def ssm_size(self) -> int:
+        return self.mamba_groups * self.ssm_state
 
     @property
     def lin_group(self) -> int:

@@ -11,15 +11,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from .arch import DOCS_ADDING, KIND_RULES, REQUIRED_CONFIG, ArchSpec
+from .arch import DOCS_ADDING, GENERIC_SIZES, KIND_RULES, REQUIRED_CONFIG, ArchSpec
 from .errors import LigoError
 from .settings import from_mapping, required, setting
 from .spaces import EXPERT_TOKENS, FIXED, GROWN, Entry
 
 OBJECTIVES = ("causal-lm", "masked-lm")
-_CONFIG_KEYS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ffn_default_factor",
-                "vocab", "positions", "tie", "experts", "experts_per_token", "dense_ffn", "shared_experts",
-                "expert_groups", "lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "shared_ffn"}
+_CONFIG_KEYS = {*GENERIC_SIZES, "ffn_default_factor", "vocab", "positions", "tie"}
 Axes = list[Union[str, int]]  # a weight's axes: one token (or ``+``-joined tokens) per axis
 
 
@@ -66,6 +64,8 @@ class Kinds:
                                                   "common ones (first_k and indices: two kinds, in order)")
     index_lists: dict[str, str] = setting({}, "config keys that list the indices of the layers of a kind (key -> "
                                                "kind), rewritten with the kinds after the depth plan")
+    aliases: dict[str, str] = setting({}, "list: other names a config may give a kind (Granite 4's hub configs say "
+                                          "mamba where transformers writes linear_attention) -> the kind")
 
 
 @dataclass
@@ -174,10 +174,11 @@ def _kinds(where: str, data: dict, entries: list[Entry]) -> dict:
             if entry.module in common or any(e.name == name for e in entries):
                 raise LigoError(f"{where}: kinds.layers.{kind}.{name}: a module belongs to one kind, or to every layer")
             entries.append(entry)
-    unknown = sorted(set(k.index_lists.values()) - set(k.layers))
+    unknown = sorted((set(k.index_lists.values()) | set(k.aliases.values())) - set(k.layers))
     if unknown:
-        raise LigoError(f"{where}: kinds.index_lists names kinds {unknown} that kinds.layers does not give")
-    return {"by": dict(k.by), "names": list(k.layers), "index_lists": dict(k.index_lists)}
+        raise LigoError(f"{where}: kinds.index_lists or kinds.aliases name kinds {unknown} that kinds.layers does not "
+                        "give")
+    return {"by": dict(k.by), "names": list(k.layers), "index_lists": dict(k.index_lists), "aliases": dict(k.aliases)}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

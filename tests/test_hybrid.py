@@ -4,7 +4,9 @@ filters), the layer pattern follows the depth plan, and the FFN size the config 
 is stated in the grown config. Qwen3.5 interleaves Gated DeltaNet linear-attention layers with gated attention:
 the recurrent value heads (``lv``, with their decays) and the key heads serving them (``lk``) are grown by whole
 heads, grouped as grouped-query attention is. The family guarantees (lossless at x2 and at a non-integer ratio,
-stacking exact, the default plan trains) run in tests/test_families.py; here what is particular to hybrids."""
+stacking exact, the default plan trains) run in tests/test_families.py; here what is particular to hybrids.
+Granite 4 interleaves Mamba-2 layers with attention: the Mamba heads (``mh``: their input and gate channels in the
+packed input projection and the convolution, their dt, A_log, D) grow whole with the hidden size, B and C never."""
 
 import json
 
@@ -12,14 +14,14 @@ import pytest
 import torch
 
 import tiny
-from conftest import run_cli
+from conftest import run_cli, write_json
 from ligo import GrowthPlan, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.errors import LigoError
 from ligo.growth import Grower
 
 
-HYBRIDS = ("lfm2", "qwen3_5_text", "qwen3_next")
+HYBRIDS = ("lfm2", "qwen3_5_text", "qwen3_next", "granitemoehybrid")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,8 @@ def test_inspect_counts_duplicated_convolution_channels(width, duplicates, lfm2,
     assert units["conv"]["duplicates"] == duplicates
 
 
-@pytest.mark.parametrize("model_type, other", [("lfm2", "conv"), ("qwen3_5_text", "linear_attention")])
+@pytest.mark.parametrize("model_type, other", [("lfm2", "conv"), ("qwen3_5_text", "linear_attention"),
+                                               ("granitemoehybrid", "mamba")])
 def test_flops_count_attention_only_where_layers_attend(model_type, other):
     """The analytic FLOPs of a hybrid (attention scores only in its attention layers, the delta rule's products in
     its linear-attention layers) match torch's counter: a forward, and for LFM2 a training step. (A training step
@@ -151,3 +154,79 @@ def test_inspect_counts_duplicated_recurrent_heads(width, writes, duplicates, hy
     units = json.loads(run_cli("inspect", tmp_path / "g", "--units", "--json", check=True).stdout)["units"]
     assert units["lin_heads"]["units"] == 2 * 8 and units["lin_kv_heads"]["units"] == 2 * 4  # 2 linear layers
     assert units["lin_heads"]["duplicate_writes"] == writes and units["lin_heads"]["duplicates"] == duplicates
+
+
+X2 = {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 4}
+
+
+def test_mamba_heads_follow_the_hidden_size(hybrids, text_ids, tmp_path):
+    """Granite 4's Mamba layers hold mamba_expand x hidden channels: x2 hidden gives 8 heads of 32 (the grown config
+    says so without being told), each a copy of a source head with its dt, A_log and D; exact, new layers included."""
+    grow(hybrids["granitemoehybrid"], X2, tmp_path / "out", plan=GrowthPlan(width="copy", depth="identity"))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["mamba_n_heads"], config["mamba_d_head"], config["mamba_expand"]) == (8, 32, 2)
+    diff, _ = tiny.max_logit_diff(hybrids["granitemoehybrid"], tmp_path / "out", text_ids)
+    assert diff <= 1e-4, diff
+    src, got = load_checkpoint(hybrids["granitemoehybrid"]).state, load_checkpoint(tmp_path / "out").state
+    sel = torch.arange(8) % 4
+    for name in ("A_log", "D", "dt_bias"):
+        assert torch.equal(got[f"model.layers.0.mamba.{name}"], src[f"model.layers.0.mamba.{name}"][sel])
+    rows = got["model.layers.0.mamba.in_proj.weight"].shape[0]
+    assert rows == 2 * 256 + 2 * 8 + 8  # z and x channels, B and C (one group of 8: never grown), dt a head
+
+
+def test_a_non_integer_mamba_head_ratio_is_said(hybrids, text_ids, tmp_path):
+    """Hidden x1.5 gives 6 Mamba heads from 4: the gated norm over each group of heads sees another statistic, and
+    `ligo grow` says so instead of calling the plan lossless (the attention and the rest stay exact)."""
+    target = write_json(tmp_path / "t.json", {"hidden": 96, "heads": 6, "kv_heads": 3})
+    proc = run_cli("grow", hybrids["granitemoehybrid"], "--target", target, "--out", tmp_path / "out", "--width",
+                   "split", "--depth", "identity", check=True)
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: not exactly lossless")]
+    assert len(notes) == 1 and "Mamba" in notes[0] and "(4 -> 6" in notes[0], proc.stderr
+    diff, _ = tiny.max_logit_diff(hybrids["granitemoehybrid"], tmp_path / "out", text_ids)
+    assert diff > 1e-4
+
+
+def test_a_hub_config_names_its_layers_mamba_and_attention(hybrids, text_ids, tmp_path):
+    """Granite 4's released configs say ["mamba", "attention"] (transformers writes linear_attention and
+    full_attention): both are read."""
+    import shutil
+
+    src = tmp_path / "hub"
+    shutil.copytree(hybrids["granitemoehybrid"], src)
+    config = json.loads((src / "config.json").read_text())
+    config["layer_types"] = ["mamba", "attention"]
+    (src / "config.json").write_text(json.dumps(config))
+    grow(src, {"layers": 4}, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
+    diff, _ = tiny.max_logit_diff(src, tmp_path / "out", text_ids)
+    assert diff <= 1e-4, diff
+
+
+def test_granite_experts_grow_beside_the_mamba_layers(tmp_path, text_ids):
+    """A Granite 4 with experts (stacked in the checkpoint, a shared MLP beside them): x2 width, depth and experts,
+    every copy of each chosen expert used: exact."""
+    src = tiny.save_model(tiny.make_model("granitemoehybrid", num_local_experts=4, num_experts_per_tok=2,
+                                          intermediate_size=48), tmp_path / "src")
+    grow(src, {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 4, "experts": 8, "experts_per_token": 4, "ffn": 96},
+         tmp_path / "out", plan=GrowthPlan(width="copy", depth="identity"))
+    diff, model = tiny.max_logit_diff(src, tmp_path / "out", text_ids)
+    assert diff <= 1e-4, diff
+    assert (model.config.num_local_experts, model.config.num_experts_per_tok) == (8, 4)
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"mamba_d_state": 16}, r"the Mamba state size would change from 8 to 16"),
+    ({**X2, "mamba_n_heads": 6}, r"invalid granitemoehybrid config: mamba_n_heads must divide mamba_expand"),
+])
+def test_bad_mamba_targets_are_one_clear_line(target, message, hybrids, tmp_path):
+    with pytest.raises(LigoError, match=message):
+        grow(hybrids["granitemoehybrid"], target, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("width, duplicates", [("copy", 16), ("split", 0)])
+def test_inspect_counts_duplicated_mamba_heads(width, duplicates, hybrids, tmp_path):
+    grow(hybrids["granitemoehybrid"], X2, tmp_path / "g", plan=GrowthPlan(width=width, depth="stack"))
+    units = json.loads(run_cli("inspect", tmp_path / "g", "--units", "--json", check=True).stdout)["units"]
+    assert units["mamba_heads"]["units"] == 2 * 8 and units["mamba_heads"]["duplicate_writes"] == 16
+    assert units["mamba_heads"]["duplicates"] == duplicates

@@ -54,6 +54,12 @@ FAMILIES = {
     "qwen3_5_text": dict(_GQA, head_dim=16, attention_bias=True, linear_num_key_heads=2, linear_num_value_heads=4,
                          linear_key_head_dim=16, linear_value_head_dim=16,
                          layer_types=["linear_attention", "full_attention"]),
+    # a hybrid: a Mamba-2 layer (4 heads of 32 channels, one group, conv biases), then attention without rotary
+    # embeddings; Granite's multipliers; a shared MLP (no experts)
+    "granitemoehybrid": dict(_GQA, layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=32,
+                             mamba_d_state=8, num_local_experts=0, shared_intermediate_size=96,
+                             embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.04,
+                             logits_scaling=8.0),
 }
 SOURCE.update(FAMILIES)
 # Integer width ratio and more layers: the lossless case.
@@ -74,6 +80,7 @@ TARGET.update({mt: dict(_GQA_TARGET) for mt in FAMILIES})
 TARGET["gpt_neox"] = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=8, intermediate_size=192)
 TARGET["lfm2"]["intermediate_size"] = 512  # (the real FFN size: the grown config states it, its rounding off)
 TARGET["qwen3_5_text"].update(linear_num_key_heads=4, linear_num_value_heads=8)  # the recurrent heads grow too
+TARGET["granitemoehybrid"]["shared_intermediate_size"] = 192  # (its Mamba heads follow the hidden size: 4 -> 8)
 # Mixtures of experts (tests/test_moe.py): 4 experts, 2 per token; Qwen3-MoE with its own expert FFN size and
 # head_dim, OLMoE with norms over whole projections. norm_topk_prob: renormalized top-k weights (Mixtral always).
 MOE = {
