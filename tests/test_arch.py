@@ -21,8 +21,9 @@ def test_one_table_per_family():
     files = sorted(p.name for p in resources.files("ligo.archs").iterdir() if p.name.endswith(".json")
              and not p.name.startswith("_"))  # (_refused.json: the reasons for the types refused)
     assert files == ["bert.json", "gemma.json", "glm4_moe.json", "gpt2.json", "gpt_neox.json", "gpt_oss.json",
-                     "lfm2.json", "llama.json", "llama4_text.json", "mixtral.json", "olmo2.json", "olmoe.json", "phi3.json",
-                     "qwen3.json", "qwen3_5_text.json", "qwen3_moe.json", "roberta.json"]
+                     "granitemoehybrid.json", "lfm2.json", "llama.json", "llama4_text.json", "mixtral.json",
+                     "olmo2.json", "olmoe.json", "phi3.json", "qwen3.json", "qwen3_5_moe_text.json",
+                     "qwen3_5_text.json", "qwen3_moe.json", "qwen3_next.json", "roberta.json"]
     family = get_spec("qwen2")
     assert family.model_types == ("llama", "mistral", "qwen2", "granite", "smollm3") and family.model_type == "qwen2"
     assert get_spec("gemma2").source == get_spec("gemma3_text").source == "ligo/archs/gemma.json"
