@@ -39,8 +39,9 @@ DOCS_ADDING = "docs/architectures.md"
 # sizes; Mamba-2's heads, head size, groups, state size, expansion (channels = expand x hidden) and chunk length
 RECURRENT_SIZES = ("lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "mamba_heads", "mamba_head_dim",
                    "mamba_groups", "ssm_state", "mamba_expand", "mamba_chunk")
+LATENT_SIZES = ("qk_nope", "v_head", "q_lora", "kv_lora")  # multi-head latent attention's, 0 where none
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
-                 "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", *RECURRENT_SIZES)
+                 "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", *LATENT_SIZES, *RECURRENT_SIZES)
 KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ArchSpec.layer_kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
@@ -156,7 +157,7 @@ class ArchSpec:
                     expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
                     shared_experts=get("shared_experts", 0), shared_ffn_size=get("shared_ffn", 0), kinds=kinds,
                     attention_layers=self.attention_layers(kinds),
-                    **{name: get(name, 0) for name in RECURRENT_SIZES})
+                    **{name: get(name, 0) for name in LATENT_SIZES + RECURRENT_SIZES})
 
     def attention_layers(self, kinds: tuple[str, ...]) -> tuple[int, ...] | None:
         """The layers that attend, where only some kinds do (a hybrid); None: every layer."""

@@ -38,14 +38,15 @@ DELTA_CHUNK = 64
 def mixer_flops(dims: Dims, seq_len: int, layers=None) -> float:
     """The forward FLOPs per token of the token mixers' products that involve no weight, summed over ``layers`` (all
     by default), as torch's counter counts them: attention scores and their weighted sum over the full sequence in
-    a layer that attends. In a Gated DeltaNet layer, per value head, the chunked delta rule's (chunk ``C``): keys
+    a layer that attends (multi-head latent attention: scores over ``qk_nope + head_dim``, values of ``v_head``).
+    In a Gated DeltaNet layer, per value head, the chunked delta rule's (chunk ``C``): keys
     with keys and with queries within a chunk, ``4 C dk``, the intra-chunk attention over the corrected values,
     ``2 C dv``, reading, correcting and writing the ``dk x dv`` state, ``6 dk dv`` (its triangular solves, about
     ``C (dk + dv)`` more, are no matrix product). In a Mamba-2 layer, per head, the chunked scan's (chunk ``C``
     from the config): ``C`` with ``B`` and the scores with the inputs within a chunk, ``2 C (n + p)`` (state size
     ``n``, head size ``p``), writing and reading the ``p x n`` states, ``4 p n``. Depthwise convolutions, 2 FLOPs
     a channel and tap (under 2% of such a layer), are left out."""
-    attention = 4 * seq_len * dims.heads * dims.head_dim
+    attention = 2 * seq_len * dims.heads * ((dims.mla_q_unit + dims.v_head) if dims.v_head else 2 * dims.head_dim)
     recurrent = dims.lin_heads * (4 * DELTA_CHUNK * dims.lin_k_dim + 2 * DELTA_CHUNK * dims.lin_v_dim +
                                   6 * dims.lin_k_dim * dims.lin_v_dim)
     recurrent += dims.mamba_heads * (2 * dims.mamba_chunk * (dims.ssm_state + dims.mamba_head_dim) +

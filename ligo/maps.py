@@ -24,7 +24,7 @@ from .errors import LigoError
 def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
     """Refuse target shapes the operator cannot produce, with the fix in the message."""
     for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "lin_heads", "lin_kv_heads", "shared_ffn",
-                 "mamba_heads"):
+                 "mamba_heads", "q_lora", "kv_lora"):
         if getattr(tgt, name) < getattr(src, name):
             raise LigoError(f"target {spec.config_key(name) or name}={getattr(tgt, name)} is smaller than the source's "
                             f"{getattr(src, name)}; ligo only grows models, so give a target at least as large")
@@ -34,7 +34,8 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
                         f"heads so that head_dim stays {src.head_dim}")
     for name, what in (("lin_k_dim", "linear-attention k head size"), ("lin_v_dim", "linear-attention v head size"),
                        ("mamba_head_dim", "Mamba head size"), ("ssm_state", "Mamba state size"),
-                       ("mamba_groups", "number of Mamba groups")):
+                       ("mamba_groups", "number of Mamba groups"), ("qk_nope", "no-rope query/key head size"),
+                       ("v_head", "value head size")):
         if getattr(tgt, name) != getattr(src, name):
             raise LigoError(f"the {what} would change from {getattr(src, name)} to {getattr(tgt, name)} (a recurrent "
                             f"state lives inside each head and group); keep {spec.config_key(name)}={getattr(src, name)}")
@@ -202,6 +203,11 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> lis
         gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
                     f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
     gaps += expert_gaps(plan, src, tgt)
+    for name, what in (("q_lora", "query"), ("kv_lora", "key-value")):
+        if plan.width in ("copy", "split") and getattr(src, name) and getattr(tgt, name) % getattr(src, name):
+            gaps.append(f"the {what} latent's RMSNorm normalizes the latent as a whole, whose statistic changes when "
+                        f"it grows by a non-integer factor ({getattr(src, name)} -> {getattr(tgt, name)}); grow "
+                        f"{spec.config_key(name)} by an integer factor")
     if plan.width in ("copy", "split") and src.mamba_heads and tgt.mamba_heads % src.mamba_heads:
         gaps.append(f"the Mamba layers' gated norm normalizes each group of heads together, whose statistic changes "
                     f"when heads grow by a non-integer factor ({src.mamba_heads} -> {tgt.mamba_heads}, with the hidden "

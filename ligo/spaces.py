@@ -16,6 +16,13 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``ffn.pair`` FFN hidden units written as interleaved (gate, up) pairs, two rows a unit (GPT-OSS's fused
            ``gate_up_proj``): the ``ffn`` map, a unit two entries wide
 ``q.head`` one value per query head (GPT-OSS's attention sinks): the ``q`` map, a unit one entry wide
+``q.mla``  whole query heads of multi-head latent attention (DeepSeek-V3): each head's no-rope and rope query
+           rows (``qk_nope + head_dim``); ``q.kv``: each head's no-rope key rows and value rows written by the
+           key-value up-projection (``qk_nope + v_head``); ``o.v``: per-head value outputs (``v_head`` each) read by
+           the output projection. The query heads' map (``o.v``: its read side), each with its unit size
+``ql``     the query latent of multi-head latent attention (``q_lora_rank`` units: the down-projection's rows and
+           the RMSNorm over them), ``ql.in`` read by the up-projection; ``kvl``/``kvl.in`` the key-value latent
+           (``kv_lora_rank``), likewise; ``krope`` the one rotary key shared by every head (never grown)
 ``q.gate`` whole query heads written with their output gate, each head's ``head_dim`` query rows then its
            ``head_dim`` gate rows (Qwen3.5's gated attention): the ``q`` map, a unit two head_dims wide
 ``dffn``   the FFN hidden units of the dense layers of a model whose other layers are mixtures of experts (GLM-4.5's
@@ -74,7 +81,7 @@ SPACES = (
     Space("ffn", ("ffn", "ffn.pair"), ("ffn.in",), "ffn", None, True),
     Space("dense_ffn", ("dffn",), ("dffn.in",), "dense_ffn", None, True),
     Space("shared_ffn", ("sffn",), ("sffn.in",), "shared_ffn", None, True),
-    Space("heads", ("q", "qkv", "q.head", "q.gate"), ("o.in",), "heads", "head_dim", True),
+    Space("heads", ("q", "qkv", "q.head", "q.gate", "q.mla", "q.kv"), ("o.in", "o.v"), "heads", "head_dim", True),
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
     # an expert is a unit whose write vector is its weights and whose read vector is its router row
     Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
@@ -83,6 +90,9 @@ SPACES = (
     # a linear-attention layer's value heads and the key heads that each serve a group of them (Gated DeltaNet)
     Space("lin_heads", ("lv", "lv.head"), ("lv.in",), "lin_heads", "lin_v_dim", True),
     Space("lin_kv_heads", ("lk", "lk.qkvz", "lk.ba"), (), "lin_kv_heads", "lin_k_dim", True),
+    # the latent ranks of multi-head latent attention (their RMSNorms normalize each latent as a whole)
+    Space("q_latent", ("ql",), ("ql.in",), "q_lora", None, True),
+    Space("kv_latent", ("kvl",), ("kvl.in",), "kv_lora", None, True),
     # a Mamba-2 layer's heads (their groups, which share B and C, never grow)
     Space("mamba_heads", ("mh", "mh.head"), ("mh.in",), "mamba_heads", "mamba_head_dim", True),
 )
@@ -92,19 +102,20 @@ SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # tokens whose unit is not their space's: a GPT-NeoX head's fused q/k/v slices make one unit of 3 x head_dim, a
 # GPT-OSS FFN unit is a (gate, up) pair, a sink is one value per head
 _UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None, "q.gate": "gate_unit", "lv.head": None,
-         "lk.qkvz": "qkvz_unit", "lk.ba": "ba_unit", "mh.head": None}
+         "lk.qkvz": "qkvz_unit", "lk.ba": "ba_unit", "mh.head": None, "q.mla": "mla_q_unit", "q.kv": "mla_kv_unit",
+         "o.v": "v_head"}
 # token -> (count dim, unit-size dim)
 GROWN = {tok: (s.count, _UNIT[tok] if tok in _UNIT else s.unit) for tok, s in SPACE_OF.items()}
 # tokens that apply another token's map with their own unit size (one map per space side, however it is laid out)
 MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv", "lk.qkvz": "lk", "lk.ba": "lk",
-          "mh.head": "mh"}
+          "mh.head": "mh", "q.mla": "q", "q.kv": "q", "o.v": "o.in"}
 PACKED_GROUPS = ("lk.qkvz", "lk.ba")  # tokens whose unit holds a whole group: the group's size may not change
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 # never grown; kernel: a convolution's kernel (and its group axis of one); one: an axis of one (a scalar gate's row)
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None,
-         "one": None, "ssm": "ssm_size"}
+         "one": None, "ssm": "ssm_size", "krope": "head_dim"}
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 
@@ -136,6 +147,10 @@ class Dims:
     lin_kv_heads: int = 0           # its key heads, each serving lin_heads / lin_kv_heads value heads
     lin_k_dim: int = 0              # a key head's size
     lin_v_dim: int = 0              # a value head's size
+    qk_nope: int = 0                # multi-head latent attention: a head's query/key rows without rotary embedding
+    v_head: int = 0                 # its value size (head_dim is its rotary part)
+    q_lora: int = 0                 # the query latent's rank (0: none, queries projected directly)
+    kv_lora: int = 0                # the key-value latent's rank
     mamba_heads: int = 0            # a Mamba-2 layer's heads (0: none)
     mamba_head_dim: int = 0         # a head's channels
     mamba_groups: int = 0           # groups of heads sharing B and C
@@ -146,6 +161,14 @@ class Dims:
     @property
     def shared_ffn(self) -> int:
         return self.shared_ffn_size or self.shared_experts * self.ffn
+
+    @property
+    def mla_q_unit(self) -> int:
+        return self.qk_nope + self.head_dim
+
+    @property
+    def mla_kv_unit(self) -> int:
+        return self.qk_nope + self.v_head
 
     @property
     def ssm_size(self) -> int:

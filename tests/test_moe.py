@@ -48,7 +48,7 @@ def test_every_checkpoint_weight_matches_one_entry(moe_sources):
         assert ck.dims.experts == 4 and ck.dims.experts_per_token == 2
         per_expert = sum(1 for m in ck.layout.values() if m.expert is not None)
         stacked = [k for k, m in ck.layout.items() if m.entry.axes[0][0] in ("exp", "exp.out") and m.expert is None]
-        moe_layers = 1 if mt in ("glm4_moe", "llama4_text") else 2  # (their first layer is dense)
+        moe_layers = 1 if mt in ("glm4_moe", "llama4_text", "deepseek_v3", "glm4_moe_lite") else 2  # (first dense)
         if mt in ("gpt_oss", "llama4_text"):  # MoE layers x (gate_up, down[, their biases]), each [experts, ...]
             assert per_expert == 0 and len(stacked) == moe_layers * (4 if mt == "gpt_oss" else 2)
             assert all(ck.state[k].shape[0] == 4 for k in stacked)

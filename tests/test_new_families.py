@@ -11,13 +11,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tiny
-from conftest import run_cli
+from conftest import run_cli, write_json
 from ligo import GrowthPlan, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.growth import Grower
 
-NEW = ("gpt_oss", "glm4_moe", "llama4_text", "qwen3_next", "qwen3_5_moe_text")
-KINDS = ("glm4_moe", "llama4_text")  # layers of two kinds
+NEW = ("gpt_oss", "glm4_moe", "llama4_text", "qwen3_next", "qwen3_5_moe_text", "deepseek_v3", "glm4_moe_lite")
+KINDS = ("glm4_moe", "llama4_text", "deepseek_v3", "glm4_moe_lite")  # layers of two kinds
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +110,14 @@ def test_fitted_model_is_the_materialized_one(model_type, new_sources, blocks, t
     """The fit installs the experts as transformers holds them (GPT-OSS and Llama 4: stacked under their own names;
     GLM: fused from the per-expert checkpoint tensors), only in the layers of their kind; the saved model gives the
     fitted logits."""
-    depth = "interleave" if model_type == "glm4_moe" else "stack"  # (GLM's dense layers come first)
+    depth = "interleave" if model_type in ("glm4_moe", "deepseek_v3") else "stack"  # (GLM's dense layers come first)
     g = Grower(new_sources[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth=depth))
     tiny.fit_and_compare(g, blocks, tmp_path / "out")
 
 
 @pytest.mark.parametrize("model_type", NEW)
 def test_streaming_growth_writes_the_same_tensors(model_type, new_sources, tmp_path):
-    depth = "interleave" if model_type == "glm4_moe" else "stack"
+    depth = "interleave" if model_type in ("glm4_moe", "deepseek_v3") else "stack"
     for stream in (False, True):
         Grower(new_sources[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth=depth),
                stream=stream).save(tmp_path / str(stream))
@@ -228,9 +228,9 @@ def test_multi_token_prediction_layers_are_left_out_and_said(new_sources, tmp_pa
 _SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
               max_position_embeddings=128)
 REFUSED = {  # tiny random models of the types ligo has no table for, and a word of the reason it gives
-    "deepseek_v3": (dict(_SMALL, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, q_lora_rank=32,
-                         kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
-                         first_k_dense_replace=1, n_group=1, topk_group=1), "latent attention"),
+    "deepseek_v32": (dict(_SMALL, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, q_lora_rank=32,
+                          kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                          first_k_dense_replace=1, n_group=1, topk_group=1), "indexer"),
     "gemma4_text": (dict(_SMALL, head_dim=16, hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB),
                     "per-layer embeddings"),
     "lfm2_moe": (dict(_SMALL, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
@@ -249,3 +249,42 @@ def test_types_without_a_table_are_refused_with_their_reason(model_type, tmp_pat
     assert proc.returncode != 0 and not (tmp_path / "out").exists()
     assert f"model_type '{model_type}' is not supported: " in proc.stderr and word in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "--arch" not in proc.stderr
+
+
+def test_latent_attention_grows_its_latents_and_says_when_their_norm_cannot_stay_exact(new_sources, text_ids,
+                                                                                      tmp_path):
+    """DeepSeek-V3's query and key-value latents are spaces of their own, each under an RMSNorm over the whole
+    latent: copies of every latent unit (x2, the lossless test above) keep its statistic; 16 -> 24 does not, and
+    `ligo grow` says so in one line. The shared rotary key (kv_a_proj_with_mqa's last rows) is never grown."""
+    out = tmp_path / "x2"
+    grow(new_sources["deepseek_v3"], {"q_lora_rank": 64, "kv_lora_rank": 32}, out,
+         plan=GrowthPlan(width="copy", depth="stack"))
+    src, got = load_checkpoint(new_sources["deepseek_v3"]).state, load_checkpoint(out).state
+    key = "model.layers.1.self_attn.kv_a_proj_with_mqa.weight"
+    assert torch.equal(got[key][32:], src[key][16:])  # the rotary key, verbatim
+    assert torch.equal(got[key][:32], src[key][:16][torch.arange(32) % 16])  # the latent, copied
+    kv_b = "model.layers.1.self_attn.kv_b_proj.weight"
+    torch.testing.assert_close(got[kv_b], src[kv_b][:, torch.arange(32) % 16] / 2)  # read at half weight
+    target = write_json(tmp_path / "t.json", {"kv_lora_rank": 24})
+    proc = run_cli("grow", new_sources["deepseek_v3"], "--target", target, "--out", tmp_path / "out", "--width",
+                   "split", "--depth", "identity", check=True)
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: not exactly lossless")]
+    assert len(notes) == 1 and "key-value latent" in notes[0] and "(16 -> 24)" in notes[0], proc.stderr
+    diff, _ = tiny.max_logit_diff(new_sources["deepseek_v3"], tmp_path / "out", text_ids)
+    assert diff > 1e-4
+
+
+def test_latent_attention_flops_match_torchs_counter():
+    """Scores over each head's no-rope and rope parts, values of their own size: the analytic count of a DeepSeek-V3
+    forward equals torch's counter (transformers' eager experts compute only the tokens routed to them)."""
+    from ligo.flops import forward_flops_per_token, measured_flops
+    from ligo.tables import get_spec
+
+    cfg = tiny.config("deepseek_v3", max_position_embeddings=512)
+    cfg._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(cfg, experts_implementation="eager").eval()
+    ids = torch.randint(4, tiny.VOCAB, (2, 256), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        measured = measured_flops(lambda: model(input_ids=ids))
+    dims = get_spec("deepseek_v3").dims(model.config.to_dict())
+    assert measured / ids.numel() == pytest.approx(forward_flops_per_token(model, dims, 256), rel=1e-6)

@@ -100,6 +100,15 @@ MOE = {
     "llama4_text": dict(_GQA, head_dim=16, intermediate_size=48, intermediate_size_mlp=96, num_local_experts=4,
                         num_experts_per_tok=2, interleave_moe_layer_step=2, no_rope_layers=[1, 0],
                         attention_chunk_size=8),
+    # multi-head latent attention (query and key-value latents with their norms, heads of rotary and no-rotary
+    # parts, values of their own size), a dense first layer, then routed and shared experts under a sigmoid router
+    "deepseek_v3": dict(_GQA, num_key_value_heads=4, moe_intermediate_size=48, n_routed_experts=4,
+                        num_experts_per_tok=2, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
+                        qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1),
+    # the same attention without a query latent, in GLM's MoE
+    "glm4_moe_lite": dict(_GQA, num_key_value_heads=4, moe_intermediate_size=48, n_routed_experts=4,
+                          num_experts_per_tok=2, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
+                          qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1),
     # hybrids with experts: Gated DeltaNet then gated attention, each with routed experts and a shared expert
     # behind a sigmoid gate; Qwen3-Next packs each key head's value heads with it (in_proj_qkvz, in_proj_ba)
     "qwen3_next": dict(_GQA, head_dim=16, moe_intermediate_size=48, shared_expert_intermediate_size=64,
@@ -117,6 +126,9 @@ TARGET.update({mt: dict(_GQA_TARGET, experts=8, experts_per_token=4) for mt in M
 TARGET["qwen3_moe"]["moe_intermediate_size"] = 96
 TARGET["glm4_moe"]["moe_intermediate_size"] = 96
 TARGET["llama4_text"].update(intermediate_size=96, intermediate_size_mlp=192)
+for _mt in ("deepseek_v3", "glm4_moe_lite"):  # (no GQA in latent attention: kv heads = heads; latents x2)
+    TARGET[_mt].update(num_key_value_heads=8, moe_intermediate_size=96, kv_lora_rank=32)
+TARGET["deepseek_v3"]["q_lora_rank"] = 64
 for _mt in ("qwen3_next", "qwen3_5_moe_text"):
     TARGET[_mt].update(moe_intermediate_size=96, shared_expert_intermediate_size=128, linear_num_key_heads=4,
                        linear_num_value_heads=8)
