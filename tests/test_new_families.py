@@ -235,8 +235,8 @@ REFUSED = {  # tiny random models of the types ligo has no table for, and a word
                     "per-layer embeddings"),
     "lfm2_moe": (dict(_SMALL, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
                       moe_intermediate_size=32, num_dense_layers=1), "mixture-of-experts"),
-    "granitemoehybrid": (dict(_SMALL, layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=32,
-                              mamba_d_state=8, num_local_experts=0, shared_intermediate_size=96), "Mamba-2"),
+    "nemotron_h": (dict(_SMALL, hybrid_override_pattern="M*", mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=8,
+                        n_groups=1), "four kinds"),
 }
 
 
