@@ -19,6 +19,7 @@ from .arch import ArchSpec
 from .tables import spec_for
 from .spaces import Dims, Match
 from .errors import LigoError
+from .wrappers import Wrapper, is_wrapper, text_view, with_projector
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "vocab.txt", "tokenizer.model", "added_tokens.json", "generation_config.json",
@@ -41,6 +42,7 @@ class Checkpoint:
     layout: dict[str, Match]
     dtype: torch.dtype
     has_head: bool
+    wrapper: Wrapper | None = None  # the vision-language checkpoint this is the language model of (ligo.wrappers)
 
 
 def check_regular_files(path: str | Path) -> None:
@@ -184,10 +186,20 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     config = read_config(p)
     _refuse_quantized(p, config)
     headers = read_headers(p)
+    wrapper, names = None, None
+    if is_wrapper(config.get("model_type")):  # a vision-language checkpoint: its language model, the rest kept
+        config, wrapper, names = text_view(config, headers.keys(), str(p / "config.json"))
+        headers = {names[k]: v for k, v in headers.items() if k in names}
     spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
+    if wrapper is not None:
+        spec = with_projector(spec, wrapper.model_type)
     dims = spec.dims(config, where=str(p / "config.json"))
-    config, dims = _untie_a_stored_head(p, config, spec, dims, headers)
+    if wrapper is None:
+        config, dims = _untie_a_stored_head(p, config, spec, dims, headers)
     state = headers if str(device) == "meta" else read_weights(p, device)
+    if wrapper is not None and str(device) != "meta":
+        wrapper.kept = {k: t for k, t in state.items() if k not in names}
+        state = {names[k]: t for k, t in state.items() if k in names}
     layout = spec.layout(state.keys(), dims, config)
     for key, m in layout.items():
         expect, got = spec.key_shape(m.entry, dims), list(state[key].shape)
@@ -198,7 +210,7 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
         check_finite(state, p, layout)
     has_head = any(k.startswith(spec.base_prefix) for k in state) if spec.base_prefix else any(
         m.entry.scope == "head" for m in layout.values())
-    return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head)
+    return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head, wrapper)
 
 
 def _refuse_quantized(p: Path, config: dict) -> None:

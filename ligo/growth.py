@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from .moe import lm_loss_only, upcycle, upcycle_table
 from .maps import depth_plan, lossless_gaps
 from .fit import FitModule
 from .operator import GrowthOperator
+from .launch import available_memory
 from .records import Recipe
 
 
@@ -59,30 +59,14 @@ def _depth_from_map(spec, source: Checkpoint, target: dict, depth_map: str) -> d
     return {**{k: v for k, v in target.items() if k != "layers"}, key: layers}
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on ``device`` (None when unknown)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 START_GAP_WARNING = 1.0  # nats: a grown model that starts this far above its source gets a warning
 
 
 @torch.no_grad()
 def held_out_loss(path: Path, blocks: torch.Tensor, objective: str, tokenizer=None, batch_size: int = 4) -> float:
     """Mean loss of the model saved in ``path`` on ``blocks`` (fp32, CPU; masked LM with a fixed masking seed)."""
-    model = model_class(objective).from_pretrained(str(path), dtype=torch.float32, use_safetensors=True,
-                                                   trust_remote_code=False, local_files_only=True).eval()
+    model = model_class(objective, read_config(path).get("model_type")).from_pretrained(
+        str(path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False, local_files_only=True).eval()
     collate = make_collate(objective, None if objective == "causal-lm" else tokenizer, seed=0)
     losses = [model(**collate(list(blocks[i:i + batch_size])), **lm_loss_only(model)).loss.item()
               for i in range(0, len(blocks), batch_size)]
@@ -130,7 +114,8 @@ class Grower:
         self.stream = stream and loaded_here and self.device.type == "cpu"
         self.source = (describe_checkpoint(source, arch=arch) if self.stream else
                        load_checkpoint(source, self.device, arch)) if loaded_here else source
-        if self.stream and upcycle_table(self.source.spec, target) is not None:  # upcycling reads it in memory
+        if self.stream and (upcycle_table(self.source.spec, target) is not None or self.source.wrapper is not None):
+            # upcycling reads the source in memory, and so does growing a vision-language checkpoint
             self.source, self.stream = load_checkpoint(self.source.path, self.device, arch), False
         upcycled, dense_type = upcycle(self.source, target), self.source.spec.model_type
         if upcycled is not None:  # a dense source asked for experts: read as the one-expert MoE it is
@@ -291,9 +276,11 @@ class Grower:
         if self.stream:
             raise LigoError("this Grower streams its source (stream=True) and cannot fit the operator; build it "
                             "without stream=True to fit")
-        if not self.has_head:
-            raise LigoError(f"{self.source.path} is a bare model without an LM head, so there is no pretraining "
-                            "loss to fit on; grow without --fit-steps, or use its *ForMaskedLM/*ForCausalLM form")
+        if not self.has_head or self.source.wrapper is not None:
+            raise LigoError(f"{self.source.path} is a " + ("vision-language checkpoint; ligo fits the operator on text "
+                            "models only, so grow its language model without --fit-steps" if self.has_head else
+                            "bare model without an LM head, so there is no pretraining loss to fit on; grow without "
+                            "--fit-steps, or use its *ForMaskedLM/*ForCausalLM form"))
         if blocks is None:
             blocks = load_blocks(data, self.tokenizer, cfg.seq_len, max_tokens=tokens_to_read(cfg))
         meta_target = meta_model(self.spec.objective, self.target_config)
@@ -325,7 +312,9 @@ class Grower:
 
     # -- output -----------------------------------------------------------------------------------
     def materialize(self, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict:
-        return self.operator.materialize(dtype or self.dtype, device=device)
+        """The grown model's weights (a vision-language checkpoint's: its vision tower's beside them, as it names them)."""
+        grown = self.operator.materialize(dtype or self.dtype, device=device)
+        return self.source.wrapper.outer_weights(grown) if self.source.wrapper is not None else grown
 
     def recipe(self) -> dict:
         from dataclasses import asdict
@@ -340,7 +329,8 @@ class Grower:
                 "lossless": not self.gaps, "not_lossless_because": self.gaps,
                 "operator_parameters": self.operator.num_parameters(),
                 "fit": self.fit_info or None, "start_check": self.start_check,
-                "new_layers": self.depth.new_layers, "pretrained": self.source_pretrained}
+                "new_layers": self.depth.new_layers, "pretrained": self.source_pretrained,
+                "vision_language": self.source.wrapper.model_type if self.source.wrapper is not None else None}
 
     def result(self, out: Path | None) -> GrowResult:
         """What this grower made (written into ``out``, or not written)."""
@@ -350,8 +340,9 @@ class Grower:
                           self.left_out_layers)
 
     def hf_config(self):
-        config = build_config(self.target_config)
-        config.architectures = self.source.config.get("architectures")
+        wrapper = self.source.wrapper  # (a vision-language checkpoint's config holds the grown text config)
+        config = build_config(wrapper.outer(self.target_config) if wrapper is not None else self.target_config)
+        config.architectures = (wrapper.config if wrapper is not None else self.source.config).get("architectures")
         config.dtype = str(self.dtype).removeprefix("torch.")
         return config
 

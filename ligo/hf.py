@@ -8,9 +8,15 @@ import torch
 from .errors import LigoError
 
 
-def model_class(objective: str):
+def model_class(objective: str, model_type: str | None = None):
+    """The Auto class of a model: a causal or masked LM, or the image-text-to-text model of a vision-language
+    checkpoint (``model_type``: one ligo grows the language model of)."""
     import transformers
 
+    from .wrappers import is_wrapper
+
+    if is_wrapper(model_type):
+        return transformers.AutoModelForImageTextToText
     return transformers.AutoModelForCausalLM if objective == "causal-lm" else transformers.AutoModelForMaskedLM
 
 

@@ -1,4 +1,5 @@
-"""Where this process stands in a launch (``torchrun``, ``accelerate launch``), asked one way everywhere.
+"""Where this process stands in a launch (``torchrun``, ``accelerate launch``), asked one way everywhere, and
+what memory its device has left.
 
 The launchers set ``RANK`` and ``WORLD_SIZE`` before ligo starts, so these answers need no process group and
 hold before, during and after training. :func:`process_state` is accelerate's view of the same launch, for
@@ -8,6 +9,7 @@ what needs a barrier (``main_process_first``).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -42,3 +44,19 @@ def check_batch(batch_size: int, what: str = "batch_size") -> None:
     if batch_size % world_size():
         raise LigoError(f"{what} {batch_size} is not divisible by the {world_size()} processes; "
                         "pick a multiple of the process count")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

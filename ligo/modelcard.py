@@ -91,7 +91,8 @@ def card_text(recipe: dict, kind: str, growth: dict | None = None) -> str:
                   f"| operator fit | {_fmt(led.get('fit_flops'))} |",
                   f"| earlier training of this model | {_fmt(led.get('previous_train_flops'))} |",
                   f"| this training | {_fmt(led.get('train_flops'))} |", ""]
-    cls = "AutoModelForMaskedLM" if objective == "masked-lm" else "AutoModelForCausalLM"
+    cls = "AutoModelForMaskedLM" if objective == "masked-lm" else "AutoModelForImageTextToText" if \
+        recipe.get("vision_language") or (growth or {}).get("vision_language") else "AutoModelForCausalLM"
     lines += ["## Use", "", "```python", f"from transformers import {cls}, AutoTokenizer",
               f"model = {cls}.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)", "```", "",
               "The exact recipe is in `ligo_recipe.json` beside this card.", ""]

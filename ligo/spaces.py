@@ -51,8 +51,11 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
            projection and filtered by its depthwise convolution, and the gated norm's gain (grown by whole heads);
            ``mh.head``: one value (or one row) per head, its ``dt`` row, ``dt_bias``, ``A_log`` and ``D``;
            ``mh.in``: read by the output projection
+``mmp``    the hidden units of a vision-language projector between its two layers (Mistral 3: as many as the
+           text model's hidden size), written; ``mmp.in``: read
 ``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
-           per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head, ``ssm`` a Mamba-2 layer's
+           per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head, ``vis`` a vision tower's
+           features (read by a projector), ``ssm`` a Mamba-2 layer's
            ``B`` or ``C`` channels (groups x state size): never grown
 =========  ================================================================================
 """
@@ -93,6 +96,8 @@ SPACES = (
     # the latent ranks of multi-head latent attention (their RMSNorms normalize each latent as a whole)
     Space("q_latent", ("ql",), ("ql.in",), "q_lora", None, True),
     Space("kv_latent", ("kvl",), ("kvl.in",), "kv_lora", None, True),
+    # the hidden units of a vision-language projector (Mistral 3), as many as the text model's residual stream
+    Space("projector", ("mmp",), ("mmp.in",), "hidden", None, False),
     # a Mamba-2 layer's heads (their groups, which share B and C, never grow)
     Space("mamba_heads", ("mh", "mh.head"), ("mh.in",), "mamba_heads", "mamba_head_dim", True),
 )
@@ -115,7 +120,7 @@ LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 # never grown; kernel: a convolution's kernel (and its group axis of one); one: an axis of one (a scalar gate's row)
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None,
-         "one": None, "ssm": "ssm_size", "krope": "head_dim"}
+         "one": None, "ssm": "ssm_size", "krope": "head_dim", "vis": None}
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 

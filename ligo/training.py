@@ -341,7 +341,8 @@ def _stage_fit(stage, cfg: TrainConfig) -> TrainConfig | None:
 
 
 def _build_model(model: Model, cfg: TrainConfig, attn_implementation: str | None):
-    cls = model_class(model.spec.objective)
+    # (a vision-language checkpoint is trained on text as the image-text-to-text model it is)
+    cls = model_class(model.spec.objective, read_config(model.path).get("model_type") if model.path else None)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if model.path is not None:
         net = cls.from_pretrained(str(model.path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False,

@@ -249,3 +249,28 @@ def grow_train_and_load(source: Path, model_type: str, blocks, tmp_path: Path) -
                                                                          progress=False), Start(blocks=blocks))
     assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
     assert T.AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
+
+
+# Vision-language checkpoints (tests/test_vlm.py): a tiny text decoder beside a tiny vision tower. Gemma 3 pools an
+# image into 4 tokens through a projector matrix; Mistral 3 merges 2 x 2 patches and projects them through two layers.
+VLM = {
+    "gemma3": dict(mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7,
+                   vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                      image_size=28, patch_size=14)),
+    "mistral3": dict(image_token_index=5,
+                     vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+                                        intermediate_size=64, image_size=56, patch_size=14)),
+}
+VLM_TEXT = dict(_GQA, head_dim=16, vocab_size=VOCAB)
+
+
+def make_vlm(model_type: str, seed: int = 0):
+    """A tiny random vision-language model (its norms and biases perturbed, as make_model's)."""
+    torch.manual_seed(seed)
+    cfg = T.AutoConfig.for_model(model_type, text_config=VLM_TEXT, pad_token_id=1, **VLM[model_type])
+    model = T.AutoModelForImageTextToText.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model

@@ -103,7 +103,7 @@ def run(args) -> int:
     t, src, tgt, plan = result.timings, result.source_dims, result.target_dims, result.plan
     experts = f", {tgt.experts} experts ({tgt.experts_per_token} per token)" if tgt.experts > 1 else ""
     kind = (f"upcycled {result.upcycled_from} into {result.model_type}" if result.upcycled_from
-            else f"grew {result.model_type}")
+            else f"grew {result.recipe.fields.get('vision_language') or result.model_type}")
     print(f"{kind} {src.layers}L-{src.hidden} -> {tgt.layers}L-{tgt.hidden}{experts} (width {plan.width}, depth "
           f"{plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build {t['build_s']:.1f}s, grow "
           f"{t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")

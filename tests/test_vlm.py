@@ -1,0 +1,89 @@
+"""Vision-language checkpoints (issue 31): ligo grows the language model inside a Gemma 3 or Mistral 3 checkpoint,
+grows the projector on the side that writes the text model's residual stream, copies the vision tower verbatim, and
+writes a checkpoint of the same multimodal class. The lossless plan keeps the logits with an image in the prompt."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForImageTextToText
+
+import tiny
+from conftest import run_cli, write_json
+from ligo import GrowthPlan, grow
+
+VLMS = tuple(tiny.VLM)
+IMAGE_TOKENS = {"gemma3": 4, "mistral3": 4}  # Gemma 3 pools to 4 tokens; Mistral 3: a 4 x 4 patch grid merged 2 x 2
+
+
+@pytest.fixture(scope="module")
+def vlm_sources(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("vlm")
+    return {mt: tiny.save_model(tiny.make_vlm(mt), root / mt, tokenizer) for mt in VLMS}
+
+
+def _logits(path, model_type, ids):
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    size = tiny.VLM[model_type]["vision_config"]["image_size"]
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    extra = {"image_sizes": torch.tensor([[size, size]])} if model_type == "mistral3" else {}
+    with torch.no_grad():
+        return model, model(input_ids=ids, pixel_values=pixels, **extra).logits, model(input_ids=ids).logits
+
+
+def _tensors(path):
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.mark.parametrize("target", [{"hidden": 128, "heads": 8, "kv_heads": 4, "ffn": 192, "layers": 4},
+                                    {"hidden": 80, "ffn": 120, "layers": 3}], ids=["x2", "x1.25"])
+@pytest.mark.parametrize("model_type", VLMS)
+def test_the_language_model_grows_and_the_vision_tower_is_kept(model_type, target, vlm_sources, tmp_path):
+    """The grown checkpoint loads as the source's multimodal class; with an image in the prompt its logits are the
+    source's (<= 1e-4: the projector's output grows as the residual stream does); the vision tower's tensors are
+    byte-identical; the config holds the grown text config and the source's vision config."""
+    src, out = vlm_sources[model_type], tmp_path / "out"
+    grow(src, target, out, plan=GrowthPlan(width="split", depth="identity"))
+    ids = torch.randint(10, tiny.VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))
+    ids[0, 3:3 + IMAGE_TOKENS[model_type]] = tiny.VLM[model_type]["image_token_index"]
+    source, with_image, text_only = _logits(src, model_type, ids)
+    grown, grown_image, _ = _logits(out, model_type, ids)
+    assert type(grown) is type(source) and grown.config.text_config.hidden_size == target["hidden"]
+    assert (with_image - text_only).abs().max() > 1e-2  # the image changes the logits...
+    assert (grown_image - with_image).abs().max() <= 1e-4  # ...and the grown model sees it as the source did
+    before, after = _tensors(src), _tensors(out)
+    vision = [k for k in before if "vision_tower" in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    config, source_config = (json.loads((p / "config.json").read_text()) for p in (out, src))
+    assert config["vision_config"] == source_config["vision_config"]
+    assert config["text_config"]["num_hidden_layers"] == target["layers"]
+    assert json.loads((out / "ligo_recipe.json").read_text())["vision_language"] == model_type
+
+
+def test_the_operator_fit_is_refused_in_one_line(vlm_sources, corpus, tmp_path):
+    proc = run_cli("grow", vlm_sources["gemma3"], "--target", write_json(tmp_path / "t.json", {"layers": 3}),
+                   "--out", tmp_path / "out", "--fit-steps", "2", "--data", corpus)
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "vision-language" in proc.stderr
+
+
+@pytest.mark.parametrize("model_type", VLMS)
+def test_a_grown_vision_language_model_trains_on_text(model_type, vlm_sources, corpus, tmp_path):
+    """`ligo train` continues it on text as the image-text-to-text model it is; what it saves loads as one, the
+    vision tower untouched by text-only training."""
+    grow(vlm_sources[model_type], {"layers": 3}, tmp_path / "g", plan=GrowthPlan(width="split", depth="identity"))
+    run_cli("train", tmp_path / "g", "--data", corpus, "--out", tmp_path / "t", "--steps", "2", "--seq-len", "32",
+            "--batch-size", "2", "--no-progress", check=True)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "t")
+    assert type(model).__name__.endswith("ForConditionalGeneration")
+    before, after = _tensors(vlm_sources[model_type]), _tensors(tmp_path / "t")
+    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)
+    card = (tmp_path / "g" / "README.md").read_text()
+    assert "AutoModelForImageTextToText.from_pretrained" in card
+
+
+def test_inspect_shows_the_language_models_table(vlm_sources):
+    proc = run_cli("inspect", vlm_sources["mistral3"], "--table", check=True)
+    assert "mistral" in proc.stdout and "multi_modal_projector.linear_2.weight" in proc.stdout
