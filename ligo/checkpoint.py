@@ -192,7 +192,7 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
         headers = {names[k]: v for k, v in headers.items() if k in names}
     spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
     if wrapper is not None:
-        spec = with_projector(spec, wrapper.model_type)
+        spec = with_projector(spec, wrapper)
     dims = spec.dims(config, where=str(p / "config.json"))
     if wrapper is None:
         config, dims = _untie_a_stored_head(p, config, spec, dims, headers)

@@ -154,7 +154,8 @@ class Grower:
         if not self.stream:
             self.operator.to(self.device)
         self.plan = self.operator.plan
-        self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims)
+        self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims) + \
+            (self.source.wrapper.gaps(self.depth.sources, self.depth.zero) if self.source.wrapper is not None else [])
         if loaded_here and not self.stream:  # the operator holds what it needs (layers stacked): no second copy
             self.source.state = {}
         self.fit_result: LoopResult | None = None

@@ -4,12 +4,14 @@ A wrapper checkpoint is read as the text checkpoint inside it (:func:`text_view`
 model's weights under the names a text checkpoint gives them, and the projector weights that write the text
 model's residual stream as entries of the text table (they grow on that side, so an image's features enter the
 wider stream as the token embeddings do). Everything else, the vision tower, is kept aside and written back
-verbatim (:meth:`Wrapper.outer`), under the checkpoint's own names, with the grown text config in its config.
+verbatim (:meth:`Wrapper.outer_weights`), under the checkpoint's own names, with the grown text config (and the
+text model's new hidden size where the vision config states it) in its config (:meth:`Wrapper.outer`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
@@ -31,21 +33,40 @@ class Wrapper:
 
     model_type: str
     config: dict                        # the checkpoint's own config (the text config inside it as it was)
-    text_key: str                       # the config key of the text config
     prefixes: dict[str, str]            # a text-view prefix (model., lm_head.) -> the checkpoint's
+    projector: dict[str, str]           # the checkpoint's projector weights that write the stream -> their axes
     kept: dict = field(default_factory=dict)  # the other weights (vision tower), by the checkpoint's names
 
+    @property
+    def data(self) -> dict:
+        return wrappers()[self.model_type]
+
     def outer(self, text_config: dict) -> dict:
-        """The checkpoint's config with ``text_config`` (a grown text config) in place of its own."""
-        return {**self.config, self.text_key: dict(text_config)}
+        """The checkpoint's config with ``text_config`` (a grown text config) in place of its own, and the vision
+        config's copies of the text model's sizes updated."""
+        vision = dict(self.config.get("vision_config") or {})
+        vision.update({key: text_config[text_key] for key, text_key in self.data.get("vision_hidden", {}).items()})
+        return {**self.config, self.data["text_config"]: dict(text_config),
+                **({"vision_config": vision} if vision else {})}
 
     def outer_weights(self, grown: dict) -> dict:
         """Grown text-view weights under the checkpoint's names, with the kept weights beside them."""
         def name(key: str) -> str:
-            view = next((p for p in self.prefixes if key.startswith(p)), None)  # (the projector's keys: as they are)
-            return key if view is None else self.prefixes[view] + key[len(view):]
+            view = next((p for p in self.prefixes if key.startswith(p)), None)
+            return key if view is None or key in self.projector else self.prefixes[view] + key[len(view):]
 
         return {**{name(k): v for k, v in grown.items()}, **self.kept}
+
+    def gaps(self, sources: list[int], zero: list[bool]) -> list[str]:
+        """Why a depth plan (each target layer's source layer, and whether it is a new identity block) does not
+        keep what an image does: visual features added to the outputs of the first layers (Qwen3-VL's deepstack)
+        land after other layers when the plan puts new or other layers among them."""
+        n = len(self.config.get("vision_config", {}).get(self.data.get("deepstack", ""), None) or [])
+        if n and any(j != i or z for i, (j, z) in enumerate(zip(sources[:n], zero[:n]))):
+            return [f"{self.model_type} adds visual features to the outputs of its first {n} layers (deepstack); this "
+                    f"depth plan puts other layers among them, so with an image in the prompt the grown model differs "
+                    f"(text alone keeps the function): use a --depth-map that starts with layers 0-{n - 1}"]
+        return []
 
 
 def is_wrapper(model_type: str | None) -> bool:
@@ -62,25 +83,27 @@ def text_view(config: dict, keys, where: str) -> tuple[dict, Wrapper, dict[str, 
                         f"{w['text_config']!r} (with its model_type); this one does not")
     if "tie_word_embeddings" in config and "tie_word_embeddings" not in text:
         text = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
+    templates = [(re.compile(re.escape(name).replace(re.escape("{k}"), r"\d+")), axes)
+                 for name, axes in w["projector"].items()]
     prefixes = sorted(w["text_keys"].items(), key=lambda kv: -len(kv[0]))
     names: dict[str, str] = {}
     used: dict[str, str] = {}
+    projector: dict = {}
     for key in keys:
-        if key in w["projector"]:
-            names[key] = key
+        axes = next((a for pattern, a in templates if pattern.fullmatch(key)), None)
+        if axes is not None:
+            names[key], projector[key] = key, axes
             continue
         for prefix, view in prefixes:
             if key.startswith(prefix):
                 names[key], used[view] = view + key[len(prefix):], prefix
                 break
-    wrapper = Wrapper(config["model_type"], config, w["text_config"], used)
-    return text, wrapper, names
+    return text, Wrapper(config["model_type"], config, used, projector), names
 
 
-def with_projector(spec: ArchSpec, model_type: str) -> ArchSpec:
+def with_projector(spec: ArchSpec, wrapper: Wrapper) -> ArchSpec:
     """The text table, with the wrapper's projector weights as weights outside the layers."""
-    extra = [Entry(name, tuple(tuple(a.split("+")) for a in axes), "globals")
-             for name, axes in wrappers()[model_type]["projector"].items()]
+    extra = [Entry(name, tuple(tuple(a.split("+")) for a in axes), "globals") for name, axes in wrapper.projector.items()]
     out = replace(spec, entries=list(spec.entries) + extra)
     out._compile()
     return out

@@ -1,4 +1,5 @@
-"""Vision-language checkpoints (issue 31): ligo grows the language model inside a Gemma 3 or Mistral 3 checkpoint,
+"""Vision-language checkpoints (issue 31): ligo grows the language model inside a Gemma 3, Mistral 3 or Qwen3-VL
+checkpoint,
 grows the projector on the side that writes the text model's residual stream, copies the vision tower verbatim, and
 writes a checkpoint of the same multimodal class. The lossless plan keeps the logits with an image in the prompt."""
 
@@ -14,7 +15,8 @@ from conftest import run_cli, write_json
 from ligo import GrowthPlan, grow
 
 VLMS = tuple(tiny.VLM)
-IMAGE_TOKENS = {"gemma3": 4, "mistral3": 4}  # Gemma 3 pools to 4 tokens; Mistral 3: a 4 x 4 patch grid merged 2 x 2
+IMAGE_TOKENS = {"gemma3": 4, "mistral3": 4, "qwen3_vl": 4}  # Gemma 3 pools to 4 tokens; the others: 4 x 4 patches
+# merged 2 x 2
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +25,25 @@ def vlm_sources(tmp_path_factory, tokenizer):
     return {mt: tiny.save_model(tiny.make_vlm(mt), root / mt, tokenizer) for mt in VLMS}
 
 
-def _logits(path, model_type, ids):
+def _prompt(model_type):
+    """A prompt of text around one image, and the image's inputs as the model type takes them."""
+    ids = torch.randint(10, tiny.VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))
+    config = tiny.VLM[model_type]
+    ids[0, 3:3 + IMAGE_TOKENS[model_type]] = config.get("image_token_index", config.get("image_token_id"))
+    gen = torch.Generator().manual_seed(0)
+    if model_type == "qwen3_vl":  # (flattened patches of 2 frames, their grid, the image tokens' type)
+        return ids, {"pixel_values": torch.randn(16, 3 * 2 * 14 * 14, generator=gen),
+                     "image_grid_thw": torch.tensor([[1, 4, 4]]), "mm_token_type_ids": (ids == 5).long()}
+    size = config["vision_config"]["image_size"]
+    image = {"pixel_values": torch.randn(1, 3, size, size, generator=gen)}
+    return ids, {**image, "image_sizes": torch.tensor([[size, size]])} if model_type == "mistral3" else image
+
+
+def _logits(path, model_type):
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
-    size = tiny.VLM[model_type]["vision_config"]["image_size"]
-    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    extra = {"image_sizes": torch.tensor([[size, size]])} if model_type == "mistral3" else {}
+    ids, image = _prompt(model_type)
     with torch.no_grad():
-        return model, model(input_ids=ids, pixel_values=pixels, **extra).logits, model(input_ids=ids).logits
+        return model, model(input_ids=ids, **image).logits, model(input_ids=ids).logits
 
 
 def _tensors(path):
@@ -45,19 +59,19 @@ def test_the_language_model_grows_and_the_vision_tower_is_kept(model_type, targe
     source's (<= 1e-4: the projector's output grows as the residual stream does); the vision tower's tensors are
     byte-identical; the config holds the grown text config and the source's vision config."""
     src, out = vlm_sources[model_type], tmp_path / "out"
-    grow(src, target, out, plan=GrowthPlan(width="split", depth="identity"))
-    ids = torch.randint(10, tiny.VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))
-    ids[0, 3:3 + IMAGE_TOKENS[model_type]] = tiny.VLM[model_type]["image_token_index"]
-    source, with_image, text_only = _logits(src, model_type, ids)
-    grown, grown_image, _ = _logits(out, model_type, ids)
+    layout = "0-1" + ",new" * (target["layers"] - 2)  # new identity layers after the source's (see deepstack below)
+    grow(src, target, out, plan=GrowthPlan(width="split", depth_map=layout))
+    source, with_image, text_only = _logits(src, model_type)
+    grown, grown_image, _ = _logits(out, model_type)
     assert type(grown) is type(source) and grown.config.text_config.hidden_size == target["hidden"]
     assert (with_image - text_only).abs().max() > 1e-2  # the image changes the logits...
     assert (grown_image - with_image).abs().max() <= 1e-4  # ...and the grown model sees it as the source did
     before, after = _tensors(src), _tensors(out)
-    vision = [k for k in before if "vision_tower" in k]
+    vision = [k for k in before if ("vision_tower" in k or "visual" in k) and "linear_fc2" not in k]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     config, source_config = (json.loads((p / "config.json").read_text()) for p in (out, src))
-    assert config["vision_config"] == source_config["vision_config"]
+    hidden = {"out_hidden_size": target["hidden"]} if model_type == "qwen3_vl" else {}  # (the projectors' output)
+    assert config["vision_config"] == {**source_config["vision_config"], **hidden}
     assert config["text_config"]["num_hidden_layers"] == target["layers"]
     assert json.loads((out / "ligo_recipe.json").read_text())["vision_language"] == model_type
 
@@ -79,7 +93,7 @@ def test_a_grown_vision_language_model_trains_on_text(model_type, vlm_sources, c
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "t")
     assert type(model).__name__.endswith("ForConditionalGeneration")
     before, after = _tensors(vlm_sources[model_type]), _tensors(tmp_path / "t")
-    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k or "visual.blocks" in k)
     card = (tmp_path / "g" / "README.md").read_text()
     assert "AutoModelForImageTextToText.from_pretrained" in card
 
@@ -87,3 +101,16 @@ def test_a_grown_vision_language_model_trains_on_text(model_type, vlm_sources, c
 def test_inspect_shows_the_language_models_table(vlm_sources):
     proc = run_cli("inspect", vlm_sources["mistral3"], "--table", check=True)
     assert "mistral" in proc.stdout and "multi_modal_projector.linear_2.weight" in proc.stdout
+
+
+def test_qwen3_vl_says_when_new_layers_land_among_its_deepstack_layers(vlm_sources, tmp_path):
+    """Qwen3-VL adds visual features to the outputs of its first 2 layers: identity depth puts a new layer after
+    layer 0, so the features of layer 1 land after it. `ligo grow` says so; text alone stays exact."""
+    target = write_json(tmp_path / "t.json", {"layers": 4})
+    proc = run_cli("grow", vlm_sources["qwen3_vl"], "--target", target, "--out", tmp_path / "out", "--width", "split",
+                   "--depth", "identity", check=True)
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: not exactly lossless")]
+    assert len(notes) == 1 and "deepstack" in notes[0], proc.stderr
+    _, with_image, text_only = _logits(vlm_sources["qwen3_vl"], "qwen3_vl")
+    _, grown_image, grown_text = _logits(tmp_path / "out", "qwen3_vl")
+    assert (grown_text - text_only).abs().max() <= 1e-4 and (grown_image - with_image).abs().max() > 1e-3

@@ -260,6 +260,14 @@ VLM = {
     "mistral3": dict(image_token_index=5,
                      vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
                                         intermediate_size=64, image_size=56, patch_size=14)),
+    # Qwen3-VL: a 4 x 4 patch grid merged 2 x 2, its features also added to the outputs of text layers 0 and 1
+    # (deepstack); multimodal rotary positions
+    "qwen3_vl": dict(image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8,
+                     text=dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                "mrope_section": [4, 2, 2], "mrope_interleaved": True}),
+                     vision_config=dict(hidden_size=32, depth=2, num_heads=2, intermediate_size=64, patch_size=14,
+                                        spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                                        deepstack_visual_indexes=[0, 1], num_position_embeddings=16)),
 }
 VLM_TEXT = dict(_GQA, head_dim=16, vocab_size=VOCAB)
 
@@ -267,7 +275,8 @@ VLM_TEXT = dict(_GQA, head_dim=16, vocab_size=VOCAB)
 def make_vlm(model_type: str, seed: int = 0):
     """A tiny random vision-language model (its norms and biases perturbed, as make_model's)."""
     torch.manual_seed(seed)
-    cfg = T.AutoConfig.for_model(model_type, text_config=VLM_TEXT, pad_token_id=1, **VLM[model_type])
+    kw = dict(VLM[model_type])
+    cfg = T.AutoConfig.for_model(model_type, text_config={**VLM_TEXT, **kw.pop("text", {})}, pad_token_id=1, **kw)
     model = T.AutoModelForImageTextToText.from_config(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
