@@ -46,15 +46,21 @@ def upcycle_table(source: ArchSpec, target: dict) -> ArchSpec | None:
     return replace(found[0], model_type=found[0].model_types[0])
 
 
-def upcycled_config(spec: ArchSpec, dense: ArchSpec, config: dict) -> dict:
+def upcycled_config(spec: ArchSpec, dense: ArchSpec, config: dict, target: dict | None = None) -> dict:
     """A dense model's config as the one-expert model of the MoE table ``spec`` (complete, with the MoE
     class's defaults). Every dense setting is kept: an MoE class reads some it does not declare (Qwen3's
-    head_dim)."""
+    head_dim). A shared expert the upcycling creates (``upcycle.new``) has the size ``target`` gives it, else the
+    dense FFN's."""
     from .hf import build_config, meta_model
 
     out = {k: v for k, v in config.items() if k not in ("architectures", "auto_map")}
     out.update(spec.requires, model_type=spec.model_type)
-    for name, value in (("experts", 1), ("experts_per_token", 1), ("ffn", dense.dims(config).ffn)):
+    ffn = dense.dims(config).ffn
+    sizes = [("experts", 1), ("experts_per_token", 1), ("ffn", ffn)]
+    if spec.upcycle.get("new") and "shared_ffn" in spec.config:
+        key = spec.config_key("shared_ffn")
+        sizes.append(("shared_ffn", (target or {}).get(key, (target or {}).get("shared_ffn", ffn))))
+    for name, value in sizes:
         out[spec.config_key(name, out)] = value
     hf = build_config(out)
     return {**hf.to_dict(), "architectures": [type(meta_model(spec.objective, hf)).__name__]}
@@ -67,7 +73,7 @@ def grown_config(spec: ArchSpec, source_config: dict, target: dict) -> tuple[Arc
 
     moe = upcycle_table(spec, target)
     if moe is not None:
-        spec, source_config = moe, upcycled_config(moe, spec, source_config)
+        spec, source_config = moe, upcycled_config(moe, spec, source_config, target)
         target = {k: v for k, v in target.items() if k != "model_type"}
     return spec, source_config, spec.target_config(source_config, target, known_config_keys(spec.model_type))
 
@@ -83,7 +89,7 @@ def upcycle(source, target: dict):
     if spec is None:
         return None
     dense, renames = source.spec, spec.upcycle["layer"]
-    config = upcycled_config(spec, dense, source.config)
+    config = upcycled_config(spec, dense, source.config, target)
     entries = {e.name: e for e in spec.entries}
     state, prefix = {}, None
     for key, m in source.layout.items():
@@ -104,9 +110,26 @@ def upcycle(source, target: dict):
                 state[spec.layer_key(prefix or "", e, i)] = torch.zeros(1, source.dims.hidden, dtype=like.dtype,
                                                                        device=like.device)
     dims = spec.dims(config, where=f"{source.path} upcycled to {spec.model_type}")
+    state.update(_new_modules(spec, dims, prefix or "", like, float(config.get("initializer_range") or 0.02)))
     layout = spec.layout(state.keys(), dims)
     rest = {k: v for k, v in target.items() if k != "model_type"}
     return Checkpoint(source.path, config, spec, dims, state, layout, source.dtype, source.has_head), rest
+
+
+def _new_modules(spec: ArchSpec, dims, prefix: str, like: torch.Tensor, std: float) -> dict:
+    """The weights of the modules upcycling creates (``upcycle.new``: a shared expert beside the routed copies of the
+    dense FFN): ``zeros`` where the module's output must start at zero (its down projection, its gate), else drawn
+    at the config's ``initializer_range`` (so that it learns), the same draws for a given source."""
+    gen = torch.Generator().manual_seed(0)
+    entries = {e.name: e for e in spec.entries}
+    out = {}
+    for name, init in spec.upcycle.get("new", {}).items():
+        e = entries[name]
+        shape = [1 if s == -1 else s for s in spec.key_shape(e, dims)]
+        for i in spec.kind_rows(e, dims):
+            w = torch.zeros(shape) if init == "zeros" else torch.randn(shape, generator=gen) * std
+            out[spec.layer_key(prefix, e, i)] = w.to(dtype=like.dtype, device=like.device)
+    return out
 
 
 def fused_parameters(spec: ArchSpec, model: nn.Module, prefix: str, layers: int) -> dict:

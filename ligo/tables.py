@@ -48,7 +48,8 @@ class TableFile:
     router: dict = setting({}, "MoE: {normalized: true, false or the config key saying so; scores: softmax (the "
                                "default) or sigmoid}")
     fused: dict[str, list[str]] = setting({}, "MoE: a layer parameter -> the per-expert entries it holds fused")
-    upcycle: dict = setting({}, "MoE: {from: [dense model_types], layer: {dense name: entry name}}")
+    upcycle: dict = setting({}, "MoE: {from: [dense model_types], layer: {dense name: entry name}, new: {entry name: "
+                                "zeros or random}: modules upcycling creates}")
     requires: dict = setting({}, "config key -> the value ligo needs")
     kinds: Optional[dict] = setting(None, "layers of several kinds (see Kinds): the weights only some layers hold")
     trailing_layers: Optional[str] = setting(None, "the config key counting the layers after the last that the "
@@ -137,6 +138,7 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
     refs += [("embed_scale", n, names) for n in ([scale.weight, scale.tied_norm] if scale else []) if n]
     refs += [(f"fused.{p}", n, names) for p, parts in t.fused.items() for n in parts or [None]]
     refs += [("upcycle.layer", n, names) for n in t.upcycle.get("layer", {}).values()]
+    refs += [("upcycle.new", n, names) for n in t.upcycle.get("new", {})]
     for key, name, known in refs:
         if name not in known:
             raise LigoError(f"{where}: {key} names {name!r}, which is no {'layer module' if known is modules else 'weight'} "

@@ -230,3 +230,20 @@ def test_inspect_counts_duplicated_mamba_heads(width, duplicates, hybrids, tmp_p
     units = json.loads(run_cli("inspect", tmp_path / "g", "--units", "--json", check=True).stdout)["units"]
     assert units["mamba_heads"]["units"] == 2 * 8 and units["mamba_heads"]["duplicate_writes"] == 16
     assert units["mamba_heads"]["duplicates"] == duplicates
+
+
+@pytest.mark.parametrize("width", ["copy", "split"])
+def test_qwen3_5_upcycles_into_its_mixture_of_experts(width, hybrids, text_ids, tmp_path):
+    """A dense Qwen3.5 becomes a Qwen3.5-MoE: its FFN copied into 4 routed experts (2 a token, renormalized: the copies
+    sum to the FFN), a new shared expert whose down projection starts at zero behind its gate, at twice the width and
+    depth; the grown model computes the source's function and its shared expert learns (it gets a gradient)."""
+    target = {**tiny.TARGET["qwen3_5_text"], "experts": 4, "experts_per_token": 2, "shared_expert_intermediate_size": 96}
+    grow(hybrids["qwen3_5_text"], target, tmp_path / "out", plan=GrowthPlan(width=width, depth="identity"))
+    diff, model = tiny.max_logit_diff(hybrids["qwen3_5_text"], tmp_path / "out", text_ids)
+    assert diff <= 1e-4, diff
+    assert type(model).__name__ == "Qwen3_5MoeForCausalLM" and model.config.num_experts == 4
+    shared = model.model.layers[0].mlp.shared_expert
+    assert not shared.down_proj.weight.any() and shared.up_proj.weight.std() > 0
+    model.train()
+    model(input_ids=text_ids, labels=text_ids).loss.backward()
+    assert shared.down_proj.weight.grad.abs().sum() > 0
