@@ -94,6 +94,8 @@ def text_view(config: dict, keys, where: str) -> tuple[dict, Wrapper, dict[str, 
         if axes is not None:
             names[key], projector[key] = key, axes
             continue
+        if any(key.startswith(p) for p in w.get("keep", [])):
+            continue
         for prefix, view in prefixes:
             if key.startswith(prefix):
                 names[key], used[view] = view + key[len(prefix):], prefix

@@ -1,5 +1,5 @@
-"""Vision-language checkpoints (issue 31): ligo grows the language model inside a Gemma 3, Mistral 3 or Qwen3-VL
-checkpoint,
+"""Vision-language checkpoints (issue 31): ligo grows the language model inside a Gemma 3, Mistral 3, Llama 4,
+Qwen2.5-VL, Qwen3-VL or Qwen3.5 checkpoint,
 grows the projector on the side that writes the text model's residual stream, copies the vision tower verbatim, and
 writes a checkpoint of the same multimodal class. The lossless plan keeps the logits with an image in the prompt."""
 
@@ -15,8 +15,8 @@ from conftest import run_cli, write_json
 from ligo import GrowthPlan, grow
 
 VLMS = tuple(tiny.VLM)
-IMAGE_TOKENS = {"gemma3": 4, "mistral3": 4, "qwen3_vl": 4}  # Gemma 3 pools to 4 tokens; the others: 4 x 4 patches
-# merged 2 x 2
+IMAGE_TOKENS = dict.fromkeys(VLMS, 4)  # Gemma 3 pools to 4 tokens, the Qwens merge a 4 x 4 grid 2 x 2, Llama 4 and
+# Mistral 3 shuffle or merge theirs likewise
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,10 @@ def _prompt(model_type):
     config = tiny.VLM[model_type]
     ids[0, 3:3 + IMAGE_TOKENS[model_type]] = config.get("image_token_index", config.get("image_token_id"))
     gen = torch.Generator().manual_seed(0)
-    if model_type == "qwen3_vl":  # (flattened patches of 2 frames, their grid, the image tokens' type)
-        return ids, {"pixel_values": torch.randn(16, 3 * 2 * 14 * 14, generator=gen),
-                     "image_grid_thw": torch.tensor([[1, 4, 4]]), "mm_token_type_ids": (ids == 5).long()}
+    if model_type.startswith("qwen"):  # (flattened patches of 2 frames, their grid, the image tokens' type)
+        patches = {"pixel_values": torch.randn(16, 3 * 2 * 14 * 14, generator=gen),
+                   "image_grid_thw": torch.tensor([[1, 4, 4]])}
+        return ids, patches if model_type == "qwen2_5_vl" else {**patches, "mm_token_type_ids": (ids == 5).long()}
     size = config["vision_config"]["image_size"]
     image = {"pixel_values": torch.randn(1, 3, size, size, generator=gen)}
     return ids, {**image, "image_sizes": torch.tensor([[size, size]])} if model_type == "mistral3" else image
@@ -52,7 +53,7 @@ def _tensors(path):
 
 
 @pytest.mark.parametrize("target", [{"hidden": 128, "heads": 8, "kv_heads": 4, "ffn": 192, "layers": 4},
-                                    {"hidden": 80, "ffn": 120, "layers": 3}], ids=["x2", "x1.25"])
+                                    {"hidden": 96, "heads": 6, "kv_heads": 3, "ffn": 144, "layers": 3}], ids=["x2", "x1.5"])
 @pytest.mark.parametrize("model_type", VLMS)
 def test_the_language_model_grows_and_the_vision_tower_is_kept(model_type, target, vlm_sources, tmp_path):
     """The grown checkpoint loads as the source's multimodal class; with an image in the prompt its logits are the
@@ -67,10 +68,10 @@ def test_the_language_model_grows_and_the_vision_tower_is_kept(model_type, targe
     assert (with_image - text_only).abs().max() > 1e-2  # the image changes the logits...
     assert (grown_image - with_image).abs().max() <= 1e-4  # ...and the grown model sees it as the source did
     before, after = _tensors(src), _tensors(out)
-    vision = [k for k in before if ("vision_tower" in k or "visual" in k) and "linear_fc2" not in k]
+    vision = [k for k in before if ("vision" in k or "visual" in k) and "linear_fc2" not in k and "mlp.2" not in k]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     config, source_config = (json.loads((p / "config.json").read_text()) for p in (out, src))
-    hidden = {"out_hidden_size": target["hidden"]} if model_type == "qwen3_vl" else {}  # (the projectors' output)
+    hidden = {"out_hidden_size": target["hidden"]} if model_type.startswith("qwen") else {}  # (the mergers' output)
     assert config["vision_config"] == {**source_config["vision_config"], **hidden}
     assert config["text_config"]["num_hidden_layers"] == target["layers"]
     assert json.loads((out / "ligo_recipe.json").read_text())["vision_language"] == model_type
@@ -93,7 +94,8 @@ def test_a_grown_vision_language_model_trains_on_text(model_type, vlm_sources, c
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "t")
     assert type(model).__name__.endswith("ForConditionalGeneration")
     before, after = _tensors(vlm_sources[model_type]), _tensors(tmp_path / "t")
-    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k or "visual.blocks" in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k or "visual.blocks" in k
+               or "vision_model" in k)
     card = (tmp_path / "g" / "README.md").read_text()
     assert "AutoModelForImageTextToText.from_pretrained" in card
 

@@ -251,6 +251,12 @@ def grow_train_and_load(source: Path, model_type: str, blocks, tmp_path: Path) -
     assert T.AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.model_type == model_type
 
 
+_MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+_QWEN_VL_IDS = dict(image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8)
+_QWEN_VISION = dict(hidden_size=32, depth=1, num_heads=2, intermediate_size=64, patch_size=14, spatial_merge_size=2,
+                    temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=16)
+_LINEAR = dict(linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+               layer_types=["linear_attention", "full_attention"])
 # Vision-language checkpoints (tests/test_vlm.py): a tiny text decoder beside a tiny vision tower. Gemma 3 pools an
 # image into 4 tokens through a projector matrix; Mistral 3 merges 2 x 2 patches and projects them through two layers.
 VLM = {
@@ -268,6 +274,19 @@ VLM = {
                      vision_config=dict(hidden_size=32, depth=2, num_heads=2, intermediate_size=64, patch_size=14,
                                         spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
                                         deepstack_visual_indexes=[0, 1], num_position_embeddings=16)),
+    # Qwen3.5 (its language model a Gated DeltaNet hybrid, dense or with experts) and Qwen2.5-VL: one merger
+    "qwen3_5": dict(_QWEN_VL_IDS, text=dict(_LINEAR, rope_parameters=_MROPE), vision_config=_QWEN_VISION),
+    "qwen3_5_moe": dict(_QWEN_VL_IDS, text=dict(_LINEAR, rope_parameters=_MROPE, num_experts=4, num_experts_per_tok=2,
+                                                moe_intermediate_size=32, shared_expert_intermediate_size=32),
+                        vision_config=_QWEN_VISION),
+    "qwen2_5_vl": dict(_QWEN_VL_IDS, text=dict(rope_parameters={**_MROPE, "mrope_interleaved": False}, head_dim=None),
+                       vision_config=dict(_QWEN_VISION, window_size=56, fullatt_block_indexes=[0])),
+    # Llama 4: an MoE language model, a pixel-shuffled vision tower, a one-layer projector into the stream
+    "llama4": dict(image_token_index=5, text=dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=96,
+                                                  interleave_moe_layer_step=2),
+                   vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=56,
+                                      patch_size=14, intermediate_size=128, projector_input_dim=32,
+                                      projector_output_dim=32, vision_output_dim=32)),
 }
 VLM_TEXT = dict(_GQA, head_dim=16, vocab_size=VOCAB)
 
@@ -276,7 +295,8 @@ def make_vlm(model_type: str, seed: int = 0):
     """A tiny random vision-language model (its norms and biases perturbed, as make_model's)."""
     torch.manual_seed(seed)
     kw = dict(VLM[model_type])
-    cfg = T.AutoConfig.for_model(model_type, text_config={**VLM_TEXT, **kw.pop("text", {})}, pad_token_id=1, **kw)
+    text = {k: v for k, v in {**VLM_TEXT, **kw.pop("text", {})}.items() if v is not None}  # (None: the key left out)
+    cfg = T.AutoConfig.for_model(model_type, text_config=text, pad_token_id=1, **kw)
     model = T.AutoModelForImageTextToText.from_config(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
