@@ -234,7 +234,7 @@ REFUSED = {  # tiny random models of the types ligo has no table for, and a word
     "gemma4_text": (dict(_SMALL, head_dim=16, hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB),
                     "per-layer embeddings"),
     "lfm2_moe": (dict(_SMALL, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
-                      moe_intermediate_size=32, num_dense_layers=1), "mixture-of-experts"),
+                      moe_intermediate_size=32, num_dense_layers=1), "two ways"),
     "nemotron_h": (dict(_SMALL, hybrid_override_pattern="M*", mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=8,
                         n_groups=1), "four kinds"),
 }
