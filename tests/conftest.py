@@ -132,6 +132,15 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
+def grow_noting_gaps(source, target: dict, out: Path, ids):
+    """`ligo grow` with the lossless plan (split width, identity depth): the "not exactly lossless" notes it prints,
+    and the grown model's max |logit difference| from the source on ``ids``."""
+    proc = run_cli("grow", source, "--target", write_json(out.parent / f"{out.name}-target.json", target), "--out",
+                   out, "--width", "split", "--depth", "identity", check=True)
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: not exactly lossless")]
+    return notes, tiny.max_logit_diff(source, out, ids)[0]
+
+
 def assert_one_line_error(proc, command: str, pattern: str | None = None):
     """Exit 2, one line on stderr naming the command, no traceback."""
     import re
