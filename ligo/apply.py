@@ -147,7 +147,7 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
 
     def mix(coef: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         """The depth mix; one source layer with coefficient one is that layer itself (exact)."""
-        if coef.shape == (1, 1) and float(coef) == 1.0 and not torch.is_grad_enabled():
+        if coef.shape == (1, 1) and not torch.is_grad_enabled() and float(coef) == 1.0:
             return src  # (a fresh tensor: read, stacked or indexed)
         return torch.einsum("ij,j...->i...", coef, src.float())
 

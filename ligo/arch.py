@@ -119,7 +119,8 @@ class ArchSpec:
                 raise LigoError(f"{where}: {key} must be a positive integer, got {value!r}")
             return value
 
-        for name in sorted(REQUIRED_CONFIG - {"ffn"}):
+        listed = self.listed_kinds(config)  # (Nemotron-H's config counts its layers by listing their kinds)
+        for name in sorted(REQUIRED_CONFIG - {"ffn"} - ({"layers"} if listed is not None else set())):
             if get(name) is None:
                 raise LigoError(f"{where} of model_type {self.model_type!r} lacks {k[name]!r}; a "
                                 f"{self.model_type} config needs {sorted(v for v in k.values() if isinstance(v, str))}")
@@ -148,7 +149,7 @@ class ArchSpec:
         normalized = self.router.get("normalized", True)
         if isinstance(normalized, str):
             normalized = config.get(normalized, False)
-        layers = get("layers")
+        layers = get("layers") or len(listed)
         kinds = self.layer_kinds(config, layers, where)
         return Dims(layers=layers, hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
                     head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
@@ -184,7 +185,7 @@ class ArchSpec:
         if not self.kinds:
             return ()
         (rule, key), = self.kinds["by"].items()
-        names, value = self.kinds["names"], config.get(key)
+        names, value = self.kinds["names"], self.listed_kinds(config) if rule == "list" else config.get(key)
         if rule == "first_k":
             k = 0 if value is None else value
             if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= layers:
@@ -199,6 +200,16 @@ class ArchSpec:
         if not isinstance(value, list) or len(value) != layers or any(v not in names for v in value):
             raise LigoError(f"{where}: {key} must give each of the {layers} layers one of {names}, got {value!r}")
         return tuple(value)
+
+    def listed_kinds(self, config: dict) -> list | None:
+        """The per-layer list of kind names a config gives (rule ``list``), or the one its pattern string spells
+        (``kinds.pattern``: Nemotron-H's released configs say ``M-M-*-``), None where it gives neither."""
+        if not self.kinds or "list" not in self.kinds["by"]:
+            return None
+        value, pattern = config.get(self.kinds["by"]["list"]), self.kinds.get("pattern")
+        if value is None and pattern and isinstance(config.get(pattern["key"]), str):
+            value = [pattern["chars"].get(c, c) for c in config[pattern["key"]]]
+        return value if isinstance(value, list) else None
 
     def kinds_config(self, kinds: list[str]) -> dict:
         """The config entry that says ``kinds`` (the target's, after the depth plan), or an error when the
@@ -219,6 +230,10 @@ class ArchSpec:
             return [i for i, kind in enumerate(kinds) if kind == of]
 
         lists = {k: indices(of) for k, of in self.kinds["index_lists"].items()}
+        pattern = self.kinds.get("pattern")
+        if pattern:  # the pattern string says the same kinds (a stale one would win over the list)
+            chars = {kind: c for c, kind in pattern["chars"].items()}
+            lists[pattern["key"]] = "".join(chars[kind] for kind in kinds)
         return {key: indices(names[1]) if rule == "indices" else list(kinds), **lists}
 
     def kind_rows(self, entry: Entry, dims: Dims) -> list[int]:
@@ -276,7 +291,7 @@ class ArchSpec:
                 written[key] = name
             out[key] = value
         out["model_type"] = self.model_type
-        if "mamba_heads" in generic and "mamba_heads" not in written.values():  # Mamba heads follow the hidden size
+        if "mamba_expand" in generic and "mamba_heads" not in written.values():  # Mamba heads follow the hidden size
             expand, hidden, size = (out.get(generic[n]) for n in ("mamba_expand", "hidden", "mamba_head_dim"))
             if all(isinstance(v, int) for v in (expand, hidden, size)) and expand * hidden % size == 0:
                 out[generic["mamba_heads"]] = expand * hidden // size
@@ -288,12 +303,15 @@ class ArchSpec:
             out[self.ffn_rule["flag"]] = False
         # per-layer lists the target leaves out get one entry per target layer (the source's pattern repeated;
         # growth then rewrites them by its depth plan), so the target config is valid on its own
-        src_layers, layers = source_config.get(generic["layers"]), out.get(generic["layers"])
-        for key in self.layer_lists:
+        src_layers = source_config.get(generic["layers"]) or len(self.listed_kinds(source_config) or [])
+        layers = out.get(generic["layers"])
+        pattern = [self.kinds["pattern"]["key"]] if self.kinds and self.kinds.get("pattern") else []
+        for key in self.layer_lists + pattern:  # (a kinds pattern is a string with a character a layer)
             old = source_config.get(key)
-            if key not in target and isinstance(old, list) and old and len(old) == src_layers and \
+            if key not in target and isinstance(old, (list, str)) and old and len(old) == src_layers and \
                     isinstance(layers, int) and layers != src_layers:
-                out[key] = [old[i % len(old)] for i in range(layers)]
+                new = [old[i % len(old)] for i in range(layers)]
+                out[key] = "".join(new) if isinstance(old, str) else new
         return out
 
     def shape(self, entry: Entry, dims: Dims) -> list[int]:
@@ -370,6 +388,14 @@ class ArchSpec:
                                 f"has {len(rows) * len(experts)}{of_kind} {where}; the checkpoint is incomplete, or "
                                 "does not match its config.json")
         return out
+
+    def param_name(self, key: str) -> str:
+        """The model's parameter name of a checkpoint key: ``renamed`` gives it where they differ, a whole key or a
+        prefix (an entry ending in a dot: Nemotron-H's checkpoints say ``backbone.`` where the model says ``model.``)."""
+        if key in self.renamed:
+            return self.renamed[key]
+        prefix = next((p for p in self.renamed if p.endswith(".") and key.startswith(p)), None)
+        return key if prefix is None else self.renamed[prefix] + key[len(prefix):]
 
     def layer_key(self, prefix: str, entry: Entry, layer: int, expert: int | None = None) -> str:
         return prefix + self.layer_prefix.format(i=layer) + entry.key_name(expert)

@@ -29,10 +29,10 @@ class FitModule(nn.Module):
         for name, p in target_model.named_parameters(remove_duplicate=False):
             by_tensor.setdefault(id(p), []).append(name)
         self._ties = {name: names for names in by_tensor.values() for name in names}  # name -> names sharing it
-        self._renamed = operator.spec.renamed  # checkpoint keys saved under another name than the parameter's
-        built = {self._renamed.get(k, k) for k in operator.singles_and_layers_keys()}
+        self._param = operator.spec.param_name  # (checkpoint keys saved under another name than the parameter's)
+        built = {self._param(k) for k in operator.singles_and_layers_keys()}
         # experts held fused in memory: their parameter names and shapes, read once (installing replaces them)
-        self._fused = fused_parameters(operator.spec, target_model, operator.prefix, operator.tgt.layers)
+        self._fused = fused_parameters(operator.spec, target_model, self._param(operator.prefix), operator.tgt.layers)
         built |= set(self._fused)
         # weights the model holds as buffers (GLM's router correction bias): installed as the parameters are
         self._buffer_names = {name for name, _ in target_model.named_buffers() if name in built}
@@ -58,7 +58,7 @@ class FitModule(nn.Module):
             op = self.operator
             weights = {**weights, **install_fused(op.spec, self._fused, weights, op.prefix, op.tgt.experts)}
         for key, tensor in weights.items():
-            key = self._renamed.get(key, key)
+            key = self._param(key)
             if key in self._buffer_names:
                 owner, _, attr = key.rpartition(".")
                 module = self.target.get_submodule(owner)

@@ -67,6 +67,8 @@ class Kinds:
                                                "kind), rewritten with the kinds after the depth plan")
     aliases: dict[str, str] = setting({}, "list: other names a config may give a kind (Granite 4's hub configs say "
                                           "mamba where transformers writes linear_attention) -> the kind")
+    pattern: Optional[dict] = setting(None, "list: {key: a config key holding the kinds as a string, chars: {char: "
+                                            "kind}}, read where the list is absent and written beside it")
 
 
 @dataclass
@@ -180,7 +182,8 @@ def _kinds(where: str, data: dict, entries: list[Entry]) -> dict:
     if unknown:
         raise LigoError(f"{where}: kinds.index_lists or kinds.aliases name kinds {unknown} that kinds.layers does not "
                         "give")
-    return {"by": dict(k.by), "names": list(k.layers), "index_lists": dict(k.index_lists), "aliases": dict(k.aliases)}
+    return {"by": dict(k.by), "names": list(k.layers), "index_lists": dict(k.index_lists), "aliases": dict(k.aliases),
+            "pattern": k.pattern}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

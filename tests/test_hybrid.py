@@ -244,3 +244,23 @@ def test_qwen3_5_upcycles_into_its_mixture_of_experts(width, hybrids, text_ids, 
     model.train()
     model(input_ids=text_ids, labels=text_ids).loss.backward()
     assert shared.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_nemotron_h_reads_its_pattern_and_grows_each_kind_of_layer(tokenizer, text_ids, tmp_path):
+    """Nemotron-H's layers are single mixers (Mamba-2, an MLP, attention, experts) that its released configs name by
+    a pattern ("M-*E", with num_hidden_layers). Its checkpoint says backbone. where the model says model.. x2 width,
+    Mamba heads 4 -> 8 (they need not follow the hidden size here), 4 -> 8 layers: exact; the grown config states
+    the layers' kinds (as a list: transformers writes no pattern), each new layer beside its source layer."""
+    src = tiny.save_model(tiny.make_model("nemotron_h"), tmp_path / "src", tokenizer)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("layers_block_type")
+    (src / "config.json").write_text(json.dumps({**config, "hybrid_override_pattern": "M-*E", "num_hidden_layers": 4}))
+    grow(src, {**tiny.TARGET["nemotron_h"], "num_hidden_layers": 8}, tmp_path / "out",
+         plan=GrowthPlan(width="copy", depth="identity"))  # (copy: split experts would start from a noisy router)
+    diff, model = tiny.max_logit_diff(src, tmp_path / "out", text_ids)
+    assert diff <= 1e-4, diff
+    grown = json.loads((tmp_path / "out" / "config.json").read_text())
+    kinds = [kind for kind in ("linear_attention", "mlp", "full_attention", "moe") for _ in range(2)]
+    assert grown["layers_block_type"] == kinds == model.config.layers_block_type  # (transformers drops the pattern)
+    assert model.model.layers[1].mixer.num_heads == 8
+    assert not model.model.layers[1].mixer.out_proj.weight.any()  # a new identity layer

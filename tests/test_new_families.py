@@ -16,7 +16,8 @@ from ligo import GrowthPlan, grow
 from ligo.checkpoint import load_checkpoint
 from ligo.growth import Grower
 
-NEW = ("gpt_oss", "glm4_moe", "llama4_text", "qwen3_next", "qwen3_5_moe_text", "deepseek_v3", "glm4_moe_lite")
+NEW = ("gpt_oss", "glm4_moe", "llama4_text", "qwen3_next", "qwen3_5_moe_text", "deepseek_v3", "glm4_moe_lite",
+       "nemotron_h")
 KINDS = ("glm4_moe", "llama4_text", "deepseek_v3", "glm4_moe_lite")  # layers of two kinds
 
 
@@ -51,7 +52,9 @@ def test_lossless_at_a_non_integer_ratio(model_type, new_sources, text_ids, tmp_
     hybrid = {"moe_intermediate_size": 60, "shared_expert_intermediate_size": 80}
     target.update({"glm4_moe": {"moe_intermediate_size": 60}, "llama4_text": {"intermediate_size": 60,
                                                                               "intermediate_size_mlp": 120},
-                   "qwen3_next": hybrid, "qwen3_5_moe_text": hybrid}.get(model_type, {}))
+                   "qwen3_next": hybrid, "qwen3_5_moe_text": hybrid,
+                   "nemotron_h": {"num_hidden_layers": 6, "moe_intermediate_size": 60,  # (4 source layers)
+                                  "moe_shared_expert_intermediate_size": 60}}.get(model_type, {}))
     grow(new_sources[model_type], target, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
     diff, _ = tiny.max_logit_diff(new_sources[model_type], tmp_path / "out", text_ids)
     assert diff <= 1e-4, diff
@@ -235,8 +238,7 @@ REFUSED = {  # tiny random models of the types ligo has no table for, and a word
                     "per-layer embeddings"),
     "lfm2_moe": (dict(_SMALL, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
                       moe_intermediate_size=32, num_dense_layers=1), "two ways"),
-    "nemotron_h": (dict(_SMALL, hybrid_override_pattern="M*", mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=8,
-                        n_groups=1), "four kinds"),
+    "falcon_h1": (dict(_SMALL, head_dim=16, mamba_n_heads=4, mamba_d_head=32, mamba_d_ssm=128, mamba_d_state=8), "muP"),
 }
 
 

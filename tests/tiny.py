@@ -109,6 +109,13 @@ MOE = {
     "glm4_moe_lite": dict(_GQA, num_key_value_heads=4, moe_intermediate_size=48, n_routed_experts=4,
                           num_experts_per_tok=2, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
                           qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1),
+    # a hybrid of single-mixer layers named by a pattern: Mamba-2, a squared-ReLU MLP, attention, then routed experts
+    # (squared-ReLU, no gate) beside a shared one under a sigmoid router with a correction bias; checkpoint keys
+    # under backbone. where the model says model.
+    "nemotron_h": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96,
+                       mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=8, n_groups=1,
+                       hybrid_override_pattern="M-*E", n_routed_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=48, moe_shared_expert_intermediate_size=48),
     # hybrids with experts: Gated DeltaNet then gated attention, each with routed experts and a shared expert
     # behind a sigmoid gate; Qwen3-Next packs each key head's value heads with it (in_proj_qkvz, in_proj_ba)
     "qwen3_next": dict(_GQA, head_dim=16, moe_intermediate_size=48, shared_expert_intermediate_size=64,
@@ -129,6 +136,8 @@ TARGET["llama4_text"].update(intermediate_size=96, intermediate_size_mlp=192)
 for _mt in ("deepseek_v3", "glm4_moe_lite"):  # (no GQA in latent attention: kv heads = heads; latents x2)
     TARGET[_mt].update(num_key_value_heads=8, moe_intermediate_size=96, kv_lora_rank=32)
 TARGET["deepseek_v3"]["q_lora_rank"] = 64
+TARGET["nemotron_h"].update(intermediate_size=192, moe_intermediate_size=96, moe_shared_expert_intermediate_size=96,
+                            mamba_num_heads=8)
 for _mt in ("qwen3_next", "qwen3_5_moe_text"):
     TARGET[_mt].update(moe_intermediate_size=96, shared_expert_intermediate_size=128, linear_num_key_heads=4,
                        linear_num_value_heads=8)
