@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LigoError
+from .kinds import layer_kinds, listed_kinds
 from .spaces import SPACES, Dims, Entry, Match
 
 HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens of weights that write attention heads
@@ -42,7 +43,7 @@ RECURRENT_SIZES = ("lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "mamba
 LATENT_SIZES = ("qk_nope", "v_head", "q_lora", "kv_lora")  # multi-head latent attention's, 0 where none
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
                  "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", *LATENT_SIZES, *RECURRENT_SIZES)
-KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ArchSpec.layer_kinds)
+KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ligo.kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
 
@@ -119,7 +120,7 @@ class ArchSpec:
                 raise LigoError(f"{where}: {key} must be a positive integer, got {value!r}")
             return value
 
-        listed = self.listed_kinds(config)  # (Nemotron-H's config counts its layers by listing their kinds)
+        listed = listed_kinds(self.kinds, config)  # (Nemotron-H's config counts its layers by listing their kinds)
         for name in sorted(REQUIRED_CONFIG - {"ffn"} - ({"layers"} if listed is not None else set())):
             if get(name) is None:
                 raise LigoError(f"{where} of model_type {self.model_type!r} lacks {k[name]!r}; a "
@@ -150,7 +151,7 @@ class ArchSpec:
         if isinstance(normalized, str):
             normalized = config.get(normalized, False)
         layers = get("layers") or len(listed)
-        kinds = self.layer_kinds(config, layers, where)
+        kinds = layer_kinds(self.kinds, config, layers, where)
         return Dims(layers=layers, hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
                     head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
                     tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
@@ -176,66 +177,7 @@ class ArchSpec:
         ffn = int(mult * ffn)
         return multiple * ((ffn + multiple - 1) // multiple)
 
-    # -- layers of several kinds -------------------------------------------------------------
-    def layer_kinds(self, config: dict, layers: int, where: str = "config") -> tuple[str, ...]:
-        """Each layer's kind, as the config says it (empty for a table whose layers are all alike). Rules
-        (``kinds.by``): ``first_k`` (the first k layers are of the first kind, the rest of the second: GLM-4.5's
-        ``first_k_dense_replace``), ``indices`` (the listed layers are of the second kind, the others of the
-        first: Llama 4's ``moe_layers``), ``list`` (a per-layer list of kind names: ``layer_types``)."""
-        if not self.kinds:
-            return ()
-        (rule, key), = self.kinds["by"].items()
-        names, value = self.kinds["names"], self.listed_kinds(config) if rule == "list" else config.get(key)
-        if rule == "first_k":
-            k = 0 if value is None else value
-            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= layers:
-                raise LigoError(f"{where}: {key} must be a layer count from 0 to {layers}, got {value!r}")
-            return tuple(names[0] if i < k else names[1] for i in range(layers))
-        if rule == "indices":
-            if not isinstance(value, list) or not all(isinstance(i, int) and 0 <= i < layers for i in value):
-                raise LigoError(f"{where}: {key} must list layer indices from 0 to {layers - 1}, got {value!r}")
-            return tuple(names[1] if i in value else names[0] for i in range(layers))
-        aliases = self.kinds.get("aliases", {})
-        value = [aliases.get(v, v) for v in value] if isinstance(value, list) else value
-        if not isinstance(value, list) or len(value) != layers or any(v not in names for v in value):
-            raise LigoError(f"{where}: {key} must give each of the {layers} layers one of {names}, got {value!r}")
-        return tuple(value)
-
-    def listed_kinds(self, config: dict) -> list | None:
-        """The per-layer list of kind names a config gives (rule ``list``), or the one its pattern string spells
-        (``kinds.pattern``: Nemotron-H's released configs say ``M-M-*-``), None where it gives neither."""
-        if not self.kinds or "list" not in self.kinds["by"]:
-            return None
-        value, pattern = config.get(self.kinds["by"]["list"]), self.kinds.get("pattern")
-        if value is None and pattern and isinstance(config.get(pattern["key"]), str):
-            value = [pattern["chars"].get(c, c) for c in config[pattern["key"]]]
-        return value if isinstance(value, list) else None
-
-    def kinds_config(self, kinds: list[str]) -> dict:
-        """The config entry that says ``kinds`` (the target's, after the depth plan), or an error when the
-        config cannot say that order (the first k layers of one kind, the rest of another)."""
-        if not self.kinds:
-            return {}
-        (rule, key), = self.kinds["by"].items()
-        names = self.kinds["names"]
-        if rule == "first_k":
-            k = sum(1 for kind in kinds if kind == names[0])
-            if any(kind != names[0] for kind in kinds[:k]):
-                raise LigoError(f"this depth plan puts a {names[0]} layer after a {names[1]} layer, which a "
-                                f"{self.model_type} config cannot say (its first {key} layers are {names[0]}, the "
-                                f"rest {names[1]}); grow it with --depth identity or interleave, or a --depth-map "
-                                f"that keeps the {names[0]} layers first")
-            return {key: k}
-        def indices(of: str) -> list[int]:
-            return [i for i, kind in enumerate(kinds) if kind == of]
-
-        lists = {k: indices(of) for k, of in self.kinds["index_lists"].items()}
-        pattern = self.kinds.get("pattern")
-        if pattern:  # the pattern string says the same kinds (a stale one would win over the list)
-            chars = {kind: c for c, kind in pattern["chars"].items()}
-            lists[pattern["key"]] = "".join(chars[kind] for kind in kinds)
-        return {key: indices(names[1]) if rule == "indices" else list(kinds), **lists}
-
+    # -- layers of several kinds (the rules: ligo.kinds) -----------------------------------------
     def kind_rows(self, entry: Entry, dims: Dims) -> list[int]:
         """The layers holding ``entry``: every layer, or those of its kind."""
         if entry.kind is None:
@@ -303,7 +245,7 @@ class ArchSpec:
             out[self.ffn_rule["flag"]] = False
         # per-layer lists the target leaves out get one entry per target layer (the source's pattern repeated;
         # growth then rewrites them by its depth plan), so the target config is valid on its own
-        src_layers = source_config.get(generic["layers"]) or len(self.listed_kinds(source_config) or [])
+        src_layers = source_config.get(generic["layers"]) or len(listed_kinds(self.kinds, source_config) or [])
         layers = out.get(generic["layers"])
         pattern = [self.kinds["pattern"]["key"]] if self.kinds and self.kinds.get("pattern") else []
         for key in self.layer_lists + pattern:  # (a kinds pattern is a string with a character a layer)

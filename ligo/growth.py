@@ -21,6 +21,7 @@ from .moe import lm_loss_only, upcycle, upcycle_table
 from .maps import depth_plan, lossless_gaps
 from .fit import FitModule
 from .operator import GrowthOperator
+from .kinds import kinds_config
 from .launch import available_memory
 from .records import Recipe
 
@@ -177,7 +178,7 @@ class Grower:
                 self.target_config[key] = [old[j] for j in sources]
         if self.source.dims.kinds:
             kinds = [self.source.dims.kinds[j] for j in sources]
-            for key, value in self.spec.kinds_config(kinds).items():
+            for key, value in kinds_config(self.spec.kinds, kinds, self.spec.model_type).items():
                 if key not in target:
                     self.target_config[key] = value
             self.target_dims = self.spec.dims(self.target_config, where="target")

@@ -1,0 +1,68 @@
+"""Layers of several kinds: how a table's ``kinds`` rules read each layer's kind from a config, and how a grown
+config says the kinds its depth plan gave (docs/architectures.md, "Layers of several kinds"). ``rules`` is a
+table's ``kinds`` as :class:`ligo.arch.ArchSpec` holds it: ``{"by": {rule: config key}, "names": [...],
+"index_lists": {...}, "aliases": {...}, "pattern": {...} or None}``, empty for a table whose layers are all alike."""
+
+from __future__ import annotations
+
+from .errors import LigoError
+
+
+def layer_kinds(rules: dict, config: dict, layers: int, where: str = "config") -> tuple[str, ...]:
+    """Each layer's kind, as the config says it (empty for a table whose layers are all alike). Rules
+    (``kinds.by``): ``first_k`` (the first k layers are of the first kind, the rest of the second: GLM-4.5's
+    ``first_k_dense_replace``), ``indices`` (the listed layers are of the second kind, the others of the
+    first: Llama 4's ``moe_layers``), ``list`` (a per-layer list of kind names: ``layer_types``)."""
+    if not rules:
+        return ()
+    (rule, key), = rules["by"].items()
+    names, value = rules["names"], listed_kinds(rules, config) if rule == "list" else config.get(key)
+    if rule == "first_k":
+        k = 0 if value is None else value
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= layers:
+            raise LigoError(f"{where}: {key} must be a layer count from 0 to {layers}, got {value!r}")
+        return tuple(names[0] if i < k else names[1] for i in range(layers))
+    if rule == "indices":
+        if not isinstance(value, list) or not all(isinstance(i, int) and 0 <= i < layers for i in value):
+            raise LigoError(f"{where}: {key} must list layer indices from 0 to {layers - 1}, got {value!r}")
+        return tuple(names[1] if i in value else names[0] for i in range(layers))
+    aliases = rules.get("aliases", {})
+    value = [aliases.get(v, v) for v in value] if isinstance(value, list) else value
+    if not isinstance(value, list) or len(value) != layers or any(v not in names for v in value):
+        raise LigoError(f"{where}: {key} must give each of the {layers} layers one of {names}, got {value!r}")
+    return tuple(value)
+
+def listed_kinds(rules: dict, config: dict) -> list | None:
+    """The per-layer list of kind names a config gives (rule ``list``), or the one its pattern string spells
+    (``kinds.pattern``: Nemotron-H's released configs say ``M-M-*-``), None where it gives neither."""
+    if not rules or "list" not in rules["by"]:
+        return None
+    value, pattern = config.get(rules["by"]["list"]), rules.get("pattern")
+    if value is None and pattern and isinstance(config.get(pattern["key"]), str):
+        value = [pattern["chars"].get(c, c) for c in config[pattern["key"]]]
+    return value if isinstance(value, list) else None
+
+def kinds_config(rules: dict, kinds: list[str], model_type: str) -> dict:
+    """The config entry that says ``kinds`` (the target's, after the depth plan), or an error when the
+    config cannot say that order (the first k layers of one kind, the rest of another)."""
+    if not rules:
+        return {}
+    (rule, key), = rules["by"].items()
+    names = rules["names"]
+    if rule == "first_k":
+        k = sum(1 for kind in kinds if kind == names[0])
+        if any(kind != names[0] for kind in kinds[:k]):
+            raise LigoError(f"this depth plan puts a {names[0]} layer after a {names[1]} layer, which a "
+                            f"{model_type} config cannot say (its first {key} layers are {names[0]}, the "
+                            f"rest {names[1]}); grow it with --depth identity or interleave, or a --depth-map "
+                            f"that keeps the {names[0]} layers first")
+        return {key: k}
+    def indices(of: str) -> list[int]:
+        return [i for i, kind in enumerate(kinds) if kind == of]
+
+    lists = {k: indices(of) for k, of in rules["index_lists"].items()}
+    pattern = rules.get("pattern")
+    if pattern:  # the pattern string says the same kinds (a stale one would win over the list)
+        chars = {kind: c for c, kind in pattern["chars"].items()}
+        lists[pattern["key"]] = "".join(chars[kind] for kind in kinds)
+    return {key: indices(names[1]) if rule == "indices" else list(kinds), **lists}
