@@ -32,14 +32,16 @@ from .kinds import layer_kinds, listed_kinds
 from .spaces import SPACES, Dims, Entry, Match
 
 HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens of weights that write attention heads
+RECURRENT_WRITES = ("lv", "mh")  # ... and recurrent heads (Gated DeltaNet's value heads, Mamba-2's heads)
 
 DOCS_ADDING = "docs/architectures.md"
 
 
 # the sizes of a family's recurrent layers, 0 where it has none: Gated DeltaNet's value and key heads and their
-# sizes; Mamba-2's heads, head size, groups, state size, expansion (channels = expand x hidden) and chunk length
+# sizes; Mamba-2's heads, head size, groups, state size, expansion (channels = expand x hidden), chunk length and
+# channels where the config states them (Falcon-H1's mamba_d_ssm = heads x head size)
 RECURRENT_SIZES = ("lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "mamba_heads", "mamba_head_dim",
-                   "mamba_groups", "ssm_state", "mamba_expand", "mamba_chunk")
+                   "mamba_groups", "ssm_state", "mamba_expand", "mamba_chunk", "mamba_inner")
 LATENT_SIZES = ("qk_nope", "v_head", "q_lora", "kv_lora")  # multi-head latent attention's, 0 where none
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
                  "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", *LATENT_SIZES, *RECURRENT_SIZES)
@@ -158,13 +160,17 @@ class ArchSpec:
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
                     expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
                     shared_experts=get("shared_experts", 0), shared_ffn_size=get("shared_ffn", 0), kinds=kinds,
-                    attention_layers=self.attention_layers(kinds),
+                    attention_layers=self.layers_writing(HEAD_WRITES, kinds, layers),
+                    recurrent_layers=self.layers_writing(RECURRENT_WRITES, kinds, layers),
                     **{name: get(name, 0) for name in LATENT_SIZES + RECURRENT_SIZES})
 
-    def attention_layers(self, kinds: tuple[str, ...]) -> tuple[int, ...] | None:
-        """The layers that attend, where only some kinds do (a hybrid); None: every layer."""
-        attends = {e.kind for e in self.entries if e.scope == "layer" and any(t in HEAD_WRITES for t in e.axes[0])}
-        return None if None in attends or not kinds else tuple(i for i, kind in enumerate(kinds) if kind in attends)
+    def layers_writing(self, tokens, kinds: tuple[str, ...], layers: int) -> tuple[int, ...]:
+        """The layers holding a weight whose first axis writes one of ``tokens``: every layer, or those of the kinds
+        that hold one (a hybrid's attention layers; its recurrent layers, all of Falcon-H1's)."""
+        holding = {e.kind for e in self.entries if e.scope == "layer" and any(t in tokens for t in e.axes[0])}
+        if None in holding:
+            return tuple(range(layers))
+        return tuple(i for i, kind in enumerate(kinds) if kind in holding)
 
     def real_ffn(self, config: dict, ffn: int) -> int:
         """The FFN size the model builds from the config's ``ffn`` (the table's ``ffn_rule``, when on)."""
@@ -233,7 +239,11 @@ class ArchSpec:
                 written[key] = name
             out[key] = value
         out["model_type"] = self.model_type
-        if "mamba_expand" in generic and "mamba_heads" not in written.values():  # Mamba heads follow the hidden size
+        if "mamba_inner" in generic and source_config.get(generic["mamba_inner"]) is not None and \
+                "mamba_inner" not in written.values():  # stated channels follow the heads
+            heads, size = (out.get(generic[n]) for n in ("mamba_heads", "mamba_head_dim"))
+            out[generic["mamba_inner"]] = heads * size if isinstance(heads, int) and isinstance(size, int) else None
+        elif "mamba_expand" in generic and "mamba_heads" not in written.values():  # Mamba heads follow the hidden size
             expand, hidden, size = (out.get(generic[n]) for n in ("mamba_expand", "hidden", "mamba_head_dim"))
             if all(isinstance(v, int) for v in (expand, hidden, size)) and expand * hidden % size == 0:
                 out[generic["mamba_heads"]] = expand * hidden // size

@@ -52,7 +52,8 @@ def mixer_flops(dims: Dims, seq_len: int, layers=None) -> float:
     recurrent += dims.mamba_heads * (2 * dims.mamba_chunk * (dims.ssm_state + dims.mamba_head_dim) +
                                      4 * dims.mamba_head_dim * dims.ssm_state)
     attends = set(range(dims.layers) if dims.attention_layers is None else dims.attention_layers)
-    return float(sum(attention if i in attends else recurrent
+    recurs = set(dims.recurrent_layers)  # (Falcon-H1's layers do both)
+    return float(sum(attention * (i in attends) + recurrent * (i in recurs)
                      for i in (range(dims.layers) if layers is None else layers)))
 
 

@@ -148,6 +148,7 @@ class Dims:
     kinds: tuple[str, ...] = ()     # each layer's kind, for a model whose layers differ (empty: all alike)
     attention_layers: tuple[int, ...] | None = None  # the layers that attend (None: all; a hybrid's others convolve
     # or run a linear recurrence)
+    recurrent_layers: tuple[int, ...] = ()  # the layers that run a recurrence (Gated DeltaNet, Mamba-2)
     lin_heads: int = 0              # a linear-attention layer's value heads (Gated DeltaNet; 0: none)
     lin_kv_heads: int = 0           # its key heads, each serving lin_heads / lin_kv_heads value heads
     lin_k_dim: int = 0              # a key head's size
@@ -162,6 +163,7 @@ class Dims:
     ssm_state: int = 0              # the state size of a group
     mamba_expand: int = 0           # the layer's channels as a multiple of hidden (they must be heads x head size)
     mamba_chunk: int = 0            # the chunk length of the chunked scan
+    mamba_inner: int = 0            # the layer's channels where the config states them (heads x head size)
 
     @property
     def shared_ffn(self) -> int:

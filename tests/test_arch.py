@@ -23,10 +23,11 @@ def test_every_shipped_type_is_tested_here():
 def test_one_table_per_family():
     files = sorted(p.name for p in resources.files("ligo.archs").iterdir() if p.name.endswith(".json")
              and not p.name.startswith("_"))  # (_refused.json: the reasons for the types refused)
-    assert files == ["bert.json", "deepseek_v3.json", "gemma.json", "glm4_moe.json", "glm4_moe_lite.json", "gpt2.json",
-                     "gpt_neox.json", "gpt_oss.json", "granitemoehybrid.json", "lfm2.json", "llama.json", "llama4_text.json", "mixtral.json",
-                     "nemotron_h.json", "olmo2.json", "olmoe.json", "phi3.json", "qwen3.json", "qwen3_5_moe_text.json",
-                     "qwen3_5_text.json", "qwen3_moe.json", "qwen3_next.json", "roberta.json"]
+    assert files == ["bert.json", "deepseek_v3.json", "falcon_h1.json", "gemma.json", "glm4_moe.json",
+                     "glm4_moe_lite.json", "gpt2.json", "gpt_neox.json", "gpt_oss.json", "granitemoehybrid.json",
+                     "lfm2.json", "llama.json", "llama4_text.json", "mixtral.json", "nemotron_h.json", "olmo2.json",
+                     "olmoe.json", "phi3.json", "qwen3.json", "qwen3_5_moe_text.json", "qwen3_5_text.json",
+                     "qwen3_moe.json", "qwen3_next.json", "roberta.json"]
     family = get_spec("qwen2")
     assert family.model_types == ("llama", "mistral", "qwen2", "granite", "smollm3", "qwen2_5_vl_text") and family.model_type == "qwen2"
     assert get_spec("gemma2").source == get_spec("gemma3_text").source == "ligo/archs/gemma.json"

@@ -43,7 +43,7 @@ def test_lossless_at_a_non_integer_residual_ratio(model_type, family_sources, te
     """Hidden 64 -> 80 (5/4, as 576 -> 720) and 96 -> 120 FFN, 2 -> 3 layers: the scaled copies keep every
     RMSNorm's statistic, so the plan stays exact (the plain copies of ligo 0.2 were not)."""
     target = {"hidden_size": 80, "num_hidden_layers": 3, "intermediate_size": 120}
-    if model_type not in ("qwen3", "gemma3_text", "gemma2", "gemma", "qwen3_5_text"):  # no explicit head_dim: keep hidden / heads
+    if model_type not in ("qwen3", "gemma3_text", "gemma2", "gemma", "qwen3_5_text", "falcon_h1"):  # no explicit head_dim: keep hidden / heads
         target.update(hidden_size=96, num_attention_heads=6, num_key_value_heads=3)
     if model_type == "lfm2":
         target["intermediate_size"] = 320  # (its real FFN: 256)

@@ -21,7 +21,7 @@ from ligo.errors import LigoError
 from ligo.growth import Grower
 
 
-HYBRIDS = ("lfm2", "qwen3_5_text", "qwen3_next", "granitemoehybrid")
+HYBRIDS = ("lfm2", "qwen3_5_text", "qwen3_next", "granitemoehybrid", "falcon_h1")
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +264,17 @@ def test_nemotron_h_reads_its_pattern_and_grows_each_kind_of_layer(tokenizer, te
     assert grown["layers_block_type"] == kinds == model.config.layers_block_type  # (transformers drops the pattern)
     assert model.model.layers[1].mixer.num_heads == 8
     assert not model.model.layers[1].mixer.out_proj.weight.any()  # a new identity layer
+
+
+def test_falcon_h1_runs_attention_and_mamba_in_every_layer():
+    """Falcon-H1's layers attend and scan side by side: the analytic forward FLOPs count both in every layer and
+    match torch's counter (< 2%: the depthwise convolution is left out)."""
+    from ligo.flops import forward_flops_per_token, measured_flops
+    from ligo.tables import get_spec
+
+    model = tiny.make_model("falcon_h1", max_position_embeddings=512)
+    dims = get_spec("falcon_h1").dims(model.config.to_dict())
+    assert dims.attention_layers == dims.recurrent_layers == (0, 1)
+    ids = torch.randint(4, tiny.VOCAB, (2, 256))
+    measured = measured_flops(lambda: model(input_ids=ids).logits.detach())
+    assert abs(forward_flops_per_token(model, dims, 256) * ids.numel() / measured - 1) < 0.02

@@ -238,7 +238,6 @@ REFUSED = {  # tiny random models of the types ligo has no table for, and a word
                     "per-layer embeddings"),
     "lfm2_moe": (dict(_SMALL, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
                       moe_intermediate_size=32, num_dense_layers=1), "two ways"),
-    "falcon_h1": (dict(_SMALL, head_dim=16, mamba_n_heads=4, mamba_d_head=32, mamba_d_ssm=128, mamba_d_state=8), "muP"),
 }
 
 

@@ -60,6 +60,13 @@ FAMILIES = {
                              mamba_d_state=8, num_local_experts=0, shared_intermediate_size=96,
                              embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.04,
                              logits_scaling=8.0),
+    # a hybrid: attention and a Mamba-2 mixer side by side in every layer (its channels stated: mamba_d_ssm, its
+    # gated group norm on), then a SwiGLU FFN; every muP multiplier away from one (the Mamba input projection's five
+    # parts scaled apart)
+    "falcon_h1": dict(_GQA, head_dim=16, mamba_n_heads=4, mamba_d_head=32, mamba_d_ssm=128, mamba_d_state=8,
+                      mamba_rms_norm=True, embedding_multiplier=3.0, lm_head_multiplier=0.5, key_multiplier=0.7,
+                      ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 0.9], mlp_multipliers=[0.6, 1.3],
+                      attention_out_multiplier=0.9, ssm_out_multiplier=1.1),
 }
 SOURCE.update(FAMILIES)
 # Integer width ratio and more layers: the lossless case.
@@ -81,6 +88,7 @@ TARGET["gpt_neox"] = dict(hidden_size=128, num_hidden_layers=4, num_attention_he
 TARGET["lfm2"]["intermediate_size"] = 512  # (the real FFN size: the grown config states it, its rounding off)
 TARGET["qwen3_5_text"].update(linear_num_key_heads=4, linear_num_value_heads=8)  # the recurrent heads grow too
 TARGET["granitemoehybrid"]["shared_intermediate_size"] = 192  # (its Mamba heads follow the hidden size: 4 -> 8)
+TARGET["falcon_h1"]["mamba_n_heads"] = 8  # (its stated channels, mamba_d_ssm, follow the heads)
 # Mixtures of experts (tests/test_moe.py): 4 experts, 2 per token; Qwen3-MoE with its own expert FFN size and
 # head_dim, OLMoE with norms over whole projections. norm_topk_prob: renormalized top-k weights (Mixtral always).
 MOE = {
