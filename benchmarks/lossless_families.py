@@ -18,8 +18,8 @@ import test_vlm  # noqa: E402  (the tests' tiny models and image prompts)
 import tiny  # noqa: E402
 from ligo import GrowthPlan, grow  # noqa: E402
 
-FAMILIES = ("qwen3_5_text", "granitemoehybrid", "qwen3_next", "qwen3_5_moe_text", "deepseek_v3", "glm4_moe_lite",
-            "nemotron_h")
+FAMILIES = ("qwen3_5_text", "granitemoehybrid", "falcon_h1", "qwen3_next", "qwen3_5_moe_text", "deepseek_v3",
+            "glm4_moe_lite", "nemotron_h")
 
 
 def families(tmp: Path) -> None:
