@@ -19,7 +19,7 @@ import tiny  # noqa: E402
 from ligo import GrowthPlan, grow  # noqa: E402
 
 FAMILIES = ("qwen3_5_text", "granitemoehybrid", "falcon_h1", "qwen3_next", "qwen3_5_moe_text", "deepseek_v3",
-            "glm4_moe_lite", "nemotron_h")
+            "glm4_moe_lite", "nemotron_h", "lfm2_moe")
 
 
 def families(tmp: Path) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LigoError
-from .kinds import layer_kinds, listed_kinds
+from .kinds import kind_parts, layer_kinds, listed_kinds
 from .spaces import SPACES, Dims, Entry, Match
 
 HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens of weights that write attention heads
@@ -170,7 +170,7 @@ class ArchSpec:
         holding = {e.kind for e in self.entries if e.scope == "layer" and any(t in tokens for t in e.axes[0])}
         if None in holding:
             return tuple(range(layers))
-        return tuple(i for i, kind in enumerate(kinds) if kind in holding)
+        return tuple(i for i, kind in enumerate(kinds) if set(kind_parts(kind)) & holding)
 
     def real_ffn(self, config: dict, ffn: int) -> int:
         """The FFN size the model builds from the config's ``ffn`` (the table's ``ffn_rule``, when on)."""
@@ -188,7 +188,7 @@ class ArchSpec:
         """The layers holding ``entry``: every layer, or those of its kind."""
         if entry.kind is None:
             return list(range(dims.layers))
-        return [i for i, kind in enumerate(dims.kinds) if kind == entry.kind]
+        return [i for i, kind in enumerate(dims.kinds) if entry.kind in kind_parts(kind)]
 
     def target_config(self, source_config: dict, target: dict, known_keys: set[str] | frozenset = frozenset()
                       ) -> dict:

@@ -1,14 +1,30 @@
 """Layers of several kinds: how a table's ``kinds`` rules read each layer's kind from a config, and how a grown
 config says the kinds its depth plan gave (docs/architectures.md, "Layers of several kinds"). ``rules`` is a
 table's ``kinds`` as :class:`ligo.arch.ArchSpec` holds it: ``{"by": {rule: config key}, "names": [...],
-"index_lists": {...}, "aliases": {...}, "pattern": {...} or None}``, empty for a table whose layers are all alike."""
+"index_lists": {...}, "aliases": {...}, "pattern": {...} or None, "also": a second rule or None}``, empty for a table
+whose layers are all alike. Along two rules a layer's kind is its two kinds joined, ``conv/dense`` (:data:`SEP`)."""
 
 from __future__ import annotations
 
 from .errors import LigoError
 
+SEP = "/"  # joins a layer's kinds along two rules
+
+
+def kind_parts(kind: str) -> list[str]:
+    """The kinds a layer's kind joins (one, along one rule)."""
+    return kind.split(SEP)
+
 
 def layer_kinds(rules: dict, config: dict, layers: int, where: str = "config") -> tuple[str, ...]:
+    """Each layer's kind along the table's rules (two rules: the two kinds joined)."""
+    kinds = _rule_kinds(rules, config, layers, where)
+    if rules and rules.get("also"):
+        kinds = tuple(a + SEP + b for a, b in zip(kinds, _rule_kinds(rules["also"], config, layers, where)))
+    return kinds
+
+
+def _rule_kinds(rules: dict, config: dict, layers: int, where: str = "config") -> tuple[str, ...]:
     """Each layer's kind, as the config says it (empty for a table whose layers are all alike). Rules
     (``kinds.by``): ``first_k`` (the first k layers are of the first kind, the rest of the second: GLM-4.5's
     ``first_k_dense_replace``), ``indices`` (the listed layers are of the second kind, the others of the
@@ -32,6 +48,7 @@ def layer_kinds(rules: dict, config: dict, layers: int, where: str = "config") -
         raise LigoError(f"{where}: {key} must give each of the {layers} layers one of {names}, got {value!r}")
     return tuple(value)
 
+
 def listed_kinds(rules: dict, config: dict) -> list | None:
     """The per-layer list of kind names a config gives (rule ``list``), or the one its pattern string spells
     (``kinds.pattern``: Nemotron-H's released configs say ``M-M-*-``), None where it gives neither."""
@@ -42,7 +59,16 @@ def listed_kinds(rules: dict, config: dict) -> list | None:
         value = [pattern["chars"].get(c, c) for c in config[pattern["key"]]]
     return value if isinstance(value, list) else None
 
+
 def kinds_config(rules: dict, kinds: list[str], model_type: str) -> dict:
+    """The config entries that say ``kinds`` (the target's, after the depth plan) along the table's rules."""
+    if rules and rules.get("also"):
+        ones, twos = zip(*(kind_parts(kind) for kind in kinds))
+        return {**_rule_config(rules, list(ones), model_type), **_rule_config(rules["also"], list(twos), model_type)}
+    return _rule_config(rules, kinds, model_type)
+
+
+def _rule_config(rules: dict, kinds: list[str], model_type: str) -> dict:
     """The config entry that says ``kinds`` (the target's, after the depth plan), or an error when the
     config cannot say that order (the first k layers of one kind, the rest of another)."""
     if not rules:

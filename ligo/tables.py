@@ -69,6 +69,8 @@ class Kinds:
                                           "mamba where transformers writes linear_attention) -> the kind")
     pattern: Optional[dict] = setting(None, "list: {key: a config key holding the kinds as a string, chars: {char: "
                                             "kind}}, read where the list is absent and written beside it")
+    also: Optional[dict] = setting(None, "a second rule, as this one, along which the layers also differ (LFM2-MoE: "
+                                         "its mixer by layer_types, its FFN dense or MoE by num_dense_layers)")
 
 
 @dataclass
@@ -182,8 +184,11 @@ def _kinds(where: str, data: dict, entries: list[Entry]) -> dict:
     if unknown:
         raise LigoError(f"{where}: kinds.index_lists or kinds.aliases name kinds {unknown} that kinds.layers does not "
                         "give")
+    also = _kinds(f"{where}: kinds.also", k.also, entries) if k.also is not None else None
+    if also is not None and (also.get("also") or set(also["names"]) & set(k.layers)):
+        raise LigoError(f"{where}: kinds.also is one more rule with kinds of its own names, not a third")
     return {"by": dict(k.by), "names": list(k.layers), "index_lists": dict(k.index_lists), "aliases": dict(k.aliases),
-            "pattern": k.pattern}
+            "pattern": k.pattern, "also": also}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

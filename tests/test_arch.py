@@ -25,7 +25,7 @@ def test_one_table_per_family():
              and not p.name.startswith("_"))  # (_refused.json: the reasons for the types refused)
     assert files == ["bert.json", "deepseek_v3.json", "falcon_h1.json", "gemma.json", "glm4_moe.json",
                      "glm4_moe_lite.json", "gpt2.json", "gpt_neox.json", "gpt_oss.json", "granitemoehybrid.json",
-                     "lfm2.json", "llama.json", "llama4_text.json", "mixtral.json", "nemotron_h.json", "olmo2.json",
+                     "lfm2.json", "lfm2_moe.json", "llama.json", "llama4_text.json", "mixtral.json", "nemotron_h.json", "olmo2.json",
                      "olmoe.json", "phi3.json", "qwen3.json", "qwen3_5_moe_text.json", "qwen3_5_text.json",
                      "qwen3_moe.json", "qwen3_next.json", "roberta.json"]
     family = get_spec("qwen2")

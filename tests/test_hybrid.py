@@ -278,3 +278,19 @@ def test_falcon_h1_runs_attention_and_mamba_in_every_layer():
     ids = torch.randint(4, tiny.VOCAB, (2, 256))
     measured = measured_flops(lambda: model(input_ids=ids).logits.detach())
     assert abs(forward_flops_per_token(model, dims, 256) * ids.numel() / measured - 1) < 0.02
+
+
+def test_lfm2_moe_layers_differ_along_two_rules(tokenizer, tmp_path):
+    """LFM2-MoE's layers are a convolution or attention (layer_types) and hold a dense FFN or experts (the first
+    num_dense_layers dense): both follow the depth plan, and a plan the config cannot say (a dense layer after an
+    MoE one, as stacking would give) is refused in one line."""
+    src = tiny.save_model(tiny.make_model("lfm2_moe"), tmp_path / "src", tokenizer)
+    grow(src, {"layers": 4}, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["layer_types"] == ["conv", "conv", "full_attention", "full_attention"]
+    assert config["num_dense_layers"] == 2
+    state = load_checkpoint(tmp_path / "out").state
+    assert "model.layers.1.feed_forward.w1.weight" in state and "model.layers.2.feed_forward.gate.weight" in state
+    with pytest.raises(LigoError, match="puts a dense layer after a moe layer"):
+        grow(src, {"layers": 4}, tmp_path / "stacked", plan=GrowthPlan(width="split", depth="stack"))
+    assert not (tmp_path / "stacked").exists()

@@ -49,7 +49,8 @@ def test_every_checkpoint_weight_matches_one_entry(moe_sources):
         per_expert = sum(1 for m in ck.layout.values() if m.expert is not None)
         stacked = [k for k, m in ck.layout.items() if m.entry.axes[0][0] in ("exp", "exp.out") and m.expert is None]
         # (a first dense layer; Nemotron-H: one MoE layer of four, its experts without a gate)
-        moe_layers = 1 if mt in ("glm4_moe", "llama4_text", "deepseek_v3", "glm4_moe_lite", "nemotron_h") else 2
+        moe_layers = 1 if mt in ("glm4_moe", "llama4_text", "deepseek_v3", "glm4_moe_lite", "nemotron_h",
+                                 "lfm2_moe") else 2
         parts = 2 if mt == "nemotron_h" else 3
         if mt in ("gpt_oss", "llama4_text"):  # MoE layers x (gate_up, down[, their biases]), each [experts, ...]
             assert per_expert == 0 and len(stacked) == moe_layers * (4 if mt == "gpt_oss" else 2)

@@ -17,7 +17,7 @@ from ligo.checkpoint import load_checkpoint
 from ligo.growth import Grower
 
 NEW = ("gpt_oss", "glm4_moe", "llama4_text", "qwen3_next", "qwen3_5_moe_text", "deepseek_v3", "glm4_moe_lite",
-       "nemotron_h")
+       "nemotron_h", "lfm2_moe")
 KINDS = ("glm4_moe", "llama4_text", "deepseek_v3", "glm4_moe_lite")  # layers of two kinds
 
 
@@ -50,11 +50,15 @@ def test_lossless_at_a_non_integer_ratio(model_type, new_sources, text_ids, tmp_
     experts' and the shared experts' FFN each grown), 2 -> 3 layers: exact."""
     target = {"hidden_size": 80, "num_hidden_layers": 3, "intermediate_size": 120}
     hybrid = {"moe_intermediate_size": 60, "shared_expert_intermediate_size": 80}
-    target.update({"glm4_moe": {"moe_intermediate_size": 60}, "llama4_text": {"intermediate_size": 60,
-                                                                              "intermediate_size_mlp": 120},
-                   "qwen3_next": hybrid, "qwen3_5_moe_text": hybrid,
-                   "nemotron_h": {"num_hidden_layers": 6, "moe_intermediate_size": 60,  # (4 source layers)
-                                  "moe_shared_expert_intermediate_size": 60}}.get(model_type, {}))
+    target.update({
+        "glm4_moe": {"moe_intermediate_size": 60},
+        "llama4_text": {"intermediate_size": 60, "intermediate_size_mlp": 120},
+        "qwen3_next": hybrid, "qwen3_5_moe_text": hybrid,
+        # (no explicit head_dim: x1.5 with 6 heads)
+        "lfm2_moe": {"moe_intermediate_size": 60, "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 3},
+        # (4 source layers)
+        "nemotron_h": {"num_hidden_layers": 6, "moe_intermediate_size": 60, "moe_shared_expert_intermediate_size": 60},
+    }.get(model_type, {}))
     grow(new_sources[model_type], target, tmp_path / "out", plan=GrowthPlan(width="split", depth="identity"))
     diff, _ = tiny.max_logit_diff(new_sources[model_type], tmp_path / "out", text_ids)
     assert diff <= 1e-4, diff
@@ -113,14 +117,14 @@ def test_fitted_model_is_the_materialized_one(model_type, new_sources, blocks, t
     """The fit installs the experts as transformers holds them (GPT-OSS and Llama 4: stacked under their own names;
     GLM: fused from the per-expert checkpoint tensors), only in the layers of their kind; the saved model gives the
     fitted logits."""
-    depth = "interleave" if model_type in ("glm4_moe", "deepseek_v3") else "stack"  # (GLM's dense layers come first)
+    depth = "interleave" if model_type in ("glm4_moe", "deepseek_v3", "lfm2_moe") else "stack"  # (dense layers first)  # (GLM's dense layers come first)
     g = Grower(new_sources[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth=depth))
     tiny.fit_and_compare(g, blocks, tmp_path / "out")
 
 
 @pytest.mark.parametrize("model_type", NEW)
 def test_streaming_growth_writes_the_same_tensors(model_type, new_sources, tmp_path):
-    depth = "interleave" if model_type in ("glm4_moe", "deepseek_v3") else "stack"
+    depth = "interleave" if model_type in ("glm4_moe", "deepseek_v3", "lfm2_moe") else "stack"  # (dense layers first)
     for stream in (False, True):
         Grower(new_sources[model_type], tiny.TARGET[model_type], plan=GrowthPlan(width="random", depth=depth),
                stream=stream).save(tmp_path / str(stream))
@@ -236,8 +240,6 @@ REFUSED = {  # tiny random models of the types ligo has no table for, and a word
                           first_k_dense_replace=1, n_group=1, topk_group=1), "indexer"),
     "gemma4_text": (dict(_SMALL, head_dim=16, hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB),
                     "per-layer embeddings"),
-    "lfm2_moe": (dict(_SMALL, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
-                      moe_intermediate_size=32, num_dense_layers=1), "two ways"),
 }
 
 

@@ -124,6 +124,10 @@ MOE = {
                        mamba_num_heads=4, mamba_head_dim=32, ssm_state_size=8, n_groups=1,
                        hybrid_override_pattern="M-*E", n_routed_experts=4, num_experts_per_tok=2,
                        moe_intermediate_size=48, moe_shared_expert_intermediate_size=48),
+    # layers that differ along two rules: a convolution then attention (layer_types), a dense FFN then experts under
+    # a sigmoid router with an expert bias (num_dense_layers)
+    "lfm2_moe": dict(_GQA, layer_types=["conv", "full_attention"], num_experts=4, num_experts_per_tok=2,
+                     moe_intermediate_size=48, num_dense_layers=1),
     # hybrids with experts: Gated DeltaNet then gated attention, each with routed experts and a shared expert
     # behind a sigmoid gate; Qwen3-Next packs each key head's value heads with it (in_proj_qkvz, in_proj_ba)
     "qwen3_next": dict(_GQA, head_dim=16, moe_intermediate_size=48, shared_expert_intermediate_size=64,
@@ -144,6 +148,7 @@ TARGET["llama4_text"].update(intermediate_size=96, intermediate_size_mlp=192)
 for _mt in ("deepseek_v3", "glm4_moe_lite"):  # (no GQA in latent attention: kv heads = heads; latents x2)
     TARGET[_mt].update(num_key_value_heads=8, moe_intermediate_size=96, kv_lora_rank=32)
 TARGET["deepseek_v3"]["q_lora_rank"] = 64
+TARGET["lfm2_moe"]["moe_intermediate_size"] = 96
 TARGET["nemotron_h"].update(intermediate_size=192, moe_intermediate_size=96, moe_shared_expert_intermediate_size=96,
                             mamba_num_heads=8)
 for _mt in ("qwen3_next", "qwen3_5_moe_text"):
