@@ -204,6 +204,10 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     for key, m in layout.items():
         expect, got = spec.key_shape(m.entry, dims), list(state[key].shape)
         if len(got) != len(expect) or any(e not in (-1, g) for e, g in zip(expect, got)):
+            if len(got) == 3 and got[0] == expect[0] and got[1:] == expect[:0:-1]:  # (Qwen3-VL-MoE's hub layout)
+                raise LigoError(f"weight {key} holds its experts transposed ({got}, where transformers holds "
+                                f"{expect}); load the checkpoint with transformers and save_pretrained it, then grow "
+                                "that")
             raise LigoError(f"weight {key} has shape {got}, but config.json implies {expect}; the weights do not "
                             "match the config")
     if str(device) != "meta":

@@ -46,8 +46,11 @@ class Wrapper:
         config's copies of the text model's sizes updated."""
         vision = dict(self.config.get("vision_config") or {})
         vision.update({key: text_config[text_key] for key, text_key in self.data.get("vision_hidden", {}).items()})
-        return {**self.config, self.data["text_config"]: dict(text_config),
-                **({"vision_config": vision} if vision else {})}
+        text = {k: v for k, v in text_config.items() if k != "tie_word_embeddings"}
+        own = self.config[self.data["text_config"]]
+        if "tie_word_embeddings" in own:  # (the text config's own value back, as it was)
+            text["tie_word_embeddings"] = own["tie_word_embeddings"]
+        return {**self.config, self.data["text_config"]: text, **({"vision_config": vision} if vision else {})}
 
     def outer_weights(self, grown: dict) -> dict:
         """Grown text-view weights under the checkpoint's names, with the kept weights beside them."""
@@ -81,7 +84,7 @@ def text_view(config: dict, keys, where: str) -> tuple[dict, Wrapper, dict[str, 
     if not isinstance(text, dict) or not isinstance(text.get("model_type"), str):
         raise LigoError(f"{where}: a {config['model_type']} config holds its language model's config in "
                         f"{w['text_config']!r} (with its model_type); this one does not")
-    if "tie_word_embeddings" in config and "tie_word_embeddings" not in text:
+    if "tie_word_embeddings" in config:  # (the multimodal class ties its head as its own config says)
         text = {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
     templates = [(re.compile(re.escape(name).replace(re.escape("{k}"), r"\d+")), axes)
                  for name, axes in w["projector"].items()]

@@ -16,7 +16,7 @@ from ligo.errors import LigoError
 def test_every_shipped_type_is_tested_here():
     """Every type a table serves has a tiny model in the suites (the language models served only inside a
     vision-language checkpoint are tested there: tests/test_vlm.py)."""
-    inside = {tiny.make_vlm(mt).config.text_config.model_type for mt in ("qwen3_vl", "qwen2_5_vl")}
+    inside = {tiny.make_vlm(mt).config.text_config.model_type for mt in ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl")}
     assert set(supported_types()) == set(tiny.ALL) | set(tiny.MOE) | inside
 
 
@@ -27,7 +27,7 @@ def test_one_table_per_family():
                      "glm4_moe_lite.json", "gpt2.json", "gpt_neox.json", "gpt_oss.json", "granitemoehybrid.json",
                      "lfm2.json", "lfm2_moe.json", "llama.json", "llama4_text.json", "mixtral.json", "nemotron_h.json", "olmo2.json",
                      "olmoe.json", "phi3.json", "qwen3.json", "qwen3_5_moe_text.json", "qwen3_5_text.json",
-                     "qwen3_moe.json", "qwen3_next.json", "roberta.json"]
+                     "qwen3_moe.json", "qwen3_next.json", "qwen3_vl_moe_text.json", "roberta.json"]
     family = get_spec("qwen2")
     assert family.model_types == ("llama", "mistral", "qwen2", "granite", "smollm3", "qwen2_5_vl_text") and family.model_type == "qwen2"
     assert get_spec("gemma2").source == get_spec("gemma3_text").source == "ligo/archs/gemma.json"

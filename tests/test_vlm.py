@@ -116,3 +116,22 @@ def test_qwen3_vl_says_when_new_layers_land_among_its_deepstack_layers(vlm_sourc
     _, with_image, text_only = _logits(vlm_sources["qwen3_vl"], "qwen3_vl")
     _, grown_image, grown_text = _logits(tmp_path / "out", "qwen3_vl")
     assert (grown_text - text_only).abs().max() <= 1e-4 and (grown_image - with_image).abs().max() > 1e-3
+
+
+def test_experts_held_transposed_are_refused_with_how_to_convert(vlm_sources, tmp_path):
+    """Qwen3-VL-MoE's released checkpoints hold the experts transposed from what transformers holds and saves: ligo
+    says so in one line, with the way to get its layout, and writes nothing."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src = tmp_path / "hub"
+    shutil.copytree(vlm_sources["qwen3_vl_moe"], src)
+    tensors = _tensors(src)
+    tensors = {k: v.transpose(1, 2).contiguous() if k.endswith(("experts.gate_up_proj", "experts.down_proj")) else v
+               for k, v in tensors.items()}
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    proc = run_cli("grow", src, "--target", write_json(tmp_path / "t.json", {"layers": 3}), "--out", tmp_path / "out")
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().count("\n") == 0 and "holds its experts transposed" in proc.stderr, proc.stderr
+    assert "save_pretrained" in proc.stderr

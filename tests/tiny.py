@@ -296,6 +296,11 @@ VLM = {
                      vision_config=dict(hidden_size=32, depth=2, num_heads=2, intermediate_size=64, patch_size=14,
                                         spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
                                         deepstack_visual_indexes=[0, 1], num_position_embeddings=16)),
+    # Qwen3-VL-MoE: as Qwen3-VL, its language model's experts stacked (gate and up fused)
+    "qwen3_vl_moe": dict(image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8,
+                         text=dict(rope_parameters=_MROPE, num_experts=4, num_experts_per_tok=2,
+                                   moe_intermediate_size=48),
+                         vision_config=dict(_QWEN_VISION, depth=2, deepstack_visual_indexes=[0, 1])),
     # Qwen3.5 (its language model a Gated DeltaNet hybrid, dense or with experts) and Qwen2.5-VL: one merger
     "qwen3_5": dict(_QWEN_VL_IDS, text=dict(_LINEAR, rope_parameters=_MROPE), vision_config=_QWEN_VISION),
     "qwen3_5_moe": dict(_QWEN_VL_IDS, text=dict(_LINEAR, rope_parameters=_MROPE, num_experts=4, num_experts_per_tok=2,
