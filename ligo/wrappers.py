@@ -34,7 +34,7 @@ class Wrapper:
     model_type: str
     config: dict                        # the checkpoint's own config (the text config inside it as it was)
     prefixes: dict[str, str]            # a text-view prefix (model., lm_head.) -> the checkpoint's
-    projector: dict[str, str]           # the checkpoint's projector weights that write the stream -> their axes
+    projector: dict[str, list[str]]     # the checkpoint's projector weights that write the stream -> their axes
     kept: dict = field(default_factory=dict)  # the other weights (vision tower), by the checkpoint's names
 
     @property
