@@ -74,6 +74,7 @@ class ArchSpec:
     kinds: dict = field(default_factory=dict)  # layers of several kinds: {"by": {rule: config key}, "names": [...]}
     trailing_layers: str | None = None  # config key: layers after the last that transformers does not load (MTP)
     ffn_rule: dict | None = None  # the FFN size derived from the config's (see tables.FfnRule)
+    transposable: list = field(default_factory=list)  # stacked weights a checkpoint may hold transposed
     source: str = ""
     model_type: str = ""  # the type this spec was looked up for (the family's first by default)
     _patterns: list[tuple[re.Pattern, Entry | None]] = field(default_factory=list, repr=False)

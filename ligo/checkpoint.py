@@ -43,6 +43,7 @@ class Checkpoint:
     dtype: torch.dtype
     has_head: bool
     wrapper: Wrapper | None = None  # the vision-language checkpoint this is the language model of (ligo.wrappers)
+    transposed: frozenset = frozenset()  # keys held with their last two axes swapped, read in the table's layout
 
 
 def check_regular_files(path: str | Path) -> None:
@@ -201,20 +202,22 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
         wrapper.kept = {k: t for k, t in state.items() if k not in names}
         state = {names[k]: t for k, t in state.items() if k in names}
     layout = spec.layout(state.keys(), dims, config)
+    transposed = set()
     for key, m in layout.items():
         expect, got = spec.key_shape(m.entry, dims), list(state[key].shape)
         if len(got) != len(expect) or any(e not in (-1, g) for e, g in zip(expect, got)):
-            if len(got) == 3 and got[0] == expect[0] and got[1:] == expect[:0:-1]:  # (Qwen3-VL-MoE's hub layout)
-                raise LigoError(f"weight {key} holds its experts transposed ({got}, where transformers holds "
-                                f"{expect}); load the checkpoint with transformers and save_pretrained it, then grow "
-                                "that")
+            if m.entry.name in spec.transposable and len(got) == 3 and got == [expect[0], expect[2], expect[1]]:
+                state[key] = state[key].transpose(1, 2).contiguous()  # (Qwen3-VL-MoE's released layout)
+                transposed.add(key)
+                continue
             raise LigoError(f"weight {key} has shape {got}, but config.json implies {expect}; the weights do not "
                             "match the config")
     if str(device) != "meta":
         check_finite(state, p, layout)
     has_head = any(k.startswith(spec.base_prefix) for k in state) if spec.base_prefix else any(
         m.entry.scope == "head" for m in layout.values())
-    return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head, wrapper)
+    return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head, wrapper,
+                      frozenset(transposed))
 
 
 def _refuse_quantized(p: Path, config: dict) -> None:

@@ -115,8 +115,10 @@ class Grower:
         self.stream = stream and loaded_here and self.device.type == "cpu"
         self.source = (describe_checkpoint(source, arch=arch) if self.stream else
                        load_checkpoint(source, self.device, arch)) if loaded_here else source
-        if self.stream and (upcycle_table(self.source.spec, target) is not None or self.source.wrapper is not None):
-            # upcycling reads the source in memory, and so does growing a vision-language checkpoint
+        if self.stream and (upcycle_table(self.source.spec, target) is not None or self.source.wrapper is not None
+                            or self.source.transposed):
+            # upcycling reads the source in memory, and so does growing a vision-language checkpoint or one whose
+            # experts are held transposed
             self.source, self.stream = load_checkpoint(self.source.path, self.device, arch), False
         upcycled, dense_type = upcycle(self.source, target), self.source.spec.model_type
         if upcycled is not None:  # a dense source asked for experts: read as the one-expert MoE it is

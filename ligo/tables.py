@@ -56,6 +56,8 @@ class TableFile:
                                                    "checkpoint may hold and transformers does not load (MTP): left out")
     ffn_rule: Optional[dict] = setting(None, "an FFN size the model derives from the config's (LFM2's SwiGLU "
                                              "rounding, see FfnRule)")
+    transposable: list[str] = setting([], "stacked expert weights a checkpoint may hold with their last two axes "
+                                          "swapped, as transformers reads them too (Qwen3-VL-MoE's released layout)")
 
 
 @dataclass
@@ -143,6 +145,7 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
     refs += [(f"fused.{p}", n, names) for p, parts in t.fused.items() for n in parts or [None]]
     refs += [("upcycle.layer", n, names) for n in t.upcycle.get("layer", {}).values()]
     refs += [("upcycle.new", n, names) for n in t.upcycle.get("new", {})]
+    refs += [("transposable", n, names) for n in t.transposable]
     for key, name, known in refs:
         if name not in known:
             raise LigoError(f"{where}: {key} names {name!r}, which is no {'layer module' if known is modules else 'weight'} "
@@ -159,7 +162,7 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
                identity_zero=list(t.identity_zero), layer_lists=list(t.layer_lists), ignore=list(t.ignore),
                norms=vars(norms), embed_scale=embed, renamed=dict(t.renamed), router=t.router, fused=t.fused,
                upcycle=t.upcycle, requires=t.requires, kinds=kinds, trailing_layers=t.trailing_layers,
-               ffn_rule=ffn_rule, source=source, model_type=types[0])
+               ffn_rule=ffn_rule, transposable=list(t.transposable), source=source, model_type=types[0])
     spec._compile()
     return spec
 
