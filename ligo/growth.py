@@ -69,7 +69,8 @@ def held_out_loss(path: Path, blocks: torch.Tensor, objective: str, tokenizer=No
     model = model_class(objective, read_config(path).get("model_type")).from_pretrained(
         str(path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False, local_files_only=True).eval()
     collate = make_collate(objective, None if objective == "causal-lm" else tokenizer, seed=0)
-    losses = [model(**collate(list(blocks[i:i + batch_size])), **lm_loss_only(model)).loss.item()
+    lm_only = lm_loss_only(model)
+    losses = [model(**collate(list(blocks[i:i + batch_size])), **lm_only).loss.item()
               for i in range(0, len(blocks), batch_size)]
     return sum(losses) / len(losses)
 
@@ -280,11 +281,12 @@ class Grower:
         if self.stream:
             raise LigoError("this Grower streams its source (stream=True) and cannot fit the operator; build it "
                             "without stream=True to fit")
-        if not self.has_head or self.source.wrapper is not None:
-            raise LigoError(f"{self.source.path} is a " + ("vision-language checkpoint; ligo fits the operator on text "
-                            "models only, so grow its language model without --fit-steps" if self.has_head else
-                            "bare model without an LM head, so there is no pretraining loss to fit on; grow without "
-                            "--fit-steps, or use its *ForMaskedLM/*ForCausalLM form"))
+        if self.source.wrapper is not None:
+            raise LigoError(f"{self.source.path} is a vision-language checkpoint; ligo fits the operator on text "
+                            "models only, so grow its language model without --fit-steps")
+        if not self.has_head:
+            raise LigoError(f"{self.source.path} is a bare model without an LM head, so there is no pretraining "
+                            "loss to fit on; grow without --fit-steps, or use its *ForMaskedLM/*ForCausalLM form")
         if blocks is None:
             blocks = load_blocks(data, self.tokenizer, cfg.seq_len, max_tokens=tokens_to_read(cfg))
         meta_target = meta_model(self.spec.objective, self.target_config)

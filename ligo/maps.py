@@ -32,13 +32,15 @@ def check_growth(spec: ArchSpec, src: Dims, tgt: Dims) -> None:
         why = "rotary pairs live inside each head" if spec.rope else "attention is grown by whole heads"
         raise LigoError(f"head_dim would change from {src.head_dim} to {tgt.head_dim} ({why}); choose the target's "
                         f"heads so that head_dim stays {src.head_dim}")
-    for name, what in (("lin_k_dim", "linear-attention k head size"), ("lin_v_dim", "linear-attention v head size"),
-                       ("mamba_head_dim", "Mamba head size"), ("ssm_state", "Mamba state size"),
-                       ("mamba_groups", "number of Mamba groups"), ("qk_nope", "no-rope query/key head size"),
-                       ("v_head", "value head size")):
+    recurrent, latent = "a recurrent state lives inside each head and group", "heads are grown whole"
+    for name, what, why in (("lin_k_dim", "linear-attention k head size", recurrent),
+                            ("lin_v_dim", "linear-attention v head size", recurrent),
+                            ("mamba_head_dim", "Mamba head size", recurrent), ("ssm_state", "Mamba state size", recurrent),
+                            ("mamba_groups", "number of Mamba groups", recurrent),
+                            ("qk_nope", "no-rope query/key head size", latent), ("v_head", "value head size", latent)):
         if getattr(tgt, name) != getattr(src, name):
-            raise LigoError(f"the {what} would change from {getattr(src, name)} to {getattr(tgt, name)} (a recurrent "
-                            f"state lives inside each head and group); keep {spec.config_key(name)}={getattr(src, name)}")
+            raise LigoError(f"the {what} would change from {getattr(src, name)} to {getattr(tgt, name)} ({why}); "
+                            f"keep {spec.config_key(name)}={getattr(src, name)}")
     if tgt.lin_group != src.lin_group and any(t in PACKED_GROUPS for e in spec.entries for a in e.axes for t in a):
         raise LigoError(f"{spec.model_type} packs each linear-attention key head with its {src.lin_group} value heads "
                         f"in one projection, so a group's size cannot change ({src.lin_group} -> {tgt.lin_group}); "

@@ -287,3 +287,15 @@ def test_latent_attention_flops_match_torchs_counter():
         measured = measured_flops(lambda: model(input_ids=ids))
     dims = get_spec("deepseek_v3").dims(model.config.to_dict())
     assert measured / ids.numel() == pytest.approx(forward_flops_per_token(model, dims, 256), rel=1e-6)
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"qk_nope_head_dim": 16}, r"no-rope query/key head size would change from 8 to 16 \(heads are grown whole\)"),
+    ({"v_head_dim": 32}, r"value head size would change from 16 to 32 \(heads are grown whole\); keep v_head_dim=16"),
+])
+def test_latent_attention_head_sizes_are_kept_in_one_line(target, message, new_sources, tmp_path):
+    from ligo.errors import LigoError
+
+    with pytest.raises(LigoError, match=message):
+        grow(new_sources["deepseek_v3"], target, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
