@@ -4,7 +4,14 @@ from a source read on demand to stream. The maths is in :mod:`ligo.operator`'s d
 
 A width map that is a selection (every row one entry: copies, split shares) is applied as an index and a
 product, with the values of the matrix product; a dense map (random mixtures, and every map while the fit
-takes gradients) as an einsum. Both paths compute the same bits whichever way the source is read.
+takes gradients) as an einsum.
+
+Streaming and in-memory growth write the same bytes by construction: each output is computed with the same
+operations, in the same order, on operands of the same shape in *fresh* memory (:func:`_fresh`). A gather and an
+elementwise product are exact wherever their operands lie, but a matrix product's kernel (MKL's, on some x86
+processors) chooses its path, and so its order of summation, by the operands' alignment as well as their shape:
+a tensor that safetensors maps from a file lies at whatever offset the file gives it, a fresh one where torch's
+allocator puts every tensor (64-byte aligned). So what is read from a file is copied before it is used.
 """
 
 from __future__ import annotations
@@ -131,11 +138,11 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
     # for the fit they are float32 from the start. A fresh copy either way, so streaming and in-memory growth
     # compute the same bits from the same memory layout.
     def single(key: str, rows: slice | None = None) -> torch.Tensor:
-        if read is not None:  # (read fresh)
+        if read is not None:
             t = read(key, rows)
-            return t if layer_by_layer else t.float()
+            return _fresh(t) if layer_by_layer else t.float()
         t = (held[("w_", key)] if held is not None else op.source_tensor(key))[slice(None) if rows is None else rows]
-        return t.clone() if layer_by_layer else t.to(torch.float32, copy=True)
+        return _fresh(t) if layer_by_layer else t.to(torch.float32, copy=True)
 
     def layers(e: Entry, index: list[int] | None) -> torch.Tensor:
         """The source layers of ``e`` at the depth map's columns ``index`` (None: all)."""
@@ -193,7 +200,13 @@ def _read_layers(op, read, e: Entry, index: list[int] | None) -> torch.Tensor:
     (materializing row by row) is the tensor read, not a stacked copy."""
     rows = op.src_rows(e)
     found = [op.layer(read, e, rows[j]) for j in (range(len(rows)) if index is None else index)]
-    return found[0][None] if len(found) == 1 else torch.stack(found)
+    return _fresh(found[0])[None] if len(found) == 1 else torch.stack(found)
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values in memory of its own, where torch's allocator puts every tensor: what the in-memory path
+    computes from (see the module docstring: a matrix product's bits may depend on its operands' alignment)."""
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _steps(depth: torch.Tensor, layer_by_layer: bool) -> list[tuple[slice, torch.Tensor, list[int] | None]]:

@@ -214,13 +214,13 @@ class _Bench:
 
     def _grown_config(self, method: Method, scratch_lr: float, seed: int, **more):
         """The grown-model rule: scratch's schedule at its best LR (a pretrained source's: ligo's default after
-        growth, ``LR_PRETRAINED``: scratch's says nothing of a trained start) times ``grown.lr_scale``,
-        ``grown.warmup``."""
+        growth, ``LR_PRETRAINED``: scratch's says nothing of a trained start) times ``grown.lr_scale`` and the
+        method's ``lr_scale``, ``grown.warmup``."""
         from .config import LR_PRETRAINED
 
         exp, rule = self.exp, self.exp.grown
         base = LR_PRETRAINED if exp.source_path is not None else scratch_lr
-        return exp.train_config({**exp.train, "lr": base * rule.get("lr_scale", 1.0),
+        return exp.train_config({**exp.train, "lr": base * rule.get("lr_scale", 1.0) * method.lr_scale,
                                  "warmup": rule.get("warmup", exp.train.get("warmup", TrainConfig.warmup)),
                                  "seed": seed, **more, **method.train}, progress=self.progress)
 
@@ -249,6 +249,7 @@ class _Bench:
         fit_info = _fit_summary(growth.get("fit"))
         meta = {"label": method.label, "lr": cfg.lr, "warmup": cfg.warmup, "seed": seed, **method.plan,
                 **({"target": method.target} if method.target is not None else {}),
+                **({"lr_scale": method.lr_scale} if method.lr_scale != 1 else {}),
                 "train_overrides": method.train or None}
         result = self._result(res, meta, fit_info, t0)
         self._keep(run_dir, result)

@@ -142,6 +142,10 @@ def _peer_lost(exc: BaseException) -> bool:
     """A collective of a multi-process launch failed because another process went away (gloo/NCCL)."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
         return False
+    from .launch import PeerLost
+
+    if isinstance(exc, PeerLost):
+        return True
     text = str(exc).lower()
     return type(exc).__name__ in ("RuntimeError", "DistBackendError", "DistNetworkError", "DistError") and (
         any(p in text for p in _PEER_LOST) or "gloo" in text)

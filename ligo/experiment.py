@@ -36,6 +36,7 @@ class Method:
     train: dict  # the method's own training settings over the grown-model rule
     stage: Optional[dict]  # staged growth: at (the budget's share spent small), optimizer_state, fit_steps, fit_lr
     target: Optional[dict] = None  # a target of its own (its budget: the experiment target's FLOPs), e.g. dense vs MoE
+    lr_scale: float = 1.0  # a multiple of the LR the grown-model rule gives (an LR swept alike for every method)
 
     @property
     def kind(self) -> str:
@@ -199,7 +200,7 @@ class Experiment:
             m = {}
         if not isinstance(m, dict):
             raise LigoError(f"{where} must be a mapping of settings (or empty), got {m!r}")
-        allowed = PLAN_KEYS | {"fit", "label", "train", "stage", "target"}
+        allowed = PLAN_KEYS | {"fit", "label", "train", "stage", "target", "lr_scale"}
         if set(m) - allowed:
             raise LigoError(f"{where}: unknown key(s) {sorted(set(m) - allowed)}; allowed: {sorted(allowed)}")
         plan = {k: m[k] for k in PLAN_KEYS if k in m}
@@ -218,7 +219,12 @@ class Experiment:
         if target is not None and (not isinstance(target, dict) or stage is not None or name == "scratch"):
             raise LigoError(f"{where}: target must be a mapping of sizes, on a grown method (not scratch, not staged), "
                             f"got {target!r}")
-        method = Method(name, str(m.get("label", name)), plan, fit, train, stage, target)
+        lr_scale = m.get("lr_scale", 1.0)
+        if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not lr_scale > 0 or \
+                ("lr_scale" in m and ("lr" in train or name == "scratch")):
+            raise LigoError(f"{where}: lr_scale must be a positive number (a multiple of the LR the grown-model rule "
+                            f"gives), on a method other than scratch and without train.lr, got {lr_scale!r}")
+        method = Method(name, str(m.get("label", name)), plan, fit, train, stage, target, float(lr_scale))
         if method.kind != "scratch":
             self.train_config({**self.train, **train}, progress=False)
         if fit:

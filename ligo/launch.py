@@ -39,6 +39,37 @@ def process_state():
     return PartialState(cpu=not has_accelerator_device())
 
 
+# How long a process waits at a barrier around a checkpoint for the other processes of its launch (seconds); a
+# peer that never arrives has died (a SIGKILL, an out-of-memory kill) or hangs. LIGO_PEER_TIMEOUT overrides it.
+PEER_TIMEOUT_S = 900.0
+
+
+class PeerLost(RuntimeError):
+    """Another process of this launch did not reach a barrier: it stopped, so this one cannot go on."""
+
+
+def barrier(what: str) -> None:
+    """Wait for every process of this launch at ``what`` (a checkpoint), for at most ``LIGO_PEER_TIMEOUT`` seconds
+    (:data:`PEER_TIMEOUT_S`). The wait polls the barrier from Python rather than blocking inside the backend, so a
+    SIGTERM is answered at once, a peer's death that the backend reports ends the wait with its error, and one
+    that it does not see (a collective that has not noticed its peer die) ends it at the deadline: never a
+    process blocked until the launcher kills it without a word."""
+    import time
+
+    import torch.distributed as dist
+
+    if world_size() < 2 or not dist.is_available() or not dist.is_initialized():
+        return
+    timeout = float(os.environ.get("LIGO_PEER_TIMEOUT") or PEER_TIMEOUT_S)
+    work = dist.barrier(async_op=True)
+    deadline = time.monotonic() + timeout
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            raise PeerLost(f"no other process reached {what} within {timeout:g} s (LIGO_PEER_TIMEOUT)")
+        time.sleep(0.005)
+    work.wait()  # the backend's own error, if the barrier failed (a peer's connection closed)
+
+
 def check_batch(batch_size: int, what: str = "batch_size") -> None:
     """Refuse a batch that the processes of this launch cannot share, before any work."""
     if batch_size % world_size():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LigoError, as_user_error
-from .launch import is_main_process
+from .launch import barrier, is_main_process
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -150,13 +150,14 @@ class RunDir:
         acc, step = self.acc, state["step"]
         root = self.path / CHECKPOINTS
         final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
+        where = f"the checkpoint of step {step}"
         if is_main_process():
             shutil.rmtree(tmp, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
+        barrier(where)
         try:
             acc.save_state(str(tmp), safe_serialization=True)
-            acc.wait_for_everyone()  # every rank's files are written before they are hashed
+            barrier(where)  # every rank's files are written before they are hashed
             if is_main_process():
                 (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_digests(tmp)}))
         except Exception as exc:  # disk full, quota, file-size limit...: the partial checkpoint never gets its name
@@ -172,7 +173,7 @@ class RunDir:
             os.replace(tmp, final)
             for old in checkpoints(self.path)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        barrier(where)
 
     def restore(self, config: dict, digest: str | None) -> dict:
         """Load the newest complete checkpoint into the prepared objects; its trainer state."""
