@@ -65,8 +65,8 @@ def main() -> None:
         result = grower.fit(cfg=cfg, blocks=blocks)
         done["runs"][name] = {"plan": RUNS[name], "curve": [{"step": e["step"], "val_loss": e["val_loss"]}
                                                            for e in result.evals],
-                              "best_step": grower.fit_info["best_step"], "wall_s": time.perf_counter() - t0,
-                              "flops_per_step": grower.fit_info["flops_per_step"], "complete": True}
+                              "best_step": grower.fit_record.best_step, "wall_s": time.perf_counter() - t0,
+                              "flops_per_step": grower.fit_record.flops_per_step, "complete": True}
         path.write_text(json.dumps(done, indent=2))
         print(name, [(e["step"], round(e["val_loss"], 4)) for e in result.evals], flush=True)
 

@@ -41,7 +41,7 @@ from . import __version__
 from .tables import get_spec
 from .config import TrainConfig
 from .experiment import Experiment, Method, load_experiment  # noqa: F401  (load_experiment: the API's entry)
-from .records import Recipe
+from .records import TrainingRecord, load_recipe
 
 
 def peak_rss_mb(reset: bool = False) -> float:
@@ -107,9 +107,8 @@ class _Bench:
             sweeps[label] = [{"lr": r["lr"], "final_val_loss": r["final_val_loss"]} for r in sweep]
             methods = {"scratch": best}
             for method in exp.methods.values():
-                if method.kind != "scratch":
-                    run = self._staged if method.kind == "staged" else self._grown
-                    methods[method.name] = run(label, steps, method, best["lr"], exp.seed)
+                if method.role != "scratch":
+                    methods[method.name] = self._method(label, steps, method, best["lr"], exp.seed)
             budgets.append({"label": label, "multiplier": mult, "steps": steps, "scratch_lr": best["lr"],
                             "budget_flops": best["total_flops"], "methods": methods})
         noise = self._noise(budgets[0]) if exp.noise_seeds else {}
@@ -162,9 +161,9 @@ class _Bench:
                                  exp.batch_size)
             self.log(f"[{exp.name}] source: {exp.source_path} (pretrained), held-out loss {loss:.4f}")
             return {"flops": None, "final_val_loss": loss, "steps": None, "path": str(exp.source_path)}
-        recipe = Recipe.load(path) if (path / "config.json").exists() else None
-        if recipe is not None and recipe.ledger is not None:  # finished in an earlier, interrupted run
-            led = recipe.ledger
+        record = load_recipe(path) if (path / "config.json").exists() else None
+        if isinstance(record, TrainingRecord):  # finished in an earlier, interrupted run
+            led = record.ledger
             return {"flops": led.train_flops, "final_val_loss": led.final_val_loss, "steps": led.steps}
         res = train(None, None, path, exp.train_config(exp.source.get("train", {}), progress=self.progress),
                     self._start(from_config=self.src_cfg), overwrite=True, resume=self._resumable(path))
@@ -212,6 +211,11 @@ class _Bench:
                  f"{result['final_val_loss']:.4f}")
         return result
 
+    def _method(self, label: str, steps: int, method: Method, scratch_lr: float, seed: int) -> dict:
+        """A method's run: staged growth inside the budget, or the grow -> fit -> train path."""
+        run = self._staged if method.role == "staged" else self._grown
+        return run(label, steps, method, scratch_lr, seed)
+
     def _grown_config(self, method: Method, scratch_lr: float, seed: int, **more):
         """The grown-model rule: scratch's schedule at its best LR (a pretrained source's: ligo's default after
         growth, ``LR_PRETRAINED``: scratch's says nothing of a trained start) times ``grown.lr_scale`` and the
@@ -246,7 +250,7 @@ class _Bench:
             self.source_ck = load_checkpoint(source)
         res, growth = grow_and_train(self.source_ck or source, target_cfg, run_dir,
                                      method.growth_plan(seed), cfg, fit, start=self._start(), resume=True)
-        fit_info = _fit_summary(growth.get("fit"))
+        fit_info = _fit_summary(growth.fit)
         meta = {"label": method.label, "lr": cfg.lr, "warmup": cfg.warmup, "seed": seed, **method.plan,
                 **({"target": method.target} if method.target is not None else {}),
                 **({"lr_scale": method.lr_scale} if method.lr_scale != 1 else {}),
@@ -365,9 +369,8 @@ class _Bench:
                 if name == "scratch":
                     again = self._scratch(budget["label"], budget["steps"], budget["scratch_lr"], seed=seed)
                 else:
-                    method = self.exp.methods[name]
-                    run = self._staged if method.kind == "staged" else self._grown
-                    again = run(budget["label"], budget["steps"], method, budget["scratch_lr"], seed)
+                    again = self._method(budget["label"], budget["steps"], self.exp.methods[name],
+                                         budget["scratch_lr"], seed)
                 first = budget["methods"][name]["final_val_loss"]
                 entry = out.setdefault(name, {"seeds": [first], "delta": 0.0})
                 entry["seeds"].append(again["final_val_loss"])
@@ -375,13 +378,13 @@ class _Bench:
         return out
 
 
-def _fit_summary(fit: dict | None) -> dict | None:
-    """A fit as the results record it, from the grown model's recipe."""
-    if not fit:
+def _fit_summary(fit) -> dict | None:
+    """A fit as the results record it, from the grown model's record (a :class:`ligo.records.FitRecord`)."""
+    if fit is None:
         return None
-    return {"steps": fit["steps"], "lr": fit["config"]["lr"], "start_val": fit["start_val_loss"],
-            "final_val": fit["final_val_loss"], "best_step": fit["best_step"], "flops": fit["flops"],
-            "wall": fit.get("loop_wall_s", fit["wall_s"]), "status": fit["status"]}
+    return {"steps": fit.steps, "lr": fit.config["lr"], "start_val": fit.start_val_loss,
+            "final_val": fit.final_val_loss, "best_step": fit.best_step, "flops": fit.flops,
+            "wall": fit.loop_wall_s or fit.wall_s, "status": fit.status}
 
 
 def _cache_dir() -> Path:

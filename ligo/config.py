@@ -10,18 +10,14 @@ stays fast.
 from __future__ import annotations
 
 import math
-import re
-import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, Optional
 
 from .errors import LigoError
-from .settings import Settings, check_mapping, kind_ok, setting
+from .depthmap import depth_map_items
+from .plans import DEPTH, WIDTH, choices_help
+from .settings import Settings, check_mapping, type_ok, setting
 
-# the choices of the settings below, named once (the tuples are read off the Literal types)
-WidthInit = Literal["split", "copy", "random"]
-DepthInit = Literal["stack", "interleave", "identity"]
-WIDTH_INITS, DEPTH_INITS = typing.get_args(WidthInit), typing.get_args(DepthInit)
 # Below this many training tokens per parameter a ligo-trained source gets the paper's init from the auto plan:
 # it ended best on cpu-tiny's sources of 5 and 100 tokens per parameter (docs/benchmarks.md); a real
 # checkpoint (10^3-10^4) forgets what it knew with it (a 135M Llama: 3.14 -> 11.16 nats at the start).
@@ -112,14 +108,21 @@ class TrainConfig(Settings):
 # the fit that won on cpu-tiny (docs/benchmarks.md): a short warmup, a held-out check every 2 steps,
 # and a stop after 3 checks without improvement; the operator keeps its best held-out point
 FIT_DEFAULTS = {"steps": 0, "lr": 3e-3, "warmup": 1, "weight_decay": 0.0, "eval_every": 2, "patience": 3}
+# what an operator fit takes from the training run it serves: the shape of its batches, its seed and its numerics
+FIT_INHERITS = ("seq_len", "batch_size", "seed", "mixed_precision")
 FIT_STEPS_API = 100  # Grower.fit() called without settings: the longest it runs (patience usually stops it sooner)
+
+
+def inherited(cfg: "TrainConfig") -> dict:
+    """The settings of ``cfg`` that a fit serving its run takes (:data:`FIT_INHERITS`)."""
+    return {key: getattr(cfg, key) for key in FIT_INHERITS}
 
 
 def fit_share(value, where: str = "fit") -> float | None:
     """The fit's length as a share of a training budget's FLOPs: a number in [0, 1); None for 0 or none (no fit)."""
     if value is None:
         return None
-    if not kind_ok(value, float) or not 0 <= value < 1:
+    if not type_ok(value, float) or not 0 <= value < 1:
         raise LigoError(f"{where}: fit share must be a number in [0, 1) (a share of the training budget's FLOPs, e.g. "
                         f"0.02; 0: no fit), got {value!r}")
     return value or None
@@ -129,11 +132,11 @@ def fit_config(values: dict, where: str = "fit") -> TrainConfig | None:
     """The operator fit's TrainConfig from user values over :data:`FIT_DEFAULTS`; None for 0 steps."""
     merged = {**FIT_DEFAULTS, **values}
     steps = merged["steps"]
-    if not kind_ok(steps, int) or steps < 0:
+    if not type_ok(steps, int) or steps < 0:
         raise LigoError(f"{where}: fit steps must be a non-negative integer, got {steps!r}")
     if steps == 0:
         return None
-    if kind_ok(merged["warmup"], int):
+    if type_ok(merged["warmup"], int):
         merged["warmup"] = min(merged["warmup"], steps)
     return TrainConfig.from_dict(merged, where=where)
 
@@ -150,7 +153,7 @@ class FitSpec:
     def __post_init__(self) -> None:
         self.share = fit_share(self.share)
         check_mapping(TrainConfig, {**FIT_DEFAULTS, **self.settings, "steps": 1}, "fit")  # (steps: checked below)
-        if not kind_ok(self.steps, int) or self.steps < 0:
+        if not type_ok(self.steps, int) or self.steps < 0:
             raise LigoError(f"fit: fit steps must be a non-negative integer, got {self.steps!r}")
         if not self.share and self.steps < 1:
             raise LigoError("fit: give the fit's steps (1 or more) or its share of the budget, got neither")
@@ -184,15 +187,12 @@ class GrowthPlan(Settings):
 
     WHERE = "growth plan"
 
-    width: Literal["auto", WidthInit] = setting(
-        "auto", "width init: split (lossless, symmetry-breaking), copy (Net2Net, lossless), random (the paper's), or "
-        "auto: random for a source ligo trained on under 200 tokens per parameter (where it measured best), "
-        "else split")
-    depth: Literal["auto", DepthInit, "map"] = setting(
-        "auto", "depth init: stack (the source's layers repeated in order), interleave (each layer repeated in "
-        "place), identity (new layers start as identities: with split or copy width, growth is lossless), map (the "
-        "depth map says), or auto: map with a depth map, else stack for a weakly trained source or random width, "
-        "else identity")
+    width: str = setting(
+        "auto", choices_help(WIDTH, "width init") + "; or auto: random for a source ligo trained on under 200 tokens "
+        "per parameter (where it measured best), else split", choices=lambda: ("auto", *WIDTH))
+    depth: str = setting(
+        "auto", choices_help(DEPTH, "depth init") + "; or auto: map with a depth map, else stack for a weakly "
+        "trained source or random width, else identity", choices=lambda: ("auto", *DEPTH))
     depth_map: Optional[str] = setting(
         None, "the source layer behind every target layer, comma-separated: an index, an inclusive range A-B, or new "
         "(an identity block: a copy of the layer before, or new:K of layer K, with its output projections zeroed); "
@@ -231,41 +231,12 @@ class GrowthPlan(Settings):
             if self.depth not in ("auto", "map"):
                 raise LigoError(f"growth plan: give --depth {self.depth} or --depth-map, not both (a depth map says "
                                 "what every target layer is)")
-        elif self.depth == "map":
-            raise LigoError("growth plan: depth map needs --depth-map (e.g. 0-23,8-31); or choose another --depth")
+        elif self.depth != "auto" and DEPTH[self.depth].needs_map:
+            raise LigoError(f"growth plan: depth {self.depth} needs --depth-map (e.g. 0-23,8-31); or choose another "
+                            "--depth")
 
 
 PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
-_DEPTH_ITEM = re.compile(r"(\d+)(?:-(\d+))?|new(?::(\d+))?")
-
-
-def depth_map_items(text: str) -> list[tuple]:
-    """A depth map's items in order: ``("layers", a, b)`` for the source layers a..b, ``("new", k)`` for an
-    identity block made from source layer k (None: from the layer before), ``("expand", k)`` for ``expand:K``
-    (it needs the source's depth). One clear error for bad syntax."""
-    text = text.strip()
-    example = "e.g. 0-23,8-31, or 0-3,new,4-7,new, or expand:4"
-    if text.startswith("expand:"):
-        k = text.removeprefix("expand:").strip()
-        if not k.isdigit() or int(k) < 1:
-            raise LigoError(f"depth map {text!r}: expand:K needs a whole number of layers K >= 1 ({example})")
-        return [("expand", int(k))]
-    items = []
-    for part in [p.strip() for p in text.split(",")]:
-        m = _DEPTH_ITEM.fullmatch(part)
-        if not part or m is None:
-            raise LigoError(f"depth map {text!r}: {part!r} is no layer, range or 'new' ({example})")
-        if part.startswith("new"):
-            items.append(("new", None if m.group(3) is None else int(m.group(3))))
-            continue
-        a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
-        if b < a:
-            raise LigoError(f"depth map {text!r}: the range {part} runs backwards; write it {b}-{a}, or list the "
-                            "layers one by one")
-        items.append(("layers", a, b))
-    return items
-
-
 @dataclass
 class DataConfig(Settings):
     """Where the training text comes from (see ``ligo.data``)."""
@@ -298,8 +269,9 @@ class GrowthStage(Settings):
 
     at: int = setting(0, "grow after this optimizer step (0: no mid-run growth)", low=0)
     target: dict = setting({}, "target sizes, as for ligo grow --target (a JSON object)")
-    width: WidthInit = setting("split", "width init of the stage's operator")
-    depth: DepthInit = setting("identity", "depth init of the stage's operator")
+    width: str = setting("split", "width init of the stage's operator", choices=lambda: tuple(WIDTH))
+    depth: str = setting("identity", "depth init of the stage's operator",
+                         choices=lambda: tuple(n for n, d in DEPTH.items() if not d.needs_map))
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are", low=0, high=0.99)
     optimizer_state: Literal["grow", "reset"] = setting(
         "grow", "AdamW state: grow it through the operator (moments and step counts kept), or reset it")

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-from .config import PLAN_KEYS, FitSpec, GrowthPlan, GrowthStage, TrainConfig
+from .config import FIT_INHERITS, PLAN_KEYS, FitSpec, GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
 from .settings import setting, validate
 from .tables import get_spec
@@ -39,7 +39,8 @@ class Method:
     lr_scale: float = 1.0  # a multiple of the LR the grown-model rule gives (an LR swept alike for every method)
 
     @property
-    def kind(self) -> str:
+    def role(self) -> str:
+        """What the method's row is: scratch (the reference), staged growth, or a grown start."""
         return "scratch" if self.name == "scratch" else "staged" if self.stage else "grown"
 
     def growth_plan(self, seed: int) -> GrowthPlan:
@@ -149,23 +150,26 @@ class Experiment:
         return self.changed(methods={k: v for k, v in self.raw["methods"].items() if k == "scratch" or k in names})
 
     # -- the settings of the runs ----------------------------------------------------------------
+    @property
+    def shared(self) -> dict:
+        """The settings every run of the experiment shares, fits included (:data:`ligo.config.FIT_INHERITS`)."""
+        values = {"seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
+                  "mixed_precision": self.mixed_precision}
+        return {k: values[k] for k in FIT_INHERITS if values[k] is not None}
+
     def train_config(self, section: dict, **extra) -> TrainConfig:
         """A TrainConfig: the experiment's shared settings, then ``section``, then ``extra``."""
-        base = {"seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
-                **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {})}
-        return TrainConfig.from_dict({**base, **section, **extra}, where=self.where)
+        return TrainConfig.from_dict({**self.shared, **section, **extra}, where=self.where)
 
     def fit_spec(self, method: Method, **extra):
         """The method's fit: the experiment's shared settings, its fit section, the method's mapping, ``extra``;
         its length a share of the budget, or its steps (1 by default); scored on the same held-out batches as
         training, so the curves join up."""
-        base = {"seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
-                **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {})}
         section = {k: v for k, v in (method.fit or {}).items() if k != "share"}
         section.setdefault("eval_batches", self.train.get("eval_batches", TrainConfig.eval_batches))
         section.setdefault("steps", 1)
         try:
-            return FitSpec({**base, **section, **extra}, (method.fit or {}).get("share"))
+            return FitSpec({**self.shared, **section, **extra}, (method.fit or {}).get("share"))
         except LigoError as exc:
             raise LigoError(f"{self.where}: method {method.name}: {exc}") from None
 
@@ -225,7 +229,7 @@ class Experiment:
             raise LigoError(f"{where}: lr_scale must be a positive number (a multiple of the LR the grown-model rule "
                             f"gives), on a method other than scratch and without train.lr, got {lr_scale!r}")
         method = Method(name, str(m.get("label", name)), plan, fit, train, stage, target, float(lr_scale))
-        if method.kind != "scratch":
+        if method.role != "scratch":
             self.train_config({**self.train, **train}, progress=False)
         if fit:
             self.fit_spec(method)
@@ -245,9 +249,9 @@ class Experiment:
         self.train_config(self.train, progress=False)
         for key in ("budgets", "lr_sweep", "noise_seeds"):
             values = getattr(self, key)
-            kind_ok = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if key == "noise_seeds" else \
+            type_ok = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if key == "noise_seeds" else \
                 (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-            if not isinstance(values, list) or not all(kind_ok(v) and v > 0 for v in values) or \
+            if not isinstance(values, list) or not all(type_ok(v) and v > 0 for v in values) or \
                     (key != "noise_seeds" and not values):
                 raise LigoError(f"{where}: {key} must be a list of positive numbers, got {values!r}")
         ev = self.eval
@@ -291,7 +295,7 @@ def _check_source_path(exp: "Experiment") -> None:
     if "vocab_size" in exp.raw:
         raise LigoError(f"{where}: vocab_size is the size of the tokenizer ligo trains for a source it trains; the "
                         f"pretrained source {path} brings its own tokenizer, so remove vocab_size")
-    staged = [m.name for m in exp.methods.values() if m.kind == "staged"]
+    staged = [m.name for m in exp.methods.values() if m.role == "staged"]
     if staged:
         raise LigoError(f"{where}: staged methods ({', '.join(staged)}) train their small model inside the budget, "
                         "so they need a source trained here (source: config and train), not a checkpoint path")

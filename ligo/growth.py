@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
 from .spaces import Dims
 from .checkpoint import Checkpoint, LazyWeights, check_tokenizer_fits, describe_checkpoint, load_checkpoint, \
-    load_tokenizer, parse_size, read_config
+    load_tokenizer, read_config
 from .config import FIT_STEPS_API, MAX_SHARD_SIZE, WEAK_SOURCE_TOKENS_PER_PARAM, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
 from .hf import build_config, known_config_keys, meta_model, model_class
@@ -23,7 +22,7 @@ from .fit import FitModule
 from .operator import GrowthOperator
 from .kinds import kinds_config
 from .launch import available_memory
-from .records import Recipe
+from .records import FitRecord, GrowthRecord, StartCheck, TrainingRecord, load_recipe
 
 
 def _size(n: int) -> str:
@@ -76,23 +75,29 @@ def held_out_loss(path: Path, blocks: torch.Tensor, objective: str, tokenizer=No
 
 
 @dataclass
+class Timings:
+    """Where a growth's time went, in seconds (materialize and save: once written)."""
+
+    load_s: float = 0.0
+    build_s: float = 0.0
+    materialize_s: float = 0.0
+    save_s: float = 0.0
+
+
+@dataclass
 class GrowResult:
-    """A grown model: where it was written (None: kept in memory), and what made it, typed."""
+    """A grown model: where it was written (None: kept in memory), its record (the recipe: plan, sizes, fit, start
+    check, why it is not lossless), and what the run of the grower itself measured."""
 
     out: Path | None
+    record: GrowthRecord
     operator: GrowthOperator
     target_config: dict
-    recipe: Recipe
     plan: GrowthPlan  # as resolved for this source
     source_dims: Dims
     target_dims: Dims
-    model_type: str
-    upcycled_from: str | None = None  # the dense model_type, when the source was upcycled into experts
-    fit: LoopResult | None = None
-    fit_info: dict | None = None  # the fit as the recipe records it
-    start_check: dict | None = None  # the start loss beside the source's (with --data)
-    gaps: list[str] = field(default_factory=list)  # why the plan does not keep the source's function
-    timings: dict = field(default_factory=dict)
+    fit: LoopResult | None = None  # the fit's own run (its curve), when it was fitted
+    timings: Timings = field(default_factory=Timings)
     tokenizer_files: list[str] = field(default_factory=list)
     left_out_layers: int = 0  # layers after the source's last that transformers does not load (MTP), not grown
 
@@ -136,8 +141,12 @@ class Grower:
         build_config(self.target_config)  # transformers' own checks of the target, before any work
         self._check_memory()
         t1 = time.perf_counter()
-        recipe = Recipe.load(self.source.path)  # what ligo knows of the source's training (nothing: from elsewhere)
-        self.source_tokens = recipe.trained_tokens() if recipe is not None else None
+        known = load_recipe(self.source.path)  # what ligo knows of the source's making (nothing: from elsewhere)
+        trained = known if isinstance(known, TrainingRecord) else None
+        self.source_tokens = trained.trained_tokens() if trained is not None else None
+        # what the source cost, where ligo made it from scratch or from a model whose cost it knows: all of it
+        unknown = trained is None or (trained.model is not None and trained.ledger.source_flops is None)
+        self.source_flops = None if unknown else (trained.ledger.source_flops or 0.0) + trained.ledger.spent
         tied = set(self.spec.tied) if self.source.dims.tie else set()
         # layers after the last that the layout leaves out (multi-token prediction: transformers does not load them)
         self.left_out_layers = len({i for k in self.source.state if k not in self.source.layout
@@ -154,20 +163,21 @@ class Grower:
         # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
                                        self.source.state, plan, compact=self.stream,
-                                       router_std=float(self.target_config.get("initializer_range") or 0.02))
+                                       router_std=float(self.target_config.get("initializer_range") or 0.02),
+                                       depth=self.depth)
         if not self.stream:
             self.operator.to(self.device)
         self.plan = self.operator.plan
-        self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims) + \
+        self.gaps = lossless_gaps(self.spec, self.plan, self.source.dims, self.target_dims, self.depth) + \
             (self.source.wrapper.gaps(self.depth.sources, self.depth.zero) if self.source.wrapper is not None else [])
         if loaded_here and not self.stream:  # the operator holds what it needs (layers stacked): no second copy
             self.source.state = {}
         self.fit_result: LoopResult | None = None
-        self.fit_info: dict = {}
-        self.start_check: dict | None = None
+        self.fit_record: FitRecord | None = None
+        self.start_check: StartCheck | None = None
         self._tokenizer = tokenizer
         self.tokenizer_files: list[str] = []
-        self.timings = {"load_s": t1 - t0, "build_s": time.perf_counter() - t1}
+        self.timings = Timings(load_s=t1 - t0, build_s=time.perf_counter() - t1)
 
     def _follow_depth(self, target: dict) -> None:
         """Per-layer config lists follow the depth plan (unless the target sets them), and so do the layers' kinds
@@ -308,12 +318,12 @@ class Grower:
             self.operator.load_state_dict(best["maps"])
         from .modelcard import data_name
 
-        self.fit_info = {"data": data_name(data), "config": cfg.to_dict(),  # None: the default corpus
-                         "steps": self.fit_result.steps, "status": self.fit_result.status,
-                         "flops": self.fit_result.flops, "flops_per_step": per_step, "build_flops": build,
-                         "start_val_loss": self.fit_result.evals[0]["val_loss"], "best_step": best.get("step"),
-                         "final_val_loss": best.get("val", self.fit_result.final_val),
-                         "wall_s": time.perf_counter() - t0, "loop_wall_s": self.fit_result.wall}
+        self.fit_record = FitRecord(data=data_name(data), config=cfg.to_dict(),  # None: the default corpus
+                                    steps=self.fit_result.steps, status=self.fit_result.status,
+                                    flops=self.fit_result.flops, flops_per_step=per_step, build_flops=build,
+                                    start_val_loss=self.fit_result.evals[0]["val_loss"], best_step=best.get("step"),
+                                    final_val_loss=best.get("val", self.fit_result.final_val),
+                                    wall_s=time.perf_counter() - t0, loop_wall_s=self.fit_result.wall)
         return self.fit_result
 
     # -- output -----------------------------------------------------------------------------------
@@ -322,28 +332,28 @@ class Grower:
         grown = self.operator.materialize(dtype or self.dtype, device=device)
         return self.source.wrapper.outer_weights(grown) if self.source.wrapper is not None else grown
 
-    def recipe(self) -> dict:
+    def record(self) -> GrowthRecord:
+        """The grown model's recipe, as far as the growth has gone (its fit and start check once made)."""
         from dataclasses import asdict
 
         from .modelcard import model_name
 
-        return {"ligo_version": __version__, "source": model_name(self.source.path, self.source.config),
-                "model_type": self.spec.model_type, "upcycled_from": self.upcycled_from,
-                "objective": self.spec.objective, "has_head": self.has_head,
-                "source_dims": asdict(self.source.dims), "target_dims": asdict(self.target_dims),
-                "plan": self.plan.to_dict(), "source_tokens": self.source_tokens,
-                "lossless": not self.gaps, "not_lossless_because": self.gaps,
-                "operator_parameters": self.operator.num_parameters(),
-                "fit": self.fit_info or None, "start_check": self.start_check,
-                "new_layers": self.depth.new_layers, "pretrained": self.source_pretrained,
-                "vision_language": self.source.wrapper.model_type if self.source.wrapper is not None else None}
+        return GrowthRecord(
+            source=model_name(self.source.path, self.source.config), model_type=self.spec.model_type,
+            upcycled_from=self.upcycled_from, objective=self.spec.objective, has_head=self.has_head,
+            table=self.spec.source, source_dims=asdict(self.source.dims), target_dims=asdict(self.target_dims),
+            plan=self.plan.to_dict(), source_tokens=self.source_tokens, source_flops=self.source_flops,
+            lossless=not self.gaps, not_lossless_because=list(self.gaps),
+            operator_parameters=self.operator.num_parameters(), fit=self.fit_record, start_check=self.start_check,
+            new_layers=self.depth.new_layers, pretrained=self.source_pretrained,
+            vision_language=self.source.wrapper.model_type if self.source.wrapper is not None else None)
 
     def result(self, out: Path | None) -> GrowResult:
         """What this grower made (written into ``out``, or not written)."""
-        return GrowResult(out, self.operator, self.target_config, Recipe(self.recipe()), self.plan, self.source.dims,
-                          self.target_dims, self.spec.model_type, self.upcycled_from, self.fit_result,
-                          self.fit_info or None, self.start_check, list(self.gaps), self.timings, self.tokenizer_files,
-                          self.left_out_layers)
+        return GrowResult(out=out, record=self.record(), operator=self.operator, target_config=self.target_config,
+                          plan=self.plan, source_dims=self.source.dims, target_dims=self.target_dims,
+                          fit=self.fit_result, timings=self.timings, tokenizer_files=self.tokenizer_files,
+                          left_out_layers=self.left_out_layers)
 
     def hf_config(self):
         wrapper = self.source.wrapper  # (a vision-language checkpoint's config holds the grown text config)
@@ -357,38 +367,36 @@ class Grower:
         """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card.
         ``check``: held-out token blocks on which the grown model's start loss is measured beside the
         source's before the output is committed (recorded in the recipe as ``start_check``)."""
-        from .outputs import check_output
         from .writer import save_weights, save_weights_streaming, write_model
 
-        parse_size(max_shard_size)  # a bad size fails before the work, not after
-        check_output(out, overwrite=overwrite, inputs=[self.source.path])
         if self.stream:
             self._check_disk(Path(out))
         t0, grown = time.perf_counter(), []
-        held = [] if self.stream else [self.materialize()]  # popped once written: no copy stays while the check runs
 
-        def weights(folder: Path) -> None:
+        def weights(folder: Path) -> None:  # (write_model checks the output and the shard size first)
             if self.stream:  # each target tensor from the source tensors it needs, each shard written when full
                 shapes = {key: torch.empty(shape, dtype=self.dtype, device="meta")
                           for key, shape in self.operator.target_shapes().items()}
                 save_weights_streaming(self.operator.stream(LazyWeights(self.source.path), self.dtype), shapes,
                                        folder, max_shard_size)
-            else:
+            else:  # gathered in memory, then written (no copy stays while the start check runs)
+                state = self.materialize()
                 grown.append(time.perf_counter())
-                save_weights(held.pop(), folder, max_shard_size)
+                save_weights(state, folder, max_shard_size)
+                del state
             grown.append(time.perf_counter())
 
-        def recipe(folder: Path) -> Recipe:
+        def recipe(folder: Path) -> GrowthRecord:
             if check is not None:
                 src, loss = (held_out_loss(p, check, self.spec.objective, self._tokenizer)
                              for p in (self.source.path, folder))
-                self.start_check = {"tokens": int(check.numel()), "source_loss": src, "grown_loss": loss,
-                                    "gap": loss - src}
-            return Recipe(self.recipe())
+                self.start_check = StartCheck(tokens=int(check.numel()), source_loss=src, grown_loss=loss,
+                                              gap=loss - src)
+            return self.record()
 
         self.tokenizer_files = write_model(out, weights=weights, config=self.hf_config(), tokenizer=self.source.path,
                                            recipe=recipe, overwrite=overwrite, inputs=[self.source.path],
                                            max_shard_size=max_shard_size)
         t1 = grown[0] if not self.stream else grown[-1]  # in memory: grown before the writing; streaming: written
-        self.timings.update(materialize_s=t1 - t0, save_s=time.perf_counter() - t1)
+        self.timings.materialize_s, self.timings.save_s = t1 - t0, time.perf_counter() - t1
         return Path(out)

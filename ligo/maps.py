@@ -1,12 +1,8 @@
-"""The initial values of the growth operator's maps, as pure functions, and what a plan keeps.
-
-Width maps are given per map token (a space's write or read side) as a *selection*, (source unit,
-coefficient) for each target unit, wherever every row has one entry (copy, split, and random with no new
-units), or as a dense matrix (target units x source units: the paper's random mixtures); the operator keeps
-a selection as one where it can (see :class:`ligo.operator.GrowthOperator`). Depth maps are given as the
-source layer behind each target layer, and whether it is a repeat (a new layer). The module docstring of
-:mod:`ligo.operator` has the maths; :func:`lossless_gaps` says, in words, where a plan does not keep the
-source's function.
+"""What a growth plan keeps and what the operator can produce: the shapes it refuses (:func:`check_growth`), the
+depth plan as the operator uses it (:class:`Depth`, :func:`depth_plan`, from a registered depth init of
+:mod:`ligo.plans`), the scales that make copies exact (:func:`residual_scales`, :func:`expert_scale`), and, in
+words, where a plan does not keep the source's function (:func:`lossless_gaps`). The ways the maps start are the
+registered plans of :mod:`ligo.plans`; the maths is in :mod:`ligo.operator`'s docstring.
 """
 
 from __future__ import annotations
@@ -16,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from .arch import ArchSpec
-from .spaces import GROUPED_BY, PACKED_GROUPS, SPACE_OF, WRITE_TOKENS, Dims
-from .config import DEPTH_INITS, WIDTH_INITS, GrowthPlan, depth_map_items
+from .config import GrowthPlan
+from .spaces import PACKED_GROUPS, Dims
+from .plans import depth_init, unit_selection, width_init
 from .errors import LigoError
 
 
@@ -93,28 +90,23 @@ class Depth:
 
 
 def depth_plan(method: str, l1: int, l2: int | None = None, depth_map: str | None = None) -> Depth:
-    """The depth plan of a method (stack, interleave, identity) for ``l1`` -> ``l2`` layers, or of a depth map
-    (``method`` "map"; its length gives the target's layers)."""
-    if method == "map":
-        src, zero = _mapped(depth_map or "", l1)
-    elif method == "stack":
-        src, zero = [i % l1 for i in range(l2)], None
-    elif method in ("interleave", "identity"):
-        src, zero = [i * l1 // l2 for i in range(l2)], None
-    else:
-        raise LigoError(f"unknown depth method {method!r}; choose one of {', '.join(DEPTH_INITS)} or map")
+    """The depth plan of a registered depth init (:data:`ligo.plans.DEPTH`) for ``l1`` -> ``l2`` layers, or of a
+    depth map (``method`` "map"; its length gives the target's layers)."""
+    init = depth_init(method)
+    src, zero = init.layout(l1, l2, depth_map)
     seen: set[int] = set()
     repeat = []
     for j in src:
         repeat.append(j in seen)
         seen.add(j)
-    zero = zero if zero is not None else repeat if method == "identity" else [False] * len(src)
+    zero = zero if zero is not None else repeat if init.repeats_are_identity else [False] * len(src)
     return Depth(src, repeat, zero)
 
 
-def checked_depth(plan, src: Dims, tgt: Dims) -> Depth:
-    """The plan's depth plan for ``src`` -> ``tgt``, checked against the target's layers and layer kinds."""
-    depth = depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
+def checked_depth(plan, src: Dims, tgt: Dims, depth: Depth | None = None) -> Depth:
+    """The plan's depth plan for ``src`` -> ``tgt`` (``depth``: already built), checked against the target's layers
+    and layer kinds."""
+    depth = depth or depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
     if len(depth.sources) != tgt.layers:
         raise LigoError(f"the depth map gives {len(depth.sources)} layers but the target has {tgt.layers}; "
                         "leave the layers out of the target (the map says them), or make them agree")
@@ -125,75 +117,25 @@ def checked_depth(plan, src: Dims, tgt: Dims) -> Depth:
     return depth
 
 
-def _mapped(text: str, l1: int) -> tuple[list[int], list[bool]]:
-    """A depth map's source layer and identity-block flag per target layer, checked against ``l1`` source layers."""
-    items = depth_map_items(text)
-    if items and items[0][0] == "expand":
-        k = items[0][1]
-        items = [x for start in range(0, l1, k) for x in ([("layers", start, min(start + k, l1) - 1)] +
-                                                          ([("new", None)] if start + k <= l1 else []))]
-    src, zero = [], []
-    for item in items:
-        last = item[2] if item[0] == "layers" else item[1] if item[1] is not None else None
-        if last is not None and last >= l1:
-            raise LigoError(f"depth map {text!r}: layer {last} is out of range; the source has {l1} layers "
-                            f"(0-{l1 - 1})")
-        if item[0] == "new":  # an identity block: of layer k, else of the layer before (the first, at the start)
-            src.append(item[1] if item[1] is not None else src[-1] if src else 0)
-            zero.append(True)
-            continue
-        src += list(range(item[1], item[2] + 1))
-        zero += [False] * (item[2] - item[1] + 1)
-    if not src:
-        raise LigoError(f"depth map {text!r} is empty; give the source layer behind every target layer")
-    return src, zero
-
-
-def unit_selection(token: str, src: Dims, tgt: Dims) -> torch.Tensor:
-    """The source unit each target unit copies: units are neurons, or whole heads for attention."""
-    space = SPACE_OF[token].name
-    group = GROUPED_BY.get(space)
-    if group is None:
-        n1, _ = src.units(token)
-        n2, _ = tgt.units(token)
-        return torch.arange(n2) % n1
-    # Keep the grouping (GQA; a linear-attention key head serving value heads): a target head copies a source
-    # head of the group its group's head copies; successive copies of a group cycle through that group's heads.
-    (n1, k1), (n2, k2) = (getattr(src, space), getattr(src, group)), (getattr(tgt, space), getattr(tgt, group))
-    kv = torch.arange(k2) % k1
-    g1, g2 = n1 // k1, n2 // k2
-    used = [0] * k1
-    sel = []
-    for j in range(k2):
-        k = int(kv[j])
-        for _ in range(g2):
-            sel.append(k * g1 + used[k] % g1)
-            used[k] += 1
-    if min(used) < g1:
-        what, of = ("query heads", "kv heads") if space == "heads" else ("value heads", "key heads")
-        raise LigoError(f"{what} per group shrink from {g1} to {g2} with {of} {k1}->{k2}: some source heads would "
-                        f"be dropped; grow the {of} by an integer factor or use --width random")
-    return torch.tensor(sel)
-
-
 def residual_scales(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> torch.Tensor | None:
     """Each residual unit's ``alpha`` when the stream grows by scaled copies (see the module docstring): a
     lossless width init, an RMSNorm family and a hidden size that is no integer multiple of the source's.
     None otherwise."""
-    if plan.width not in ("copy", "split") or spec.norms["type"] != "rms" or tgt.hidden % src.hidden == 0:
+    if not width_init(plan.width).copies or spec.norms["type"] != "rms" or tgt.hidden % src.hidden == 0:
         return None
     sel = unit_selection("res", src, tgt)
     copies = torch.bincount(sel, minlength=src.hidden).double()
     return (tgt.hidden / src.hidden / copies[sel]).sqrt()
 
 
-def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
-    """Why growing ``src`` into ``tgt`` with ``plan`` (resolved) does not keep the source's function
-    exactly, one sentence a reason; empty when it does (fp32 rounding aside)."""
-    gaps = []
-    if plan.width == "random":
-        gaps.append("random-mixture width (the paper's init) does not keep the function; use --width split")
-    depth = depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
+def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims, depth: Depth | None = None) -> list[str]:
+    """Why growing ``src`` into ``tgt`` with ``plan`` (resolved; ``depth``: its depth plan, already built) does not
+    keep the source's function exactly, one sentence a reason; empty when it does (fp32 rounding aside)."""
+    gaps, init = [], width_init(plan.width)
+    if not init.lossless:
+        gaps.append(f"the {plan.width} width init ({init.help.split(';')[0]}) does not keep the function; use --width "
+                    "split")
+    depth = depth or depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
     if not depth.keeps_function(src.layers):
         what = "the depth map" if plan.depth == "map" else f"{plan.depth} depth"
         gaps.append(f"{what} repeats (or reorders) trained layers, which changes the function; use --depth identity, "
@@ -201,20 +143,20 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> lis
     if any(depth.zero) and spec.norms.get("stream") == "post":
         gaps.append(f"{spec.model_type} normalizes the residual stream after each layer (post-LN), so a new layer "
                     "whose output is zero is not an identity: only growth without new layers is lossless")
-    if plan.width in ("copy", "split") and tgt.hidden % src.hidden and spec.norms["type"] == "layer":
+    if init.copies and tgt.hidden % src.hidden and spec.norms["type"] == "layer":
         gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
                     f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
     gaps += expert_gaps(plan, src, tgt)
     for name, what in (("q_lora", "query"), ("kv_lora", "key-value")):
-        if plan.width in ("copy", "split") and getattr(src, name) and getattr(tgt, name) % getattr(src, name):
+        if init.copies and getattr(src, name) and getattr(tgt, name) % getattr(src, name):
             gaps.append(f"the {what} latent's RMSNorm normalizes the latent as a whole, whose statistic changes when "
                         f"it grows by a non-integer factor ({getattr(src, name)} -> {getattr(tgt, name)}); grow "
                         f"{spec.config_key(name)} by an integer factor")
-    if plan.width in ("copy", "split") and src.mamba_heads and tgt.mamba_heads % src.mamba_heads:
+    if init.copies and src.mamba_heads and tgt.mamba_heads % src.mamba_heads:
         gaps.append(f"the Mamba layers' gated norm normalizes each group of heads together, whose statistic changes "
                     f"when heads grow by a non-integer factor ({src.mamba_heads} -> {tgt.mamba_heads}, with the hidden "
                     "size); grow the hidden size by an integer factor")
-    if plan.width in ("copy", "split"):
+    if init.copies:
         names = {e: t for e in spec.norms["gains"] for t in ("q", "k")
                  if any(t in axis for entry in spec.entries if entry.name == e for axis in entry.axes)}
         for name, tok in sorted(names.items()):
@@ -238,7 +180,8 @@ def expert_gaps(plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
         if tgt.experts > src.experts and src.expert_groups > 1:
             gaps.append(f"experts are chosen within {src.expert_groups} groups, whose scores change when experts are "
                         "copied into them; only growth without new experts keeps the routing")
-        if tgt.experts > src.experts and plan.width == "split" and not (src.experts == 1 and tgt.router_normalized):
+        if tgt.experts > src.experts and width_init(plan.width).breaks_symmetry and \
+                not (src.experts == 1 and tgt.router_normalized):
             gaps.append("split experts start from a router with noise added, whose top-k weights keep the source's "
                         "function only when a dense model is upcycled with a renormalized router; use --width copy")
     return gaps
@@ -257,46 +200,6 @@ def expert_scale(src: Dims, tgt: Dims) -> float:
     if src.experts > 1 and tgt.experts > src.experts and tgt.router_sigmoid and not tgt.router_normalized:
         return src.experts / tgt.experts  # each copy keeps its source's own sigmoid weight: the copies share it
     return 1.0
-
-
-def random_rows(n: int, n1: int, gen: torch.Generator) -> torch.Tensor:
-    rows = torch.rand(n, n1, generator=gen, dtype=torch.float64)
-    return rows / rows.sum(1, keepdim=True)
-
-
-def width_selection(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
-                    split_noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The initial width map of one map token as a selection, (source unit, coefficient) for each target
-    unit, when every row has one entry (copy, split, and random with no new units); None when the map is
-    dense (random mixtures). Draws the same random numbers as :func:`width_init`."""
-    n1, _ = src.units(token)
-    n2, _ = tgt.units(token)
-    if method == "random":
-        return (torch.arange(n1), torch.ones(n1)) if n2 == n1 else None
-    if method not in ("copy", "split"):
-        raise LigoError(f"unknown width method {method!r}; choose one of {', '.join(WIDTH_INITS)}")
-    sel = unit_selection(token, src, tgt)
-    if token in WRITE_TOKENS:
-        coef = torch.ones(n2, dtype=torch.float64)
-    else:
-        if method == "copy":
-            share = torch.ones(n2, dtype=torch.float64)
-        else:  # unequal shares break the symmetry between copies
-            share = 1 + split_noise * (2 * torch.rand(n2, generator=gen, dtype=torch.float64) - 1)
-        total = torch.zeros(n1, dtype=torch.float64).index_add_(0, sel, share)
-        coef = share / total[sel]
-    return sel, coef.float()  # the coefficients computed in float64, rounded once
-
-
-def width_init(method: str, token: str, src: Dims, tgt: Dims, gen: torch.Generator,
-               split_noise: float = 0.5) -> torch.Tensor:
-    """Initial width map (target units x source units) of one map token, in float32."""
-    n1, _ = src.units(token)
-    n2, _ = tgt.units(token)
-    selection = width_selection(method, token, src, tgt, gen, split_noise)
-    if selection is None:  # the paper's init: old units kept, new units random convex mixtures of old ones
-        return torch.cat([torch.eye(n1), random_rows(n2 - n1, n1, gen).float()])
-    return dense(*selection, n1)
 
 
 def dense(index: torch.Tensor, coef: torch.Tensor, n1: int) -> torch.Tensor:

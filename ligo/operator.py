@@ -1,4 +1,4 @@
-"""The learned linear growth operator (LiGO): all of the maths lives here.
+"""The learned linear growth operator (LiGO): its maths (this docstring) and the maps as it holds them.
 
 The target's weights are a linear function of the source's. A layer weight of module ``m`` in
 target layer ``i`` is
@@ -30,7 +30,8 @@ function-preserving start exists. The fixed growth methods are initial values of
   repeated in place) and ``identity`` (as interleave, but the repeats' residual-writing modules are
   zero, so new layers start as identities in pre-norm models).
 
-The parts, one concern each: the initial values of the maps are pure functions in :mod:`ligo.maps`; this
+The parts, one concern each: the ways the maps start are registered definitions in :mod:`ligo.plans`; what a plan
+keeps of the source's function, and the shapes the operator can produce, are in :mod:`ligo.maps`; this
 class holds the maps (as parameters, or as selections alone when it is only materialized) and the source
 weights as it reads them (its layout: the weights outside the layers, each layer entry stacked over the
 source layers); :mod:`ligo.apply` applies the maps; :func:`ligo.flops.build_flops` counts their cost. The plan
@@ -49,8 +50,8 @@ from .spaces import GROWN, LAYER_TOKENS, MAP_OF, READ_PARTNER, SPACE_OF, WRITE_T
 from .apply import grown, pieces
 from .config import GrowthPlan
 from .errors import LigoError
-from .maps import check_growth, checked_depth, dense, expert_scale, random_rows, residual_scales, unit_selection, \
-    width_init, width_selection
+from .maps import Depth, check_growth, checked_depth, dense, expert_scale, residual_scales
+from .plans import WIDTH, random_rows, unit_selection, width_init
 
 
 ROUTER_NOISE = 0.05  # split experts of a trained router: noise of this fraction of its weights' RMS
@@ -65,17 +66,18 @@ class GrowthOperator(nn.Module):
     """Learnable depth and width maps from a frozen source state dict to a target state dict."""
 
     def __init__(self, spec: ArchSpec, src_dims: Dims, tgt_dims: Dims, layout: dict, src_state: dict,
-                 plan: GrowthPlan, compact: bool = False, router_std: float = 0.02):
+                 plan: GrowthPlan, compact: bool = False, router_std: float = 0.02, depth: Depth | None = None):
         """``plan``: a concrete plan (its ``auto`` fields resolved by the caller, :meth:`GrowthPlan.resolved`).
         ``compact``: the operator will only be materialized, never fitted (streaming growth): each width
         map that is a selection keeps only its (unit, coefficient) form, not its dense matrix.
         ``router_std``: the scale of the noise a symmetry-breaking plan adds to the router of copied experts
-        (the target config's ``initializer_range``: what a router trained from scratch starts from)."""
+        (the target config's ``initializer_range``: what a router trained from scratch starts from).
+        ``depth``: the plan's depth plan, when the caller built it (:func:`ligo.maps.depth_plan`)."""
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
         if plan.width == "auto" or plan.depth == "auto":
             raise LigoError("internal error: the operator needs a concrete plan; resolve auto first (GrowthPlan.resolved)")
-        self.plan = plan
+        self.plan, self.init = plan, width_init(plan.width)
         check_growth(spec, src_dims, tgt_dims)
         tokens = self._collect(layout)
         # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast to float32
@@ -83,7 +85,7 @@ class GrowthOperator(nn.Module):
         for (kind, key), src in self.stacked(src_state).items():
             self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
         self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
-        depth = checked_depth(plan, src_dims, tgt_dims)
+        depth = checked_depth(plan, src_dims, tgt_dims, depth)
         self.width = nn.ParameterDict()
         # Width maps kept as selections: ``compact`` holds the maps whose only storage is their selection
         # (streaming: their parameter is empty), ``_selections`` caches the selection form of dense maps
@@ -141,19 +143,21 @@ class GrowthOperator(nn.Module):
 
     def _layer_groups(self, zero: list[bool]) -> list[bool]:
         """Layer spaces (FFN, heads) have one map per *group* of target layers: one group by default, one
-        per layer with per_layer, and with the split init a second group for the new identity blocks (identity
-        depth, or ``new`` in a depth map), whose copies would otherwise stay identical (their outputs start at
-        zero, so their units may start as random mixtures instead of copies without changing the function).
+        per layer with per_layer, and with an init that names a ``fresh_write`` (split) a second group for the new
+        identity blocks (identity depth, or ``new`` in a depth map), whose copies would otherwise stay identical
+        (their outputs start at zero, so their units may start as random mixtures instead of copies without changing
+        the function).
         Returns, per group, whether it is such a group of fresh layers."""
         plan, layers = self.plan, self.tgt.layers
-        fresh_group = plan.width == "split" and any(zero)
+        fresh_group = self.init.fresh_write is not None and any(zero)
         groups = list(range(layers)) if plan.per_layer else [int(z) for z in zero] if fresh_group else [0] * layers
         self.register_buffer("layer_group", torch.tensor(groups), persistent=False)
         return [fresh_group and any(z for z, g in zip(zero, groups) if g == k) for k in range(max(groups) + 1)]
 
     def _init_width(self, tokens: set[str], fresh: list[bool], compact: bool) -> None:
-        """One width map per grown space, write maps first (a random read map copies its write map, as the
-        paper ties them); a selection is kept as one, without its dense matrix, when the operator is compact."""
+        """One width map per grown space, write maps first (an init with ``tied_read`` starts a read map as its write
+        map, as the paper ties them); a selection is kept as one, without its dense matrix, when the operator is
+        compact. The layer groups of fresh identity layers start their write maps by the init's ``fresh_write``."""
         plan, src_dims, tgt_dims = self.plan, self.src, self.tgt
         gen = torch.Generator().manual_seed(plan.seed)
         experts: dict = {}
@@ -162,17 +166,15 @@ class GrowthOperator(nn.Module):
                 self._install_map(tok, self._expert_parts(tok, fresh, gen, experts), compact)
                 continue
             partner = next((_param_name(w) for w in SPACE_OF[tok].write if _param_name(w) in self.width), None)
-            if plan.width == "random" and tok in READ_PARTNER and partner in self.compact:
+            if self.init.tied_read and tok in READ_PARTNER and partner in self.compact:
                 self._hold_compact(_param_name(tok), self.compact[partner])
                 continue
-            if plan.width == "random" and tok in READ_PARTNER and partner is not None:
+            if self.init.tied_read and tok in READ_PARTNER and partner is not None:
                 self.width[_param_name(tok)] = nn.Parameter(self.width[partner].detach().clone())
                 continue
-            inits = ["random" if new and tok in WRITE_TOKENS else plan.width for new in fresh] \
-                if tok in LAYER_TOKENS else [plan.width]
-            parts = [width_selection(init, tok, src_dims, tgt_dims, gen, plan.split_noise) or
-                     width_init(init, tok, src_dims, tgt_dims, gen, plan.split_noise) for init in inits]
-            self._install_map(tok, parts, compact)
+            inits = [WIDTH[self.init.fresh_write] if new and tok in WRITE_TOKENS else self.init for new in fresh] \
+                if tok in LAYER_TOKENS else [self.init]
+            self._install_map(tok, [init.start(tok, src_dims, tgt_dims, gen, plan) for init in inits], compact)
 
     def _install_map(self, tok: str, parts: list, compact: bool) -> None:
         """One width map from its initial value per layer group (a selection or a dense matrix): kept as a
@@ -194,7 +196,7 @@ class GrowthOperator(nn.Module):
         n1, n2 = self.src.experts, self.tgt.experts
         if "parts" not in drawn:
             drawn["parts"] = [torch.cat([torch.eye(n1), random_rows(n2 - n1, n1, gen).float()])
-                              if (new or self.plan.width == "random") and n2 > n1
+                              if (new or self.init.mixes_new) and n2 > n1
                               else (torch.arange(n2) % n1, torch.ones(n2)) for new in fresh]
         scale = expert_scale(self.src, self.tgt) if tok == "exp.out" else 1.0
         return [(p[0], p[1] * scale) if isinstance(p, tuple) else p * scale for p in drawn["parts"]]
@@ -208,8 +210,7 @@ class GrowthOperator(nn.Module):
         self.noise: set[str] = set()
         self._noise_std: dict[str, float | None] = {}
         src, tgt = self.src, self.tgt
-        if tgt.experts <= src.experts or not (self.plan.width == "split" or (self.plan.width == "random" and
-                                                                              src.experts == 1)):
+        if tgt.experts <= src.experts or not (self.init.breaks_symmetry or (self.init.mixes_new and src.experts == 1)):
             return
         gen = torch.Generator().manual_seed(self.plan.seed + 1)
         for e in self.layer_entries:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,17 +25,18 @@ from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
 from .launch import check_batch, is_main_process, process_state
 from .outputs import RunOutput
-from .records import Ledger, Recipe
+from .records import GrowthRecord, load_recipe
 from .rundir import latest_checkpoint
-from .tables import UnsupportedType
 from .training import Model, Start, TrainResult, train_in
+
+JOB_FILE = "job.json"  # grow-train's settings as run, beside OUT/grown and OUT/trained
 
 @dataclass
 class GrowTrainResult:
     out: Path
     grown: Path
     trained: TrainResult
-    fit: dict | None = field(default=None)
+    growth: GrowthRecord  # the grown model's recipe (its fit, if any)
 
 
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
@@ -51,7 +52,7 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
     in memory first (the same bytes on disk). ``arch``: the table for a model_type ligo has none for. ``dtype``:
     the grown weights' dtype (default: the source's).
     With ``data``, the grown model's loss on ``check_blocks`` held-out blocks of it is measured beside the
-    source's before the output is committed (``recipe["start_check"]``; 0: no check), in blocks of
+    source's before the output is committed (its record's ``start_check``; 0: no check), in blocks of
     ``check_seq_len`` tokens (default: the fit's, else 128, within the model's positions). ``inputs``: other files
     the caller read (a target file, a recipe), which the output must not be or hold.
     """
@@ -70,13 +71,8 @@ def grow(source: str | Path, target: dict | str | Path, out: str | Path | None =
         parse_size(max_shard_size)
         check_output(out, overwrite=overwrite, inputs=[source, data.data, *_paths(target), *inputs])
     # without a fit the operator streams on the CPU: the source is read tensor by tensor, shards written as they fill
-    try:
-        grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None,
-                        arch=arch, dtype=dtype)
-    except UnsupportedType as exc:  # no table: say which one reproduces it, checked, or why none does
-        from .suggest import refusal
-
-        raise refusal(exc) from None
+    grower = Grower(source, target, plan, device=device, stream=stream and fit is None and out is not None,
+                    arch=arch, dtype=dtype)
     if fit is not None:
         grower.fit(data, fit)
     check = None
@@ -101,14 +97,15 @@ def _paths(target) -> list:
 
 def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, plan: GrowthPlan | None,
                    train_cfg: TrainConfig, fit: FitSpec | None = None, *, data: DataConfig | None = None,
-                   start: Start, resume: bool = False, device: str | None = None) -> tuple[TrainResult, dict]:
+                   start: Start, resume: bool = False, device: str | None = None
+                   ) -> tuple[TrainResult, GrowthRecord]:
     """The one grow -> fit -> train path, for ``ligo grow-train`` and every grown method of ``ligo bench``.
 
     Grows ``source`` (fitting the operator when ``fit`` is given) into ``job/grown``, unless a finished
     grown model is already there, then trains it into ``job/trained``. ``train_cfg.steps`` is the whole
     budget: the fit's FLOPs come out of it, so the training run gets the steps left (the fair protocol of
     the benchmarks). ``start`` carries what the caller holds (tokenizer, blocks, a loaded source in
-    ``start.prior`` is not used). Returns the training result and the grown model's recipe.
+    ``start.prior`` is not used). Returns the training result and the grown model's record.
     """
     import shutil
 
@@ -116,8 +113,8 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
     from .hf import meta_model
 
     grown, trained = job / "grown", job / "trained"
-    recipe = Recipe.load(grown) if (grown / "config.json").exists() else None
-    if recipe is not None:  # grown (and fitted) before a stop
+    record = load_recipe(grown) if (grown / "config.json").exists() else None
+    if isinstance(record, GrowthRecord):  # grown (and fitted) before a stop
         model = Model.of(grown, None)
     else:
         grower = Grower(source, target, plan, device=device, tokenizer=start.tokenizer)
@@ -128,9 +125,9 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
         with process_state().main_process_first():  # the grown model is written once, by the first process
             if not (grown / "config.json").exists():
                 grower.save(grown, overwrite=True)
-        recipe = Recipe(grower.recipe())
-        model = Model(grown, read_config(grown), grower.spec, grower.target_dims)  # as the grower knows it
-    fit_flops = (recipe.fit or {}).get("flops", 0.0)
+        record = grower.record()
+        model = Model(grown, read_config(grown), grower.spec, grower.target_dims, record)  # as the grower knows it
+    fit_flops = record.fit.flops if record.fit else 0.0
     steps = train_cfg.steps
     if fit_flops:
         per_step = step_flops(meta_model(model.spec.objective, model.config), model.dims, train_cfg)
@@ -142,23 +139,23 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
     if not resume and is_main_process():
         shutil.rmtree(trained, ignore_errors=True)  # what a stop before the first checkpoint left
     result = train_in(trained, model, DataConfig.of(data), train_cfg.replace(steps=steps),
-                      replace(start, prior=Ledger(fit_flops=fit_flops), source_card=recipe.fields), resume=resume)
-    growth = recipe.fields
-    return result, growth
+                      replace(start, prior=record.carried_ledger()), resume=resume)
+    return result, record
 
 
 def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *, plan: GrowthPlan | None = None,
                fit: FitSpec | None = None, train_cfg: TrainConfig, data: DataConfig | str | Path | None = None,
-               resume: bool = False, overwrite: bool = False, recipe: dict | None = None,
+               resume: bool = False, overwrite: bool = False, job: dict | None = None,
                device: str | None = None, inputs=()) -> GrowTrainResult:
-    """Grow (and fit), then train the grown model: ``OUT/grown``, ``OUT/trained`` and ``OUT/recipe.json``.
+    """Grow (and fit), then train the grown model: ``OUT/grown``, ``OUT/trained`` and ``OUT/job.json`` (``job``: the
+    settings as run, which a resume must match).
 
     ``train_cfg.steps`` is the whole budget, the fit's FLOPs included (see :func:`grow_and_train`).
     ``--resume`` continues whichever stage is unfinished: it grows again if the grown model is not
     complete, resumes training from its newest checkpoint, or starts training if there is none; a job
-    that finished, or one whose recipe differs from ``recipe``, is refused. The plan's ``auto`` fields are
+    that finished, or one started with settings other than ``job``, is refused. The plan's ``auto`` fields are
     resolved from the source's training (see :meth:`GrowthPlan.resolved`). ``inputs``: other files the caller
-    read (a target file, the recipe file), which the output must not be or hold.
+    read (a target file, the job file), which the output must not be or hold.
     """
     from .data import load_blocks
 
@@ -169,14 +166,14 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     output = RunOutput(out, overwrite=overwrite, resume=resume, inputs=[source, data.data, *_paths(target), *inputs])
     try:
         if resume:
-            _check_job(output.work, recipe)
+            _check_job(output.work, job)
         tokenizer = load_tokenizer(source)
         # read the data once, before any work, so bad data fails fast and leaves nothing behind
         blocks = load_blocks(data, tokenizer, train_cfg.seq_len, max_tokens=tokens_to_read(train_cfg))
         try:
             output.open()
-            if not (output.work / "recipe.json").exists():
-                write_json(output.work / "recipe.json", recipe or {})
+            if not (output.work / JOB_FILE).exists():
+                write_json(output.work / JOB_FILE, job or {})
             result, growth = grow_and_train(source, target, output.work, plan, train_cfg, fit, data=data,
                                             start=Start(tokenizer=tokenizer, blocks=blocks), resume=resume,
                                             device=device)
@@ -190,22 +187,23 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
                     raise error from None
             raise
         output.commit()
-        return GrowTrainResult(output.final, output.final / "grown", result, growth.get("fit"))
+        return GrowTrainResult(output.final, output.final / "grown", result, growth)
     finally:
         output.release()
 
 
-def _check_job(job: Path, recipe: dict | None) -> None:
+def _check_job(folder: Path, job: dict | None) -> None:
     """--resume of a grow-train job: refuse a finished one, and one started with other settings."""
-    if (job / "trained" / "config.json").exists():
-        raise LigoError(f"--resume: the job in {job} has finished (its trained model is there); use --overwrite to "
-                        "run it again, or another --out")
-    try:
-        before = json.loads((job / "recipe.json").read_text())
+    if (folder / "trained" / "config.json").exists():
+        raise LigoError(f"--resume: the job in {folder} has finished (its trained model is there); use --overwrite "
+                        "to run it again, or another --out")
+    try:  # (jobs of ligo 0.2 wrote recipe.json)
+        path = folder / JOB_FILE if (folder / JOB_FILE).exists() else folder / "recipe.json"
+        before = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return
-    changed = sorted(k for k in set(before) | set(recipe or {}) if k not in ("out",) and
-                     before.get(k) != (recipe or {}).get(k))
-    if recipe is not None and changed:
-        raise LigoError(f"--resume: the job in {job} was started with other settings ({', '.join(changed)} changed); "
+    changed = sorted(k for k in set(before) | set(job or {}) if k not in ("out",) and
+                     before.get(k) != (job or {}).get(k))
+    if job is not None and changed:
+        raise LigoError(f"--resume: the job in {folder} was started with other settings ({', '.join(changed)} changed); "
                         "give the same ones, or --overwrite to start it again")

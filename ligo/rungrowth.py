@@ -30,7 +30,7 @@ import torch
 
 from . import __version__
 from .checkpoint import Checkpoint, load_tokenizer, read_config
-from .records import Ledger, Recipe
+from .records import GrowthRecord, Ledger
 from .writer import save_weights, write_model
 from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
@@ -132,13 +132,13 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     fit_flops = 0.0
     if fit is not None:
         grower.fit(data, cfg=fit, blocks=blocks)  # data: what the fit's blocks were read from (recorded)
-        fit_flops = grower.fit_info["flops"]
+        fit_flops = grower.fit_record.flops
     op = grower.operator
     grown = op.materialize(dtype=grower.dtype)
     # the run's source: the model it trained (its checkpoint folder is no model's name), and the run's name
-    recipe = {**grower.recipe(), "source": model_name(model_dir or run_dir, config), "run": model_name(run_dir),
-              "step": state["step"], "optimizer_state": optimizer_state,
-              "ledger": Ledger(fit_flops=fit_flops, train_flops=state["flops"]).to_dict()}
+    record = grower.record().replace(source=model_name(model_dir or run_dir, config), run=model_name(run_dir),
+                                     step=state["step"], optimizer_state=optimizer_state,
+                                     ledger=Ledger(fit_flops=fit_flops, train_flops=state["flops"]))
     new_slots = _slots({}, grower.target_config, spec, cfg.get("weight_decay", 0.1))
     optim = _torch_load(ckpt / OPTIMIZER_FILE) if (ckpt / OPTIMIZER_FILE).exists() else None
     if optimizer_state == "grow":
@@ -152,7 +152,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     if masters is not None:
         full = op.materialize(dtype=torch.float32)
         grown_masters = {"masters": [full[n] for group in new_slots for n in group]}
-    return GrownRun(grown, grower.hf_config(), grower.target_config, spec, Recipe(recipe), model_dir, optimizer,
+    return GrownRun(grown, grower.hf_config(), grower.target_config, spec, record, model_dir, optimizer,
                     {**state, "flops": state["flops"] + fit_flops, "param_names": new_slots}, fit_flops,
                     grown_masters)
 
@@ -166,7 +166,7 @@ class GrownRun:
     config: Any  # the grown model's transformers config
     target_config: dict
     spec: Any
-    recipe: Recipe
+    record: GrowthRecord
     model_dir: Path | None  # the run's model folder (its tokenizer)
     optimizer: dict
     trainer_state: dict
@@ -259,7 +259,7 @@ def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPla
     with staged(out, overwrite, inputs=[run_dir, *inputs]) as tmp:
         final = Path(out).resolve()
         write_model(tmp / "model", weights=grown.state, config=grown.config,
-                    tokenizer=_tokenizer_dir(grown, manifest), recipe=grown.recipe)
+                    tokenizer=_tokenizer_dir(grown, manifest), recipe=grown.record)
         write_checkpoint(grown, ckpt, tmp / CHECKPOINTS / ckpt.name, final / "model")
         log = [line for line in (run_dir / LOG_FILE).read_text().splitlines()
                if line.strip() and json.loads(line)["step"] <= state["step"]] if (run_dir / LOG_FILE).exists() else []
@@ -289,7 +289,7 @@ def grow_in_place(run_dir: Path, target: dict, plan: GrowthPlan | None, *, optim
     name = f"step-{state['step']:07d}"
     model_dir = (run_dir / f"grown-at-{state['step']:07d}").resolve()
     write_model(model_dir, weights=grown.state, config=grown.config, tokenizer=_tokenizer_dir(grown, manifest),
-                recipe=grown.recipe, overwrite=True)  # (a folder left by a kill is grown again)
+                recipe=grown.record, overwrite=True)  # (a folder left by a kill is grown again)
     tmp_ckpt = ckpt.parent / f".{name}-grown.tmp"
     shutil.rmtree(tmp_ckpt, ignore_errors=True)
     write_checkpoint(grown, ckpt, tmp_ckpt, model_dir)

@@ -5,9 +5,12 @@ run with these; the architecture tables (``ligo.tables``) declare their format w
 
 from __future__ import annotations
 
+import copy
 import math
+import types
 import typing
-from dataclasses import MISSING, asdict, field, fields, replace
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,31 +18,32 @@ from .errors import LigoError
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            positive: bool = False) -> Any:
-    """A dataclass field with its help text and range (``low <= value <= high``; ``positive``: > 0)."""
-    meta = {"help": help, "low": low, "high": high, "positive": positive}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
+            positive: bool = False, choices: Callable[[], tuple[str, ...]] | None = None) -> Any:
+    """A dataclass field with its help text and range (``low <= value <= high``; ``positive``: > 0); ``choices``:
+    the values it may take, asked when checked (a registry's names, which may grow after import)."""
+    meta = {"help": help, "low": low, "high": high, "positive": positive, "choices": choices}
+    if isinstance(default, (list, dict)) or is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
 def required(help: str) -> Any:
     """A dataclass field that a mapping must give (no default), with its help text."""
-    return field(metadata={"help": help, "low": None, "high": None, "positive": False})
+    return field(metadata={"help": help, "low": None, "high": None, "positive": False, "choices": None})
 
 
-def kind_ok(value: Any, kind: Any) -> bool:
+def type_ok(value: Any, kind: Any) -> bool:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is Literal:
         return value in args
-    if origin is typing.Union:
-        return any(kind_ok(value, a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(type_ok(value, a) for a in args)
     if kind is type(None):
         return value is None
     if origin is list:
-        return isinstance(value, list) and all(kind_ok(v, args[0]) for v in value)
+        return isinstance(value, list) and all(type_ok(v, args[0]) for v in value)
     if origin is dict:
-        return isinstance(value, dict) and all(kind_ok(k, args[0]) and kind_ok(v, args[1]) for k, v in value.items())
+        return isinstance(value, dict) and all(type_ok(k, args[0]) and type_ok(v, args[1]) for k, v in value.items())
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
@@ -54,7 +58,7 @@ def describe(kind: Any) -> str:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is Literal:
         return "one of " + ", ".join(map(str, args))
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return " or ".join("none" if a is type(None) else describe(a) for a in args)
     if origin is list:
         return f"a list of {describe(args[0])}"
@@ -68,8 +72,11 @@ def validate(obj: Any, where: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
         value, kind = getattr(obj, f.name), hints[f.name]
-        if not kind_ok(value, kind):
+        if not type_ok(value, kind):
             raise LigoError(f"{where}: {f.name} must be {describe(kind)}, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None and value not in choices():
+            raise LigoError(f"{where}: {f.name} must be one of {', '.join(choices())}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             m = f.metadata
             if m.get("positive") and value <= 0:

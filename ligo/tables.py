@@ -6,6 +6,7 @@ says (:class:`ligo.arch.ArchSpec`); docs/architectures.md has the format in word
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -237,8 +238,9 @@ def supported_types() -> list[str]:
 
 def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None) -> ArchSpec:
     """The table of a checkpoint: its ``model_type``'s, or with ``arch`` the named table (serving the
-    checkpoint's own model_type). An unknown type whose weights and config fit a table is refused with
-    that table named, to pass as ``arch``."""
+    checkpoint's own model_type). A type without a table gets one read off transformers' class and proved by
+    growing a tiny model (:func:`ligo.infer.table_for`; the hand tables whose names and shapes fit are proved
+    the same way): a proved table is used without a flag, and nothing that is not proved ever is."""
     if arch is not None:
         _builtin_tables()
         if arch not in _REGISTRY:
@@ -250,37 +252,31 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
             spec.layout(keys, spec.dims(config), config)
         except LigoError as exc:
             raise LigoError(f"--arch {arch}: the {arch} table ({table.source}) does not fit this {model_type} "
-                            f"checkpoint: {exc}; give the table that describes it, or write one ({DOCS_ADDING})"
-                            ) from None
+                            f"checkpoint: {_inner(exc)}; give the table that describes it, or write one "
+                            f"({DOCS_ADDING})") from None
         return spec
-    try:
+    _builtin_tables()
+    if model_type in _REGISTRY or not model_type or refused_reason(model_type):
         return get_spec(model_type)
-    except LigoError as exc:
-        if refused_reason(model_type):
-            raise
-        fits = []  # (entries of the table the checkpoint lacks, table): the closest table first
-        for spec in {id(s): s for s in _REGISTRY.values()}.values():
-            try:
-                layout = spec.layout(keys, spec.dims(config), config)
-            except (LigoError, TypeError, ValueError):
-                continue
-            fits.append((len({e.name for e in spec.entries} - {m.entry.name for m in layout.values()}),
-                         spec.model_types[0]))
-        if not fits:
-            raise
-        names = [name for missing, name in sorted(fits) if missing == min(fits)[0]]
-        raise UnsupportedType(model_type, names, config) from exc
+    from .prove import table_for
+
+    fits = []  # (entries of the table the checkpoint lacks, table): the closest table first
+    for spec in {id(s): s for s in _REGISTRY.values()}.values():
+        try:
+            layout = spec.layout(keys, spec.dims(config), config)
+        except (LigoError, TypeError, ValueError):
+            continue
+        fits.append((len({e.name for e in spec.entries} - {m.entry.name for m in layout.values()}), spec.source, spec))
+    fitting = [spec for missing, _, spec in sorted(fits, key=lambda f: f[:2]) if missing == min(fits)[0]]
+    spec = table_for(model_type, config, fitting, read=read_table)
+    spec = replace(spec, model_type=model_type)
+    spec.layout(keys, spec.dims(config), config)  # the checkpoint's own keys: the table must name them all
+    return spec
 
 
-class UnsupportedType(LigoError):
-    """A model_type without a table whose weights have the names and shapes of ``candidates``' (which may or
-    may not compute what it computes: :func:`ligo.growth.suggest_table` checks, by growing a tiny one)."""
-
-    def __init__(self, model_type: str | None, candidates: list[str], config: dict):
-        self.model_type, self.candidates, self.config = model_type, candidates, config
-        super().__init__(f"model_type {model_type!r} is not supported; its weights have the names and shapes of the "
-                         f"{' and '.join(candidates)} table (ligo grow checks whether it computes the same); to add "
-                         f"it, write a table for it ({DOCS_ADDING})")
+def _inner(exc: LigoError) -> str:
+    """A table's own error about a checkpoint, without the table's name (--arch names it)."""
+    return re.sub(r" of the '[^']+' table \([^)]*\)", " of the table", str(exc))
 
 
 def refused_reason(model_type: str | None) -> str | None:

@@ -25,7 +25,7 @@ from .launch import check_batch, is_main_process
 from .loop import LoopResult, make_collate, train_loop
 from .moe import train_router
 from .outputs import RunOutput
-from .records import Ledger, Recipe, carried_ledger
+from .records import GrowthRecord, Ledger, TrainingRecord, load_recipe
 from .rundir import MANIFEST, data_digest, latest_checkpoint, read_state
 
 
@@ -39,7 +39,6 @@ class Start:
     stages: list = field(default_factory=list)  # mid-run growth (:class:`ligo.config.GrowthStage`)
     blocks: Any = None  # the token blocks, already read (default: read from ``data``)
     prior: Ledger | None = None  # the FLOPs already spent (default: from the model's recipe)
-    source_card: dict | None = None  # the growth recipe for the model card (default: the model's own)
     inputs: tuple = ()  # other files the caller read (a stages file): the output must not be or hold them
 
 
@@ -52,13 +51,14 @@ class TrainResult:
 
 @dataclass
 class Model:
-    """A model to train, described once: its folder, config, table and sizes (a grown model hands these over
-    as the grower knows them; a folder is described from its headers)."""
+    """A model to train, described once: its folder, config, table, sizes and record (a grown model hands these
+    over as the grower knows them; a folder is described from its headers and its recipe, read once)."""
 
     path: Path | None
     config: dict
     spec: Any
     dims: Any
+    record: GrowthRecord | TrainingRecord | None = None  # its ligo_recipe.json (None: from elsewhere, or scratch)
 
     @classmethod
     def of(cls, model, from_config) -> "Model":
@@ -71,7 +71,7 @@ class Model:
             if not ck.has_head:
                 raise LigoError(f"{model} is a bare model without an LM head; train its *ForCausalLM/*ForMaskedLM "
                                 "form")
-            return cls(Path(model), ck.config, ck.spec, ck.dims)
+            return cls(Path(model), ck.config, ck.spec, ck.dims, load_recipe(model))
         config = from_config if isinstance(from_config, dict) else read_config(from_config)
         if not config.get("model_type"):
             raise LigoError(f"the config {from_config if not isinstance(from_config, dict) else ''} has no model_type; "
@@ -126,9 +126,9 @@ def train_in(work: Path, model, data: DataConfig, cfg: TrainConfig, start: Start
                                  wall_s=result.wall, final_val_loss=result.final_val, throughput=result.throughput)
     if result.status == "preempted":
         raise Preempted(run.work, result.steps)
-    before = Recipe.load(current)
-    growth = start.source_card or (before.growth if before else None)
-    _finish(result, run.tok, run.work, Recipe(run.recipe(ledger)), growth)
+    trained = run.model if current == run.model.path else Model.of(current, None)  # (grown in the middle of the run)
+    growth = trained.record if isinstance(trained.record, GrowthRecord) else None  # the card says how it was grown
+    _finish(result, run.tok, run.work, run.record(ledger), growth)
     return TrainResult(run.work, result, ledger)
 
 
@@ -167,7 +167,7 @@ class _Run:
         if described.path is None and tokenizer is None and tok_obj is None:
             raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
         tok_dir = Path(tokenizer or described.path) if tokenizer or described.path else None
-        prior = start.prior or (carried_ledger(described.path) if described.path else Ledger())
+        prior = start.prior or (described.record.carried_ledger() if described.record else Ledger())
         pretrained = _pretrained(described)
         lr_rule = "given"
         if cfg.lr is None:  # the default peak LR follows what the model is (the rule the real checkpoint measured)
@@ -228,18 +228,17 @@ class _Run:
                 return result, current, per_step
             resume = True
 
-    def recipe(self, ledger: Ledger) -> dict:
+    def record(self, ledger: Ledger) -> TrainingRecord:
         from .modelcard import data_name, model_name
 
         model, data = self.model, self.data
         from_config = self.manifest["from_config"] or ("<dict>" if model.path is None else None)
-        return {"ligo_version": __version__, "kind": "train", "objective": model.spec.objective,
-                "model_type": model.spec.model_type,
-                "model": model_name(model.path, model.config if model.path else None),
-                "from_config": from_config, "data": data_name(data),
-                "data_config": {**data.to_dict(), "data": data_name(data)}, "config": self.cfg.to_dict(),
-                "stages": self.manifest["stages"], "ledger": ledger.to_dict(), "pretrained": self.pretrained,
-                "lr_rule": self.lr_rule}
+        return TrainingRecord(objective=model.spec.objective, model_type=model.spec.model_type,
+                              model=model_name(model.path, model.config if model.path else None),
+                              from_config=from_config, data=data_name(data),
+                              data_config={**data.to_dict(), "data": data_name(data)}, config=self.cfg.to_dict(),
+                              stages=self.manifest["stages"], ledger=ledger, pretrained=self.pretrained,
+                              lr_rule=self.lr_rule)
 
 
 def _manifest(work: Path, final: Path, tokenizer, data: DataConfig) -> tuple:
@@ -275,16 +274,11 @@ def _check_stages(stages: list, model: Model, cfg: TrainConfig) -> None:
 
 
 def _pretrained(model: Model) -> bool:
-    """Is ``model`` a pretrained checkpoint or made from one? A checkpoint from elsewhere is; ligo's recipes say
+    """Is ``model`` a pretrained checkpoint or made from one? A checkpoint from elsewhere is; ligo's records say
     for what ligo made (a grown model: its source; a trained one: what it trained); from scratch it is not."""
     if model.path is None:
         return False
-    recipe = Recipe.load(model.path)
-    if recipe is None:
-        return True
-    if "pretrained" in recipe.fields:
-        return bool(recipe.fields["pretrained"])
-    return recipe.growth is not None and recipe.fields.get("source_tokens") is None  # (recipes before ligo 0.3)
+    return True if model.record is None else model.record.pretrained
 
 
 def _new_layers(model: Model, cfg: TrainConfig, stages: list) -> list[int] | None:
@@ -294,8 +288,7 @@ def _new_layers(model: Model, cfg: TrainConfig, stages: list) -> list[int] | Non
     if stages:
         raise LigoError("--freeze trains only what growth added to a grown model; it does not combine with growth "
                         "in the middle of the run (--grow-at, --stages)")
-    recipe = Recipe.load(model.path)
-    new = recipe.fields.get("new_layers") if recipe is not None else None
+    new = model.record.new_layers if isinstance(model.record, GrowthRecord) else None
     if new is None:
         raise LigoError(f"--freeze {cfg.freeze} needs a model that ligo grew: its recipe says which layers are new, "
                         f"and {model.path} has none (grow it with ligo grow, or train without --freeze)")
@@ -333,11 +326,10 @@ def freeze(net, spec, mode: str, new_layers: list[int]) -> None:
 
 
 def _stage_fit(stage, cfg: TrainConfig) -> TrainConfig | None:
-    from .config import fit_config
+    from .config import fit_config, inherited
 
-    return fit_config({"steps": stage.fit_steps, "lr": stage.fit_lr, "seq_len": cfg.seq_len,
-                       "batch_size": cfg.batch_size, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
-                       "progress": cfg.progress}, where="growth stage fit")
+    return fit_config({"steps": stage.fit_steps, "lr": stage.fit_lr, **inherited(cfg), "progress": cfg.progress},
+                      where="growth stage fit")
 
 
 def _build_model(model: Model, cfg: TrainConfig, attn_implementation: str | None):
@@ -358,7 +350,8 @@ def _build_model(model: Model, cfg: TrainConfig, attn_implementation: str | None
     return net
 
 
-def _finish(result: LoopResult, tokenizer, work: Path, recipe: Recipe, growth: dict | None) -> None:
+def _finish(result: LoopResult, tokenizer, work: Path, recipe: TrainingRecord, growth: GrowthRecord | None
+            ) -> None:
     """Save the trained model (the main process; the state gathered from every process)."""
     acc = result.accelerator
     acc.wait_for_everyone()
@@ -368,7 +361,8 @@ def _finish(result: LoopResult, tokenizer, work: Path, recipe: Recipe, growth: d
     acc.wait_for_everyone()
 
 
-def _save_final(model, state: dict, tokenizer, out: Path, recipe: Recipe, growth: dict | None) -> None:
+def _save_final(model, state: dict, tokenizer, out: Path, recipe: TrainingRecord, growth: GrowthRecord | None
+                ) -> None:
     """Write the trained model into its run folder (config.json last), or say in one line what failed and
     whether a checkpoint is left to resume from."""
     from .writer import write_model

@@ -25,22 +25,23 @@ import torch
 from .checkpoint import TOKENIZER_FILES, parse_size
 from .config import MAX_SHARD_SIZE
 from .errors import LigoError, as_user_error
-from .records import Recipe
+from .records import GrowthRecord, Record, TrainingRecord
 
 
-def write_model(out: str | Path, *, weights, config, tokenizer, recipe: Recipe | Callable[[Path], Recipe],
-                growth: dict | None = None, into_run: bool = False, overwrite: bool = False, inputs=(),
+def write_model(out: str | Path, *, weights, config, tokenizer, recipe: Record | Callable[[Path], Record],
+                growth: GrowthRecord | None = None, into_run: bool = False, overwrite: bool = False, inputs=(),
                 max_shard_size: str | int = MAX_SHARD_SIZE) -> list[str]:
     """Write a model into ``out``; returns the tokenizer files written.
 
     ``weights``: a state dict (safetensors shards of ``max_shard_size``) or a function writing them into a
     folder (streaming growth; ``save_pretrained``, which writes the config too: ``config`` None).
     ``config``: a transformers config. ``tokenizer``: a tokenizer, a folder to copy one from, or None.
-    ``recipe``: the recipe, or a function making it from the folder once the rest is there. ``growth``: the
-    growth recipe of the model a trained model came from (its card says so). ``into_run``: ``out`` is a run
+    ``recipe``: the record (:mod:`ligo.records`), or a function making it from the folder once the rest is there.
+    ``growth``: the growth record of the model a trained model came from (its card says so). ``into_run``: ``out`` is a run
     folder that exists (its final model). ``inputs``: paths ``out`` must not be or hold."""
     from .outputs import staged
 
+    parse_size(max_shard_size)  # a bad size fails before any work
     if into_run:
         tmp = Path(out) / ".final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,7 +78,8 @@ def _write(folder: Path, weights, config, tokenizer, recipe, growth, max_shard_s
         files = []
     recipe = recipe(folder) if callable(recipe) else recipe
     recipe.save(folder)
-    write_model_card(folder, recipe.fields, kind="trained" if recipe.kind == "train" else "grown", growth=growth)
+    write_model_card(folder, recipe.to_dict(), kind="trained" if isinstance(recipe, TrainingRecord) else "grown",
+                     growth=growth.to_dict() if growth is not None else None)
     return files
 
 

@@ -3,6 +3,8 @@ every guarantee of the classic families, on tiny random checkpoints that transfo
 build, each with its quirk switched on (tests/tiny.py: FAMILIES)."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,16 +196,25 @@ def test_streaming_growth_writes_the_same_bytes(model_type, family_sources, sour
         assert recipes[0]["operator_parameters"] == recipes[1]["operator_parameters"] > 0
 
 
-def test_a_llama_clone_is_offered_the_llama_table(tokenizer, text_ids, tmp_path):
-    """Helium (a model_type ligo has no table for) has Llama's weights: the refusal names --arch llama, and with
-    it the clone grows losslessly into a checkpoint of its own type."""
-    src = tiny.save_model(tiny.make_model_of("helium", **tiny.FAMILIES["olmo2"], head_dim=16), tmp_path / "helium", tokenizer)
-    proc = run_cli("grow", src, "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4}', "--out", tmp_path / "out")
-    assert proc.returncode == 2 and "--arch llama" in proc.stderr and not (tmp_path / "out").exists()
-    grow(src, {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 3}, tmp_path / "out", arch="llama",
-         plan=GrowthPlan(width="split", depth="identity"))
+def test_a_type_without_a_table_grows_by_a_table_read_off_its_class_and_proved(tokenizer, text_ids, tmp_path):
+    """Helium (a model_type without a hand table) grows with no flag: its table is read off transformers' class and
+    proved by growing a tiny one (ligo.prove); the grown model keeps the source's logits, is a helium checkpoint,
+    and its recipe says how the table was made. The proved table is cached: the next grow reads it."""
+    import os
+
+    from ligo.prove import signature
+
+    src = tiny.save_model(tiny.make_model_of("helium", **tiny.FAMILIES["olmo2"], head_dim=16), tmp_path / "helium",
+                          tokenizer)
+    run_cli("grow", src, "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 3}', "--out",
+            tmp_path / "out", "--width", "split", "--depth", "identity", check=True)
     diff, model = tiny.max_logit_diff(src, tmp_path / "out", text_ids)
     assert diff <= 1e-4 and model.config.model_type == "helium"
+    recipe = json.loads((tmp_path / "out" / "ligo_recipe.json").read_text())
+    assert recipe["table"].startswith("inferred from transformers") and "proved" in recipe["table"]
+    config = json.loads((Path(src) / "config.json").read_text())
+    cached = Path(os.environ["LIGO_CACHE"]) / "tables" / f"helium-{signature('helium', config)}.json"
+    assert json.loads(cached.read_text())["source"] == recipe["table"]
 
 
 @pytest.mark.parametrize("model_type", ["gemma3_text", "gpt_neox"])
@@ -223,18 +234,24 @@ def test_bench_smoke_on_a_new_family(model_type, tmp_path):
     assert (tmp_path / "out" / "table.md").exists()
 
 
-def test_arch_is_suggested_only_where_the_table_reproduces_the_model(tokenizer, text_ids, tmp_path):
-    """Cohere 2 has Llama's weight names and shapes but LayerNorm, parallel blocks and scaled logits: no table is
-    suggested, and the reason is the measured one. Seed-OSS (Llama with q/k/v biases) is reproduced by the llama
-    table: suggested, and with it the model grows losslessly."""
-    cohere = tiny.save_model(tiny.make_model_of("cohere2", **tiny._GQA), tmp_path / "cohere2", tokenizer)
-    proc = run_cli("grow", cohere, "--target", '{"layers": 3}', "--out", tmp_path / "c")
-    assert proc.returncode == 2 and "--arch" not in proc.stderr, proc.stderr
-    assert "the llama table has its weights' names and shapes but computes something else on them" in proc.stderr
-    seed = tiny.save_model(tiny.make_model_of("seed_oss", **tiny._GQA), tmp_path / "seed_oss", tokenizer)
-    proc = run_cli("grow", seed, "--target", '{"layers": 3}', "--out", tmp_path / "s")
-    assert proc.returncode == 2 and "the llama table reproduces it" in proc.stderr and "--arch llama" in proc.stderr
-    grow(seed, {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 3}, tmp_path / "s", arch="llama",
-         plan=GrowthPlan(width="split", depth="identity"))
-    diff, model = tiny.max_logit_diff(seed, tmp_path / "s", text_ids)
-    assert diff <= 1e-4 and model.config.model_type == "seed_oss"
+def test_a_table_is_used_only_where_its_growth_reproduces_the_model(tmp_path):
+    """Never a silent guess: BLOOM's weights have names and shapes a table can describe, but its ALiBi slopes depend
+    on the number of heads, so no lossless growth of its heads keeps its function; ligo grow says so in one line
+    with the measured logit gap, and writes nothing. Cohere 2 (LayerNorm without a bias, parallel blocks, scaled
+    logits: once refused for only looking like Llama) has its table read off its class, proved, and grows."""
+    import transformers
+
+    from ligo.infer import build_model, tiny_config
+
+    for model_type in ("bloom", "cohere2"):
+        small, _ = tiny_config(model_type, transformers.AutoConfig.for_model(model_type).to_dict())
+        torch.manual_seed(0)
+        build_model(model_type, small, "cpu").save_pretrained(tmp_path / model_type)
+    proc = run_cli("grow", tmp_path / "bloom", "--target", '{"hidden": 128, "heads": 8}', "--out", tmp_path / "b")
+    assert proc.returncode == 2 and not (tmp_path / "b").exists(), proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1 and "model_type 'bloom' has no table, and none could be made" in line
+    assert re.search(r"moves a tiny random bloom's logits by up to \d", line), line
+    run_cli("grow", tmp_path / "cohere2", "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4}', "--out",
+            tmp_path / "c", check=True)
+    assert json.loads((tmp_path / "c" / "ligo_recipe.json").read_text())["lossless"] is True

@@ -53,7 +53,7 @@ def test_the_fit_on_the_gpu_with_checkpointing_and_bf16(sources, blocks):
     cfg = TrainConfig(steps=20, batch_size=8, seq_len=32, lr=3e-3, warmup=2, eval_every=10, eval_batches=2,
                       grad_checkpointing=True, mixed_precision="bf16", progress=False)
     result = g.fit(cfg=cfg, blocks=blocks)
-    assert g.fit_info["final_val_loss"] < result.evals[0]["val_loss"]
+    assert g.fit_record.final_val_loss < result.evals[0]["val_loss"]
     assert all(p.dtype == torch.float32 and p.is_cuda for p in g.operator.parameters())  # fp32 maps
 
 

@@ -102,7 +102,7 @@ def test_upcycling_qwen3_under_both_router_conventions(normalized, per_token, mo
         diff, _ = tiny.max_logit_diff(moe_sources["qwen3"], out, ids)
         exact = width == "copy" or normalized
         assert (diff <= 1e-4) == exact, (width, diff)
-        gaps = g.gaps
+        gaps = g.record.not_lossless_because
         assert (not gaps) == exact and (exact or "renormalized router" in gaps[0])
 
 

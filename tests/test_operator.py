@@ -149,7 +149,7 @@ def test_fit_lowers_loss_and_materialized_equals_fitted(model_type, tie, sources
     cfg = TrainConfig(steps=40, batch_size=8, seq_len=32, lr=3e-3, warmup=5, eval_every=20, eval_batches=4,
                       progress=False)
     result = g.fit(cfg=cfg, blocks=blocks)
-    assert g.fit_info["final_val_loss"] < result.evals[0]["val_loss"] - 0.05, result.evals
+    assert g.fit_record.final_val_loss < result.evals[0]["val_loss"] - 0.05, result.evals
     g.save(tmp_path / "out")
     model = tiny.model_cls(model_type).from_pretrained(tmp_path / "out").eval()
     assert model.config.tie_word_embeddings == tie
@@ -172,7 +172,7 @@ def test_a_fit_never_ends_worse_than_its_best_point(sources, blocks):
     vals = [e["val_loss"] for e in result.evals]
     best = min(range(len(vals)), key=vals.__getitem__)
     assert vals[-1] > vals[best] + 0.5, vals  # the fit really did get worse
-    assert g.fit_info["best_step"] == result.evals[best]["step"] and g.fit_info["final_val_loss"] == vals[best]
+    assert g.fit_record.best_step == result.evals[best]["step"] and g.fit_record.final_val_loss == vals[best]
     module = FitModule(g.operator, g.target_model()).eval()
     with torch.no_grad():  # the operator now scores what it scored at its best evaluation
         loss = sum(module(input_ids=blocks.val[i:i + 4], labels=blocks.val[i:i + 4]).loss.item() for i in (0, 4)) / 2

@@ -151,9 +151,9 @@ def test_grow_train_defaults_follow_the_source_and_fit_a_share_when_asked(source
     out = tmp_path / "job"
     cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", out, "--steps", "150", *FAST,
         "--fit-share", "0.02", "--fit-eval-every", "0", "--width", "random", "--depth", "stack", check=True)
-    recipe = json.loads((out / "recipe.json").read_text())
+    job = json.loads((out / "job.json").read_text())
     grown = json.loads((out / "grown" / "ligo_recipe.json").read_text())
-    assert recipe["fit"]["share"] == 0.02 and "steps" not in recipe["fit"]
+    assert job["fit"]["share"] == 0.02 and "steps" not in job["fit"]
     assert grown["plan"]["width"] == "random" and grown["plan"]["depth"] == "stack"
     # a fit step costs a training step (same batch here) plus building the weights from the operator
     fit = grown["fit"]
@@ -162,7 +162,7 @@ def test_grow_train_defaults_follow_the_source_and_fit_a_share_when_asked(source
     # the default: no fit, the lossless plan for a source of unknown training, and the recipe says so
     cli("grow-train", sources["llama"], "--target", TARGET, "--data", corpus, "--out", tmp_path / "plain", "--steps",
         "2", *FAST, check=True)
-    assert json.loads((tmp_path / "plain" / "recipe.json").read_text())["fit"] == {"steps": 0}
+    assert json.loads((tmp_path / "plain" / "job.json").read_text())["fit"] == {"steps": 0}
     plain = json.loads((tmp_path / "plain" / "grown" / "ligo_recipe.json").read_text())
     assert plain["plan"]["width"] == "split" and plain["plan"]["depth"] == "identity" and plain.get("fit") in (None, {})
     assert plain["source_tokens"] is None and plain["lossless"] is True

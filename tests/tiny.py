@@ -249,7 +249,7 @@ def fit_and_compare(grower, blocks, out: Path) -> None:
 
     grower.fit(None, TrainConfig(steps=3, batch_size=4, seq_len=32, lr=3e-3, warmup=0, eval_every=0, eval_batches=1,
                                  progress=False), blocks=blocks)
-    assert grower.fit_info["steps"] == 3
+    assert grower.fit_record.steps == 3
     grower.save(out)
     module = FitModule(grower.operator, grower.target_model()).eval()
     x = blocks.val[:2]

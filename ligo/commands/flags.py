@@ -47,8 +47,9 @@ def add_flags(p: argparse.ArgumentParser, cls, *, prefix: str = "", title: str, 
                                help=f"{text}" + ("" if default is None else f" (default: {'on' if default else 'off'})"))
         elif kind is dict:
             group.add_argument(*names, dest=dest, type=_json_object(f.name), default=None, metavar="JSON", help=text)
-        elif origin is typing.Literal:
-            group.add_argument(*names, dest=dest, choices=args, default=None, help=f"{text} (default: {default})")
+        elif origin is typing.Literal or f.metadata.get("choices"):
+            choices = args if origin is typing.Literal else f.metadata["choices"]()
+            group.add_argument(*names, dest=dest, choices=choices, default=None, help=f"{text} (default: {default})")
         else:
             base = next((a for a in args if a is not type(None)), kind) if origin is typing.Union else kind
             group.add_argument(*names, dest=dest, type=_typed(base, f.name), default=None, metavar=base.__name__.upper(),

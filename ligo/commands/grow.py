@@ -33,8 +33,9 @@ def add_parser(sub, name):
                    "(default 5GB)")
     p.add_argument("--device", help="where to grow: cpu, cuda, cuda:1 (default: the CPU, where growth without a fit "
                    "streams; with --fit-steps, cuda when available)")
-    p.add_argument("--arch", help="read the source with this architecture table (e.g. llama) when its model_type "
-                   "has none of its own; ligo suggests one when the weights fit")
+    p.add_argument("--arch", help="read the source with this architecture table (e.g. llama) instead of its own "
+                   "(default: its model_type's table; a type without one gets a table read off transformers' class "
+                   "and proved by growing a tiny model)")
     p.add_argument("--check-blocks", type=int, help="with --data: measure the grown model's start "
                    "loss beside the source's on this many held-out blocks, and warn when it starts more than 1 nat "
                    "above (0: no check; default 16)")
@@ -54,6 +55,7 @@ def run(args) -> int:
     from ..checkpoint import TOKENIZER_CORE
     from ..growth import START_GAP_WARNING
     from ..pipelines import grow
+    from ..plans import depth_init, width_init
 
     # a live run grows losslessly by default (split + identity, as `ligo train --grow-at`): its
     # optimizer state then carries on; a finished model takes the plan's auto, resolved from the source
@@ -96,27 +98,28 @@ def run(args) -> int:
 
     if not is_main_process():  # under a multi-process launch the main process reports
         return 0
-    if result.fit_info is not None:
-        print(f"fit: {result.fit_info['steps']} steps, held-out loss {result.fit_info['start_val_loss']:.4f} -> "
-              f"{result.fit_info['final_val_loss']:.4f}")
-        _fit_advice(result.fit_info, result.plan)
+    record = result.record
+    if record.fit is not None:
+        print(f"fit: {record.fit.steps} steps, held-out loss {record.fit.start_val_loss:.4f} -> "
+              f"{record.fit.final_val_loss:.4f}")
+        _fit_advice(record.fit, result.plan)
     t, src, tgt, plan = result.timings, result.source_dims, result.target_dims, result.plan
     experts = f", {tgt.experts} experts ({tgt.experts_per_token} per token)" if tgt.experts > 1 else ""
-    kind = (f"upcycled {result.upcycled_from} into {result.model_type}" if result.upcycled_from
-            else f"grew {result.recipe.fields.get('vision_language') or result.model_type}")
-    print(f"{kind} {src.layers}L-{src.hidden} -> {tgt.layers}L-{tgt.hidden}{experts} (width {plan.width}, depth "
-          f"{plan.depth}) into {result.out}  [load {t['load_s']:.1f}s, build {t['build_s']:.1f}s, grow "
-          f"{t['materialize_s']:.1f}s, save {t['save_s']:.1f}s]")
-    check = result.start_check
+    what = (f"upcycled {record.upcycled_from} into {record.model_type}" if record.upcycled_from
+            else f"grew {record.vision_language or record.model_type}")
+    print(f"{what} {src.layers}L-{src.hidden} -> {tgt.layers}L-{tgt.hidden}{experts} (width {plan.width}, depth "
+          f"{plan.depth}) into {result.out}  [load {t.load_s:.1f}s, build {t.build_s:.1f}s, grow "
+          f"{t.materialize_s:.1f}s, save {t.save_s:.1f}s]")
+    check = record.start_check
     if check:
-        print(f"start loss on {check['tokens']:,} held-out tokens of --data: source {check['source_loss']:.4f}, "
-              f"grown {check['grown_loss']:.4f} ({check['gap']:+.4f} nats)")
-        if check["gap"] > START_GAP_WARNING:
-            print(f"warning: the grown model starts {check['gap']:.2f} nats above its source, so it has lost much of "
+        print(f"start loss on {check.tokens:,} held-out tokens of --data: source {check.source_loss:.4f}, "
+              f"grown {check.grown_loss:.4f} ({check.gap:+.4f} nats)")
+        if check.gap > START_GAP_WARNING:
+            print(f"warning: the grown model starts {check.gap:.2f} nats above its source, so it has lost much of "
                   f"what the source knew (plan: width {plan.width}, depth {plan.depth}); grow with --width split "
                   "--depth identity (lossless), or fit the operator with --fit-steps N", file=sys.stderr)
-    if plan.width in ("split", "copy") and plan.depth == "identity":
-        for gap in result.gaps:  # the plan is meant to be lossless: say where it is not
+    if width_init(plan.width).lossless and depth_init(plan.depth).repeats_are_identity:
+        for gap in record.not_lossless_because:  # the plan is meant to be lossless: say where it is not
             print(f"note: not exactly lossless: {gap}", file=sys.stderr)
     if result.left_out_layers:
         print(f"note: the source's {result.left_out_layers} layer(s) after its last (multi-token prediction) are left "
@@ -148,15 +151,14 @@ def _from_mergekit(args) -> dict:
     return {"depth_map": depth_map, "width": args.width or "copy"}
 
 
-def _fit_advice(info: dict, plan) -> None:
+def _fit_advice(fit, plan) -> None:
     """A fit that never improved on its start kept the start: say why that usually happens and what to change."""
-    if info["best_step"] != 0 or not info["steps"]:
+    if fit.best_step != 0 or not fit.steps:
         return
     hint = ("--width-lr fan_in (each width map's step divided by its fan-in: with the same step for every entry, "
-            "a map hundreds of units wide changes each unit by more than its own size in one step; on SmolLM2-135M "
-            "the uniform step took the held-out loss from 10.56 to 122.5 in two steps, fan_in to 5.07), or a smaller "
-            "--fit-lr" if plan.width_lr == "uniform" else "a smaller --fit-lr, or no fit: a lossless start is often "
-                                                         "a minimum the fit cannot improve")
+            "a map hundreds of units wide changes each unit by more than its own size in one step; see "
+            "docs/benchmarks.md), or a smaller --fit-lr" if plan.width_lr == "uniform" else
+            "a smaller --fit-lr, or no fit: a lossless start is often a minimum the fit cannot improve")
     print(f"note: no fit step improved on the start (the held-out loss only rose), so the operator keeps its start "
           f"and the fit's compute bought nothing; try {hint}", file=sys.stderr)
 
