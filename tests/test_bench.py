@@ -237,7 +237,7 @@ def test_a_pretrained_checkpoint_is_a_source(sources, tmp_path):
     assert not (tmp_path / "out" / "tokenizer").exists()
     with pytest.raises(LigoError, match="is a llama model but model_type says gpt2"):
         exp.changed(model_type="gpt2")
-    with pytest.raises(LigoError, match="source path must be the only source key"):
+    with pytest.raises(LigoError, match="a pretrained source is path"):
         exp.changed(source={"path": str(tmp_path / "nowhere")})
 
 
