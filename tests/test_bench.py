@@ -249,6 +249,9 @@ def test_a_pretrained_checkpoint_is_a_source(sources, tmp_path):
         exp.changed(model_type="gpt2")
     with pytest.raises(LigoError, match="a pretrained source is path"):
         exp.changed(source={"path": str(tmp_path / "nowhere")})
+    with pytest.raises(LigoError, match="source tokens must be a positive number"):
+        exp.changed(source={"path": str(sources["llama"]), "tokens": "2T"})
+    assert exp.changed(source={"path": str(sources["llama"]), "tokens": 2.0e12}).source["tokens"] == 2.0e12
 
 
 def test_bench_without_out_writes_under_bench_results(tmp_path):
