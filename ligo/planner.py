@@ -226,11 +226,12 @@ class Evidence:
         return None if self.source_tokens is None else self.source_tokens / self.source_params
 
 
-def _family_key(role: str, settings: dict) -> str:
-    """A method's settings without its LR (label, lr_scale, train.lr): methods that differ only there are one family."""
-    s = {k: v for k, v in (settings or {}).items() if k not in ("label", "lr_scale")}
+def _family_key(method: dict, settings: dict) -> str:
+    """A method's model (role and parameters: a target may be spelt two ways) and its settings but its LR (label,
+    lr_scale, train.lr): methods that differ only in their LR are one family."""
+    s = {k: v for k, v in (settings or {}).items() if k not in ("label", "lr_scale", "target")}
     train = {k: v for k, v in (s.pop("train", None) or {}).items() if k != "lr"}
-    return json.dumps([role, {**s, **({"train": train} if train else {})}], sort_keys=True)
+    return json.dumps([method["role"], method["params"], {**s, **({"train": train} if train else {})}], sort_keys=True)
 
 
 def _setting_key(raw: dict) -> str:
@@ -260,7 +261,7 @@ def gather(reports: list[dict]) -> list[Evidence]:
                 budgets[label] = X
                 for name, run in b["methods"].items():
                     m = ev["methods"][name]
-                    key = _family_key(m["role"], r["experiment"]["methods"].get(name))
+                    key = _family_key(m, r["experiment"]["methods"].get(name))
                     fam = families.setdefault(key, Family(name, m["role"], run.get("label", name), m["params"], []))
                     if name not in fam.members:
                         fam.members.append(name)
@@ -457,7 +458,7 @@ def analyse(ev: Evidence) -> Analysis:
     for f in ev.families.values():
         if f.role == "staged":
             doubts[f.name] = "staged growth is not fitted (another question: when to grow inside a run)"
-        elif law is not None and f.name != "scratch" and f.name not in law.families:
+        elif len(f.points) < MIN_BUDGETS:
             doubts[f.name] = f"{len(f.points)} budget{'s' * (len(f.points) != 1)} measured; a law needs {MIN_BUDGETS}"
     if law is not None:
         for name in law.families + ["scratch"]:

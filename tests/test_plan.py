@@ -205,3 +205,17 @@ def test_the_regime_map_report(tmp_path):
     assert f"| {stops:.3g} |" in rows[1]
     assert "| regime-s300-x2 | default | 30 | " in text and "| yes (0.0x) | yes: 2.050 + " in text
     assert (tmp_path / "map.png").stat().st_size > 10_000
+
+
+def test_files_of_one_experiment_are_read_as_one():
+    """real-smollm2-b at 1x and 2x: one experiment of two budgets; the source trained on is one family although the
+    two files spell its target two ways ({num_hidden_layers: 30} and {}), each budget at its best LR."""
+    names = ("real-smollm2-b-cpu-2026-12-05.json", "real-smollm2-b-2x-cpu-2026-12-05.json")
+    (ev,) = gather([read_results(ROOT / "benchmarks" / "results" / n) for n in names])
+    assert list(ev.budgets) == ["1x", "2x"] and ev.noise_floor == pytest.approx(0.0664, abs=1e-4)
+    (cont,) = [f for f in ev.families.values() if f.role == "continue"]
+    assert [(p.method, round(p.loss, 4)) for p in cont.points] == [("continue-1e-4", 3.3771), ("continue-1e-4", 3.3215)]
+    out = plan([ROOT / "benchmarks" / "results" / n for n in names],
+               PlanQuery(target_params=1.876e8, budget=6.5e13, source_params=1.345e8, source_tokens=2e12))
+    assert out["verdict"] == "continue the source or grow" and "within the noise floor (0.066)" in out["headline"][0]
+    assert "interpolated between the budgets 0.000218 and 0.000437" in out["headline"][1]
