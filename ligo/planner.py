@@ -26,13 +26,13 @@ families together, with bounds that keep every number physical (``0 <= E <= scra
 2``, ``0 <= d``, ``0 <= h <= the source's tokens``). The head start makes growth's advantage shrink with budget, and
 shrink more the more the source was trained (arXiv 2510.06548); ``d`` lets a family fall behind scratch (a crossover).
 
-**Reliable or not.** A fit is used only when it needs at least three budgets and stays inside its bounds (a
-parameter pinned to a bound that is not a physical zero, ``d = 0`` or ``h = 0``, means the form does not hold), and
-when, fitted without the longest budget, it predicts that budget's final loss within ``HELD_OUT_TOLERANCE`` times the
-noise floor (the difference of two noisy numbers: the noise floor is one seed-to-seed difference). A reliable fit is
-trusted as far beyond the longest budget as its held-out check reached (the ratio of the two longest budgets);
-everywhere else the planner answers only where a budget was measured (interpolated between budgets in log tokens)
-and says "unknown" beyond.
+**Reliable or not.** A fit is used only when it has at least three budgets, stays inside its bounds (a parameter
+pinned to a bound means the form does not hold, unless the bound is a physical value: ``d = 0``, ``h = 0``, or ``h``
+= all the source's tokens, the source kept whole), and, fitted without the longest budget, predicts that budget's
+final loss within ``HELD_OUT_TOLERANCE`` times the noise floor (the difference of two noisy numbers: the noise floor
+is one seed-to-seed difference). A reliable fit is trusted as far beyond the longest budget as its held-out check
+reached (the ratio of the two longest budgets); everywhere else the planner answers only where a budget was measured
+(interpolated between budgets in log tokens) and says "unknown" beyond.
 
 **Across scale.** The answer comes from the experiment nearest the user's source in growth factor and source
 strength (its pretraining tokens per parameter), at the user's tokens per target parameter; the losses are in that
@@ -380,9 +380,12 @@ def fit_law(ev: Evidence, upto: float | None = None) -> tuple[Law | None, str]:
     span = np.array(hi) - np.array(lo)
     at_lo = (best.active_mask == -1) | (t - lo <= 1e-6 * span)
     at_hi = (best.active_mask == 1) | (np.array(hi) - t <= 1e-6 * span)
-    physical = np.array([False, False, False] + [True, True] * len(fams))  # d = 0 and h = 0 are physical
+    # bounds a physical value may sit on: d = 0 (nothing lost), h = 0 (no head start), and h = the source's own
+    # tokens (all it learnt kept: a lossless start, or the source itself trained on), where those are known
+    low_ok = np.array([False, False, False] + [True, True] * len(fams))
+    high_ok = np.array([False, False, False] + [False, bool(ev.source_tokens)] * len(fams))
     pinned = [f"{n} at its {'lower' if at_lo[i] else 'upper'} bound ({(lo if at_lo[i] else hi)[i]:.3g})"
-              for i, n in enumerate(names) if (at_hi[i] or (at_lo[i] and not physical[i]))]
+              for i, n in enumerate(names) if (at_hi[i] and not high_ok[i]) or (at_lo[i] and not low_ok[i])]
     free = ~(at_lo | at_hi)
     n, p = len(ys), int(free.sum())
     sse = float(np.sum(best.fun ** 2))
