@@ -49,11 +49,11 @@ def run(args) -> int:
               f", target {a['target_params']:,} ({a['growth_factor']:.2f}x); budgets (tokens per target parameter) " +
               ", ".join(f"{x:.3g}" for x in a["budgets"].values()) +
               ("; no noise floor measured" if a["noise_floor"] is None else f"; noise floor {a['noise_floor']:.4f}"))
-        print("  | family | role | final loss per budget | fit L(x), x: its tokens per target parameter | held-out: "
-              "predicted - measured |")
-        for name, f in a["families"].items():
+        print("  | family (its methods, LRs apart) | role | final loss per budget (the best LR) | fit L(x), x: its "
+              "tokens per target parameter | held-out: predicted - measured |")
+        for f in a["families"].values():
             losses = ", ".join(f"{p['loss']:.3f}" for p in f["points"])
-            held = f["held_out"]
-            print(f"  | {name} | {f['role']} | {losses} | {f['law'] or 'no reliable fit: ' + (f['why_not'] or '')} | "
-                  f"{'—' if held is None else format(held['error'], '+.4f')} |")
+            law = f["law"] or "no reliable fit: " + (f["why_not"] or "")
+            held = "—" if f["held_out"] is None else format(f["held_out"]["error"], "+.4f")
+            print(f"  | {' / '.join(f['members'])} | {f['role']} | {losses} | {law} | {held} |")
     return 0
