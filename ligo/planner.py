@@ -576,7 +576,24 @@ def answer(an: Analysis, X: float) -> dict:
 
 
 def load(results: list[str | Path]) -> list[Analysis]:
-    return [analyse(ev) for ev in gather([read_results(r) for r in results])]
+    """The analyses of results files; a folder stands for the ligo bench results in it (other JSON files there, such
+    as speed measurements, are passed over; a file named alone must be one)."""
+    reports = []
+    for r in results:
+        if not Path(r).is_dir():
+            reports.append(read_results(r))
+            continue
+        found = []
+        for path in sorted(Path(r).glob("*.json")):
+            try:
+                found.append(read_results(path))
+            except LigoError as exc:
+                if "is not a results.json of ligo bench" not in str(exc):
+                    raise
+        if not found:
+            raise LigoError(f"{r} holds no results.json of ligo bench; pass the results of an experiment (ligo bench)")
+        reports += found
+    return [analyse(ev) for ev in gather(reports)]
 
 
 def plan(results: list[str | Path], query: PlanQuery | dict) -> dict:

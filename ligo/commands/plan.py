@@ -18,7 +18,9 @@ def add_parser(sub, name):
 
     p = sub.add_parser(name, help="grow, continue the source, or train from scratch? from benchmark results",
                        description=__doc__)
-    p.add_argument("--results", nargs="+", required=True, help="results.json files written by ligo bench")
+    p.add_argument("--results", nargs="+", required=True,
+                   help="results.json files written by ligo bench, or folders of them (benchmarks/results/: the "
+                   "committed ones)")
     add_flags(p, PlanQuery, title="your run (--target-params, --budget and --source-params are required)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
