@@ -21,18 +21,20 @@ tokens for the same FLOPs)::
 E, B and b are scratch's: a model's data term depends on the tokens it saw, not on its size (Chinchilla's
 ``L(N, D) = E' + A N^-a + B D^-b``). ``h`` is the head start, in tokens per target parameter, that a family's start is
 worth (at most the source's own pretraining tokens); ``d`` is the loss it never recovers (a smaller model, the source
-trained on; or a grown one that stays effectively smaller). One bounded least-squares fit (scipy) per experiment, all
-families together, with bounds that keep every number physical (``0 <= E <= scratch's lowest loss``, ``0.02 <= b <=
-2``, ``0 <= d``, ``0 <= h <= the source's tokens``). The head start makes growth's advantage shrink with budget, and
-shrink more the more the source was trained (arXiv 2510.06548); ``d`` lets a family fall behind scratch (a crossover).
+trained on; or a grown one that stays effectively smaller). Bounded least squares (scipy): scratch on its own points,
+then each family's d and h against it, with bounds that keep every number physical (``0 <= E <= scratch's lowest
+loss``, ``0.02 <= b <= 2``, ``0 <= d``, ``0 <= h <= the source's tokens``). The head start makes growth's advantage
+shrink with budget, and shrink more the more the source was trained (arXiv 2510.06548); ``d`` lets a family fall
+behind scratch (a crossover).
 
 **Reliable or not.** A fit is used only when it has at least three budgets, stays inside its bounds (a parameter
-pinned to a bound means the form does not hold, unless the bound is a physical value: ``d = 0``, ``h = 0``, or ``h``
-= all the source's tokens, the source kept whole), and, fitted without the longest budget, predicts that budget's
-final loss within ``HELD_OUT_TOLERANCE`` times the noise floor (the difference of two noisy numbers: the noise floor
-is one seed-to-seed difference). A reliable fit is trusted as far beyond the longest budget as its held-out check
-reached (the ratio of the two longest budgets); everywhere else the planner answers only where a budget was measured
-(interpolated between budgets in log tokens) and says "unknown" beyond.
+pinned to a bound means the form does not hold, unless the bound is a physical value: ``E = 0``, the irreducible loss
+beyond these budgets; ``d = 0``; ``h = 0``; ``h`` = all the source's tokens, the source kept whole), and, fitted
+without the longest budget, predicts that budget's final loss within ``HELD_OUT_TOLERANCE`` times the noise floor (the
+difference of two noisy numbers: the noise floor is one seed-to-seed difference). A reliable fit is trusted as far
+beyond the longest budget as its held-out check reached (the ratio of the two longest budgets); everywhere else the
+planner answers only where a budget was measured (interpolated between budgets in log tokens) and says "unknown"
+beyond.
 
 **Across scale.** The answer comes from the experiment nearest the user's source in growth factor and source
 strength (its pretraining tokens per parameter), at the user's tokens per target parameter; the losses are in that
@@ -293,6 +295,7 @@ class Law:
     cov: list[list[float]]  # covariance of theta (zero rows and columns for parameters held at a bound)
     pinned: list[str]  # parameters at a bound that is not physical: the form does not hold
     rmse: float
+    e_at_zero: bool = False  # the irreducible loss at its bound 0: these budgets do not reach it
 
     def value(self, family: str, x: float, theta=None) -> float:
         t = self.theta if theta is None else theta
@@ -332,17 +335,50 @@ class Law:
 
     def describe(self, family: str) -> str:
         e, b_coef, b = self.theta[:3]
+        zero = " (E = 0: these budgets do not reach the irreducible loss)" if self.e_at_zero else ""
         if family not in self.families:
-            return f"{e:.3f} + {b_coef:.3f} (x/{self.x_ref:.3g})^-{b:.3f}"
+            return f"{e:.3f} + {b_coef:.3f} (x/{self.x_ref:.3g})^-{b:.3f}{zero}"
         i = 3 + 2 * self.families.index(family)
         d, h = self.theta[i], self.theta[i + 1]
-        return f"{e + d:.3f} + {b_coef:.3f} ((x + {h:.3g})/{self.x_ref:.3g})^-{b:.3f}"
+        return f"{e + d:.3f} + {b_coef:.3f} ((x + {h:.3g})/{self.x_ref:.3g})^-{b:.3f}{zero}"
+
+
+def _bounded(residuals, starts: list, lo: list, hi: list, names: list[str], low_ok: list[bool], high_ok: list[bool],
+             run_sd: float):
+    """The best of bounded least-squares fits from ``starts``: its parameters, their covariance (zero where a
+    parameter sits on a bound), the parameters on a bound that is not a physical value, and its squared error."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    lo_a, hi_a = np.array(lo, dtype=float), np.array(hi, dtype=float)
+    span = hi_a - lo_a
+    best = None
+    for t0 in starts:
+        t0 = np.clip(np.array(t0, dtype=float), lo_a + 1e-9 * span, hi_a - 1e-9 * span)
+        res = least_squares(residuals, t0, bounds=(lo_a, hi_a), method="trf", x_scale="jac")
+        if best is None or res.cost < best.cost:
+            best = res
+    t = best.x
+    at_lo = (best.active_mask == -1) | (t - lo_a <= 1e-6 * span)
+    at_hi = (best.active_mask == 1) | (hi_a - t <= 1e-6 * span)
+    pinned = [f"{n} at its {'lower' if at_lo[i] else 'upper'} bound ({(lo if at_lo[i] else hi)[i]:.3g})"
+              for i, n in enumerate(names) if (at_hi[i] and not high_ok[i]) or (at_lo[i] and not low_ok[i])]
+    free = ~(at_lo | at_hi)
+    n, p = len(best.fun), int(free.sum())
+    sse = float(np.sum(best.fun ** 2))
+    s2 = max(sse / (n - p) if n > p else 0.0, run_sd ** 2)
+    cov = np.zeros((len(t), len(t)))
+    if p:
+        jf = best.jac[:, free]
+        cov[np.ix_(free, free)] = s2 * np.linalg.pinv(jf.T @ jf)
+    return [float(v) for v in t], cov, pinned, sse, bool(at_lo[0])
 
 
 def fit_law(ev: Evidence, upto: float | None = None) -> tuple[Law | None, str]:
-    """The law of ``ev`` fitted on its budgets up to ``upto`` (X; all when None): (law, "") or (None, why not)."""
+    """The law of ``ev`` fitted on its budgets up to ``upto`` (X; all when None): (law, "") or (None, why not).
+    Scratch first, on its own points (the reference is not bent to suit the others), then each family's head start
+    and lost loss against it."""
     import numpy as np
-    from scipy.optimize import least_squares
 
     def pts(f: Family) -> list[Point]:
         return [p for p in f.points if upto is None or p.X <= upto * (1 + 1e-9)]
@@ -351,52 +387,42 @@ def fit_law(ev: Evidence, upto: float | None = None) -> tuple[Law | None, str]:
     if len(scratch) < MIN_BUDGETS:
         return None, f"{len(scratch)} budget{'s' * (len(scratch) != 1)} measured; a law needs {MIN_BUDGETS}"
     fams = [f for f in ev.families.values() if f.role in ("grow", "continue") and len(pts(f)) >= MIN_BUDGETS]
-    rows = [(0, p.x, p.loss) for p in scratch] + [(1 + i, p.x, p.loss) for i, f in enumerate(fams) for p in pts(f)]
-    which = np.array([r[0] for r in rows])
-    xs, ys = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
-    x_ref = float(np.exp(np.mean(np.log([p.x for p in scratch]))))
-    lowest, highest = min(p.loss for p in scratch), float(ys.max())
-    h_max = ev.source_tokens / ev.target_params if ev.source_tokens else 1e4 * float(xs.max())
-    lo = [0.0, 0.0, EXPONENT[0]] + [0.0, 0.0] * len(fams)
-    hi = [lowest, 2 * highest, EXPONENT[1]] + [highest, h_max] * len(fams)
-    names = ["E", "B", "b"] + [f"{k}[{f.name}]" for f in fams for k in ("d", "h")]
-
-    def residuals(t):
-        d = np.concatenate([[0.0], t[3::2]])[which]
-        h = np.concatenate([[0.0], t[4::2]])[which]
-        return t[0] + d + t[1] * ((xs + h) / x_ref) ** -t[2] - ys
-
-    best = None
-    for e0 in (0.5 * lowest, 0.9 * lowest):
-        for b0 in (0.2, 0.6):
-            for h0 in (0.3 * float(xs.min()), 3 * float(xs.max())):
-                near = min(scratch, key=lambda p: abs(math.log(p.x / x_ref)))
-                t0 = [e0, max(near.loss - e0, 1e-3), b0] + [0.01, min(h0, 0.5 * h_max)] * len(fams)
-                t0 = np.clip(t0, np.array(lo) + 1e-9 * (np.array(hi) - lo), np.array(hi) - 1e-9 * (np.array(hi) - lo))
-                res = least_squares(residuals, t0, bounds=(lo, hi), method="trf", x_scale="jac")
-                if best is None or res.cost < best.cost:
-                    best = res
-    t = best.x
-    span = np.array(hi) - np.array(lo)
-    at_lo = (best.active_mask == -1) | (t - lo <= 1e-6 * span)
-    at_hi = (best.active_mask == 1) | (np.array(hi) - t <= 1e-6 * span)
-    # bounds a physical value may sit on: d = 0 (nothing lost), h = 0 (no head start), and h = the source's own
-    # tokens (all it learnt kept: a lossless start, or the source itself trained on), where those are known
-    low_ok = np.array([False, False, False] + [True, True] * len(fams))
-    high_ok = np.array([False, False, False] + [False, bool(ev.source_tokens)] * len(fams))
-    pinned = [f"{n} at its {'lower' if at_lo[i] else 'upper'} bound ({(lo if at_lo[i] else hi)[i]:.3g})"
-              for i, n in enumerate(names) if (at_hi[i] and not high_ok[i]) or (at_lo[i] and not low_ok[i])]
-    free = ~(at_lo | at_hi)
-    n, p = len(ys), int(free.sum())
-    sse = float(np.sum(best.fun ** 2))
+    xs, ys = np.array([p.x for p in scratch]), np.array([p.loss for p in scratch])
+    x_ref = float(np.exp(np.mean(np.log(xs))))
+    lowest = float(ys.min())
+    highest = max([float(ys.max())] + [p.loss for f in fams for p in pts(f)])
     run_sd = ev.noise_floor / math.sqrt(2) if ev.noise_floor else 0.0
-    s2 = max(sse / (n - p) if n > p else 0.0, run_sd ** 2)
-    cov = np.zeros((len(t), len(t)))
-    jf = best.jac[:, free]
-    if p:
-        cov[np.ix_(free, free)] = s2 * np.linalg.pinv(jf.T @ jf)
-    law = Law([float(v) for v in t], names, [f.name for f in fams], x_ref, cov.tolist(), pinned,
-              math.sqrt(sse / n))
+    near = float(ys[np.argmin(np.abs(np.log(xs / x_ref)))])
+    # E = 0 is allowed (these budgets need not reach the irreducible loss: shown as such); B and b on a bound are not
+    theta, cov, pinned, sse, e_zero = _bounded(
+        lambda t: t[0] + t[1] * (xs / x_ref) ** -t[2] - ys,
+        [[e0, max(near - e0, 1e-3), b0] for e0 in (0.5 * lowest, 0.9 * lowest) for b0 in (0.2, 0.6)],
+        [0.0, 0.0, EXPONENT[0]], [lowest, 2 * highest, EXPONENT[1]], ["E", "B", "b"], [True, False, False],
+        [False, False, False], run_sd)
+    e, b_coef, b = theta
+    names, covs, sq, n = ["E", "B", "b"], [cov], sse, len(ys)
+    h_max = ev.source_tokens / ev.target_params if ev.source_tokens else None
+    for f in fams:
+        fx, fy = np.array([p.x for p in pts(f)]), np.array([p.loss for p in pts(f)])
+        top = h_max or 1e4 * float(fx.max())  # the source's tokens bound the head start; unknown, a far bound
+        # d = 0 (nothing lost), h = 0 (no head start) and h = all the source's tokens (a lossless start, or the
+        # source itself trained on) are physical values; h on the far bound of an unknown source is not
+        part, c, pins, err, _ = _bounded(
+            lambda t, fx=fx, fy=fy: e + t[0] + b_coef * ((fx + t[1]) / x_ref) ** -b - fy,
+            [[0.01, h0] for h0 in (0.3 * float(fx.min()), min(3 * float(fx.max()), 0.5 * top))],
+            [0.0, 0.0], [highest, top], [f"d[{f.name}]", f"h[{f.name}]"], [True, True], [False, h_max is not None],
+            run_sd)
+        theta += part
+        names += [f"d[{f.name}]", f"h[{f.name}]"]
+        covs.append(c)
+        pinned += pins
+        sq, n = sq + err, n + len(fy)
+    full = np.zeros((len(theta), len(theta)))
+    i = 0
+    for c in covs:
+        full[i:i + len(c), i:i + len(c)] = c
+        i += len(c)
+    law = Law(theta, names, [f.name for f in fams], x_ref, full.tolist(), pinned, math.sqrt(sq / n), e_zero)
     return law, ""
 
 

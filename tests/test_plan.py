@@ -143,14 +143,18 @@ def test_a_fit_that_misses_its_held_out_budget_or_leaves_its_bounds_is_no_formul
     an = analyse(gather([read_results(_write(tmp_path, report))])[0])
     assert "misses the held-out budget by +0.100 nats" in an.doubts["default"] and not an.doubts["scratch"]
     assert an.held_out["default"]["error"] == pytest.approx(0.1, abs=0.02)
+    # a log, which a power law with E >= 0 only follows for a while: E = 0 is allowed (said), the held-out check fails
     logs = {n: (lambda X, c=c: c - 0.4 * math.log(X)) for n, c in (("scratch", 5.0), ("default", 4.8))}
-    flat = analyse(gather([read_results(_write(tmp_path, _report(logs), "log.json"))])[0])  # wants E < 0: no law
-    assert any("E at its lower bound" in p for p in flat.law.pinned)
-    assert flat.doubts["scratch"].startswith("the fit leaves")
-    proc = cli("plan", "--results", tmp_path / "log.json", "--target-params", N_T, "--budget", 6 * N_T * N_T * 3,
-               "--source-params", N_S, check=True)
-    assert "no reliable fit: the fit leaves its bounds (E at its lower bound" in proc.stdout
-    assert "^-" not in proc.stdout  # no formula shown
+    flat = analyse(gather([read_results(_write(tmp_path, _report(logs), "log.json"))])[0])
+    assert flat.law.e_at_zero and "misses the held-out budget by +0.070" in flat.doubts["scratch"]
+    # steeper than any power law of data (x^-3): the exponent sits on its bound, so no formula is shown
+    steep = {"scratch": lambda X: 2 + 5 * X ** -3.0, "default": lambda X: 2.1 + 5 * (X + 0.5) ** -3.0}
+    _write(tmp_path, _report(steep), "steep.json")
+    for name in ("log", "steep"):
+        proc = cli("plan", "--results", tmp_path / f"{name}.json", "--target-params", N_T, "--budget",
+                   6 * N_T * N_T * 3, "--source-params", N_S, check=True)
+        assert "^-" not in proc.stdout, proc.stdout  # no formula shown
+    assert "no reliable fit: the fit leaves its bounds (b at its upper bound (2))" in proc.stdout
 
 
 def test_plan_refuses_what_it_cannot_answer(tmp_path, cli):
