@@ -306,32 +306,30 @@ class Law:
             d, h = t[i], t[i + 1]
         return e + d + b_coef * ((x + h) / self.x_ref) ** -b
 
-    def predict(self, family: str, x: float) -> tuple[float, float]:
-        """The predicted loss and its standard deviation (the fit's, linearized)."""
+    def _gradient(self, family: str, x: float):
+        """d value / d theta, by forward differences."""
         import numpy as np
 
-        value = self.value(family, x)
-        grad = np.zeros(len(self.theta))
+        base, grad = self.value(family, x), np.zeros(len(self.theta))
         for i, t in enumerate(self.theta):
             step = 1e-6 * max(1.0, abs(t))
             moved = list(self.theta)
             moved[i] = t + step
-            grad[i] = (self.value(family, x, moved) - value) / step
-        return value, float(math.sqrt(max(0.0, grad @ np.asarray(self.cov) @ grad)))
+            grad[i] = (self.value(family, x, moved) - base) / step
+        return grad
+
+    def _sd(self, grad) -> float:
+        import numpy as np
+
+        return float(math.sqrt(max(0.0, grad @ np.asarray(self.cov) @ grad)))
+
+    def predict(self, family: str, x: float) -> tuple[float, float]:
+        """The predicted loss and its standard deviation (the fit's, linearized)."""
+        return self.value(family, x), self._sd(self._gradient(family, x))
 
     def difference(self, a: tuple[str, float], b: tuple[str, float]) -> float:
         """The standard deviation of ``L_a(x_a) - L_b(x_b)`` (correlations through the shared parameters kept)."""
-        import numpy as np
-
-        grad = np.zeros(len(self.theta))
-        for (fam, x), sign in ((a, 1.0), (b, -1.0)):
-            base = self.value(fam, x)
-            for i, t in enumerate(self.theta):
-                step = 1e-6 * max(1.0, abs(t))
-                moved = list(self.theta)
-                moved[i] = t + step
-                grad[i] += sign * (self.value(fam, x, moved) - base) / step
-        return float(math.sqrt(max(0.0, grad @ np.asarray(self.cov) @ grad)))
+        return self._sd(self._gradient(*a) - self._gradient(*b))
 
     def describe(self, family: str) -> str:
         e, b_coef, b = self.theta[:3]
