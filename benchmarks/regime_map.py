@@ -200,8 +200,8 @@ def _figure(analyses, files: list[Path], path: Path) -> None:
         ax.set_ylabel("held-out loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("The regime map: held-out loss against FLOPs (points: each role's best LR; dashed: the planner's "
-                 "reliable fits)", fontsize=10)
+    fig.suptitle("The regime map: held-out loss against FLOPs\n(points: each role's best LR; dashed: the planner's "
+                 "reliable fits)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
