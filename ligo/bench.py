@@ -120,6 +120,11 @@ class _Bench:
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                   "threads": torch.get_num_threads(), "source": source, "scratch_sweep": sweeps, "budgets": budgets,
                   "noise": noise}
+        # what ligo plan reads, so that a results file answers with no model on disk: the parameters of every model,
+        # the source's pretraining tokens where known, each run's tokens, the noise floor (ligo.planner)
+        from .planner import evidence_record
+
+        report["evidence"] = evidence_record(exp.raw, self.src_cfg, budgets, source, floor)
         (self.out / "results.json").write_text(json.dumps(report, indent=2))
         (self.out / "table.md").write_text(markdown(report))
         plot(report, self.out)

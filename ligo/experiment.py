@@ -275,19 +275,27 @@ class Experiment:
 
 def _shared(record: dict) -> str:
     """The settings every run of an experiment depends on: all but its methods and its words (and the source's
-    digest, checked on its own; folders from before it was recorded have none)."""
-    return json.dumps({k: v for k, v in record.items() if k not in ("_where", "methods", "description", SOURCE_DIGEST)},
-                      sort_keys=True)
+    digest, checked on its own; folders from before it was recorded have none; and a pretrained source's stated
+    tokens, which no run reads: the planner's)."""
+    shared = {k: v for k, v in record.items() if k not in ("_where", "methods", "description", SOURCE_DIGEST)}
+    if isinstance(shared.get("source"), dict) and "path" in shared["source"]:
+        shared["source"] = {k: v for k, v in shared["source"].items() if k != "tokens"}
+    return json.dumps(shared, sort_keys=True)
 
 
 def _check_source_path(exp: "Experiment") -> None:
     """A pretrained source: a checkpoint directory of the experiment's model_type, and no staged methods."""
     from .checkpoint import read_config
 
-    where, path = exp.where, exp.source.get("path")
-    if set(exp.source) != {"path"} or not isinstance(path, str) or not (local_path(path) / "config.json").is_file():
-        raise LigoError(f"{where}: source path must be the only source key and name a local checkpoint directory "
-                        f"(config.json, safetensors weights, tokenizer), got {exp.source!r}")
+    where, path, tokens = exp.where, exp.source.get("path"), exp.source.get("tokens")
+    if set(exp.source) - {"path", "tokens"} or not isinstance(path, str) or \
+            not (local_path(path) / "config.json").is_file():
+        raise LigoError(f"{where}: a pretrained source is path (a local checkpoint directory: config.json, safetensors "
+                        f"weights, tokenizer) and optionally tokens (its pretraining tokens, where known), got "
+                        f"{exp.source!r}")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not tokens > 0):
+        raise LigoError(f"{where}: source tokens must be a positive number (the tokens the checkpoint was pretrained "
+                        f"on, e.g. 2.0e12), got {tokens!r}")
     found = read_config(local_path(path)).get("model_type")
     if found != exp.model_type:
         raise LigoError(f"{where}: the source {path} is a {found} model but model_type says {exp.model_type}; make them "

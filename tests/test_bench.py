@@ -95,6 +95,15 @@ def _check_report(out: Path, exp):
     if exp.noise_seeds:
         assert len(report["noise"]) == 3 and budgets[0]["summary"]["noise_floor"] is not None
     assert (out / "loss_vs_flops.png").stat().st_size > 10_000
+    ev = report["evidence"]  # what ligo plan reads: every model's parameters and every run's tokens
+    assert ev["target"]["params"] > ev["source"]["params"] > 0
+    assert ev["noise_floor"] == budgets[0]["summary"]["noise_floor"]
+    for b in budgets:
+        assert {n: ev["tokens"][b["label"]][n] for n in b["methods"]} == {
+            n: m["train_steps"] * ev["methods"][n]["tokens_per_step"] for n, m in b["methods"].items()}
+    for name, m in ev["methods"].items():  # the source trained on is a model of the source's own size
+        assert (m["role"] == "continue") == (name.startswith("continue")), name
+        assert (m["params"] == ev["source"]["params"]) == (m["role"] == "continue"), name
     table = (out / "table.md").read_text()
     assert table.count("| scratch") >= len(budgets)
     return report
@@ -231,14 +240,18 @@ def test_a_pretrained_checkpoint_is_a_source(sources, tmp_path):
     report = run_experiment(exp, tmp_path / "out", progress=False, log=lambda *_: None)
     source, methods = report["source"], report["budgets"][0]["methods"]
     assert source["path"] == str(sources["llama"]) and source["flops"] is None
+    assert report["evidence"]["source"]["tokens"] is None  # a checkpoint's pretraining tokens: unknown unless stated
     assert methods["lossless"]["start_val_loss"] == pytest.approx(source["final_val_loss"], abs=1e-4)
     assert report["budgets"][0]["summary"]["rows"]["paper"]["saving_source_counted"] is None
     assert "(pretrained elsewhere)" in (tmp_path / "out" / "table.md").read_text()
     assert not (tmp_path / "out" / "tokenizer").exists()
     with pytest.raises(LigoError, match="is a llama model but model_type says gpt2"):
         exp.changed(model_type="gpt2")
-    with pytest.raises(LigoError, match="source path must be the only source key"):
+    with pytest.raises(LigoError, match="a pretrained source is path"):
         exp.changed(source={"path": str(tmp_path / "nowhere")})
+    with pytest.raises(LigoError, match="source tokens must be a positive number"):
+        exp.changed(source={"path": str(sources["llama"]), "tokens": "2T"})
+    assert exp.changed(source={"path": str(sources["llama"]), "tokens": 2.0e12}).source["tokens"] == 2.0e12
 
 
 def test_bench_without_out_writes_under_bench_results(tmp_path):

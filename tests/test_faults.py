@@ -99,7 +99,7 @@ def test_plan_refuses_numbers_that_are_not(flag, value, tmp_path, cli):
     from test_plan import _report
 
     (tmp_path / "r.json").write_text(json.dumps(_report()))
-    args = {"--target-params": "1e8", "--budget": "1e18", flag: value}
+    args = {"--target-params": "1e8", "--budget": "1e18", "--source-params": "1e7", flag: value}
     proc = cli("plan", "--results", tmp_path / "r.json", *[x for kv in args.items() for x in kv])
     assert_one_line_error(proc, "plan", f"{flag} must be a positive finite number")
 
@@ -108,14 +108,14 @@ def test_plan_refuses_binary_files_and_diverged_runs(tmp_path, cli):
     from test_plan import _report
 
     (tmp_path / "bin.json").write_bytes(bytes(range(256)) * 4)
-    assert_one_line_error(cli("plan", "--results", tmp_path / "bin.json", "--target-params", "1e8", "--budget",
-                              "1e18"), "plan", "cannot read benchmark results")
+    query = ["--target-params", "1e8", "--budget", "1e18", "--source-params", "1e7"]
+    assert_one_line_error(cli("plan", "--results", tmp_path / "bin.json", *query), "plan",
+                          "cannot read benchmark results")
     report = _report()
     first = next(iter(report["budgets"][0]["methods"].values()))
-    first["curve"][3]["val_loss"] = math.nan
+    first["curve"][1]["val_loss"] = math.nan
     (tmp_path / "nan.json").write_text(json.dumps(report))
-    assert_one_line_error(cli("plan", "--results", tmp_path / "nan.json", "--target-params", "1e8", "--budget",
-                              "1e18"), "plan", "not a finite number")
+    assert_one_line_error(cli("plan", "--results", tmp_path / "nan.json", *query), "plan", "not a finite number")
 
 
 def test_grow_train_resume_refuses_a_finished_job_and_changed_settings(sources, corpus, tmp_path, cli):

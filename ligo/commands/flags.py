@@ -19,7 +19,10 @@ from ..settings import describe
 
 
 def _default(f):
-    return f.default if f.default is not MISSING else f.default_factory()
+    """A field's default (None for a required field: no default to show)."""
+    if f.default is not MISSING:
+        return f.default
+    return None if f.default_factory is MISSING else f.default_factory()
 
 
 def add_flags(p: argparse.ArgumentParser, cls, *, prefix: str = "", title: str, exclude=(), shown: dict | None = None,
