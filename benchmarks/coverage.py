@@ -59,7 +59,7 @@ def verdict(model_type: str, root: Path) -> dict:
     from ligo import grow
     from ligo.errors import LigoError
     from ligo.infer import build_model, tiny_config
-    from ligo.tables import get_spec, refused_reason, supported_types
+    from ligo.tables import refused_reason, supported_types
 
     t0 = time.perf_counter()
     hand = model_type in supported_types()

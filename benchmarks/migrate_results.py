@@ -1,6 +1,6 @@
 """Add the planner's evidence record to results files written before ``ligo bench`` recorded it (issue 43), so that
 ``ligo plan`` reads them with no model on disk. The record is the one the bench writes now
-(:func:`ligo.planner.evidence_record`): it is computed from the file's own experiment record, and for a pretrained
+(:func:`ligo.evidence.evidence_record`): it is computed from the file's own experiment record, and for a pretrained
 source from the config given here (its checkpoint need not be on the machine). Files that hold one are left alone;
 each file is rewritten in place, atomically, with only the ``evidence`` key added.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def migrate(path: Path, source_config: dict | None, tokens: float | None, tokens_from: str | None) -> str:
-    from ligo.planner import evidence_of, evidence_record, read_results
+    from ligo.evidence import evidence_of, evidence_record, read_results
 
     text = path.read_text()
     report = json.loads(text)

@@ -79,7 +79,8 @@ def finished(out: Path | None, results: Path) -> list[Path]:
 def report(files: list[Path], figure: Path | None) -> str:
     """The regime map in markdown (and its figure): every experiment's three-way answer at every budget, where
     growth stops paying, and the planner's held-out errors."""
-    from ligo.planner import HELD_OUT_TOLERANCE, VERDICTS, analyse, answer, gather, read_results, summary
+    from ligo.evidence import gather, read_results
+    from ligo.planner import HELD_OUT_TOLERANCE, VERDICTS, analyse, answer, summary
 
     if not files:
         raise SystemExit("no finished regime experiment: run `regime_map.py run`, then `collect` (or pass --out)")

@@ -122,7 +122,7 @@ class _Bench:
                   "noise": noise}
         # what ligo plan reads, so that a results file answers with no model on disk: the parameters of every model,
         # the source's pretraining tokens where known, each run's tokens, the noise floor (ligo.planner)
-        from .planner import evidence_record
+        from .evidence import evidence_record
 
         report["evidence"] = evidence_record(exp.raw, self.src_cfg, budgets, source, floor)
         (self.out / "results.json").write_text(json.dumps(report, indent=2))

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error
 from ligo.errors import LigoError
-from ligo.planner import PlanQuery, analyse, gather, plan, read_results
+from ligo.evidence import gather, read_results
+from ligo.planner import PlanQuery, analyse, plan
 
 N_T, N_S, STEP = 100_000, 50_000, 1_000  # target and source parameters, tokens per step
 FLOOR = 0.01
