@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 from einops import rearrange
 
-from .spaces import FIXED, Entry
+from .spaces import FIXED, READ_PARTNER, Entry
 
 _CHUNK_ELEMENTS = 1 << 24  # an embedding or head is grown in slices of rows of about this many elements
 
@@ -190,9 +190,27 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
                 grown = grown + offset * (expand(op, ones, e, groups[chunk], absolute) - 1)
             if e.name in op.noise and state is None and not absolute:
                 grown = grown + op.router_noise(e, chunk, read)
+            if op.plan.perturb and state is None and not absolute and layer_by_layer:
+                grown = _perturbed(op, e, rows[chunk], grown)
             del mixed, src
             yield from _named(op, e, rows[chunk], grown)
             del grown
+
+
+def _perturbed(op, e: Entry, rows: list[int], grown: torch.Tensor) -> torch.Tensor:
+    """``grown`` (target layers ``rows`` of entry ``e``) with the plan's muP-scaled noise added: std ``perturb /
+    sqrt(fan_in)``, the fan-in the size of the axis the weight reads (a weight that reads no space, a norm's gain or
+    a bias, is left as it is). Each target layer's noise is drawn from its own seed, so streaming and in-memory
+    growth add the same numbers."""
+    import zlib
+
+    axis = next((a for a, tokens in enumerate(e.axes) if any(t in READ_PARTNER for t in tokens)), None)
+    if axis is None:
+        return grown
+    std = op.plan.perturb / math.sqrt(grown.shape[1 + axis])
+    noise = [torch.randn(grown.shape[1:], generator=torch.Generator().manual_seed(
+        op.plan.seed * 1_000_003 + zlib.crc32(f"{e.name}/{row}".encode())), dtype=torch.float32) for row in rows]
+    return grown.float() + std * torch.stack(noise).to(grown.device)
 
 
 def _read_layers(op, read, e: Entry, index: list[int] | None) -> torch.Tensor:

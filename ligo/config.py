@@ -44,6 +44,11 @@ class TrainConfig(Settings):
         "scratch or for a source ligo trained on under 200 tokens per parameter: the rule the real checkpoint "
         "measured, docs/trainer.md)", positive=True)
     weight_decay: float = setting(0.1, "AdamW weight decay (never on biases, norms or operator maps)", low=0)
+    optimizer: Literal["adamw", "muon"] = setting(
+        "adamw", "adamw, or muon: the layers' weight matrices take Muon's orthogonalized momentum updates (isotropic: "
+        "they leave a grown model's copied subspace, arXiv 'Escaping the Subspace Trap'), scaled to AdamW's update "
+        "RMS so that the same peak LR serves (torch's match_rms_adamw rule: 0.2 sqrt(max(rows, cols)) x LR); "
+        "embeddings, head, norms and biases keep AdamW")
     warmup: int = setting(20, "linear warmup steps", low=0)
     schedule: Literal["cosine", "linear", "constant", "wsd"] = setting(
         "cosine", "decay after warmup: cosine, linear, constant, or wsd (warmup-stable-decay)")
@@ -199,6 +204,9 @@ class GrowthPlan(Settings):
         "e.g. 0-23,8-31 (SOLAR's overlap) or 0-3,new,4-7,new; expand:K adds an identity block after every K layers "
         "(LLaMA-Pro). The target's layers follow from it")
     per_layer: bool = setting(False, "separate width maps per target layer for the layer spaces (heads, FFN)")
+    perturb: float = setting(0.0, "symmetry breaking as muP scales it: every grown projection gets noise of std "
+                             "perturb / sqrt(fan_in) added (fan_in: the size of the axis it reads), once, after any fit; "
+                             "the start moves away from the source's function by about that much (0: off)", low=0)
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are (0: plain copies)", low=0,
                                  high=0.99)
     seed: int = setting(0, "seed for the operator's init", low=0)

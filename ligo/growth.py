@@ -164,7 +164,7 @@ class Grower:
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,
                                        self.source.state, plan, compact=self.stream,
                                        router_std=float(self.target_config.get("initializer_range") or 0.02),
-                                       depth=self.depth)
+                                       depth=self.depth, read=LazyWeights(self.source.path) if self.stream else None)
         if not self.stream:
             self.operator.to(self.device)
         self.plan = self.operator.plan
@@ -345,7 +345,7 @@ class Grower:
             plan=self.plan.to_dict(), source_tokens=self.source_tokens, source_flops=self.source_flops,
             lossless=not self.gaps, not_lossless_because=list(self.gaps),
             operator_parameters=self.operator.num_parameters(), fit=self.fit_record, start_check=self.start_check,
-            new_layers=self.depth.new_layers, pretrained=self.source_pretrained,
+            new_layers=self.depth.new_layers, pretrained=self.source_pretrained, depth_fit=self.operator.depth_fit,
             vision_language=self.source.wrapper.model_type if self.source.wrapper is not None else None)
 
     def result(self, out: Path | None) -> GrowResult:

@@ -56,18 +56,25 @@ class LoopResult:
         return {k: last.get(k) for k in ("tok_s", "tflops", "mfu")}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, muon: bool = False) -> list[dict]:
     """AdamW groups: matrices decay; biases and norm gains do not. A model may define its own
     ``param_groups(weight_decay)`` (the operator fit does: per-map learning-rate scales, no decay);
-    a group's ``lr_scale`` multiplies the scheduled learning rate."""
+    a group's ``lr_scale`` multiplies the scheduled learning rate. With ``muon``, the weight matrices other than the
+    embeddings and the head are a group of their own that Muon updates (``"muon": True``)."""
     own = getattr(model, "param_groups", None)
     if callable(own):
         return own(weight_decay)
-    decay, no_decay = [], []
+    ends = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None} \
+        if muon and hasattr(model, "get_input_embeddings") else set()
+    decay, no_decay, matrices = [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 and weight_decay > 0 else no_decay).append(p)
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if muon and p.dim() == 2 and id(p) not in ends:
+                matrices.append(p)
+            else:
+                (decay if p.dim() >= 2 and weight_decay > 0 else no_decay).append(p)
+    return [g for g in ({"params": matrices, "weight_decay": weight_decay, "muon": True},
+                        {"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
             if g["params"]]
 
 
@@ -156,10 +163,10 @@ class _Loop:
         self.masters = None
         if cfg.weights_dtype == "bfloat16":
             model = model.to(device=self.device, dtype=torch.bfloat16)
-            self.masters = MasterWeights(param_groups(model, cfg.weight_decay))
+            self.masters = MasterWeights(param_groups(model, cfg.weight_decay, cfg.optimizer == "muon"))
             accelerator.register_for_checkpointing(self.masters)
         self.eval_kwargs = lm_loss_only(model)  # held-out losses without an MoE's router loss
-        groups = self.masters.groups if self.masters else param_groups(model, cfg.weight_decay)
+        groups = self.masters.groups if self.masters else param_groups(model, cfg.weight_decay, cfg.optimizer == "muon")
         names = {id(p): n for n, p in model.named_parameters()}  # which parameter each optimizer slot belongs to
         self.slots = [[names.get(id(p)) for p in g["params"]] for g in (self.masters.model_groups if self.masters
                                                                          else groups)]

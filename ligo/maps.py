@@ -146,6 +146,9 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims, depth:
     if init.copies and tgt.hidden % src.hidden and spec.norms["type"] == "layer":
         gaps.append(f"LayerNorm over a residual stream grown by a non-integer ratio ({src.hidden} -> {tgt.hidden}) "
                     f"changes the norm's mean and variance; choose a hidden size that is a multiple of {src.hidden}")
+    if plan.perturb:
+        gaps.append(f"noise of std {plan.perturb:g} / sqrt(fan_in) is added to every grown projection (--perturb), "
+                    "which moves the start away from the source's function on purpose; use --perturb 0")
     gaps += expert_gaps(plan, src, tgt)
     for name, what in (("q_lora", "query"), ("kv_lora", "key-value")):
         if init.copies and getattr(src, name) and getattr(tgt, name) % getattr(src, name):

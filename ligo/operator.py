@@ -51,7 +51,7 @@ from .apply import grown, pieces
 from .config import GrowthPlan
 from .errors import LigoError
 from .maps import Depth, check_growth, checked_depth, dense, expert_scale, residual_scales
-from .plans import WIDTH, random_rows, unit_selection, width_init
+from .plans import WIDTH, depth_init, neighbour_fit, random_rows, unit_selection, width_init
 
 
 ROUTER_NOISE = 0.05  # split experts of a trained router: noise of this fraction of its weights' RMS
@@ -66,13 +66,15 @@ class GrowthOperator(nn.Module):
     """Learnable depth and width maps from a frozen source state dict to a target state dict."""
 
     def __init__(self, spec: ArchSpec, src_dims: Dims, tgt_dims: Dims, layout: dict, src_state: dict,
-                 plan: GrowthPlan, compact: bool = False, router_std: float = 0.02, depth: Depth | None = None):
+                 plan: GrowthPlan, compact: bool = False, router_std: float = 0.02, depth: Depth | None = None,
+                 read=None):
         """``plan``: a concrete plan (its ``auto`` fields resolved by the caller, :meth:`GrowthPlan.resolved`).
         ``compact``: the operator will only be materialized, never fitted (streaming growth): each width
         map that is a selection keeps only its (unit, coefficient) form, not its dense matrix.
         ``router_std``: the scale of the noise a symmetry-breaking plan adds to the router of copied experts
         (the target config's ``initializer_range``: what a router trained from scratch starts from).
-        ``depth``: the plan's depth plan, when the caller built it (:func:`ligo.maps.depth_plan`)."""
+        ``depth``: the plan's depth plan, when the caller built it (:func:`ligo.maps.depth_plan`). ``read``: reads a
+        source tensor by its key (streaming: the state holds shapes only), for a depth init fitted on the weights."""
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
         if plan.width == "auto" or plan.depth == "auto":
@@ -117,6 +119,43 @@ class GrowthOperator(nn.Module):
             if module in spec.identity_zero:  # new identity blocks: their output projections start at zero
                 d[zero[rows]] = 0
             self.depth[_param_name(module)] = nn.Parameter(d)
+        self.depth_fit: dict[str, dict] = {}  # a depth init fitted on the weights: each module's coefficients
+        if depth_init(plan.depth).from_weights:
+            self._fit_depth(depth, read or (lambda key: src_state[key]))
+
+    @torch.no_grad()
+    def _fit_depth(self, depth: Depth, read) -> None:
+        """Each new layer (a repeat of source layer j) from its neighbours, by the coefficients that predict every
+        source layer of the module from its own neighbours (:func:`ligo.plans.neighbour_fit`): between j and j + 1
+        where j has a successor, else after j from j - 1 and j. Norm gains are fitted as gains (offset added)."""
+        offset = self.spec.norms["offset"]
+        modules: dict[str, list[Entry]] = {}
+        for e in self.layer_entries:
+            modules.setdefault(e.module, []).append(e)
+        for module, entries in modules.items():
+            cols = self.src_rows(entries[0])
+
+            def layer(j: int) -> torch.Tensor:
+                return torch.cat([self.layer(read, e, cols[j]).double().flatten() +
+                                  (offset if e.name in self.gains else 0.0) for e in entries])
+
+            n, window, gram = len(cols), {}, [[0.0] * len(cols) for _ in cols]
+            for j in range(n):  # layers at most two apart, three held at a time
+                window[j] = layer(j)
+                window.pop(j - 3, None)
+                for i in range(max(0, j - 2), j + 1):
+                    gram[i][j] = gram[j][i] = float(window[i] @ window[j])
+            fit = self.depth_fit[module] = neighbour_fit(gram)
+            d = self.depth[_param_name(module)]
+            for r, row in enumerate(self.tgt_rows(entries[0])):
+                if not depth.repeat[row]:
+                    continue
+                c = int(d.data[r].argmax())
+                d.data[r].zero_()
+                if c + 1 < n:
+                    d.data[r, c], d.data[r, c + 1] = fit["between"][0], fit["between"][1]
+                else:
+                    d.data[r, c - 1], d.data[r, c] = fit["after"][0], fit["after"][1]
 
     def _collect(self, layout: dict) -> set[str]:
         """The weights outside the layers (``singles``), one entry per layer weight, the layers' key prefix,

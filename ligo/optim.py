@@ -23,8 +23,62 @@ def precision(cfg: TrainConfig, device: torch.device):
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    if any(g.get("muon") for g in groups):
+        return MuonAdamW(groups, lr=cfg.lr)
     fused = device.type == "cuda" and all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz iteration (Keller Jordan's, as torch's)
+
+
+def orthogonalized(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """The nearest semi-orthogonal matrix to ``g`` (its singular values pushed towards one), by Newton-Schulz."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.float() / (g.norm() + eps)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for the groups marked ``muon`` (2-d weight matrices: Nesterov momentum 0.95, orthogonalized, scaled by
+    ``0.2 sqrt(max(rows, cols))`` so that its update RMS matches AdamW's and one peak LR serves both, decoupled
+    weight decay), AdamW (betas 0.9, 0.95) for the rest: one optimizer, one state dict, one LR schedule."""
+
+    def __init__(self, groups: list[dict], lr: float, betas=(0.9, 0.95), momentum: float = 0.95, eps: float = 1e-8):
+        super().__init__(groups, {"lr": lr, "betas": betas, "momentum": momentum, "eps": eps, "weight_decay": 0.0,
+                                  "muon": False})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", torch.tensor(0.0)) + 1
+                if wd:
+                    p.mul_(1 - lr * wd)
+                if group["muon"]:
+                    buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
+                    buf.lerp_(p.grad, 1 - group["momentum"])
+                    update = orthogonalized(p.grad.lerp(buf, group["momentum"]))
+                    p.add_(update.to(p.dtype), alpha=-lr * 0.2 * max(p.shape) ** 0.5)
+                    continue
+                (b1, b2), t = group["betas"], float(state["step"])
+                m = state.setdefault("exp_avg", torch.zeros_like(p))
+                v = state.setdefault("exp_avg_sq", torch.zeros_like(p))
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+                p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+        return loss
 
 
 class MasterWeights:

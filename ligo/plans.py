@@ -52,6 +52,7 @@ class DepthInit:
     layout: Callable[[int, int | None, str | None], tuple[list[int], list[bool] | None]]
     repeats_are_identity: bool = False  # a repeated source layer starts as an identity block (output zeroed)
     needs_map: bool = False  # the layout is the user's depth map (--depth-map)
+    from_weights: bool = False  # each repeat's row is fitted on the source's own layers (:func:`neighbour_fit`)
 
 
 WIDTH: dict[str, WidthInit] = {}
@@ -188,3 +189,33 @@ register_depth(DepthInit("identity", "as interleave, the repeats new identity bl
                          "with a lossless width, growth keeps the function",
                          lambda l1, l2, _: ([i * l1 // l2 for i in range(l2)], None), repeats_are_identity=True))
 register_depth(DepthInit("map", "the depth map (--depth-map) says", _mapped, needs_map=True))
+register_depth(DepthInit("weights", "learned from the source's weights, no data (LESA-like): each new layer, placed as "
+                         "interleave places it, is its neighbours mixed by the coefficients that best predict every "
+                         "source layer from its own neighbours, fitted per module; not lossless",
+                         lambda l1, l2, _: ([i * l1 // l2 for i in range(l2)], None), from_weights=True))
+
+
+def neighbour_fit(gram) -> dict:
+    """The depth coefficients a module's source layers give, from their Gram matrix ``gram[i][j] = <W_i, W_j>``
+    (layers at most two apart are read): ``between`` = (a, b), the least-squares prediction of every inner layer
+    from its neighbours, ``W_k ~ a W_{k-1} + b W_{k+1}``, which places a new layer between two; ``after`` = (c, d),
+    the prediction of a layer from the two before it, ``W_k ~ c W_{k-2} + d W_{k-1}``, for a new layer after the
+    last. The 2x2 normal equations carry a ridge of 1e-6 of their trace; with too few layers to fit, the midpoint
+    (0.5, 0.5) and a copy of the last layer (0, 1)."""
+    import torch
+
+    n = len(gram)
+
+    def solve(rows: list[tuple[int, int, int]], fallback: tuple[float, float]) -> list[float]:
+        if not rows:
+            return list(fallback)
+        a = torch.zeros(2, 2, dtype=torch.float64)
+        y = torch.zeros(2, dtype=torch.float64)
+        for k, i, j in rows:  # W_k ~ x W_i + z W_j
+            a += torch.tensor([[gram[i][i], gram[i][j]], [gram[j][i], gram[j][j]]], dtype=torch.float64)
+            y += torch.tensor([gram[k][i], gram[k][j]], dtype=torch.float64)
+        a += 1e-6 * a.trace() * torch.eye(2, dtype=torch.float64)
+        return [float(v) for v in torch.linalg.solve(a, y)]
+
+    return {"between": solve([(k, k - 1, k + 1) for k in range(1, n - 1)], (0.5, 0.5)),
+            "after": solve([(k, k - 2, k - 1) for k in range(2, n)], (0.0, 1.0))}

@@ -154,6 +154,7 @@ class GrowthRecord(Record):
     fit: Optional[FitRecord] = setting(None, "the operator fit (None: not fitted)")
     start_check: Optional[StartCheck] = setting(None, "the start loss beside the source's (with --data)")
     new_layers: list[int] = setting([], "the layers growth added (what --freeze trains)")
+    depth_fit: dict = setting({}, "a depth init fitted on the source's weights: each module's coefficients")
     pretrained: bool = setting(True, "the source is a pretrained checkpoint (the LR after growth follows it)")
     vision_language: Optional[str] = setting(None, "the vision-language model_type around the language model grown")
     run: Optional[str] = setting(None, "a grown training run: the run's name")

@@ -111,6 +111,9 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     spec = get_spec(config.get("model_type"))
     check_live_growth(spec, target, run_dir)
     cfg = state.get("config") or {}
+    if optimizer_state == "grow" and cfg.get("optimizer") == "muon":
+        raise LigoError(f"{run_dir} trains with Muon, whose momentum of a weight matrix is no per-unit quantity the "
+                        "operator can grow as it grows AdamW's moments; grow it with --optimizer-state reset")
     if not (ckpt / WEIGHTS_FILE).exists():
         raise LigoError(f"{ckpt} has no {WEIGHTS_FILE}; only single-file checkpoints of `ligo train` can be grown")
     from .checkpoint import check_finite, read_weights, weights_dtype
