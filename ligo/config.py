@@ -69,6 +69,9 @@ class TrainConfig(Settings):
     weights_dtype: Literal["float32", "bfloat16"] = setting(
         "float32", "bfloat16: keep the model's weights in bf16 (half the memory) with fp32 master weights and "
         "fp32 optimizer state (not with FSDP)")
+    fsdp: bool = setting(False, "shard the model's weights, gradients and AdamW state over the processes of the "
+                         "launch (FSDP2, one shard unit per layer); launch with torchrun or accelerate launch "
+                         "(docs/trainer.md)")
     compile: Optional[bool] = setting(None, "torch.compile the model (default: on with CUDA, off on CPU)")
     grad_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
     peak_tflops: Optional[float] = setting(None, "the device's peak TFLOP/s for the MFU column (default: "
