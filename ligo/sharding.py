@@ -74,12 +74,12 @@ def _launch_precision() -> str | None:
 
 def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     """FSDP2 over every process of the launch: ``fully_shard`` on each layer, then on the root (the embeddings,
-    the final norm and the head). The model is moved to ``device`` first; its parameters become DTensors."""
+    the final norm and the head); the parameters become DTensors. ``fully_shard`` moves each unit to the mesh's
+    device as it shards it, so a GPU holds one whole layer at most, never the whole model."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    model = model.to(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     layers = layer_classes(model)
     for module in list(model.modules()):
