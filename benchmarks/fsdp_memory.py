@@ -146,7 +146,8 @@ def main() -> int:
         print(f"{mode:5s} per rank: parameters {s['parameters_mib']:.1f} MiB, gradients {s['gradients_mib']:.1f} MiB, "
               f"AdamW state {s['optimizer_state_mib']:.1f} MiB (total {s['held_mib_per_rank']:.1f} MiB); peak RSS "
               f"{s['peak_rss_mib']:.0f} MiB; step {s['step_s_median']:.3f} s (median)")
-    print(f"fsdp/ddp: held {summary['held_ratio_fsdp_to_ddp']:.3f}, step time {summary['step_time_ratio_fsdp_to_ddp']:.2f}")
+    print(f"fsdp/ddp: held {summary['held_ratio_fsdp_to_ddp']:.3f}, "
+          f"step time {summary['step_time_ratio_fsdp_to_ddp']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0

@@ -138,6 +138,9 @@ def test_a_sharded_checkpoint_is_read_as_data_never_as_code(runs, tmp_path, cli)
     root, _ = runs
     run = tmp_path / "run"
     shutil.copytree(root / "sharded", run)
+    # a sharded run resumes sharded: its shards are not a checkpoint the unsharded loop reads
+    assert_one_line_error(cli("train", "--out", run, "--resume", "--steps", "16", "--no-fsdp"), "train",
+                          r"other settings \(fsdp True -> False\)")
     ckpt = max((run / "checkpoints").iterdir())
     (ckpt / "shards" / ".metadata").write_bytes(pickle.dumps(_Code()))
     state = json.loads((ckpt / STATE_FILE).read_text())
