@@ -100,7 +100,7 @@ def save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     """Every rank writes its shards of the model and the optimizer state into ``folder`` (a collective)."""
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(_state(model, optimizer), checkpoint_id=str(folder))
+    _unwrapped(lambda: dcp.save(_state(model, optimizer), checkpoint_id=str(folder)))
 
 
 def load_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -128,9 +128,24 @@ def _plain_planner():
     return PlainLoadPlanner()
 
 
+def _unwrapped(call):
+    """``call()``, but a ``CheckpointException`` (torch's BaseException that carries each rank's error, which
+    ``except Exception`` would let through) raised as the first rank's error itself (a full disk: an OSError)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return call()
+    except CheckpointException as exc:
+        errors = [pair[0] if isinstance(pair, tuple) else pair for pair in exc.failures.values()]
+        error = next((e for e in errors if isinstance(e, Exception)), None)
+        if error is None:
+            raise RuntimeError(str(exc).strip().splitlines()[-1]) from None
+        raise error from None
+
+
 def _load(call, folder: Path) -> None:
     try:
-        call(_plain_planner())
+        _unwrapped(lambda: call(_plain_planner()))
     except Exception as exc:
         text = str(exc)
         if "Weights only load failed" not in text and "UnpicklingError" not in text and \
@@ -194,7 +209,8 @@ def write_shards(folder: Path, weights: dict, optim: dict) -> None:
     import torch.distributed.checkpoint as dcp
 
     with _one_process():
-        dcp.save({"model": weights, "optim": optim}, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+        _unwrapped(lambda: dcp.save({"model": weights, "optim": optim}, storage_writer=dcp.FileSystemWriter(str(folder)),
+                                    no_dist=True))
 
 
 @contextlib.contextmanager

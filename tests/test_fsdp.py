@@ -127,13 +127,11 @@ class _Code:
 
 
 def test_a_sharded_checkpoint_is_read_as_data_never_as_code(runs, tmp_path, cli):
-    import io
-
     import torch
 
     from ligo.errors import LigoError
     from ligo.rundir import STATE_FILE, file_digests
-    from ligo.sharding import _load
+    from ligo.sharding import read_shards, write_shards
 
     root, _ = runs
     run = tmp_path / "run"
@@ -149,8 +147,7 @@ def test_a_sharded_checkpoint_is_read_as_data_never_as_code(runs, tmp_path, cli)
                                      tmp_path / "g"), "grow", "not a sharded checkpoint's metadata")
     assert "never unpickles code" in line and not (tmp_path / "g").exists()
     # an entry that is not a tensor (the optimizer's hyper-parameters) is read as plain data before torch reads it
-    evil = io.BytesIO()
-    torch.save(_Code(), evil)
-    evil.seek(0)
-    with pytest.raises(LigoError, match="not plain data"):
-        _load(lambda planner: planner.load_bytes(None, evil), ckpt / "shards")
+    write_shards(tmp_path / "shards", {"w": torch.zeros(2)}, {"state": {}, "param_groups": [{"lr": _Code(),
+                                                                                            "params": ["w"]}]})
+    with pytest.raises(LigoError, match="not plain data; ligo never unpickles code"):
+        read_shards(tmp_path / "shards")
