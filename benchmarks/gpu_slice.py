@@ -13,8 +13,9 @@ method's curve and final held-out loss, which method is the default plan) and th
     python benchmarks/gpu_slice.py --list                        # the slices and which are measured
 
 Slices, in order: decide-218m (the gpu-llama shapes, every fixed method, the default plan and the fitted
-operator at the base budget), fsdp (a real FSDP2 wrap in one process: sharded checkpoints, preemption and
-resume, the final gather into one safetensors checkpoint, live growth of the FSDP run or its refusal),
+operator at the base budget), fsdp (``ligo train --fsdp`` under torchrun on every GPU: sharded checkpoints,
+preemption and resume, the final gather into one safetensors checkpoint, the run grown with its optimizer state and
+resumed sharded),
 speed (throughput.py and scale.py), decide-218m-4x (scratch, slice 1's best
 fixed method and the default plan at 4x), noise-218m (slice 1's top two and scratch, seed 1), strong-218m
 (slice 1 from a source trained 10x longer), decide-1b (gpu-1b.yaml: scratch, slice 1's best fixed method,
@@ -275,11 +276,12 @@ FSDP_SMOKE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, nu
 
 
 def _fsdp(out: Path, smoke: bool, deadline: float) -> dict:
-    """ligo's trainer under ``accelerate launch`` with examples/accelerate/fsdp.yaml (FSDP2, sharded state dict) in
-    one process: train with checkpoints, SIGTERM after the first one (preemption), ``--resume`` to the end (the
-    final model gathered into one safetensors file), load it with transformers, then grow the run with its
-    optimizer state and continue it (or record the refusal). Each step's outcome is recorded. On a CPU accelerate
-    runs the config without FSDP: the rehearsal checks the flow, not the sharding."""
+    """``ligo train --fsdp`` (FSDP2 applied by ligo, the path tests/test_fsdp.py runs on two CPU processes) under
+    ``torchrun`` with a process per GPU: train with checkpoints, SIGTERM to the launch after the first one
+    (preemption), ``--resume`` to the end (the final model gathered into one safetensors file), load it with
+    transformers, then grow the run's sharded checkpoint with its optimizer state and continue it sharded. Each
+    step's outcome is recorded. On one GPU (and in the CPU rehearsal: one gloo process) the wrap, the checkpoints
+    and the gather are real, with one shard."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -294,12 +296,13 @@ def _fsdp(out: Path, smoke: bool, deadline: float) -> dict:
     cfg = LlamaConfig(**(FSDP_SMOKE if smoke else FSDP_MODEL), vocab_size=len(tok), tie_word_embeddings=True)
     LlamaForCausalLM(cfg).save_pretrained(work / "src")
     tok.save_pretrained(work / "src")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "examples" / "accelerate" / "fsdp.yaml"), "--num_processes", "1", "-m", "ligo"]
+    nproc = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
+              "ligo"]
     train = ["train", str(work / "src"), "--out", str(work / "run"), "--steps", str(steps), "--save-every",
-             str(steps // 2), "--batch-size", "4", "--seq-len", str(seq), "--eval-every", str(steps // 2),
-             "--eval-batches", "2", "--log-every", "1", "--no-progress"]
-    record = {"model": FSDP_SMOKE if smoke else FSDP_MODEL, "steps": steps, "outcomes": []}
+             str(steps // 2), "--batch-size", str(4 * nproc), "--seq-len", str(seq), "--eval-every", str(steps // 2),
+             "--eval-batches", "2", "--log-every", "1", "--no-progress", "--fsdp"]
+    record = {"model": FSDP_SMOKE if smoke else FSDP_MODEL, "steps": steps, "processes": nproc, "outcomes": []}
 
     def step(name: str, cmd: list[str], stop_when=None) -> int | None:
         t0 = time.monotonic()
@@ -318,9 +321,11 @@ def _fsdp(out: Path, smoke: bool, deadline: float) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log = proc.stdout.read().splitlines() if proc.stdout else []
+        ligo = [line for line in log if line.startswith("ligo ")]  # ligo's own lines (torchrun adds its report)
         record["outcomes"].append({"step": name, "returncode": proc.returncode, "seconds": time.monotonic() - t0,
-                                   "signalled": signalled, "tail": log[-8:]})
-        return proc.returncode
+                                   "signalled": signalled, "ligo_lines": ligo[-4:], "tail": log[-8:]})
+        # preempted: ligo's one line (torchrun's own exit status then says only that a process stopped)
+        return 143 if any(": preempted at " in line for line in ligo) else proc.returncode
 
     half = work / "run" / "checkpoints" / f"step-{steps // 2:07d}"
     stopped = step("train, SIGTERM after the first checkpoint", launch + train,
@@ -328,8 +333,11 @@ def _fsdp(out: Path, smoke: bool, deadline: float) -> dict:
     # preempted: --resume finishes it; finished before the signal landed: --resume trains it on to twice the steps
     more = [] if stopped == 143 else ["--steps", str(2 * steps)]
     finished = step("train --resume", launch + train + ["--resume", *more]) if stopped in (0, 143) else None
-    record["checkpoint_files"] = sorted(str(p.relative_to(work / "run")) for p in (work / "run").rglob("*")
-                                        if "checkpoints" in p.parts and p.is_file())[:40]
+    files = sorted(str(p.relative_to(work / "run")) for p in (work / "run").rglob("*")
+                   if "checkpoints" in p.parts and p.is_file())
+    record["checkpoint_files"] = files[:40]
+    record["sharded_checkpoint"] = any("/shards/" in f for f in files) and not any(
+        f.endswith("model.safetensors") for f in files)
     if finished == 0:
         model = AutoModelForCausalLM.from_pretrained(work / "run")
         ids = torch.randint(0, len(tok), (1, seq))
@@ -342,11 +350,12 @@ def _fsdp(out: Path, smoke: bool, deadline: float) -> dict:
         if step("grow the run with its optimizer state", grow) == 0:
             step("train the grown run --resume", launch + ["train", "--out", str(work / "grown-run"), "--resume",
                                                          "--steps", str(steps + 4), "--no-progress"])
-    # complete: the flow reached its end within the limit (a one-line refusal of live growth is an outcome too);
-    # passed: every step ended as it should (preempted or finished, resumed, loaded, grown or refused in one line)
+    # complete: the flow reached its end within the limit;
+    # passed: every step ended as it should (preempted or finished, resumed, sharded checkpoints, loaded, grown from
+    # the shards, and the grown run resumed sharded)
     record["complete"] = finished is not None and time.monotonic() < deadline
-    record["passed"] = stopped in (0, 143) and finished == 0 and record.get("final_model_loads", False) and all(
-        o["returncode"] in (0, 2) for o in record["outcomes"][2:])
+    record["passed"] = stopped in (0, 143) and finished == 0 and record.get("final_model_loads", False) and \
+        record["sharded_checkpoint"] and [o["returncode"] for o in record["outcomes"][2:]] == [0, 0]
     return record
 
 

@@ -70,6 +70,9 @@ class TrainConfig(Settings):
     weights_dtype: Literal["float32", "bfloat16"] = setting(
         "float32", "bfloat16: keep the model's weights in bf16 (half the memory) with fp32 master weights and "
         "fp32 optimizer state (not with FSDP)")
+    fsdp: bool = setting(False, "shard the model's weights, gradients and AdamW state over the processes of the "
+                         "launch (FSDP2, one shard unit per layer); launch with torchrun or accelerate launch "
+                         "(docs/trainer.md)")
     compile: Optional[bool] = setting(None, "torch.compile the model (default: on with CUDA, off on CPU)")
     grad_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
     peak_tflops: Optional[float] = setting(None, "the device's peak TFLOP/s for the MFU column (default: "
@@ -84,6 +87,9 @@ class TrainConfig(Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.trackers = list(self.trackers)
+        if self.fsdp and self.optimizer == "muon":
+            raise LigoError("training config: --optimizer muon orthogonalizes whole weight matrices, which --fsdp "
+                            "shards over the processes; train with one of them")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based); the peak must be set (training sets the default)."""

@@ -54,20 +54,58 @@ def barrier(what: str) -> None:
     SIGTERM is answered at once, a peer's death that the backend reports ends the wait with its error, and one
     that it does not see (a collective that has not noticed its peer die) ends it at the deadline: never a
     process blocked until the launcher kills it without a word."""
-    import time
-
     import torch.distributed as dist
 
-    if world_size() < 2 or not dist.is_available() or not dist.is_initialized():
+    if not _launched():
         return
+    _wait(dist.barrier(async_op=True), what)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process of this launch, answered the same on all of them (each calls it at the
+    same point of its work). The vote travels over the CPU (gloo), so a GPU run is not synchronised by it, and its
+    wait is bounded as :func:`barrier`'s. One process: ``flag`` itself."""
+    import torch.distributed as dist
+
+    if not _launched():
+        return flag
+    vote = torch.tensor([int(flag)])
+    _wait(dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=_cpu_group(), async_op=True), "the end of the step")
+    return bool(vote.item())
+
+
+def _launched() -> bool:
+    import torch.distributed as dist
+
+    return world_size() > 1 and dist.is_available() and dist.is_initialized()
+
+
+_CPU_GROUPS: dict = {}
+
+
+def _cpu_group():
+    """The launch's processes as a gloo group (the default group when it is gloo already; made once per default
+    group, by every process at the same call)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _CPU_GROUPS:
+        _CPU_GROUPS[key] = dist.new_group(backend="gloo")
+    return _CPU_GROUPS[key]
+
+
+def _wait(work, what: str) -> None:
+    import time
+
     timeout = float(os.environ.get("LIGO_PEER_TIMEOUT") or PEER_TIMEOUT_S)
-    work = dist.barrier(async_op=True)
     deadline = time.monotonic() + timeout
     while not work.is_completed():
         if time.monotonic() > deadline:
             raise PeerLost(f"no other process reached {what} within {timeout:g} s (LIGO_PEER_TIMEOUT)")
-        time.sleep(0.005)
-    work.wait()  # the backend's own error, if the barrier failed (a peer's connection closed)
+        time.sleep(0.001)
+    work.wait()  # the backend's own error, if the collective failed (a peer's connection closed)
 
 
 def check_batch(batch_size: int, what: str = "batch_size") -> None:

@@ -2,8 +2,9 @@
 
 Built on accelerate in the shape of its ``by_feature`` examples: ``prepare``, ``accumulate``,
 ``backward``, ``gather_for_metrics``, ``save_state``/``load_state`` and ``skip_first_batches``. It runs
-unchanged in one process or under ``accelerate launch`` (several processes, FSDP). The run directory
-(log, checkpoints, resume checks) is :class:`ligo.rundir.RunDir`.
+unchanged in one process or under ``torchrun`` / ``accelerate launch`` (several processes, data parallel or, with
+``fsdp``, sharded: :mod:`ligo.sharding`). The run directory (log, checkpoints, resume checks) is
+:class:`ligo.rundir.RunDir`.
 
 The fast path: fused AdamW on GPUs, ``torch.compile`` (default on CUDA), bf16 autocast (default on
 GPUs that have it), pinned-memory batches copied asynchronously, and no host synchronisation inside
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .errors import LigoError
 from .flops import device_peak_tflops
-from .launch import check_batch, has_accelerator_device, is_main_process
+from .launch import any_process, check_batch, has_accelerator_device, is_main_process
 from .moe import lm_loss_only
 from .optim import MasterWeights, make_optimizer, optimizer_step, precision
 from .rundir import Preemption, RunDir, latest_checkpoint
@@ -48,6 +49,15 @@ class LoopResult:
     @property
     def final_val(self) -> float | None:
         return self.evals[-1]["val_loss"] if self.evals else None
+
+    def weights(self) -> dict:
+        """The trained model's state dict, gathered from every process (a collective: every process calls it; a
+        sharded model's weights arrive on the main process only)."""
+        from .sharding import full_state_dict, is_sharded
+
+        if is_sharded(self.model):
+            return full_state_dict(self.model)
+        return self.accelerator.get_state_dict(self.model)
 
     @property
     def throughput(self) -> dict:
@@ -100,6 +110,10 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path | None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise LigoError("accelerate launch was configured with its own FSDP (distributed_type: FSDP); ligo shards the "
+                        "model itself, the same way on CPUs and GPUs: launch with a multi-GPU config "
+                        "(examples/accelerate/fsdp.yaml) and pass --fsdp")
     if cfg.trackers:
         _check_trackers(cfg.trackers)
     # Without an accelerator device, ask for CPU explicitly: that is what makes accelerate see a
@@ -156,6 +170,10 @@ class _Loop:
             raise LigoError(f"the training split holds {len(train_data)} blocks, fewer than one batch of "
                             f"{cfg.batch_size}; give more data or a smaller batch size / seq_len")
         set_seed(cfg.seed)
+        if cfg.fsdp:
+            from .sharding import check_shardable
+
+            check_shardable(model, cfg, accelerator)
         if cfg.grad_checkpointing:
             enable_grad_checkpointing(model)
         _, self.autocast, self.scaler = precision(cfg, self.device)
@@ -165,17 +183,23 @@ class _Loop:
             model = model.to(device=self.device, dtype=torch.bfloat16)
             self.masters = MasterWeights(param_groups(model, cfg.weight_decay, cfg.optimizer == "muon"))
             accelerator.register_for_checkpointing(self.masters)
+        if cfg.fsdp:  # sharded before the optimizer is built: it holds the shards (each rank its own)
+            from .sharding import shard_model
+
+            model = shard_model(model, self.device)
         self.eval_kwargs = lm_loss_only(model)  # held-out losses without an MoE's router loss
         groups = self.masters.groups if self.masters else param_groups(model, cfg.weight_decay, cfg.optimizer == "muon")
         names = {id(p): n for n, p in model.named_parameters()}  # which parameter each optimizer slot belongs to
         self.slots = [[names.get(id(p)) for p in g["params"]] for g in (self.masters.model_groups if self.masters
                                                                          else groups)]
-        self.model, self.optimizer = accelerator.prepare(model, make_optimizer(groups, cfg, self.device))
+        optimizer = make_optimizer(groups, cfg, self.device)
+        # a sharded model is FSDP2's already, and its optimizer steps the shards: accelerate would wrap them again
+        self.model, self.optimizer = (model, optimizer) if cfg.fsdp else accelerator.prepare(model, optimizer)
         self.trained = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.scaler is not None:
             accelerator.register_for_checkpointing(self.scaler)
         self.forward = compiled(self.model, cfg, self.device)
-        self.rundir = RunDir(run_dir, accelerator)
+        self.rundir = RunDir(run_dir, accelerator, shards=(self.model, self.optimizer) if cfg.fsdp else None)
         self.val_batches = _val_batches(val_data, eval_collate or collate, cfg, self.per_proc, nproc, accelerator)
 
     def evaluate(self) -> float:
@@ -236,7 +260,8 @@ class _Loop:
                     if not self._micro_step(batch):
                         continue
                     self.wall += time.perf_counter() - step_start
-                    status = self._after_step(stop_at, preempt.requested)
+                    # (a signal may reach one process only, or each at another step: they stop together)
+                    status = self._after_step(stop_at, any_process(preempt.requested))
                     if status != "running" or self.step >= cfg.steps:
                         break
                     step_start = time.perf_counter()  # evaluation and checkpoints are not training time

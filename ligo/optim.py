@@ -116,11 +116,15 @@ class MasterWeights:
 
 
 def optimizer_step(accelerator, optimizer, scaler, masters, trained: list, clip: float) -> None:
-    """The optimizer's part of a micro-step (accelerate skips the step between accumulation steps):
-    fp32 masters take the reduced gradients, clipping, the (scaled) step, and the bf16 weights refreshed."""
-    if masters and accelerator.sync_gradients:  # after the (DDP) gradient reduction
+    """The optimizer's part of a micro-step, on the last micro-batch of a step only (the others accumulate
+    gradients): fp32 masters take the reduced gradients, clipping, the (scaled) step, and the bf16 weights
+    refreshed. (accelerate's optimizer skips the other micro-batches by itself, but a sharded run steps torch's
+    optimizer, and a GradScaler must not unscale gradients that are still accumulating.)"""
+    if not accelerator.sync_gradients:
+        return
+    if masters:  # after the (DDP) gradient reduction
         masters.accumulate()
-    if accelerator.sync_gradients and clip > 0:
+    if clip > 0:
         if scaler:
             scaler.unscale_(optimizer)
         accelerator.clip_grad_norm_(trained, clip)
@@ -130,5 +134,5 @@ def optimizer_step(accelerator, optimizer, scaler, masters, trained: list, clip:
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if masters and accelerator.sync_gradients:
+    if masters:
         masters.refresh()

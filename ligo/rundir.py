@@ -4,7 +4,9 @@
     RUN/log.jsonl                    one line per optimizer step (val_loss on evaluation steps)
     RUN/checkpoints/step-NNNNNNN/    complete checkpoints only: accelerate's save_state files plus
                                      trainer_state.json (counters, FLOPs, evaluations, settings, a
-                                     digest of the data and a sha256 of every file)
+                                     digest of the data and a sha256 of every file); a sharded run
+                                     (``--fsdp``) keeps its model and optimizer state in shards/, each
+                                     rank's own shards (:mod:`ligo.sharding`)
 
 A checkpoint is written under ``.step-NNNNNNN.tmp`` and renamed when complete, so a crash never leaves
 a partial checkpoint under a final name. ``--resume`` verifies the digests (a changed file is refused)
@@ -102,11 +104,14 @@ def check_resumable(state: dict, config: dict, digest: str | None, ckpt: Path) -
 
 
 class RunDir:
-    """Log and checkpoints of one run; only the main process writes (``path`` None: nothing is kept)."""
+    """Log and checkpoints of one run; only the main process writes (``path`` None: nothing is kept), but for the
+    files of each process: its RNG state, and in a sharded run (``shards``: the model and its optimizer) its shards
+    of both."""
 
-    def __init__(self, path: str | Path | None, accelerator):
+    def __init__(self, path: str | Path | None, accelerator, shards: tuple | None = None):
         self.path = Path(path) if path is not None else None
         self.acc = accelerator
+        self.shards = shards
 
     @property
     def writes(self) -> bool:
@@ -157,6 +162,10 @@ class RunDir:
         barrier(where)
         try:
             acc.save_state(str(tmp), safe_serialization=True)
+            if self.shards is not None:
+                from .sharding import SHARDS, save_shards
+
+                save_shards(tmp / SHARDS, *self.shards)
             barrier(where)  # every rank's files are written before they are hashed
             if is_main_process():
                 (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_digests(tmp)}))
@@ -183,17 +192,32 @@ class RunDir:
         state = read_state(ckpt)
         check_resumable(state, config, digest, ckpt)
         check_pickles(ckpt)
+        from .sharding import SHARDS, load_shards
+
+        if (ckpt / SHARDS).is_dir() != (self.shards is not None):
+            how = ("sharded (written by a run with --fsdp)", "without --fsdp") if (ckpt / SHARDS).is_dir() else (
+                "not sharded", "with --fsdp")
+            raise LigoError(f"--resume: {ckpt} is {how[0]}, and this run trains {how[1]}; resume it as it was "
+                            "started")
         self.acc.load_state(str(ckpt))
+        if self.shards is not None:
+            load_shards(ckpt / SHARDS, *self.shards)
         return state
 
 
 def check_pickles(ckpt: Path) -> None:
     """Open every pickle of a checkpoint with ``weights_only=True`` before accelerate does: accelerate
     skips an RNG state it cannot load without a word (the resumed run would silently differ) and loads
-    registered custom objects with ``weights_only=False``."""
+    registered custom objects with ``weights_only=False``. A sharded checkpoint's metadata (a pickle that
+    torch opens without limits) is opened knowing only its record types."""
     import warnings
 
     from accelerate.utils import load
+
+    from .sharding import SHARDS, check_metadata
+
+    if (ckpt / SHARDS).is_dir():
+        check_metadata(ckpt / SHARDS)
 
     for f in sorted(p for p in ckpt.rglob("*") if p.suffix in (".pkl", ".bin", ".pt")):
         try:

@@ -15,6 +15,10 @@ position and the RNG states carried over:
   layers' output projections under identity depth) start with ``m = v = 0``;
 * ``optimizer_state="reset"``: a fresh AdamW state (no moments, step counts from zero) at the same
   schedule position.
+
+A sharded run's checkpoint (``--fsdp``) is read whole in one process (its shards gathered: that process holds the
+model and its AdamW state, then the grown ones) and the grown checkpoint is written sharded again, as one shard,
+which a launch of any size resumes (:mod:`ligo.sharding`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .records import GrowthRecord, Ledger
 from .writer import save_weights, write_model
 from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
+from .sharding import SHARDS
 from .rundir import CARRIED_PREFIXES, CHECKPOINTS, LOG_FILE, MANIFEST, MASTERS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, file_digests, check_pickles, latest_checkpoint, \
     read_state
 
@@ -114,16 +119,21 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
     if optimizer_state == "grow" and cfg.get("optimizer") == "muon":
         raise LigoError(f"{run_dir} trains with Muon, whose momentum of a weight matrix is no per-unit quantity the "
                         "operator can grow as it grows AdamW's moments; grow it with --optimizer-state reset")
-    if not (ckpt / WEIGHTS_FILE).exists():
+    sharded = (ckpt / SHARDS).is_dir()
+    if not sharded and not (ckpt / WEIGHTS_FILE).exists():
         raise LigoError(f"{ckpt} has no {WEIGHTS_FILE}; only single-file checkpoints of `ligo train` can be grown")
     from .checkpoint import check_finite, read_weights, weights_dtype
 
-    weights = read_weights(ckpt)
+    if sharded:
+        weights, optim, slots = _read_sharded(ckpt, config, spec)
+    else:
+        weights = read_weights(ckpt)
+        optim = _torch_load(ckpt / OPTIMIZER_FILE) if (ckpt / OPTIMIZER_FILE).exists() else None
+        slots = _slots(state, config, spec, cfg.get("weight_decay", 0.1))
     masters = _torch_load(ckpt / MASTERS_FILE) if (ckpt / MASTERS_FILE).exists() else None
     dims = spec.dims(config)
     layout = spec.layout(weights.keys(), dims, config)
     check_finite(weights, ckpt, layout)
-    slots = _slots(state, config, spec, cfg.get("weight_decay", 0.1))
     by_slot = [n for group in slots for n in group]
     if masters is not None:  # bf16 weights with fp32 masters: the masters are the precise weights
         weights = {**weights, **dict(zip(by_slot, masters["masters"]))}
@@ -143,7 +153,6 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
                                      step=state["step"], optimizer_state=optimizer_state,
                                      ledger=Ledger(fit_flops=fit_flops, train_flops=state["flops"]))
     new_slots = _slots({}, grower.target_config, spec, cfg.get("weight_decay", 0.1))
-    optim = _torch_load(ckpt / OPTIMIZER_FILE) if (ckpt / OPTIMIZER_FILE).exists() else None
     if optimizer_state == "grow":
         if optim is None:
             raise LigoError(f"{ckpt} has no optimizer state to grow; pass --optimizer-state reset")
@@ -157,7 +166,7 @@ def grow_checkpoint(run_dir: Path, target: dict, plan: GrowthPlan | None = None,
         grown_masters = {"masters": [full[n] for group in new_slots for n in group]}
     return GrownRun(grown, grower.hf_config(), grower.target_config, spec, record, model_dir, optimizer,
                     {**state, "flops": state["flops"] + fit_flops, "param_names": new_slots}, fit_flops,
-                    grown_masters)
+                    grown_masters, sharded)
 
 
 @dataclass
@@ -175,6 +184,7 @@ class GrownRun:
     trainer_state: dict
     fit_flops: float
     masters: dict | None = None
+    sharded: bool = False  # the run trains sharded (--fsdp): its grown checkpoint is written as shards too
 
 
 def check_live_growth(spec, target: dict, where) -> None:
@@ -222,11 +232,53 @@ def _grow_optimizer(op, optim: dict, old_slots: list[str], new_slots: list[list[
     return {"state": state, "param_groups": _reindex(optim["param_groups"], new_slots)}
 
 
+def _read_sharded(ckpt: Path, config: dict, spec) -> tuple[dict, dict, list[list[str]]]:
+    """A sharded checkpoint as an unsharded one reads: (weights without tied copies, the optimizer state by slot
+    index, the parameter name of every slot)."""
+    from .sharding import SHARDS, read_shards
+
+    weights, optim = read_shards(ckpt / SHARDS)
+    aliases = _tied_aliases(config, spec)
+    weights = {k: v for k, v in weights.items() if k not in aliases}
+    slots = [list(g["params"]) for g in optim["param_groups"]]
+    names = [n for group in slots for n in group]
+    state = {i: optim["state"][n] for i, n in enumerate(names) if n in optim["state"]}
+    return weights, {"state": state, "param_groups": _reindex(optim["param_groups"], slots)}, slots
+
+
+def _tied_aliases(config: dict, spec) -> dict[str, str]:
+    """The second names of tied weights (a tied head's ``lm_head.weight``) -> the name the parameter goes by."""
+    from .hf import meta_model
+
+    model = meta_model(spec.objective, config)
+    first = {id(p): n for n, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
+    return {n: first[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if first[id(p)] != n}
+
+
+def _write_sharded(grown: GrownRun, dest: Path) -> None:
+    """The grown weights and optimizer state as the shards a sharded run resumes from (tied weights under each of
+    their names, the optimizer state by parameter name, as torch's distributed state dict holds them)."""
+    from .sharding import SHARDS, write_shards
+
+    weights = {k: v.contiguous() for k, v in grown.state.items()}
+    for alias, name in _tied_aliases(grown.target_config, grown.spec).items():
+        weights[alias] = weights[name]
+    names = grown.trainer_state["param_names"]
+    flat = [n for group in names for n in group]
+    optim = {"state": {flat[int(i)]: s for i, s in grown.optimizer["state"].items()},
+             "param_groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": list(group)}
+                              for g, group in zip(grown.optimizer["param_groups"], names)]}
+    write_shards(dest / SHARDS, weights, optim)
+
+
 def write_checkpoint(grown: GrownRun, ckpt_src: Path, dest: Path, model_dir: Path) -> None:
     """The grown checkpoint into ``dest`` (a folder that does not exist yet), digests last."""
     dest.mkdir(parents=True)
-    save_weights({k: v.contiguous() for k, v in grown.state.items()}, dest, max_shard_size=10**15)  # one file
-    torch.save(grown.optimizer, dest / OPTIMIZER_FILE)
+    if grown.sharded:
+        _write_sharded(grown, dest)
+    else:
+        save_weights({k: v.contiguous() for k, v in grown.state.items()}, dest, max_shard_size=10**15)  # one file
+        torch.save(grown.optimizer, dest / OPTIMIZER_FILE)
     if grown.masters is not None:
         torch.save(grown.masters, dest / MASTERS_FILE)
     for f in ckpt_src.iterdir():  # RNG states (and a GradScaler's) carry over as they are
@@ -285,18 +337,28 @@ def grow_in_place(run_dir: Path, target: dict, plan: GrowthPlan | None, *, optim
     """Mid-run growth: the grown version of the newest checkpoint of ``run_dir`` is added as
     ``step-N-grown`` (it sorts after ``step-N``, so ``--resume`` takes it), with the grown model folder
     ``grown-at-N`` beside it. A kill before its final rename leaves ``step-N``: growing again gives the
-    same result. ``info`` is added to the grown checkpoint's state."""
+    same result. ``info`` is added to the grown checkpoint's state.
+
+    Under a launch of several processes the main process grows and writes, and the others wait for it (every
+    process takes part in a fit, which is a training loop of its own)."""
+    from .launch import barrier, is_main_process, process_state, world_size
+
     ckpt, state, manifest = open_run(run_dir)
-    grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks)
-    grown.trainer_state.update(info or {})
     name = f"step-{state['step']:07d}"
     model_dir = (run_dir / f"grown-at-{state['step']:07d}").resolve()
-    write_model(model_dir, weights=grown.state, config=grown.config, tokenizer=_tokenizer_dir(grown, manifest),
-                recipe=grown.record, overwrite=True)  # (a folder left by a kill is grown again)
-    tmp_ckpt = ckpt.parent / f".{name}-grown.tmp"
-    shutil.rmtree(tmp_ckpt, ignore_errors=True)
-    write_checkpoint(grown, ckpt, tmp_ckpt, model_dir)
-    os.replace(tmp_ckpt, ckpt.parent / f"{name}-grown")
+    if fit is not None or is_main_process():
+        grown = grow_checkpoint(run_dir, target, plan, optimizer_state=optimizer_state, fit=fit, blocks=blocks)
+        grown.trainer_state.update(info or {})
+    if is_main_process():
+        write_model(model_dir, weights=grown.state, config=grown.config, tokenizer=_tokenizer_dir(grown, manifest),
+                    recipe=grown.record, overwrite=True)  # (a folder left by a kill is grown again)
+        tmp_ckpt = ckpt.parent / f".{name}-grown.tmp"
+        shutil.rmtree(tmp_ckpt, ignore_errors=True)
+        write_checkpoint(grown, ckpt, tmp_ckpt, model_dir)
+        os.replace(tmp_ckpt, ckpt.parent / f"{name}-grown")
+    if world_size() > 1:
+        process_state()  # (the launch's process group: a resumed run may not have made it yet)
+        barrier(f"the growth at step {state['step']}")
     return model_dir
 
 

@@ -355,7 +355,7 @@ def _finish(result: LoopResult, tokenizer, work: Path, recipe: TrainingRecord, g
     """Save the trained model (the main process; the state gathered from every process)."""
     acc = result.accelerator
     acc.wait_for_everyone()
-    state = acc.get_state_dict(result.model)
+    state = result.weights()  # (a sharded model's are gathered onto the main process)
     if is_main_process():
         _save_final(acc.unwrap_model(result.model), state, tokenizer, work, recipe, growth)
     acc.wait_for_everyone()

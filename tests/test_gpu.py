@@ -62,20 +62,23 @@ def test_accelerate_launch_with_the_documented_configs(config, sources, corpus, 
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     n = min(2, torch.cuda.device_count())
     out = tmp_path / "run"
+    shard = ["--fsdp"] if config == "fsdp.yaml" else []  # (ligo shards; the config only launches the processes)
     proc = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "examples" / "accelerate" / config),
                            "--num_processes", str(n), "-m", "ligo", "train", str(sources["llama"]), "--data",
-                           str(corpus), "--out", str(out), "--steps", "10", "--save-every", "5", *ARGS],
+                           str(corpus), "--out", str(out), "--steps", "10", "--save-every", "5", *ARGS, *shard],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     vals = _vals(out)
     assert vals[-1] < vals[0]
     assert (out / "config.json").exists() and (out / "checkpoints" / "step-0000010").exists()
+    assert (out / "checkpoints" / "step-0000010" / "shards").is_dir() == bool(shard)
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
 
 
-def test_the_fit_under_accelerate_launch_with_fsdp(sources, corpus, tmp_path):
+def test_the_fit_under_accelerate_launch_with_the_sharding_config(sources, corpus, tmp_path):
+    """The fit is data parallel under any launch (its trainable parameters are the operator's maps)."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     proc = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "examples" / "accelerate" / "fsdp.yaml"),
                            "--num_processes", "1", "-m", "ligo", "grow", str(sources["llama"]), "--target",

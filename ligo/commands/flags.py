@@ -90,8 +90,8 @@ def given(args: argparse.Namespace, cls, prefix: str = "") -> dict:
 
 
 # -- the flag sets the commands share -------------------------------------------------------------
-FIT_EXCLUDE = ("seed", "trackers", "save_every", "keep_last", "progress", "weight_decay", "freeze")  # (freeze: the
-# fit trains the operator's maps, not the model's layers)
+FIT_EXCLUDE = ("seed", "trackers", "save_every", "keep_last", "progress", "weight_decay", "freeze", "fsdp")  # (freeze,
+# fsdp: the fit trains the operator's maps, not the model's layers; above one process it runs data parallel)
 
 
 def add_plan_flags(p: argparse.ArgumentParser) -> None:

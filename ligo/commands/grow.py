@@ -75,8 +75,12 @@ def run(args) -> int:
                             "state are read there); drop --device, or grow a finished model with --device")
         out = grow_run(args.source, parse_target(args.target), args.out, plan, optimizer_state=args.optimizer_state,
                        fit=fit, overwrite=args.overwrite, data=data_config(args), inputs=[target_file(args.target)])
+        from ..rundir import latest_checkpoint
+        from ..sharding import SHARDS
+
+        sharded = (latest_checkpoint(out) / SHARDS).is_dir()  # (it trains sharded again: under a launch)
         print(f"grew the run {args.source} (optimizer state: {args.optimizer_state}) into {out}; continue it with: "
-              f"ligo train --out {out} --resume --steps N")
+              + ("torchrun --nproc_per_node N -m " if sharded else "") + f"ligo train --out {out} --resume --steps N")
         return 0
     if args.check_blocks is not None and data_config(args).data is None:
         from ..errors import LigoError

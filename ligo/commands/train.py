@@ -3,7 +3,8 @@
 Mid-run growth: --grow-at STEP --grow-target JSON (or --stages FILE, a YAML list of stages) grows the
 model, with its optimizer state, after that step and continues as the grown model in the same run.
 --resume continues a run from its newest checkpoint; settings not given again are the run's own.
-Runs unchanged under ``accelerate launch`` (several processes, FSDP); see docs/trainer.md.
+Runs unchanged under ``torchrun`` or ``accelerate launch`` (several processes, data parallel, or sharded with
+--fsdp); see docs/trainer.md.
 """
 
 from __future__ import annotations
