@@ -167,7 +167,7 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
 
     shapes = op.target_shapes() if layer_by_layer else {}
     for key, entry in op.singles:
-        if not (layer_by_layer and all(t in FIXED for t in entry.axes[0]) and len(entry.axes) > 1):
+        if not (layer_by_layer and len(entry.axes) > 1 and all(t in FIXED for t in entry.axes[0])):
             yield key, None, grow_single(single(key), entry)
             continue
         shape = shapes[key]

@@ -168,7 +168,7 @@ class ArchSpec:
     def layers_writing(self, tokens, kinds: tuple[str, ...], layers: int) -> tuple[int, ...]:
         """The layers holding a weight whose first axis writes one of ``tokens``: every layer, or those of the kinds
         that hold one (a hybrid's attention layers; its recurrent layers, all of Falcon-H1's)."""
-        holding = {e.kind for e in self.entries if e.scope == "layer" and any(t in tokens for t in e.axes[0])}
+        holding = {e.kind for e in self.entries if e.scope == "layer" and e.axes and any(t in tokens for t in e.axes[0])}
         if None in holding:
             return tuple(range(layers))
         return tuple(i for i, kind in enumerate(kinds) if set(kind_parts(kind)) & holding)

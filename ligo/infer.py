@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from .errors import LigoError
 
+RULES = 1  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 128, "vocab": 256}
 # a generic size -> the config attributes that hold it in the families transformers ships (the first present wins;
 # a config's attribute_map resolves the standard names, as GPT-2's n_embd for hidden_size)
@@ -34,7 +36,7 @@ SIZE_KEYS = {
     "heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
     "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"),
     "head_dim": ("head_dim", "attention_head_dim"),
-    "ffn": ("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim", "d_ff", "mlp_hidden_size"),
+    "ffn": ("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim", "d_ff", "dff", "mlp_hidden_size"),
     "vocab": ("vocab_size",),
     "positions": ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "n_ctx"),
 }
@@ -84,8 +86,8 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     small.update({k: TINY["hidden"] for k, v in data.items() if v == old_hidden and isinstance(v, int) and
                   not isinstance(v, bool) and any(w in k for w in ("dim", "size", "hidden", "embd"))})
     small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")})
-    if "kv_heads" in keys and isinstance(kv, int):  # grouped (2 kv heads for 4): the probes tell q from k and v
-        small[keys["kv_heads"]] = 2
+    if "kv_heads" in keys and isinstance(kv, int):  # grouped as the config groups them (2 kv heads for 4, or 4)
+        small[keys["kv_heads"]] = 2 if kv < data[keys["heads"]] else TINY["heads"]
     if "head_dim" in keys and isinstance(data.get(keys["head_dim"]), int):
         small[keys["head_dim"]] = TINY["head_dim"]
     if "ffn" in keys:  # (a null FFN size, derived from the width, is set: the probes change it alone)
@@ -104,6 +106,14 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
             small[k] = 0
     if "positions" in keys and isinstance(small.get(keys["positions"]), int):
         small[keys["positions"]] = max(64, min(small[keys["positions"]], 512))
+    for k, v in data.items():  # counts of leading layers of another kind, rotary sizes: within the tiny model
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            if k in ("first_k_dense_replace", "num_dense_layers", "first_k_dense", "n_dense_layers"):
+                small[k] = min(v, len(rows) - 1)
+            elif k in ("rotary_dim", "rotary_emb_dim", "qk_rope_head_dim") and v > TINY["head_dim"]:
+                small[k] = TINY["head_dim"] // 2
+        if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index
+            small[k] = {i: c for i, c in v.items() if int(i) < len(rows)}
     built = _config_object(model_type, small)  # a size the class derives and ignores the key of: fixed
     for name in ("kv_heads", "head_dim"):
         key = keys.get(name)
@@ -154,16 +164,22 @@ def _perturbed(small: dict, keys: dict, size: str) -> dict | None:
     return out
 
 
+def _weights(model) -> dict[str, tuple]:
+    """What a checkpoint of ``model`` holds that growth must carry: its parameters and its persistent float buffers
+    (XIELU's beta and eps: a checkpoint without them would load them uninitialized), with their shapes."""
+    return {n: tuple(t.shape) for n, t in model.state_dict().items() if t.dtype.is_floating_point}
+
+
 def _probe(model_type: str, small: dict, keys: dict) -> tuple[dict, dict]:
     """Each parameter's shape at the tiny size and, per probed size, at that size doubled."""
-    base = {n: tuple(p.shape) for n, p in build_model(model_type, small).named_parameters()}
+    base = _weights(build_model(model_type, small))
     changed = {}
     for size in _PROBES:
         cfg = _perturbed(small, keys, size)
         if cfg is None:
             continue
         try:
-            shapes = {n: tuple(p.shape) for n, p in build_model(model_type, cfg).named_parameters()}
+            shapes = _weights(build_model(model_type, cfg))
         except Exception:  # noqa: BLE001  (a size this class cannot take: that probe says nothing)
             continue
         if shapes.keys() == base.keys():
@@ -340,7 +356,8 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
                                   (None, None))
     if layer_list is None:
         raise NotInferred("no list of layers as long as the config's layer count")
-    fresh = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _check_saved_names(model)
+    fresh = {n: t.detach().clone() for n, t in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -406,12 +423,12 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
     for axis, dim in enumerate(shape):
         write = lin is None or axis == lin[0] or leaf == "bias"  # (a bias is its projection's output)
         follows = _follows(name, axis, base, changed)
-        if not follows:
-            tokens.append("one" if dim == 1 else "type" if "token_type" in name else _fixed(name, axis, dim))
+        if not follows:  # no grown size changes it (the probes say): kept at the source's size
+            tokens.append("one" if dim == 1 else "kept")
         elif follows == {"vocab"}:
             tokens.append("vocab")
         elif follows == {"positions"}:
-            tokens.append("pos")
+            tokens.append("pos" if dim == _value(small, keys, "positions") else "kept")  # (BioGPT's offset rows)
         elif follows == {"ffn"}:
             parts = next((o[2] for o in _decompose(name, axis, base, changed, small, keys) if o[2] and not any(
                 o[:2]) and not o[3]), 1)
@@ -430,6 +447,8 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
     fused projection of several, told apart by the sizes it follows and by what the projection reads and writes."""
     options = [o for o in _decompose(name, axis, base, changed, small, keys) if not o[2]]
     stream_like = (0, 0, 0, 1) in options
+    if lin is None and dim == small[keys["heads"]] and "heads" in follows:
+        return "q.head"  # one value per query head (an attention sink, a per-head gate)
     if lin is None:  # a norm's gain or bias, a scalar per unit, an embedding
         if stream_like:
             return "res.in" if mod_name == roles["head_norm"] else "res"
@@ -482,12 +501,6 @@ def _follows(name: str, axis: int, base: dict, changed: dict) -> set[str]:
     return {s for s, shapes in changed.items() if shapes[name][axis] != base[name][axis]}
 
 
-def _fixed(name: str, axis: int, dim: int) -> str:
-    if "conv" in name and axis > 0:
-        return "kernel"
-    raise NotInferred(f"{name} has an axis of {dim} that no size of the config changes; inference cannot place it")
-
-
 def _norms(norms: list, roles: dict) -> dict:
     """The norms' numerics: LayerNorm or RMSNorm (as they compute, :func:`_roles`), a gain stored as ``1 + w`` (a
     fresh model's gains are zero), whether the stream is normalized after each layer; every norm weight is a gain."""
@@ -498,6 +511,26 @@ def _norms(norms: list, roles: dict) -> dict:
                           "gains (" + ", ".join(f"{n}: {type(m).__name__}" for n, m, _ in norms) + ")")
     return {"type": kinds.pop(), "offset": 1.0 if zeros.pop() else 0.0, "gains": [n for n, _, _ in norms],
             "stream": "post" if roles["post"] else "pre"}
+
+
+def _check_saved_names(model) -> None:
+    """A class that saves its weights under other names than its modules' (transformers converts them back when it
+    loads) has checkpoints whose keys a table read off its modules would not name: refused."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        saved = set()
+        for f in Path(tmp).glob("*.safetensors"):
+            with safe_open(f, framework="pt") as handle:
+                saved |= set(handle.keys())
+    other = sorted(saved - set(model.state_dict()))
+    if other:
+        raise NotInferred(f"transformers saves its weights under other names than its modules' ({other[0]}, ...) "
+                          "and converts them when it loads, so a table read off its modules would not name a "
+                          "checkpoint's weights")
 
 
 def _tied(model, modules: dict, roles: dict) -> dict:
@@ -530,7 +563,7 @@ def _ffn_config(model_type: str, config: dict, small: dict, keys: dict, base: di
 
 def _ffn_factor(model_type: str, small: dict, keys: dict, base: dict, changed: dict) -> int:
     """The FFN size as a multiple of the width, where the config leaves it null: measured on the class."""
-    derived = {n: tuple(p.shape) for n, p in build_model(model_type, {**small, keys["ffn"]: None}).named_parameters()}
+    derived = _weights(build_model(model_type, {**small, keys["ffn"]: None}))
     for name, shape in base.items():
         for axis, dim in enumerate(shape):
             if _follows(name, axis, base, changed) == {"ffn"} and dim == small[keys["ffn"]]:
@@ -541,12 +574,12 @@ def _ffn_factor(model_type: str, small: dict, keys: dict, base: dict, changed: d
 
 
 def _buffers(model, base_prefix: str, layer_attr: str) -> list[str]:
-    """Persistent buffers a checkpoint may hold (not weights): ignored, layer buffers by template."""
-    params = {n for n, _ in model.named_parameters()}
+    """Persistent buffers a checkpoint may hold that are no numbers to grow (masks, indices): ignored, layer buffers
+    by template."""
     out = set()
-    for name in model.state_dict():
-        if name in params:
-            continue
+    for name, t in model.state_dict().items():
+        if t.dtype.is_floating_point:
+            continue  # (a weight, or a float buffer carried as one)
         rel = name.removeprefix(base_prefix)
         out.add(re.sub(rf"^{re.escape(layer_attr)}\.\d+\.", f"{layer_attr}.{{i}}.", rel))
     return sorted(out)

@@ -105,7 +105,7 @@ def upcycle(source, target: dict):
         state[spec.layer_key(prefix, entries[name], m.layer, 0 if entries[name].per_expert else None)] = source.state[key]
     like = next(iter(source.state.values()))
     for e in spec.entries:
-        if e.scope == "layer" and e.axes[0] == ("router",):
+        if e.scope == "layer" and e.axes[:1] == (("router",),):
             for i in range(source.dims.layers):
                 state[spec.layer_key(prefix or "", e, i)] = torch.zeros(1, source.dims.hidden, dtype=like.dtype,
                                                                        device=like.device)

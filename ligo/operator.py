@@ -253,7 +253,7 @@ class GrowthOperator(nn.Module):
             return
         gen = torch.Generator().manual_seed(self.plan.seed + 1)
         for e in self.layer_entries:
-            if e.axes[0] == ("router",):
+            if e.axes[:1] == (("router",),):
                 shape = self.spec.shape(e, tgt)
                 self.register_buffer("n_" + _param_name(e.name), torch.randn(len(self.tgt_rows(e)), *shape,
                                                                              generator=gen), persistent=False)

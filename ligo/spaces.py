@@ -56,7 +56,8 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
 ``vocab``  vocabulary; ``pos`` positions; ``type`` token types; ``hd`` the inside of one head (a
            per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head, ``vis`` a vision tower's
            features (read by a projector), ``ssm`` a Mamba-2 layer's
-           ``B`` or ``C`` channels (groups x state size): never grown
+           ``B`` or ``C`` channels (groups x state size), ``kept`` any axis that no grown size changes (an inferred
+           table's: kept at the source's size): never grown
 =========  ================================================================================
 """
 
@@ -119,7 +120,7 @@ WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 # never grown; kernel: a convolution's kernel (and its group axis of one); one: an axis of one (a scalar gate's row)
-FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None,
+FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "kept": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None,
          "one": None, "ssm": "ssm_size", "krope": "head_dim", "vis": None}
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 

@@ -103,10 +103,11 @@ class EmbedScale:
 
 def _entry(where: str, scope: str, name: str, axes: list, kind: str | None = None) -> Entry:
     """One weight of a table, its axes parsed into tokens (``+`` joins spaces concatenated on one axis)."""
-    if not axes:
-        raise LigoError(f"{where}: {scope}.{name}: axes must be a non-empty list")
+    if not isinstance(axes, list):
+        raise LigoError(f"{where}: {scope}.{name}: axes must be a list (empty for a scalar)")
     parsed = tuple(tuple(str(a).split("+")) for a in axes)
-    if ("{e}" in name and parsed[0][0] not in EXPERT_TOKENS) or (parsed[0][0] in EXPERT_TOKENS and scope != "layer"):
+    first = parsed[0][0] if parsed else None
+    if ("{e}" in name and first not in EXPERT_TOKENS) or (first in EXPERT_TOKENS and scope != "layer"):
         raise LigoError(f"{where}: {scope}.{name}: an experts weight is a layer weight with "
                         f"{' or '.join(EXPERT_TOKENS)} as its first axis: one tensor per expert with '{{e}}' in its "
                         "name, or one tensor stacked over the experts without it")

@@ -115,7 +115,7 @@ class _ShardFile:
         """Write one tensor, or the slice ``rows`` of its first axis; True when the file is complete (and
         closed)."""
         start, size = self.offsets[name]
-        data = tensor.detach().contiguous().cpu().view(torch.uint8).numpy()
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()  # (a scalar too)
         if rows is not None:
             row_bytes = size // self.rows[name]
             start, size = start + rows.start * row_bytes, (rows.stop - rows.start) * row_bytes
