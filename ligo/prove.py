@@ -38,13 +38,13 @@ def signature(model_type: str, config: dict) -> str:
 
 def reproduction_gap(model_type: str, config: dict, spec) -> float | None:
     """The largest logit difference between a tiny random ``model_type`` and itself grown through ``spec`` with the
-    lossless plan (2x and 1.5x wide, one identity layer more); None when no growth could be made."""
-    import torch
+    lossless plan (2x and 1.5x wide, one identity layer more); None when no growth could be made. Both models go
+    through checkpoint files, as a user's do: the table reads the keys transformers saves (which it converts, for
+    its mixtures of experts, from the tensors it holds) and transformers loads what the table writes."""
+    import tempfile
 
-    from .config import GrowthPlan
-    from .hf import known_config_keys
-    from .maps import depth_plan, lossless_gaps
-    from .operator import GrowthOperator
+    import torch
+    from safetensors.torch import load_file
 
     small, _ = tiny_config(model_type, config)
     torch.manual_seed(0)
@@ -53,59 +53,76 @@ def reproduction_gap(model_type: str, config: dict, spec) -> float | None:
         for p in source.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))  # norms away from their init, where their numerics differ
-    state = {k: v for k, v in source.state_dict().items()}
-    dims = spec.dims(small)
-    layout = spec.layout(state.keys(), dims, small)
     ids = torch.randint(0, TINY["vocab"], (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = source(input_ids=ids).logits
     worst, made = 0.0, 0
-    for factor in (2.0, 1.5):
-        target = {}
-        for n in ("hidden", "heads", "kv_heads", "ffn"):
-            key = spec.config_key(n, small)
-            if key and isinstance(small.get(key), int):
-                target[key] = int(small[key] * factor)
-        target[spec.config_key("layers", small)] = small[spec.config_key("layers", small)] + 1
-        if spec.norms.get("stream") == "post":  # (a new layer is no identity where each layer ends in a norm)
-            target[spec.config_key("layers", small)] = small[spec.config_key("layers", small)]
-        try:
-            tgt_config = spec.target_config(small, target, known_config_keys(model_type))
-            plan = GrowthPlan(width="split", depth="identity")
-            tgt_dims = spec.dims(tgt_config)
-            depth = depth_plan("identity", dims.layers, tgt_dims.layers)
-            for key in spec.layer_lists:
-                if isinstance(small.get(key), list) and key not in target:
-                    tgt_config[key] = [small[key][j] for j in depth.sources]
-            tgt_dims = spec.dims(tgt_config)
-            if factor != 2.0 and lossless_gaps(spec, plan, dims, tgt_dims, depth):
-                continue  # not lossless by design at this ratio (LayerNorm, a norm over whole projections): said
-            op = GrowthOperator(spec, dims, tgt_dims, layout, state, plan, depth=depth)
-            grown = op.materialize()
-        except LigoError:
-            continue  # (a shape this family cannot take, e.g. an odd head count)
-        try:
-            model = build_model(model_type, tgt_config, "cpu").eval()
-        except Exception:  # noqa: BLE001  (a size the class refuses, e.g. an odd kv head count: not this ratio)
-            if factor == 2.0:
-                raise
-            continue
-        missing, unexpected = model.load_state_dict(grown, strict=False)
-        params = dict(model.named_parameters(remove_duplicate=False))  # (a buffer keeps its own init, as it loads)
-        if unexpected or [k for k in missing if k in params and k not in spec.tied and k not in _tied_names(model)]:
-            raise NotInferred(f"the grown weights do not fit the grown {model_type} (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]})")
-        with torch.no_grad():
-            worst = max(worst, float((model(input_ids=ids).logits - expected).abs().max()))
-        made += 1
+    with tempfile.TemporaryDirectory() as tmp:
+        source.save_pretrained(f"{tmp}/source")
+        state = {k: v for f in sorted(Path(f"{tmp}/source").glob("*.safetensors")) for k, v in load_file(f).items()}
+        dims = spec.dims(small)
+        layout = spec.layout(state.keys(), dims, small)
+        for factor in (2.0, 1.5):
+            if not _grown(spec, model_type, small, dims, layout, state, factor, f"{tmp}/{factor}"):
+                continue
+            try:
+                model = transformers_model(f"{tmp}/{factor}")
+            except Exception:  # noqa: BLE001  (a size the class refuses, e.g. an odd kv head count: not this ratio)
+                if factor == 2.0:
+                    raise
+                continue
+            with torch.no_grad():
+                worst = max(worst, float((model(input_ids=ids).logits - expected).abs().max()))
+            made += 1
     return worst if made else None
 
 
-def _tied_names(model) -> set[str]:
-    head = model.get_output_embeddings()
-    if head is None or head.weight is not model.get_input_embeddings().weight:
-        return set()
-    return {n + ".weight" for n, m in model.named_modules() if m is head}
+def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, factor: float, out: str) -> bool:
+    """The tiny model grown ``factor`` times wide (and one layer deeper) through ``spec``, written into ``out`` as a
+    checkpoint; False where the plan cannot be lossless at that ratio by design, or the family cannot take the shape."""
+    import transformers
+    from safetensors.torch import save_file
+
+    from .config import GrowthPlan
+    from .hf import known_config_keys
+    from .maps import depth_plan, lossless_gaps
+    from .operator import GrowthOperator
+
+    target = {}
+    for n in ("hidden", "heads", "kv_heads", "ffn"):
+        key = spec.config_key(n, small)
+        if key and isinstance(small.get(key), int):
+            target[key] = int(small[key] * factor)
+    layers = spec.config_key("layers", small)
+    # (a new layer is no identity where each layer ends in a norm)
+    target[layers] = small[layers] + (spec.norms.get("stream") != "post")
+    try:
+        tgt_config = spec.target_config(small, target, known_config_keys(model_type))
+        plan = GrowthPlan(width="split", depth="identity")
+        depth = depth_plan("identity", dims.layers, spec.dims(tgt_config).layers)
+        for key in spec.layer_lists:
+            if isinstance(small.get(key), list) and key not in target:
+                tgt_config[key] = [small[key][j] for j in depth.sources]
+        tgt_dims = spec.dims(tgt_config)
+        if factor != 2.0 and lossless_gaps(spec, plan, dims, tgt_dims, depth):
+            return False  # not lossless by design at this ratio (LayerNorm, a norm over whole projections): said
+        grown = GrowthOperator(spec, dims, tgt_dims, layout, state, plan, depth=depth).materialize()
+    except LigoError:
+        return False  # (a shape this family cannot take, e.g. an odd head count)
+    Path(out).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in grown.items()}, f"{out}/model.safetensors", metadata={"format": "pt"})
+    transformers.AutoConfig.for_model(model_type, **{k: v for k, v in tgt_config.items()
+                                                     if k != "model_type"}).save_pretrained(out)
+    return True
+
+
+def transformers_model(path: str):
+    """A checkpoint folder loaded by transformers (float32, eager attention, no remote code)."""
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
+                                                             trust_remote_code=False, local_files_only=True).eval()
 
 
 # -- the one entry point: a proved table for a model_type without one ---------------------------------------------
