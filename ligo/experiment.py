@@ -324,7 +324,7 @@ def local_path(path: str) -> Path:
 def _check_stage(where: str, stage, m: dict, plan: dict) -> None:
     if not isinstance(stage, dict) or set(stage) - STAGE_KEYS or not isinstance(stage.get("at"), (int, float)) \
             or isinstance(stage.get("at"), bool) or not 0 < stage["at"] < 1 or m.get("fit") or m.get("per_layer") \
-            or m.get("width_lr") not in (None, "uniform") or "depth_lr_scale" in m:
+            or m.get("width_lr") not in (None, "uniform", "auto") or "depth_lr_scale" in m:
         raise LigoError(f"{where}: stage must be a mapping with at (the budget's share spent on the small model, "
                         f"between 0 and 1) and optionally {sorted(STAGE_KEYS - {'at'})}; a staged method has no "
                         "separate fit (use stage.fit_steps) and takes only width, depth and split_noise")

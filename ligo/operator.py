@@ -77,7 +77,7 @@ class GrowthOperator(nn.Module):
         source tensor by its key (streaming: the state holds shapes only), for a depth init fitted on the weights."""
         super().__init__()
         self.spec, self.src, self.tgt = spec, src_dims, tgt_dims
-        if plan.width == "auto" or plan.depth == "auto":
+        if "auto" in (plan.width, plan.depth, plan.width_lr):
             raise LigoError("internal error: the operator needs a concrete plan; resolve auto first (GrowthPlan.resolved)")
         self.plan, self.init = plan, width_init(plan.width)
         check_growth(spec, src_dims, tgt_dims)

@@ -98,7 +98,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
     target[layers] = small[layers] + (spec.norms.get("stream") != "post")
     try:
         tgt_config = spec.target_config(small, target, known_config_keys(model_type))
-        plan = GrowthPlan(width="split", depth="identity")
+        plan = GrowthPlan(width="split", depth="identity", width_lr="uniform")
         depth = depth_plan("identity", dims.layers, spec.dims(tgt_config).layers)
         for key in spec.layer_lists:
             if isinstance(small.get(key), list) and key not in target:
