@@ -27,7 +27,8 @@ from pathlib import Path
 from .errors import LigoError
 
 RULES = 1  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
-TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 128, "vocab": 256}
+TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 128, "vocab": 256, "experts": 4,
+        "experts_per_token": 2, "moe_ffn": 32, "shared_ffn": 64}
 # a generic size -> the config attributes that hold it in the families transformers ships (the first present wins;
 # a config's attribute_map resolves the standard names, as GPT-2's n_embd for hidden_size)
 SIZE_KEYS = {
@@ -39,8 +40,13 @@ SIZE_KEYS = {
     "ffn": ("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim", "d_ff", "dff", "mlp_hidden_size"),
     "vocab": ("vocab_size",),
     "positions": ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "n_ctx"),
+    "experts": ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"),
+    "experts_per_token": ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k"),
+    "moe_ffn": ("moe_intermediate_size", "expert_intermediate_size"),
+    "shared_ffn": ("shared_expert_intermediate_size", "shared_intermediate_size"),
 }
-_PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions")
+_PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn")
+_EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
 
 
 # -- the tiny config --------------------------------------------------------------------------------------------
@@ -85,7 +91,8 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     # other widths that are the model's width (OPT's word_embed_proj_dim) shrink with it
     small.update({k: TINY["hidden"] for k, v in data.items() if v == old_hidden and isinstance(v, int) and
                   not isinstance(v, bool) and any(w in k for w in ("dim", "size", "hidden", "embd"))})
-    small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")})
+    small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")
+                  and isinstance(data.get(keys[n]), int) and not isinstance(data.get(keys[n]), bool)})
     if "kv_heads" in keys and isinstance(kv, int):  # grouped as the config groups them (2 kv heads for 4, or 4)
         small[keys["kv_heads"]] = 2 if kv < data[keys["heads"]] else TINY["heads"]
     if "head_dim" in keys and isinstance(data.get(keys["head_dim"]), int):
@@ -165,25 +172,39 @@ def _perturbed(small: dict, keys: dict, size: str) -> dict | None:
 
 
 def _weights(model) -> dict[str, tuple]:
-    """What a checkpoint of ``model`` holds that growth must carry: its parameters and its persistent float buffers
-    (XIELU's beta and eps: a checkpoint without them would load them uninitialized), with their shapes."""
-    return {n: tuple(t.shape) for n, t in model.state_dict().items() if t.dtype.is_floating_point}
+    """What a checkpoint of ``model`` holds that growth must carry, with the shapes: its float tensors as
+    transformers saves them (the parameters and persistent float buffers, XIELU's beta and eps among them; a mixture
+    of experts' tensors one per expert, as the model holds them stacked)."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        shapes = {}
+        for f in sorted(Path(tmp).glob("*.safetensors")):
+            with safe_open(f, framework="pt") as handle:
+                for key in handle.keys():
+                    piece = handle.get_slice(key)
+                    if piece.get_dtype() in ("F32", "F16", "BF16", "F64"):
+                        shapes[key] = tuple(piece.get_shape())
+    return shapes
 
 
 def _probe(model_type: str, small: dict, keys: dict) -> tuple[dict, dict]:
     """Each parameter's shape at the tiny size and, per probed size, at that size doubled."""
-    base = _weights(build_model(model_type, small))
+    base = _weights(build_model(model_type, small, "cpu"))
     changed = {}
     for size in _PROBES:
         cfg = _perturbed(small, keys, size)
         if cfg is None:
             continue
         try:
-            shapes = _weights(build_model(model_type, cfg))
+            shapes = _weights(build_model(model_type, cfg, "cpu"))
         except Exception:  # noqa: BLE001  (a size this class cannot take: that probe says nothing)
             continue
-        if shapes.keys() == base.keys():
-            changed[size] = shapes
+        if shapes.keys() >= base.keys():  # (more experts save more per-expert keys: the tiny model's are compared)
+            changed[size] = {k: shapes[k] for k in base}
     return base, changed
 
 
@@ -368,15 +389,23 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
     base_prefix, layer_prefix = prefix + ".", f"{layer_attr}.{{i}}."
     layer_re = re.compile(re.escape(base_prefix + layer_attr) + r"\.(\d+)\.(.+)")
     tied = _tied(model, modules, roles)
+    _check_alike_layers(base, layer_re)
     glob, layer, head, norms, zero = {}, {}, {}, [], set()
     # projections first: a norm over a projection's output (OLMo 2's q_norm) takes that projection's space
-    order = sorted((n for n in base if not (m := layer_re.fullmatch(n)) or m.group(1) == "0"),
-                   key=lambda n: _is_norm(modules[n.rpartition(".")[0]]))
+    order = sorted((n for n in base if (not (m := layer_re.fullmatch(n)) or m.group(1) == "0") and
+                    (not (x := _EXPERT.fullmatch(n)) or x["e"] == "0")),
+                   key=lambda n: n in modules and _is_norm(modules[n.rpartition(".")[0]]))
     for name in order:
         shape, m = base[name], layer_re.fullmatch(name)
         module_name, _, leaf = name.rpartition(".")
-        module = modules[module_name]
         rel = m.group(2) if m else name.removeprefix(base_prefix) if name.startswith(base_prefix) else name
+        if (expert := _EXPERT.fullmatch(rel)) and m:  # one expert's weight, as the checkpoint holds it
+            entry, axes = f"{expert['pre']}.{{e}}.{expert['rest']}", _expert_axes(name, shape, base, changed)
+            layer[entry] = axes
+            if axes[0] == "exp.out":
+                zero.add(entry.rpartition(".")[0])
+            continue
+        module = modules[module_name]
         mod_rel = rel.rpartition(".")[0]
         source = roles["norm_source"].get(mod_rel) if m and _is_norm(module) else None
         if source is not None and f"{source}.weight" in layer and len(shape) == 1:
@@ -385,8 +414,8 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
             axes = _axes(name, shape, module, module_name, mod_rel, leaf, bool(m), base, changed, small, keys, roles)
         if _is_norm(module) and leaf == "weight":
             norms.append((rel, module, fresh[name]))
-        if m and _linear_axes(module) is not None and mod_rel in roles["writes"]:
-            zero.add(mod_rel)
+        if m and _linear_axes(module) is not None and axes and axes[0] == "res":
+            zero.add(mod_rel)  # a new identity layer's writers of the stream start at zero
         (layer if m else glob if name.startswith(base_prefix) else head)[rel] = axes
     table = {"model_type": model_type, "objective": "causal-lm", "rope": any("rope" in k or "rotary" in k
                                                                              for k in small),
@@ -400,6 +429,9 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
              "norms": _norms(norms, roles)}
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
                                        {f"{base_prefix}{layer_attr}.0.{n}": axes for n, axes in layer.items()}))
+    if any(axes and axes[0] in ("exp", "exp.out") for axes in layer.values()):
+        table["config"].update(_experts_config(keys, small, layer))
+        table["router"] = {"normalized": "norm_topk_prob" if "norm_topk_prob" in small else True}
     scale = _embed_scale(model_type, small, keys, roles, table)
     if scale is not None:
         table["embed_scale"] = scale
@@ -419,6 +451,8 @@ def _which_head_proj(mod_rel: str) -> str | None:
 def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed, small, keys, roles) -> list[str]:
     """The axis tokens of one weight (a projection's, a norm's, an embedding's, a scalar)."""
     lin = _linear_axes(module)
+    if lin is None and len(shape) == 2 and "experts" in _follows(name, 0, base, changed):
+        lin = (0, 1)  # a router of its own class: a projection from the stream to a score per expert
     tokens = []
     for axis, dim in enumerate(shape):
         write = lin is None or axis == lin[0] or leaf == "bias"  # (a bias is its projection's output)
@@ -429,6 +463,12 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
             tokens.append("vocab")
         elif follows == {"positions"}:
             tokens.append("pos" if dim == _value(small, keys, "positions") else "kept")  # (BioGPT's offset rows)
+        elif "experts" in follows:  # the router: a score per expert (its rows, or a bias per expert)
+            tokens.append("router")
+        elif follows in ({"moe_ffn"}, {"shared_ffn"}) or (follows == {"ffn"} and isinstance(keys.get("moe_ffn"),
+                                                                                           str)):
+            space = {"moe_ffn": "ffn", "shared_ffn": "sffn", "ffn": "dffn"}[next(iter(follows))]
+            tokens.append(space if write else space + ".in")
         elif follows == {"ffn"}:
             parts = next((o[2] for o in _decompose(name, axis, base, changed, small, keys) if o[2] and not any(
                 o[:2]) and not o[3]), 1)
@@ -475,8 +515,8 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
     if "ffn" not in keys and follows == {"hidden"} and any(o[3] >= 2 and not any(o[:3]) for o in options) and \
             "att" not in mod_rel:
         return "ffn"  # an FFN whose size the class derives from the width (BLOOM's 4 x hidden): no config key
-    if stream_like and mod_rel in roles["writes"]:
-        return "res"
+    if stream_like and (mod_rel in roles["writes"] or "att" not in mod_rel):
+        return "res"  # (a shared expert's down projection writes the stream through the MoE block's sum)
     by_name = _which_head_proj(mod_rel)  # (where the sizes cannot tell q from k and v: its name)
     heads_like = {(a, b) for a, b, _, e in options if (a or b) and not e} | ({(1, 0)} if stream_like else set())
     if by_name == "q" and (1, 0) in heads_like:
@@ -513,6 +553,44 @@ def _norms(norms: list, roles: dict) -> dict:
             "stream": "post" if roles["post"] else "pre"}
 
 
+def _check_alike_layers(base: dict, layer_re) -> None:
+    """Every layer holds the same weights (a table's layers of several kinds are beyond inference)."""
+    held: dict[str, set] = {}
+    for name in base:
+        if m := layer_re.fullmatch(name):
+            x = _EXPERT.fullmatch(m.group(2))
+            held.setdefault(m.group(1), set()).add(f"{x['pre']}.{{e}}.{x['rest']}" if x else m.group(2))
+    kinds = {frozenset(v) for v in held.values()}
+    if len(kinds) > 1:
+        one, other = sorted(kinds, key=len)[:2]
+        raise NotInferred(f"its layers are of several kinds (some hold {sorted(other - one)[:2]}, others not), which "
+                          "only a hand table describes")
+
+
+def _expert_axes(name: str, shape: tuple, base: dict, changed: dict) -> list[str]:
+    """One expert's weight as a checkpoint holds it: an FFN's reads (gate, up: ``exp, ffn, res.in``) or its write
+    (down: ``exp.out, res, ffn.in``), its FFN axis the one the experts' FFN size changes."""
+    sizes = [_follows(name, a, base, changed) for a in range(len(shape))]
+    ffn = [a for a, f in enumerate(sizes) if f & {"ffn", "moe_ffn"} and "hidden" not in f]
+    stream = [a for a, f in enumerate(sizes) if f == {"hidden"} or f == {"hidden", "heads"}]
+    if len(shape) != 2 or len(ffn) != 1 or len(stream) != 1:
+        raise NotInferred(f"{name}: an expert's weight inference cannot read (axes following {sizes})")
+    return ["exp", "ffn", "res.in"] if ffn[0] == 0 else ["exp.out", "res", "ffn.in"]
+
+
+def _experts_config(keys: dict, small: dict, layer: dict) -> dict:
+    """A mixture of experts' config keys: the experts, those a token uses, the experts' FFN size (the key their FFN
+    axis follows), a shared expert's."""
+    out = {n: keys[n] for n in ("experts", "experts_per_token", "shared_ffn") if isinstance(keys.get(n), str)}
+    if "experts" not in out or "experts_per_token" not in out:
+        raise NotInferred("its config names no experts or experts per token that ligo knows")
+    if isinstance(keys.get("moe_ffn"), str):  # the experts' own size; the config's FFN size is the dense one
+        out["ffn"] = keys["moe_ffn"]
+        if any("dffn" in a for axes in layer.values() for a in axes):
+            out["dense_ffn"] = keys["ffn"]
+    return out
+
+
 def _check_saved_names(model) -> None:
     """A class that saves its weights under other names than its modules' (transformers converts them back when it
     loads) has checkpoints whose keys a table read off its modules would not name: refused."""
@@ -526,7 +604,7 @@ def _check_saved_names(model) -> None:
         for f in Path(tmp).glob("*.safetensors"):
             with safe_open(f, framework="pt") as handle:
                 saved |= set(handle.keys())
-    other = sorted(saved - set(model.state_dict()))
+    other = sorted(k for k in saved - set(model.state_dict()) if not _EXPERT.fullmatch(k))
     if other:
         raise NotInferred(f"transformers saves its weights under other names than its modules' ({other[0]}, ...) "
                           "and converts them when it loads, so a table read off its modules would not name a "
@@ -563,7 +641,7 @@ def _ffn_config(model_type: str, config: dict, small: dict, keys: dict, base: di
 
 def _ffn_factor(model_type: str, small: dict, keys: dict, base: dict, changed: dict) -> int:
     """The FFN size as a multiple of the width, where the config leaves it null: measured on the class."""
-    derived = _weights(build_model(model_type, {**small, keys["ffn"]: None}))
+    derived = _weights(build_model(model_type, {**small, keys["ffn"]: None}, "cpu"))
     for name, shape in base.items():
         for axis, dim in enumerate(shape):
             if _follows(name, axis, base, changed) == {"ffn"} and dim == small[keys["ffn"]]:

@@ -208,12 +208,13 @@ def table_json(spec, model_type: str | None = None) -> dict:
            "head": {e.name: axes(e) for e in spec.entries if e.scope == "head"},
            "tied": spec.tied, "identity_zero": spec.identity_zero, "layer_lists": spec.layer_lists,
            "ignore": spec.ignore, "norms": spec.norms}
-    if spec.embed_scale:
-        out["embed_scale"] = spec.embed_scale
-    if any(e.kind for e in spec.entries) or spec.router or spec.fused or spec.kinds:
-        raise LigoError(f"the {spec.model_types[0]} table has layer kinds or experts, which ligo cannot yet write "
+    if any(e.kind for e in spec.entries) or spec.kinds:
+        raise LigoError(f"the {spec.model_types[0]} table has layers of several kinds, which ligo cannot yet write "
                         "back as JSON for another type")
-    return out
+    optional = {"embed_scale": spec.embed_scale, "router": spec.router, "fused": spec.fused, "upcycle": spec.upcycle,
+                "requires": spec.requires, "renamed": spec.renamed, "transposable": spec.transposable,
+                "trailing_layers": spec.trailing_layers, "ffn_rule": spec.ffn_rule}
+    return {**out, **{k: v for k, v in optional.items() if v}}
 
 
 def _cache_dir() -> Path:
