@@ -5,7 +5,7 @@
 
 For every model type transformers maps to a causal-LM class: its kind (a decoder-only language model, the decoder of
 an encoder-decoder, an encoder used as a decoder, a vision-language wrapper), then, for the decoders, a tiny random
-model built from transformers' own config class (:func:`ligo.infer.tiny_config`: the default config shrunk), saved,
+model built from transformers' own config class (:func:`ligo.probe.tiny_config`: the default config shrunk), saved,
 and grown by ``ligo.grow`` with the default plan (no flag) to twice the width, twice the heads and kv heads, and one
 layer more; the grown model is loaded by transformers and its logits on the same tokens compared with the source's.
 The verdict per type: ``hand table``, ``inferred and proved`` (the table read off the class, or a hand table of
@@ -58,7 +58,7 @@ def verdict(model_type: str, root: Path) -> dict:
 
     from ligo import grow
     from ligo.errors import LigoError
-    from ligo.infer import build_model, tiny_config
+    from ligo.probe import build_model, tiny_config
     from ligo.tables import refused_reason, supported_types
 
     t0 = time.perf_counter()

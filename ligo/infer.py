@@ -2,12 +2,13 @@
 
 For a ``model_type`` without a hand table, the table is derived from the model itself:
 
-1. **A tiny model of the user's own config** (:func:`tiny_config`): its sizes shrunk (2 layers, 64 wide, 4 heads of 16,
-   2 kv heads, FFN 128, 256 tokens; one layer of each kind its per-layer lists name), the rest as the config says.
-2. **Shapes** (:func:`_probe`): the model is built on the meta device at that size and at sizes that change one
-   size at a time (hidden, heads, kv heads, head size, FFN, vocabulary, positions); which axis of which weight
-   follows which size places each axis in a space (:mod:`ligo.spaces`); an axis that follows several sizes is a
-   fused one, decomposed into its parts (``q+k+v``, ``ffn+ffn``).
+1. **A tiny model of the user's own config** (:func:`ligo.probe.tiny_config`): its sizes shrunk (2 layers, 64 wide,
+   4 heads of 16, 2 kv heads, FFN 128, 256 tokens, 4 experts; one layer of each kind its per-layer lists name), the
+   rest as the config says.
+2. **Shapes** (:func:`ligo.probe.probe`): the checkpoint transformers saves of it, and of the model at sizes that
+   change one at a time (hidden, heads, kv heads, head size, FFN, vocabulary, positions, experts and their FFNs);
+   which axis of which weight follows which size places each axis in a space (:mod:`ligo.spaces`); an axis that
+   follows several sizes is a fused one, decomposed into its parts (``q+k+v``, ``ffn+ffn``).
 3. **Data flow** (:func:`_roles`): the tiny model is run once with hooks, which say what shapes cannot: which
    projections write the residual stream (their output is their block's), which norm feeds the head, which norm
    normalizes a projection's output, whether each layer ends in a norm, by how much the embedding's rows are
@@ -15,7 +16,7 @@ For a ``model_type`` without a hand table, the table is derived from the model i
 
 Where shapes cannot decide (a fused projection's layout), :func:`infer_table` returns the candidates in order, and
 :func:`ligo.prove.table_for` keeps the first whose lossless growth reproduces the tiny model. A structure the rules
-do not cover raises :class:`NotInferred`, naming the weight or the operation.
+do not cover raises :class:`ligo.probe.NotInferred`, naming the weight or the operation.
 """
 
 from __future__ import annotations
@@ -24,190 +25,14 @@ import json
 import re
 from pathlib import Path
 
-from .errors import LigoError
+from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, build_model, decompose, fixed_kv, axis_sizes, perturbed, probe, \
+    saved_shapes, tiny_config, value
 
 RULES = 1  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
-TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 128, "vocab": 256, "experts": 4,
-        "experts_per_token": 2, "moe_ffn": 32, "shared_ffn": 64}
-# a generic size -> the config attributes that hold it in the families transformers ships (the first present wins;
-# a config's attribute_map resolves the standard names, as GPT-2's n_embd for hidden_size)
-SIZE_KEYS = {
-    "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
-    "hidden": ("hidden_size", "n_embd", "d_model", "dim"),
-    "heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
-    "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"),
-    "head_dim": ("head_dim", "attention_head_dim"),
-    "ffn": ("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim", "d_ff", "dff", "mlp_hidden_size"),
-    "vocab": ("vocab_size",),
-    "positions": ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "n_ctx"),
-    "experts": ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"),
-    "experts_per_token": ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k"),
-    "moe_ffn": ("moe_intermediate_size", "expert_intermediate_size"),
-    "shared_ffn": ("shared_expert_intermediate_size", "shared_intermediate_size"),
-}
-_PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn")
-_EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
+
 
 
 # -- the tiny config --------------------------------------------------------------------------------------------
-def _config_object(model_type: str, config: dict):
-    import transformers
-
-    data = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map",
-                                                         "architectures", "_name_or_path")}
-    return transformers.AutoConfig.for_model(model_type, **data)
-
-
-def size_keys(cfg) -> dict[str, str]:
-    """The config key (as ``to_dict`` writes it) of each generic size the config has."""
-    data = cfg.to_dict()
-    amap = getattr(cfg, "attribute_map", {}) or {}
-    found = {}
-    for name, keys in SIZE_KEYS.items():
-        for key in keys:
-            real = amap.get(key, key)
-            if real in data and (isinstance(data[real], int) and not isinstance(data[real], bool) or
-                                 (name in ("head_dim", "ffn", "kv_heads") and data[real] is None)):
-                found[name] = real
-                break
-    if "tie_word_embeddings" in data:
-        found["tie"] = "tie_word_embeddings"
-    return found
-
-
-def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
-    """``config`` at a tiny size, as a dict for ``AutoConfig.for_model``, and its size keys: the config key of each
-    generic size, or the size itself where the class derives it from a flag and ignores the key (a multi-query
-    model's one kv head)."""
-    cfg = _config_object(model_type, config)
-    keys = size_keys(cfg)
-    data = cfg.to_dict()
-    if not {"layers", "hidden", "heads", "vocab"} <= set(keys):
-        missing = sorted({"layers", "hidden", "heads", "vocab"} - set(keys))
-        raise LigoError(f"its config names no {', '.join(missing)} that ligo knows")
-    old_layers, old_hidden = data[keys["layers"]], data[keys["hidden"]]
-    kv = data.get(keys.get("kv_heads", ""), None)
-    small = dict(data)
-    # other widths that are the model's width (OPT's word_embed_proj_dim) shrink with it
-    small.update({k: TINY["hidden"] for k, v in data.items() if v == old_hidden and isinstance(v, int) and
-                  not isinstance(v, bool) and any(w in k for w in ("dim", "size", "hidden", "embd"))})
-    small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")
-                  and isinstance(data.get(keys[n]), int) and not isinstance(data.get(keys[n]), bool)})
-    if "kv_heads" in keys and isinstance(kv, int):  # grouped as the config groups them (2 kv heads for 4, or 4)
-        small[keys["kv_heads"]] = 2 if kv < data[keys["heads"]] else TINY["heads"]
-    if "head_dim" in keys and isinstance(data.get(keys["head_dim"]), int):
-        small[keys["head_dim"]] = TINY["head_dim"]
-    if "ffn" in keys:  # (a null FFN size, derived from the width, is set: the probes change it alone)
-        small[keys["ffn"]] = TINY["ffn"]
-    # per-layer lists: the first layer of each kind they name, and the first layers (at least TINY["layers"])
-    lists = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == old_layers and old_layers > 1}
-    rows = set(range(min(TINY["layers"], old_layers)))
-    for values in lists.values():
-        rows |= {values.index(v) for v in values if isinstance(v, (str, int, float, bool))}
-    rows = sorted(rows)
-    small[keys["layers"]] = len(rows)
-    for k, values in lists.items():
-        small[k] = [values[i] for i in rows]
-    for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
-        if isinstance(small.get(k), int) and small[k] >= TINY["vocab"]:
-            small[k] = 0
-    if "positions" in keys and isinstance(small.get(keys["positions"]), int):
-        small[keys["positions"]] = max(64, min(small[keys["positions"]], 512))
-    for k, v in data.items():  # counts of leading layers of another kind, rotary sizes: within the tiny model
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            if k in ("first_k_dense_replace", "num_dense_layers", "first_k_dense", "n_dense_layers"):
-                small[k] = min(v, len(rows) - 1)
-            elif k in ("rotary_dim", "rotary_emb_dim", "qk_rope_head_dim") and v > TINY["head_dim"]:
-                small[k] = TINY["head_dim"] // 2
-        if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index
-            small[k] = {i: c for i, c in v.items() if int(i) < len(rows)}
-    built = _config_object(model_type, small)  # a size the class derives and ignores the key of: fixed
-    for name in ("kv_heads", "head_dim"):
-        key = keys.get(name)
-        if isinstance(key, str) and isinstance(small.get(key), int) and getattr(built, key, None) != small[key]:
-            keys[name] = small[key] = getattr(built, key)
-            small.pop(key) if key not in data else None
-    return small, keys
-
-
-def _value(small: dict, keys: dict, name: str):
-    """A size of the tiny config: its key's value, or the size the class fixes."""
-    key = keys.get(name)
-    return key if isinstance(key, int) else small.get(key) if key is not None else None
-
-
-# -- shapes -----------------------------------------------------------------------------------------------------
-def build_model(model_type: str, small: dict, device: str = "meta"):
-    """The causal LM of ``model_type`` at the config mapping ``small`` (eager attention), on ``device``."""
-    import torch
-    import transformers
-
-    cfg = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in small.items() if k != "model_type"})
-    cfg._attn_implementation = "eager"
-    with torch.device(device):
-        return transformers.AutoModelForCausalLM.from_config(cfg)
-
-
-def _perturbed(small: dict, keys: dict, size: str) -> dict | None:
-    """``small`` with one size changed (hidden with its heads, so that the head size stays), or None."""
-    out = dict(small)
-    kv = keys.get("kv_heads")
-    grouped = isinstance(kv, str) and isinstance(small.get(kv), int)
-    if size == "hidden":
-        out[keys["hidden"]] = small[keys["hidden"]] * 2
-        out[keys["heads"]] = small[keys["heads"]] * 2
-        if grouped:
-            out[kv] = small[kv] * 2
-    elif size == "heads":
-        out[keys["heads"]] = small[keys["heads"]] * 2
-        if grouped:
-            out[kv] = small[kv] * 2
-    elif isinstance(keys.get(size), str) and isinstance(small.get(keys[size]), int) and size != "layers":
-        if size == "kv_heads" and small[keys["kv_heads"]] * 2 > small[keys["heads"]]:
-            return None
-        out[keys[size]] = small[keys[size]] * 2
-    else:
-        return None
-    return out
-
-
-def _weights(model) -> dict[str, tuple]:
-    """What a checkpoint of ``model`` holds that growth must carry, with the shapes: its float tensors as
-    transformers saves them (the parameters and persistent float buffers, XIELU's beta and eps among them; a mixture
-    of experts' tensors one per expert, as the model holds them stacked)."""
-    import tempfile
-
-    from safetensors import safe_open
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        shapes = {}
-        for f in sorted(Path(tmp).glob("*.safetensors")):
-            with safe_open(f, framework="pt") as handle:
-                for key in handle.keys():
-                    piece = handle.get_slice(key)
-                    if piece.get_dtype() in ("F32", "F16", "BF16", "F64"):
-                        shapes[key] = tuple(piece.get_shape())
-    return shapes
-
-
-def _probe(model_type: str, small: dict, keys: dict) -> tuple[dict, dict]:
-    """Each parameter's shape at the tiny size and, per probed size, at that size doubled."""
-    base = _weights(build_model(model_type, small, "cpu"))
-    changed = {}
-    for size in _PROBES:
-        cfg = _perturbed(small, keys, size)
-        if cfg is None:
-            continue
-        try:
-            shapes = _weights(build_model(model_type, cfg, "cpu"))
-        except Exception:  # noqa: BLE001  (a size this class cannot take: that probe says nothing)
-            continue
-        if shapes.keys() >= base.keys():  # (more experts save more per-expert keys: the tiny model's are compared)
-            changed[size] = {k: shapes[k] for k in base}
-    return base, changed
-
-
 # -- data flow ----------------------------------------------------------------------------------------------------
 def _is_norm(module) -> bool:
     return "norm" in type(module).__name__.lower()
@@ -315,57 +140,17 @@ def _multiple(a, b) -> float | None:
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
-class NotInferred(LigoError):
-    """The model's structure is beyond what inference reads (the reason names the weight or the operation)."""
-
-
-def _decompose(name: str, axis: int, base: dict, changed: dict, small: dict, keys: dict) -> list[tuple[int, ...]]:
-    """The ways an axis is a sum of units: (a, b, c, e) with size = a*heads*hd + b*kv*hd + c*ffn + e*hidden at the
-    tiny size and at every probe."""
-    def sizes(cfg: dict) -> tuple[int, int, int, int]:
-        hidden, heads = cfg[keys["hidden"]], cfg[keys["heads"]]
-        hd = _value(cfg, keys, "head_dim")
-        hd = hd if isinstance(hd, int) else hidden // heads
-        kv = _value(cfg, keys, "kv_heads")
-        kv = kv if isinstance(kv, int) else heads
-        ffn = _value(cfg, keys, "ffn")
-        return heads * hd, kv * hd, ffn if isinstance(ffn, int) else 0, hidden
-
-    points = [(sizes(small), base[name][axis])]
-    points += [(sizes(_perturbed(small, keys, s)), shapes[name][axis]) for s, shapes in changed.items()]
-    found = []
-    for a in range(4):
-        for b in range(3):
-            for c in range(3):
-                for e in range(5):
-                    if (a, b, c, e) != (0, 0, 0, 0) and all(
-                            a * q + b * kv + c * f + e * h == d for (q, kv, f, h), d in points):
-                        found.append((a, b, c, e))
-    return sorted(found, key=lambda t: (sum(1 for x in t if x), t[3]))
-
-
-def _fixed_kv(base: dict, changed: dict, small: dict, keys: dict) -> dict:
-    """The size keys with the kv heads fixed at the count every head-following axis decomposes with."""
-    axes = [(n, a) for n, shape in base.items() for a in range(len(shape))
-            if _follows(n, a, base, changed) & {"heads", "head_dim"}]
-    for count in (1, small[keys["heads"]]):
-        fixed = {**keys, "kv_heads": count}
-        if all(_decompose(n, a, base, changed, small, fixed) for n, a in axes):
-            return fixed
-    raise NotInferred("its kv heads follow neither its config's kv key nor one kv head nor its heads")
-
-
 def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
     """A table for ``model_type`` read off its class (see the module docstring), and the candidates for what shapes
     cannot decide (each a table to prove, the first the most likely). Raises :class:`NotInferred`."""
     import torch
 
     small, keys = tiny_config(model_type, config)
-    base, changed = _probe(model_type, small, keys)
+    base, changed = probe(model_type, small, keys)
     if "head_dim" in changed and changed.pop("head_dim") == base:  # a head_dim key the class ignores: the head
         keys = {k: v for k, v in keys.items() if k != "head_dim"}     # size is the width over the heads
     if "kv_heads" in changed and changed.pop("kv_heads") == base:  # a kv key the class ignores: one kv head (a
-        keys = _fixed_kv(base, changed, small, keys)               # multi-query flag), or as many as the heads
+        keys = fixed_kv(base, changed, small, keys)               # multi-query flag), or as many as the heads
     torch.manual_seed(0)
     model = build_model(model_type, small, "cpu").eval()
     prefix = getattr(model, "base_model_prefix", "") or ""
@@ -391,15 +176,11 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
     tied = _tied(model, modules, roles)
     _check_alike_layers(base, layer_re)
     glob, layer, head, norms, zero = {}, {}, {}, [], set()
-    # projections first: a norm over a projection's output (OLMo 2's q_norm) takes that projection's space
-    order = sorted((n for n in base if (not (m := layer_re.fullmatch(n)) or m.group(1) == "0") and
-                    (not (x := _EXPERT.fullmatch(n)) or x["e"] == "0")),
-                   key=lambda n: n in modules and _is_norm(modules[n.rpartition(".")[0]]))
-    for name in order:
+    for name in _reading_order(base, layer_re, modules):
         shape, m = base[name], layer_re.fullmatch(name)
         module_name, _, leaf = name.rpartition(".")
         rel = m.group(2) if m else name.removeprefix(base_prefix) if name.startswith(base_prefix) else name
-        if (expert := _EXPERT.fullmatch(rel)) and m:  # one expert's weight, as the checkpoint holds it
+        if (expert := EXPERT.fullmatch(rel)) and m:  # one expert's weight, as the checkpoint holds it
             entry, axes = f"{expert['pre']}.{{e}}.{expert['rest']}", _expert_axes(name, shape, base, changed)
             layer[entry] = axes
             if axes[0] == "exp.out":
@@ -451,18 +232,18 @@ def _which_head_proj(mod_rel: str) -> str | None:
 def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed, small, keys, roles) -> list[str]:
     """The axis tokens of one weight (a projection's, a norm's, an embedding's, a scalar)."""
     lin = _linear_axes(module)
-    if lin is None and len(shape) == 2 and "experts" in _follows(name, 0, base, changed):
+    if lin is None and len(shape) == 2 and "experts" in axis_sizes(name, 0, base, changed):
         lin = (0, 1)  # a router of its own class: a projection from the stream to a score per expert
     tokens = []
     for axis, dim in enumerate(shape):
         write = lin is None or axis == lin[0] or leaf == "bias"  # (a bias is its projection's output)
-        follows = _follows(name, axis, base, changed)
+        follows = axis_sizes(name, axis, base, changed)
         if not follows:  # no grown size changes it (the probes say): kept at the source's size
             tokens.append("one" if dim == 1 else "kept")
         elif follows == {"vocab"}:
             tokens.append("vocab")
         elif follows == {"positions"}:
-            tokens.append("pos" if dim == _value(small, keys, "positions") else "kept")  # (BioGPT's offset rows)
+            tokens.append("pos" if dim == value(small, keys, "positions") else "kept")  # (BioGPT's offset rows)
         elif "experts" in follows:  # the router: a score per expert (its rows, or a bias per expert)
             tokens.append("router")
         elif follows in ({"moe_ffn"}, {"shared_ffn"}) or (follows == {"ffn"} and isinstance(keys.get("moe_ffn"),
@@ -470,7 +251,7 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
             space = {"moe_ffn": "ffn", "shared_ffn": "sffn", "ffn": "dffn"}[next(iter(follows))]
             tokens.append(space if write else space + ".in")
         elif follows == {"ffn"}:
-            parts = next((o[2] for o in _decompose(name, axis, base, changed, small, keys) if o[2] and not any(
+            parts = next((o[2] for o in decompose(name, axis, base, changed, small, keys) if o[2] and not any(
                 o[:2]) and not o[3]), 1)
             tokens.append("+".join(["ffn" if write else "ffn.in"] * parts))
         elif follows <= {"head_dim", "heads"} and "hidden" not in follows:
@@ -485,7 +266,7 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
                     roles) -> str:
     """An axis that follows the width: the residual stream (written or read), the query heads, the kv heads, or a
     fused projection of several, told apart by the sizes it follows and by what the projection reads and writes."""
-    options = [o for o in _decompose(name, axis, base, changed, small, keys) if not o[2]]
+    options = [o for o in decompose(name, axis, base, changed, small, keys) if not o[2]]
     stream_like = (0, 0, 0, 1) in options
     if lin is None and dim == small[keys["heads"]] and "heads" in follows:
         return "q.head"  # one value per query head (an attention sink, a per-head gate)
@@ -533,12 +314,8 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
 
 def _grouped(small: dict, keys: dict) -> bool:
     """The tiny model has fewer kv heads than query heads (so sizes tell k and v from q)."""
-    kv = _value(small, keys, "kv_heads")
+    kv = value(small, keys, "kv_heads")
     return isinstance(kv, int) and kv < small[keys["heads"]]
-
-
-def _follows(name: str, axis: int, base: dict, changed: dict) -> set[str]:
-    return {s for s, shapes in changed.items() if shapes[name][axis] != base[name][axis]}
 
 
 def _norms(norms: list, roles: dict) -> dict:
@@ -553,12 +330,20 @@ def _norms(norms: list, roles: dict) -> dict:
             "stream": "post" if roles["post"] else "pre"}
 
 
+def _reading_order(base: dict, layer_re, modules: dict) -> list[str]:
+    """The weights a table names (those outside the layers, layer 0's, expert 0's), projections first: a norm over a
+    projection's output (OLMo 2's q_norm) takes that projection's space."""
+    return sorted((n for n in base if (not (m := layer_re.fullmatch(n)) or m.group(1) == "0") and
+                   (not (x := EXPERT.fullmatch(n)) or x["e"] == "0")),
+                  key=lambda n: n in modules and _is_norm(modules[n.rpartition(".")[0]]))
+
+
 def _check_alike_layers(base: dict, layer_re) -> None:
     """Every layer holds the same weights (a table's layers of several kinds are beyond inference)."""
     held: dict[str, set] = {}
     for name in base:
         if m := layer_re.fullmatch(name):
-            x = _EXPERT.fullmatch(m.group(2))
+            x = EXPERT.fullmatch(m.group(2))
             held.setdefault(m.group(1), set()).add(f"{x['pre']}.{{e}}.{x['rest']}" if x else m.group(2))
     kinds = {frozenset(v) for v in held.values()}
     if len(kinds) > 1:
@@ -570,7 +355,7 @@ def _check_alike_layers(base: dict, layer_re) -> None:
 def _expert_axes(name: str, shape: tuple, base: dict, changed: dict) -> list[str]:
     """One expert's weight as a checkpoint holds it: an FFN's reads (gate, up: ``exp, ffn, res.in``) or its write
     (down: ``exp.out, res, ffn.in``), its FFN axis the one the experts' FFN size changes."""
-    sizes = [_follows(name, a, base, changed) for a in range(len(shape))]
+    sizes = [axis_sizes(name, a, base, changed) for a in range(len(shape))]
     ffn = [a for a, f in enumerate(sizes) if f & {"ffn", "moe_ffn"} and "hidden" not in f]
     stream = [a for a, f in enumerate(sizes) if f == {"hidden"} or f == {"hidden", "heads"}]
     if len(shape) != 2 or len(ffn) != 1 or len(stream) != 1:
@@ -604,7 +389,7 @@ def _check_saved_names(model) -> None:
         for f in Path(tmp).glob("*.safetensors"):
             with safe_open(f, framework="pt") as handle:
                 saved |= set(handle.keys())
-    other = sorted(k for k in saved - set(model.state_dict()) if not _EXPERT.fullmatch(k))
+    other = sorted(k for k in saved - set(model.state_dict()) if not EXPERT.fullmatch(k))
     if other:
         raise NotInferred(f"transformers saves its weights under other names than its modules' ({other[0]}, ...) "
                           "and converts them when it loads, so a table read off its modules would not name a "
@@ -641,10 +426,10 @@ def _ffn_config(model_type: str, config: dict, small: dict, keys: dict, base: di
 
 def _ffn_factor(model_type: str, small: dict, keys: dict, base: dict, changed: dict) -> int:
     """The FFN size as a multiple of the width, where the config leaves it null: measured on the class."""
-    derived = _weights(build_model(model_type, {**small, keys["ffn"]: None}, "cpu"))
+    derived = saved_shapes(build_model(model_type, {**small, keys["ffn"]: None}, "cpu"))
     for name, shape in base.items():
         for axis, dim in enumerate(shape):
-            if _follows(name, axis, base, changed) == {"ffn"} and dim == small[keys["ffn"]]:
+            if axis_sizes(name, axis, base, changed) == {"ffn"} and dim == small[keys["ffn"]]:
                 size = derived[name][axis]
                 if size % small[keys["hidden"]] == 0:
                     return size // small[keys["hidden"]]
@@ -671,7 +456,7 @@ def _embed_scale(model_type: str, small: dict, keys: dict, roles: dict, table: d
 
     if roles["embed_scale"] is None or abs(roles["embed_scale"] - 1) < 1e-6:
         return None
-    wide = _perturbed(small, keys, "hidden")
+    wide = perturbed(small, keys, "hidden")
     torch.manual_seed(0)
     model = build_model(model_type, wide, "cpu").eval()
     prefix = table["base_prefix"].rstrip(".")

@@ -2,7 +2,7 @@
 point for a model_type without a hand table (:func:`table_for`), with its cache.
 
 The proof (:func:`reproduction_gap`): a tiny random model of the type, built from the user's own config shrunk
-(:func:`ligo.infer.tiny_config`), its norms moved away from their init, is grown through the table with the lossless
+(:func:`ligo.probe.tiny_config`), its norms moved away from their init, is grown through the table with the lossless
 plan (split width, identity depth), twice wide with twice the heads and 1.5 times wide (where the plan is lossless at
 that ratio: LayerNorm and norms over whole projections are exact only at integer ratios), with one layer more (none
 for a post-norm model), and its logits on the same tokens must be the source's within :data:`TOLERANCE`.
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .errors import LigoError
 from . import __version__
-from .infer import RULES, TINY, NotInferred, build_model, infer_table, tiny_config
+from .infer import RULES, infer_table
+from .probe import TINY, NotInferred, build_model, tiny_config
 
 TOLERANCE = 1e-4  # the largest logit difference of a lossless growth (fp32 rounding)
 

@@ -36,7 +36,7 @@ def test_an_inferred_table_is_checked_as_hand_tables_are(tmp_path, corpus, token
     recipe naming the table and its proof) trains a few steps from its own folder."""
     import transformers
 
-    from ligo.infer import build_model, tiny_config
+    from ligo.probe import build_model, tiny_config
 
     small, _ = tiny_config("starcoder2", transformers.AutoConfig.for_model("starcoder2").to_dict())
     small["vocab_size"] = len(tokenizer)

@@ -241,7 +241,7 @@ def test_a_table_is_used_only_where_its_growth_reproduces_the_model(tmp_path):
     logits: once refused for only looking like Llama) has its table read off its class, proved, and grows."""
     import transformers
 
-    from ligo.infer import build_model, tiny_config
+    from ligo.probe import build_model, tiny_config
 
     for model_type in ("bloom", "cohere2"):
         small, _ = tiny_config(model_type, transformers.AutoConfig.for_model(model_type).to_dict())

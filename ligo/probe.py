@@ -1,0 +1,238 @@
+"""A model at a tiny size and the shapes of its checkpoint as its sizes change, one at a time: what
+:mod:`ligo.infer` reads a table off.
+
+:func:`tiny_config` shrinks a config (its sizes, its per-layer lists to one layer of each kind, what follows the width
+or the layer count), :func:`probe` builds the tiny model and one with each size doubled and reads the shapes of the
+checkpoints transformers saves of them, :func:`follows` says which sizes change an axis, :func:`decompose` how an axis
+that follows several is a sum of their units.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import LigoError
+
+class NotInferred(LigoError):
+    """The model's structure is beyond what inference reads (the reason names the weight or the operation)."""
+
+
+TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 128, "vocab": 256, "experts": 4,
+        "experts_per_token": 2, "moe_ffn": 32, "shared_ffn": 64}
+# a generic size -> the config attributes that hold it in the families transformers ships (the first present wins;
+# a config's attribute_map resolves the standard names, as GPT-2's n_embd for hidden_size)
+SIZE_KEYS = {
+    "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "hidden": ("hidden_size", "n_embd", "d_model", "dim"),
+    "heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
+    "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"),
+    "head_dim": ("head_dim", "attention_head_dim"),
+    "ffn": ("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim", "d_ff", "dff", "mlp_hidden_size"),
+    "vocab": ("vocab_size",),
+    "positions": ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "n_ctx"),
+    "experts": ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"),
+    "experts_per_token": ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k"),
+    "moe_ffn": ("moe_intermediate_size", "expert_intermediate_size"),
+    "shared_ffn": ("shared_expert_intermediate_size", "shared_intermediate_size"),
+}
+PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn")
+EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
+
+
+def config_object(model_type: str, config: dict):
+    import transformers
+
+    data = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map",
+                                                         "architectures", "_name_or_path")}
+    return transformers.AutoConfig.for_model(model_type, **data)
+
+
+def size_keys(cfg) -> dict[str, str]:
+    """The config key (as ``to_dict`` writes it) of each generic size the config has."""
+    data = cfg.to_dict()
+    amap = getattr(cfg, "attribute_map", {}) or {}
+    found = {}
+    for name, keys in SIZE_KEYS.items():
+        for key in keys:
+            real = amap.get(key, key)
+            if real in data and (isinstance(data[real], int) and not isinstance(data[real], bool) or
+                                 (name in ("head_dim", "ffn", "kv_heads") and data[real] is None)):
+                found[name] = real
+                break
+    if "tie_word_embeddings" in data:
+        found["tie"] = "tie_word_embeddings"
+    return found
+
+
+def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
+    """``config`` at a tiny size, as a dict for ``AutoConfig.for_model``, and its size keys: the config key of each
+    generic size, or the size itself where the class derives it from a flag and ignores the key (a multi-query
+    model's one kv head)."""
+    cfg = config_object(model_type, config)
+    keys = size_keys(cfg)
+    data = cfg.to_dict()
+    if not {"layers", "hidden", "heads", "vocab"} <= set(keys):
+        missing = sorted({"layers", "hidden", "heads", "vocab"} - set(keys))
+        raise LigoError(f"its config names no {', '.join(missing)} that ligo knows")
+    old_layers, old_hidden = data[keys["layers"]], data[keys["hidden"]]
+    kv = data.get(keys.get("kv_heads", ""), None)
+    small = dict(data)
+    # other widths that are the model's width (OPT's word_embed_proj_dim) shrink with it
+    small.update({k: TINY["hidden"] for k, v in data.items() if v == old_hidden and isinstance(v, int) and
+                  not isinstance(v, bool) and any(w in k for w in ("dim", "size", "hidden", "embd"))})
+    small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")
+                  and isinstance(data.get(keys[n]), int) and not isinstance(data.get(keys[n]), bool)})
+    if "kv_heads" in keys and isinstance(kv, int):  # grouped as the config groups them (2 kv heads for 4, or 4)
+        small[keys["kv_heads"]] = 2 if kv < data[keys["heads"]] else TINY["heads"]
+    if "head_dim" in keys and isinstance(data.get(keys["head_dim"]), int):
+        small[keys["head_dim"]] = TINY["head_dim"]
+    if "ffn" in keys:  # (a null FFN size, derived from the width, is set: the probes change it alone)
+        small[keys["ffn"]] = TINY["ffn"]
+    # per-layer lists: the first layer of each kind they name, and the first layers (at least TINY["layers"])
+    lists = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == old_layers and old_layers > 1}
+    rows = set(range(min(TINY["layers"], old_layers)))
+    for values in lists.values():
+        rows |= {values.index(v) for v in values if isinstance(v, (str, int, float, bool))}
+    rows = sorted(rows)
+    small[keys["layers"]] = len(rows)
+    for k, values in lists.items():
+        small[k] = [values[i] for i in rows]
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        if isinstance(small.get(k), int) and small[k] >= TINY["vocab"]:
+            small[k] = 0
+    if "positions" in keys and isinstance(small.get(keys["positions"]), int):
+        small[keys["positions"]] = max(64, min(small[keys["positions"]], 512))
+    for k, v in data.items():  # counts of leading layers of another kind, rotary sizes: within the tiny model
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            if k in ("first_k_dense_replace", "num_dense_layers", "first_k_dense", "n_dense_layers"):
+                small[k] = min(v, len(rows) - 1)
+            elif k in ("rotary_dim", "rotary_emb_dim", "qk_rope_head_dim") and v > TINY["head_dim"]:
+                small[k] = TINY["head_dim"] // 2
+        if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index
+            small[k] = {i: c for i, c in v.items() if int(i) < len(rows)}
+    built = config_object(model_type, small)  # a size the class derives and ignores the key of: fixed
+    for name in ("kv_heads", "head_dim"):
+        key = keys.get(name)
+        if isinstance(key, str) and isinstance(small.get(key), int) and getattr(built, key, None) != small[key]:
+            keys[name] = small[key] = getattr(built, key)
+            small.pop(key) if key not in data else None
+    return small, keys
+
+
+def value(small: dict, keys: dict, name: str):
+    """A size of the tiny config: its key's value, or the size the class fixes."""
+    key = keys.get(name)
+    return key if isinstance(key, int) else small.get(key) if key is not None else None
+
+
+# -- shapes -----------------------------------------------------------------------------------------------------
+def build_model(model_type: str, small: dict, device: str = "meta"):
+    """The causal LM of ``model_type`` at the config mapping ``small`` (eager attention), on ``device``."""
+    import torch
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in small.items() if k != "model_type"})
+    cfg._attn_implementation = "eager"
+    with torch.device(device):
+        return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+def perturbed(small: dict, keys: dict, size: str) -> dict | None:
+    """``small`` with one size changed (hidden with its heads, so that the head size stays), or None."""
+    out = dict(small)
+    kv = keys.get("kv_heads")
+    grouped = isinstance(kv, str) and isinstance(small.get(kv), int)
+    if size == "hidden":
+        out[keys["hidden"]] = small[keys["hidden"]] * 2
+        out[keys["heads"]] = small[keys["heads"]] * 2
+        if grouped:
+            out[kv] = small[kv] * 2
+    elif size == "heads":
+        out[keys["heads"]] = small[keys["heads"]] * 2
+        if grouped:
+            out[kv] = small[kv] * 2
+    elif isinstance(keys.get(size), str) and isinstance(small.get(keys[size]), int) and size != "layers":
+        if size == "kv_heads" and small[keys["kv_heads"]] * 2 > small[keys["heads"]]:
+            return None
+        out[keys[size]] = small[keys[size]] * 2
+    else:
+        return None
+    return out
+
+
+def saved_shapes(model) -> dict[str, tuple]:
+    """What a checkpoint of ``model`` holds that growth must carry, with the shapes: its float tensors as
+    transformers saves them (the parameters and persistent float buffers, XIELU's beta and eps among them; a mixture
+    of experts' tensors one per expert, as the model holds them stacked)."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        shapes = {}
+        for f in sorted(Path(tmp).glob("*.safetensors")):
+            with safe_open(f, framework="pt") as handle:
+                for key in handle.keys():
+                    piece = handle.get_slice(key)
+                    if piece.get_dtype() in ("F32", "F16", "BF16", "F64"):
+                        shapes[key] = tuple(piece.get_shape())
+    return shapes
+
+
+def probe(model_type: str, small: dict, keys: dict) -> tuple[dict, dict]:
+    """Each parameter's shape at the tiny size and, per probed size, at that size doubled."""
+    base = saved_shapes(build_model(model_type, small, "cpu"))
+    changed = {}
+    for size in PROBES:
+        cfg = perturbed(small, keys, size)
+        if cfg is None:
+            continue
+        try:
+            shapes = saved_shapes(build_model(model_type, cfg, "cpu"))
+        except Exception:  # noqa: BLE001  (a size this class cannot take: that probe says nothing)
+            continue
+        if shapes.keys() >= base.keys():  # (more experts save more per-expert keys: the tiny model's are compared)
+            changed[size] = {k: shapes[k] for k in base}
+    return base, changed
+
+
+def decompose(name: str, axis: int, base: dict, changed: dict, small: dict, keys: dict) -> list[tuple[int, ...]]:
+    """The ways an axis is a sum of units: (a, b, c, e) with size = a*heads*hd + b*kv*hd + c*ffn + e*hidden at the
+    tiny size and at every probe."""
+    def sizes(cfg: dict) -> tuple[int, int, int, int]:
+        hidden, heads = cfg[keys["hidden"]], cfg[keys["heads"]]
+        hd = value(cfg, keys, "head_dim")
+        hd = hd if isinstance(hd, int) else hidden // heads
+        kv = value(cfg, keys, "kv_heads")
+        kv = kv if isinstance(kv, int) else heads
+        ffn = value(cfg, keys, "ffn")
+        return heads * hd, kv * hd, ffn if isinstance(ffn, int) else 0, hidden
+
+    points = [(sizes(small), base[name][axis])]
+    points += [(sizes(perturbed(small, keys, s)), shapes[name][axis]) for s, shapes in changed.items()]
+    found = []
+    for a in range(4):
+        for b in range(3):
+            for c in range(3):
+                for e in range(5):
+                    if (a, b, c, e) != (0, 0, 0, 0) and all(
+                            a * q + b * kv + c * f + e * h == d for (q, kv, f, h), d in points):
+                        found.append((a, b, c, e))
+    return sorted(found, key=lambda t: (sum(1 for x in t if x), t[3]))
+
+
+def fixed_kv(base: dict, changed: dict, small: dict, keys: dict) -> dict:
+    """The size keys with the kv heads fixed at the count every head-following axis decomposes with."""
+    axes = [(n, a) for n, shape in base.items() for a in range(len(shape))
+            if axis_sizes(n, a, base, changed) & {"heads", "head_dim"}]
+    for count in (1, small[keys["heads"]]):
+        fixed = {**keys, "kv_heads": count}
+        if all(decompose(n, a, base, changed, small, fixed) for n, a in axes):
+            return fixed
+    raise NotInferred("its kv heads follow neither its config's kv key nor one kv head nor its heads")
+
+
+def axis_sizes(name: str, axis: int, base: dict, changed: dict) -> set[str]:
+    return {s for s, shapes in changed.items() if shapes[name][axis] != base[name][axis]}
