@@ -47,12 +47,12 @@ def add_parser(sub, name):
 def load_recipe(path: str | None) -> dict:
     if not path:
         return {}
-    from ..settings import parse_mapping
+    from ..settings import parse_mapping, read_text
 
     p = Path(path)
     if not p.is_file():
         raise LigoError(f"recipe file {p} does not exist; check the path")
-    data = parse_mapping(p.read_text(), f"recipe file {p}", RECIPE_KEYS)
+    data = parse_mapping(read_text(p, "recipe file"), f"recipe file {p}", RECIPE_KEYS)
     for key in ("fit", "train"):
         if key in data and not isinstance(data[key], dict):
             raise LigoError(f"recipe file {p}: '{key}' must be a mapping of training-config keys")
