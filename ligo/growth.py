@@ -19,6 +19,7 @@ from .hf import build_config, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
 from .moe import lm_loss_only, upcycle, upcycle_table
 from .maps import depth_plan, lossless_gaps
+from .outputs import writes_out
 from .fit import FitModule
 from .operator import GrowthOperator
 from .kinds import kinds_config
@@ -352,6 +353,7 @@ class Grower:
         config.dtype = str(self.dtype).removeprefix("torch.")
         return config
 
+    @writes_out
     def save(self, out: str | Path, overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE,
              check: torch.Tensor | None = None) -> Path:
         """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card.
