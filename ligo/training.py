@@ -19,8 +19,8 @@ import torch
 from . import __version__
 from .checkpoint import check_finite, check_tokenizer_fits, describe_checkpoint, load_tokenizer, read_config
 from .config import LR_FROM_SCRATCH, LR_PRETRAINED, DataConfig, TrainConfig
-from .errors import LigoError, Preempted, as_user_error
-from .hf import build_config, model_class
+from .errors import LigoError, Preempted, as_user_error, brief
+from .hf import build_config, check_model_memory, model_class
 from .launch import check_batch, is_main_process
 from .loop import LoopResult, make_collate, train_loop
 from .moe import train_router
@@ -163,6 +163,10 @@ class _Run:
         if (model is None) == (from_config is None):
             raise LigoError("give either a model directory or --from-config (a config for training from scratch)")
         described = Model.of(model, from_config)
+        # (a vision-language checkpoint is built whole: its own config, not the text config inside it)
+        whole = read_config(described.path) if described.path else described.config
+        check_model_memory(described.spec.objective, whole, "train it on a machine with more memory" if described.path
+                           else "choose a smaller config")
         tok_obj = None if tokenizer is not None or start.tokenizer is None else start.tokenizer
         if described.path is None and tokenizer is None and tok_obj is None:
             raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
@@ -271,6 +275,7 @@ def _check_stages(stages: list, model: Model, cfg: TrainConfig) -> None:
         check_live_growth(spec, st.target, f"growth stage at step {st.at}")
         grown = spec.target_config(current, st.target, known_config_keys(spec.model_type))
         check_growth(spec, spec.dims(current), spec.dims(grown, where="growth stage target"))
+        check_model_memory(spec.objective, grown, f"choose a smaller target for the growth stage at step {st.at}")
         before, current = st.at, grown
 
 
