@@ -198,6 +198,8 @@ class GrowthPlan(Settings):
         "(an identity block: a copy of the layer before, or new:K of layer K, with its output projections zeroed); "
         "e.g. 0-23,8-31 (SOLAR's overlap) or 0-3,new,4-7,new; expand:K adds an identity block after every K layers "
         "(LLaMA-Pro). The target's layers follow from it")
+    drop_layers: bool = setting(False, "let a depth map leave source layers out (layer pruning: they are named); "
+                                "without it, a map that leaves any out is refused")
     per_layer: bool = setting(False, "separate width maps per target layer for the layer spaces (heads, FFN)")
     split_noise: float = setting(0.5, "split: how unequal the copies' read shares are (0: plain copies)", low=0,
                                  high=0.99)
@@ -233,6 +235,9 @@ class GrowthPlan(Settings):
                                 "what every target layer is)")
         elif self.depth == "map":
             raise LigoError("growth plan: depth map needs --depth-map (e.g. 0-23,8-31); or choose another --depth")
+        if self.drop_layers and self.depth_map is None:
+            raise LigoError("growth plan: --drop-layers lets a depth map leave source layers out, and there is no "
+                            "--depth-map; give one, or drop --drop-layers")
 
 
 PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}
@@ -245,6 +250,11 @@ def depth_map_items(text: str) -> list[tuple]:
     (it needs the source's depth). One clear error for bad syntax."""
     text = text.strip()
     example = "e.g. 0-23,8-31, or 0-3,new,4-7,new, or expand:4"
+    if not text:
+        raise LigoError(f"the depth map is empty; give the source layer behind every target layer ({example})")
+    if "expand" in text and "," in text:
+        raise LigoError(f"depth map {text!r}: expand:K stands alone (an identity block after every K source layers); "
+                        "give it without other items, or write the whole map out (e.g. 0-1,new,2-3,new)")
     if text.startswith("expand:"):
         k = text.removeprefix("expand:").strip()
         if not k.isdigit() or int(k) < 1:

@@ -299,11 +299,21 @@ def _new_layers(model: Model, cfg: TrainConfig, stages: list) -> list[int] | Non
     if stages:
         raise LigoError("--freeze trains only what growth added to a grown model; it does not combine with growth "
                         "in the middle of the run (--grow-at, --stages)")
+    if model.path is None:
+        raise LigoError(f"--freeze {cfg.freeze} trains only the layers growth added to a grown model; a model trained "
+                        "from scratch (--from-config) has none: drop --freeze")
     recipe = Recipe.load(model.path)
     new = recipe.fields.get("new_layers") if recipe is not None else None
     if new is None:
         raise LigoError(f"--freeze {cfg.freeze} needs a model that ligo grew: its recipe says which layers are new, "
                         f"and {model.path} has none (grow it with ligo grow, or train without --freeze)")
+    layers = model.dims.layers
+    if not (isinstance(new, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < layers
+                                          for i in new) and len(set(new)) == len(new)):
+        raise LigoError(f"--freeze {cfg.freeze}: the recipe of {model.path} (ligo_recipe.json) says new_layers is "
+                        f"{brief(new)}, which is no list of distinct layers of this {layers}-layer model (0-"
+                        f"{layers - 1}); the recipe was edited or belongs to another model: grow the model again, or "
+                        "train without --freeze")
     if not new:
         raise LigoError(f"--freeze {cfg.freeze}: {model.path} was grown without new layers (in width only), so there "
                         "is nothing to train alone; train it without --freeze")

@@ -72,8 +72,11 @@ def run(args) -> int:
     recipe.update(given(args, DataConfig))
     data = DataConfig.from_dict({k: recipe[k] for k in DATA_KEYS if k in recipe}, where="recipe data")
     for key in ("source", "target", "out"):
-        if not recipe.get(key):
-            raise LigoError(f"no {key} given; pass it as a flag or put '{key}' in the --config recipe")
+        if key == "target" and recipe.get("depth_map") is not None and recipe.get("target") in (None, {}):
+            recipe["target"] = {}  # the depth map says the target's layers (as for ligo grow)
+        elif not recipe.get(key):
+            hint = " (or --depth-map, which says the target's layers)" if key == "target" else ""
+            raise LigoError(f"no {key} given; pass it as a flag{hint} or put '{key}' in the --config recipe")
     inputs = [args.config]  # the recipe file, and a target file: inputs that --overwrite must never delete
     if not isinstance(recipe["target"], dict):
         inputs.append(target_file(str(recipe["target"])))
