@@ -148,7 +148,7 @@ def _from_mergekit(args) -> dict:
                         "--depth-map and --optimizer-state")
     from ..mergekit import read_passthrough
 
-    args.source, depth_map, dtype = read_passthrough(args.from_mergekit)
+    args.source, depth_map, dtype = read_passthrough(args.from_mergekit, args.arch)
     if dtype is not None and args.dtype is None:
         args.dtype = str(dtype).removeprefix("torch.")
     return {"depth_map": depth_map, "width": args.width or "copy"}
