@@ -183,6 +183,10 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     if not p.exists():
         raise LigoError(f"model directory {p} does not exist; check the path")
     if not p.is_dir():
+        if p.suffix.lower() == ".gguf" or _starts_with(p, b"GGUF"):
+            raise LigoError(f"{p} is a GGUF file (llama.cpp's format), which ligo reads once converted into a "
+                            f"checkpoint folder: python -c \"from ligo.gguf import convert_gguf; convert_gguf('{p}', "
+                            f"'{p.stem}-hf')\", then pass that folder")
         raise LigoError(f"{p} is not a directory; pass the directory that holds config.json and the weights")
     config = read_config(p)
     _refuse_quantized(p, config)
@@ -220,6 +224,17 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
         m.entry.scope == "head" for m in layout.values())
     return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head, wrapper,
                       frozenset(transposed))
+
+
+def _starts_with(p: Path, magic: bytes) -> bool:
+    """Whether ``p`` is a regular file that starts with ``magic``."""
+    try:
+        if not p.is_file():
+            return False
+        with open(p, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _refuse_quantized(p: Path, config: dict) -> None:
