@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from .arch import DOCS_ADDING, GENERIC_SIZES, KIND_RULES, REQUIRED_CONFIG, ArchSpec
+from .arch import ADD_HINT, DOCS_ADDING, GENERIC_SIZES, KIND_RULES, REQUIRED_CONFIG, ArchSpec
 from .errors import LigoError
 from .settings import from_mapping, required, setting
 from .spaces import EXPERT_TOKENS, FIXED, GROWN, Entry
@@ -246,12 +246,12 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
                             f"{', '.join(supported_types())})")
         table = get_spec(arch)
         spec = replace(table, model_type=model_type or table.model_type)
-        try:
-            spec.layout(keys, spec.dims(config), config)
+        try:  # (read with the table's own name: the inner message names the table that does not fit)
+            table.layout(keys, spec.dims(config), config)
         except LigoError as exc:
             raise LigoError(f"--arch {arch}: the {arch} table ({table.source}) does not fit this {model_type} "
-                            f"checkpoint: {exc}; give the table that describes it, or write one ({DOCS_ADDING})"
-                            ) from None
+                            f"checkpoint: {str(exc).removesuffix(ADD_HINT)}; give the table that describes it, or "
+                            f"write one ({DOCS_ADDING})") from None
         return spec
     try:
         return get_spec(model_type)
