@@ -19,6 +19,7 @@ from .arch import ArchSpec
 from .tables import spec_for
 from .spaces import Dims, Match
 from .errors import LigoError
+from .hf import loaded_on_meta
 from .wrappers import Wrapper, check_parts, is_wrapper, text_view, with_projector
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -195,7 +196,8 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     if is_wrapper(config.get("model_type")):  # a vision-language checkpoint: its language model, the rest kept
         outer = config
         config, wrapper, names = text_view(config, headers.keys(), str(p / "config.json"))
-        check_parts(outer, {k: v.shape for k, v in headers.items()}, wrapper, names, str(p))
+        check_parts(outer, {k: v.shape for k, v in headers.items()}, wrapper, names, str(p),
+                    lambda whole: loaded_on_meta("causal-lm", whole))
         headers = {names[k]: v for k, v in headers.items() if k in names}
     spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
     if wrapper is not None:

@@ -77,13 +77,19 @@ def check_memory(need: int, what: str, fix: str, device: str | torch.device = "c
                         f"{fix}")
 
 
-def check_model_memory(objective: str, config: dict, fix: str) -> int:
-    """Refuse a model whose float32 weights (what training builds first, on the CPU) cannot fit in this machine's
-    memory; its parameters are counted on the meta device, as transformers builds it. Returns their number."""
+def loaded_on_meta(objective: str, config: dict):
+    """The model that a checkpoint of ``config`` loads as (a vision-language checkpoint's multimodal class, from its
+    own config, not the text config inside it), on the meta device: no memory, no init."""
     hf_config = build_config(config)
     with torch.device("meta"):
-        model = model_class(objective, config.get("model_type")).from_config(hf_config)
-    n = sum(p.numel() for p in model.parameters())
+        return model_class(objective, config.get("model_type")).from_config(hf_config)
+
+
+def check_model_memory(objective: str, config: dict, fix: str) -> int:
+    """Refuse a model whose float32 weights (what training builds first, on the CPU) cannot fit in this machine's
+    memory; its parameters are counted on the meta device, as transformers builds it from ``config``. Returns
+    their number."""
+    n = sum(p.numel() for p in loaded_on_meta(objective, config).parameters())
     check_memory(4 * n, f"the model has {n:,} parameters to build in float32", fix)
     return n
 

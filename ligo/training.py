@@ -163,10 +163,8 @@ class _Run:
         if (model is None) == (from_config is None):
             raise LigoError("give either a model directory or --from-config (a config for training from scratch)")
         described = Model.of(model, from_config)
-        # (a vision-language checkpoint is built whole: its own config, not the text config inside it)
-        whole = read_config(described.path) if described.path else described.config
-        check_model_memory(described.spec.objective, whole, "train it on a machine with more memory" if described.path
-                           else "choose a smaller config")
+        check_model_memory(described.spec.objective, read_config(described.path) if described.path else described.config,
+                           "use a machine with more memory" if described.path else "choose a smaller config")
         tok_obj = None if tokenizer is not None or start.tokenizer is None else start.tokenizer
         if described.path is None and tokenizer is None and tok_obj is None:
             raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
@@ -308,8 +306,8 @@ def _new_layers(model: Model, cfg: TrainConfig, stages: list) -> list[int] | Non
         raise LigoError(f"--freeze {cfg.freeze} needs a model that ligo grew: its recipe says which layers are new, "
                         f"and {model.path} has none (grow it with ligo grow, or train without --freeze)")
     layers = model.dims.layers
-    if not (isinstance(new, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < layers
-                                          for i in new) and len(set(new)) == len(new)):
+    valid = isinstance(new, list) and all(type(i) is int and 0 <= i < layers for i in new)  # (type: not a bool)
+    if not valid or len(set(new)) != len(new):
         raise LigoError(f"--freeze {cfg.freeze}: the recipe of {model.path} (ligo_recipe.json) says new_layers is "
                         f"{brief(new)}, which is no list of distinct layers of this {layers}-layer model (0-"
                         f"{layers - 1}); the recipe was edited or belongs to another model: grow the model again, or "

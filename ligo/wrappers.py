@@ -106,24 +106,21 @@ def text_view(config: dict, keys, where: str) -> tuple[dict, Wrapper, dict[str, 
     return text, Wrapper(config["model_type"], config, used, projector), names
 
 
-def check_parts(config: dict, shapes: dict, wrapper: Wrapper, names: dict[str, str], where: str) -> None:
+def check_parts(config: dict, shapes: dict, wrapper: Wrapper, names: dict[str, str], where: str, build) -> None:
     """The parts of a wrapper checkpoint that ligo copies (the vision tower) or grows beside the text table (the
     projector), checked as strictly as the language model: the checkpoint holds every weight the multimodal class
     of its config has, none it lacks, in the shapes the config implies. The class is built on the meta device, the
     checkpoint's names read as transformers reads them when it loads one. ``shapes``: each key's shape; ``names``:
-    the keys of the text view (the language model's, checked by its table, and the projector's)."""
-    import torch
+    the keys of the text view (the language model's, checked by its table, and the projector's); ``build``: the
+    model of a config on the meta device (:func:`ligo.hf.loaded_on_meta`)."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-
-    from .hf import build_config, model_class
 
     model_type = config["model_type"]
     if not isinstance(config.get("vision_config"), dict):
         raise LigoError(f"{where}: a {model_type} config states its vision tower's sizes in vision_config, and this "
                         "one has none, so what ligo writes would not load; use the checkpoint's own config.json")
-    with torch.device("meta"):
-        model = model_class("causal-lm", model_type).from_config(build_config(config))
+    model = build(config)
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     transforms = get_model_conversion_mapping(model)
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]

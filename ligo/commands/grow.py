@@ -53,7 +53,6 @@ def add_parser(sub, name):
 def run(args) -> int:
     from ..checkpoint import TOKENIZER_CORE
     from ..growth import START_GAP_WARNING
-    from ..maps import depth_plan, layer_list
     from ..pipelines import grow
 
     # a live run grows losslessly by default (split + identity, as `ligo train --grow-at`): its
@@ -121,9 +120,7 @@ def run(args) -> int:
     if plan.width in ("split", "copy") and plan.depth == "identity":
         for gap in result.gaps:  # the plan is meant to be lossless: say where it is not
             print(f"note: not exactly lossless: {gap}", file=sys.stderr)
-    dropped = depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map).left_out(src.layers)
-    if dropped:  # (only with --drop-layers: a map that leaves layers out is refused otherwise)
-        print(f"note: the depth map leaves out source layer(s) {layer_list(dropped)} (--drop-layers)", file=sys.stderr)
+    _note_dropped(plan, src, tgt)
     if result.left_out_layers:
         print(f"note: the source's {result.left_out_layers} layer(s) after its last (multi-token prediction) are left "
               "out, as transformers leaves them out when it loads the model", file=sys.stderr)
@@ -152,6 +149,15 @@ def _from_mergekit(args) -> dict:
     if dtype is not None and args.dtype is None:
         args.dtype = str(dtype).removeprefix("torch.")
     return {"depth_map": depth_map, "width": args.width or "copy"}
+
+
+def _note_dropped(plan, src, tgt) -> None:
+    """The source layers a depth map left out (with --drop-layers; without, such a map is refused), named."""
+    from ..maps import depth_plan, layer_list
+
+    dropped = depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map).left_out(src.layers)
+    if dropped:
+        print(f"note: the depth map leaves out source layer(s) {layer_list(dropped)} (--drop-layers)", file=sys.stderr)
 
 
 def _fit_advice(info: dict, plan) -> None:
