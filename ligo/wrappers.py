@@ -126,11 +126,13 @@ def check_parts(config: dict, shapes: dict, wrapper: Wrapper, names: dict[str, s
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    buffers = {n for n, _ in model.named_buffers()}  # (a stored buffer the model does not persist is skipped too)
     found = set()
     for key, shape in shapes.items():
         name, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, expected)
         found.add(name)
-        if (key in names and key not in wrapper.projector) or any(p.search(key) or p.search(name) for p in ignored):
+        if (key in names and key not in wrapper.projector) or name in buffers and name not in expected or any(
+                p.search(key) or p.search(name) for p in ignored):
             continue  # the language model (its table checks it, transposed layouts included); what transformers skips
         if name not in expected:
             raise LigoError(f"{where}: weight {key} is not one that a {model_type} model of this config has; the "
