@@ -181,3 +181,18 @@ def test_the_parts_ligo_copies_are_checked_as_strictly_as_those_it_grows(model_t
     proc = cli("grow", src, "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4}', "--out", tmp_path / "out")
     assert_one_line_error(proc, "grow", message)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stored_buffer_the_model_does_not_persist_is_skipped(vlm_sources, tmp_path, cli):
+    """An older export's vision position_ids (a buffer transformers no longer saves, and skips when loading) is no
+    weight the checkpoint lacks or holds in excess: the checkpoint grows."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(vlm_sources["gemma3"], src)
+    tensors = _tensors(src)
+    tensors["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(16).unsqueeze(0)
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    cli("grow", src, "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4}', "--out", tmp_path / "out", check=True)
