@@ -35,6 +35,7 @@ HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens o
 RECURRENT_WRITES = ("lv", "mh")  # ... and recurrent heads (Gated DeltaNet's value heads, Mamba-2's heads)
 
 DOCS_ADDING = "docs/architectures.md"
+ADD_HINT = f"; add it to the table (see {DOCS_ADDING})"  # what a weight no entry matches calls for
 
 
 # the sizes of a family's recurrent layers, 0 where it has none: Gated DeltaNet's value and key heads and their
@@ -312,7 +313,7 @@ class ArchSpec:
             found = self.match(key)
             if not found:
                 raise LigoError(f"weight {key!r} matches no entry of the {self.model_type!r} table "
-                                f"({self.source}); add it to the table (see {DOCS_ADDING})")
+                                f"({self.source}){ADD_HINT}")
             if len(found) > 1:
                 raise LigoError(f"weight {key!r} matches {len(found)} entries of the {self.model_type!r} "
                                 "table; make the templates unambiguous")

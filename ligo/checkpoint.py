@@ -19,7 +19,8 @@ from .arch import ArchSpec
 from .tables import spec_for
 from .spaces import Dims, Match
 from .errors import LigoError
-from .wrappers import Wrapper, is_wrapper, text_view, with_projector
+from .hf import loaded_on_meta
+from .wrappers import Wrapper, check_parts, is_wrapper, text_view, with_projector
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "vocab.txt", "tokenizer.model", "added_tokens.json", "generation_config.json",
@@ -183,13 +184,20 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     if not p.exists():
         raise LigoError(f"model directory {p} does not exist; check the path")
     if not p.is_dir():
+        if p.suffix.lower() == ".gguf" or _starts_with(p, b"GGUF"):
+            raise LigoError(f"{p} is a GGUF file (llama.cpp's format), which ligo reads once converted into a "
+                            f"checkpoint folder: python -c \"from ligo.gguf import convert_gguf; convert_gguf('{p}', "
+                            f"'{p.stem}-hf')\", then pass that folder")
         raise LigoError(f"{p} is not a directory; pass the directory that holds config.json and the weights")
     config = read_config(p)
     _refuse_quantized(p, config)
     headers = read_headers(p)
     wrapper, names = None, None
     if is_wrapper(config.get("model_type")):  # a vision-language checkpoint: its language model, the rest kept
+        outer = config
         config, wrapper, names = text_view(config, headers.keys(), str(p / "config.json"))
+        check_parts(outer, {k: v.shape for k, v in headers.items()}, wrapper, names, str(p),
+                    lambda whole: loaded_on_meta("causal-lm", whole))
         headers = {names[k]: v for k, v in headers.items() if k in names}
     spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
     if wrapper is not None:
@@ -218,6 +226,17 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
         m.entry.scope == "head" for m in layout.values())
     return Checkpoint(p, config, spec, dims, state, layout, weights_dtype(state, layout, config), has_head, wrapper,
                       frozenset(transposed))
+
+
+def _starts_with(p: Path, magic: bytes) -> bool:
+    """Whether ``p`` is a regular file that starts with ``magic``."""
+    try:
+        if not p.is_file():
+            return False
+        with open(p, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _refuse_quantized(p: Path, config: dict) -> None:

@@ -209,6 +209,8 @@ class GrowthPlan(Settings):
         "(an identity block: a copy of the layer before, or new:K of layer K, with its output projections zeroed); "
         "e.g. 0-23,8-31 (SOLAR's overlap) or 0-3,new,4-7,new; expand:K adds an identity block after every K layers "
         "(LLaMA-Pro). The target's layers follow from it")
+    drop_layers: bool = setting(False, "let a depth map leave source layers out (layer pruning: they are named); "
+                                "without it, a map that leaves any out is refused")
     per_layer: bool = setting(False, "separate width maps per target layer for the layer spaces (heads, FFN)")
     perturb: float = setting(0.0, "symmetry breaking as muP scales it: every grown projection gets noise of std "
                              "perturb / sqrt(fan_in) added (fan_in: the size of the axis it reads), once, after any fit; "
@@ -252,6 +254,9 @@ class GrowthPlan(Settings):
         elif self.depth != "auto" and DEPTH[self.depth].needs_map:
             raise LigoError(f"growth plan: depth {self.depth} needs --depth-map (e.g. 0-23,8-31); or choose another "
                             "--depth")
+        if self.drop_layers and self.depth_map is None:
+            raise LigoError("growth plan: --drop-layers lets a depth map leave source layers out, and there is no "
+                            "--depth-map; give one, or drop --drop-layers")
 
 
 PLAN_KEYS = {f.name for f in fields(GrowthPlan)} - {"seed"}

@@ -18,6 +18,11 @@ def depth_map_items(text: str) -> list[tuple]:
     (it needs the source's depth). One clear error for bad syntax."""
     text = text.strip()
     example = "e.g. 0-23,8-31, or 0-3,new,4-7,new, or expand:4"
+    if not text:
+        raise LigoError(f"the depth map is empty; give the source layer behind every target layer ({example})")
+    if "expand" in text and "," in text:
+        raise LigoError(f"depth map {text!r}: expand:K stands alone (an identity block after every K source layers); "
+                        "give it without other items, or write the whole map out (e.g. 0-1,new,2-3,new)")
     if text.startswith("expand:"):
         k = text.removeprefix("expand:").strip()
         if not k.isdigit() or int(k) < 1:
@@ -44,6 +49,9 @@ def mapped_layers(text: str, l1: int) -> tuple[list[int], list[bool]]:
     items = depth_map_items(text)
     if items and items[0][0] == "expand":
         k = items[0][1]
+        if k > l1:
+            raise LigoError(f"depth map {text!r}: expand:{k} adds an identity block after every {k} layers, and the "
+                            f"source has only {l1}, so it would add none; choose K from 1 to {l1}")
         items = [x for start in range(0, l1, k) for x in ([("layers", start, min(start + k, l1) - 1)] +
                                                           ([("new", None)] if start + k <= l1 else []))]
     src, zero = [], []

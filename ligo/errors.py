@@ -82,3 +82,19 @@ def as_user_error(exc: BaseException, doing: str, where=None) -> LigoError | Non
     if isinstance(exc, MemoryError):
         return LigoError(f"{doing} failed: out of memory; use a smaller target, batch or sequence length")
     return None
+
+
+def brief(value, limit: int = 60) -> str:
+    """A value as an error message shows it: its repr when short, else its kind and size. A YAML alias bomb expands
+    a few lines into gigabytes, so an error names the field and never prints an unbounded value."""
+    if isinstance(value, (list, tuple, set, dict)):
+        items = list(value.items()) if isinstance(value, dict) else list(value)
+        flat = [x for item in items for x in (item if isinstance(value, dict) else (item,))]
+        if len(items) > 8 or not all(v is None or isinstance(v, (bool, int, float, str)) for v in flat):
+            what = {dict: "mapping", set: "set"}.get(type(value), "list")
+            return f"a {what} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long for Python to print
+        return "a number too large to show"
+    return text if len(text) <= limit else text[:limit] + "..."

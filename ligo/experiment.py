@@ -337,7 +337,7 @@ def _check_stage(where: str, stage, m: dict, plan: dict) -> None:
 def read_experiment(path: str | Path, smoke: bool = False) -> tuple[dict, str]:
     """The mapping of an experiment file (or of an embedded one, such as 'demo') and where it was read;
     with ``smoke``, its ``smoke`` section merged over it (an experiment without one is refused)."""
-    from .settings import parse_mapping
+    from .settings import parse_mapping, read_text
 
     p = Path(path)
     if not p.exists():
@@ -346,7 +346,7 @@ def read_experiment(path: str | Path, smoke: bool = False) -> tuple[dict, str]:
             raise LigoError(f"experiment {path} not found; pass a YAML file such as benchmarks/experiments/cpu-tiny.yaml")
         text, where = embedded.read_text(), f"ligo/experiments/{path}.yaml"
     else:
-        text, where = p.read_text(), str(p)
+        text, where = read_text(p, "experiment file"), str(p)
     data = parse_mapping(text, where, FILE_KEYS)
     if smoke:
         if not isinstance(data.get("smoke"), dict) or not data["smoke"]:

@@ -9,6 +9,7 @@ command reads like any other. The conversion is the set-up step of the real-chec
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import torch
@@ -54,8 +55,10 @@ def _load(gguf: Path, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True,
                                                       trust_remote_code=False)
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise LigoError(f"{gguf} could not be read as a causal language model by transformers: "
+    except (ValueError, KeyError, RuntimeError, OSError, IndexError, EOFError, struct.error) as exc:
+        # (struct.error: the gguf package's reader on a file cut inside its header)
+        cut = " (the file is cut short or corrupt)" if isinstance(exc, (struct.error, EOFError, IndexError)) else ""
+        raise LigoError(f"{gguf} could not be read as a causal language model by transformers{cut}: "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     finally:
         transformers.logging.set_verbosity(quiet)

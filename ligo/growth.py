@@ -14,14 +14,14 @@ from .checkpoint import Checkpoint, LazyWeights, check_tokenizer_fits, describe_
     load_tokenizer, read_config
 from .config import FIT_STEPS_API, MAX_SHARD_SIZE, WEAK_SOURCE_TOKENS_PER_PARAM, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
-from .hf import build_config, known_config_keys, meta_model, model_class
+from .hf import build_config, check_memory, known_config_keys, meta_model, model_class
 from .loop import LoopResult, make_collate, train_loop
 from .moe import lm_loss_only, upcycle, upcycle_table
 from .maps import depth_plan, lossless_gaps
+from .outputs import writes_out
 from .fit import FitModule
 from .operator import GrowthOperator
 from .kinds import kinds_config
-from .launch import available_memory
 from .records import FitRecord, GrowthRecord, StartCheck, TrainingRecord, load_recipe
 
 
@@ -232,19 +232,14 @@ class Grower:
         """Refuse a target that cannot fit before anything is allocated (a typo of a few zeros would otherwise
         ask for terabytes): in memory, the grown weights are gathered for saving; streaming, the largest
         grown tensor is computed in float32 (twice: the result and its expansion's input)."""
-        free = available_memory(torch.device("cpu"))
         if self.stream:
-            need = 2 * 4 * max(self._target_sizes())
-            if free is not None and need > free:
-                raise LigoError(f"the target's largest tensor has {need // 8:,} elements: {need / 1e9:.1f} GB to "
-                                f"compute in float32, but this machine has {free / 1e9:.1f} GB of memory available; "
-                                "choose a smaller target")
+            largest = max(self._target_sizes())
+            check_memory(2 * 4 * largest, f"the target's largest tensor has {largest:,} elements to compute in float32",
+                         "choose a smaller target")
             return
-        need = self.target_parameters() * self.dtype.itemsize
-        if free is not None and need > free:
-            raise LigoError(f"the target has {self.target_parameters():,} parameters: {need / 1e9:.1f} GB in "
-                            f"{str(self.dtype).removeprefix('torch.')}, but this machine has {free / 1e9:.1f} GB of "
-                            "memory available; choose a smaller target")
+        n = self.target_parameters()
+        check_memory(n * self.dtype.itemsize, f"the target has {n:,} parameters in "
+                     f"{str(self.dtype).removeprefix('torch.')}", "choose a smaller target")
 
     @property
     def tokenizer(self):
@@ -362,6 +357,7 @@ class Grower:
         config.dtype = str(self.dtype).removeprefix("torch.")
         return config
 
+    @writes_out
     def save(self, out: str | Path, overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE,
              check: torch.Tensor | None = None) -> Path:
         """Write the grown model as a Hugging Face checkpoint (atomically) with its recipe and model card.

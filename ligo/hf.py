@@ -65,6 +65,35 @@ def meta_model(objective: str, config: dict | object):
         return model_class(objective).from_config(hf_config)
 
 
+def check_memory(need: int, what: str, fix: str, device: str | torch.device = "cpu") -> None:
+    """The one memory check of every command that builds a model: refuse, before anything is allocated, work that
+    needs ``need`` bytes (``what`` says for what) where ``device`` has less available (a typo of a few zeros in a
+    size would otherwise allocate until the machine runs out)."""
+    from .launch import available_memory
+
+    free = available_memory(torch.device(device))
+    if free is not None and need > free:
+        raise LigoError(f"{what}: {need / 1e9:.1f} GB, but this machine has {free / 1e9:.1f} GB of memory available; "
+                        f"{fix}")
+
+
+def loaded_on_meta(objective: str, config: dict):
+    """The model that a checkpoint of ``config`` loads as (a vision-language checkpoint's multimodal class, from its
+    own config, not the text config inside it), on the meta device: no memory, no init."""
+    hf_config = build_config(config)
+    with torch.device("meta"):
+        return model_class(objective, config.get("model_type")).from_config(hf_config)
+
+
+def check_model_memory(objective: str, config: dict, fix: str) -> int:
+    """Refuse a model whose float32 weights (what training builds first, on the CPU) cannot fit in this machine's
+    memory; its parameters are counted on the meta device, as transformers builds it from ``config``. Returns
+    their number."""
+    n = sum(p.numel() for p in loaded_on_meta(objective, config).parameters())
+    check_memory(4 * n, f"the model has {n:,} parameters to build in float32", fix)
+    return n
+
+
 
 def check_device(name: str | None, default_cuda: bool = True) -> str:
     """A device name torch can use on this machine, or one clear error (None: CUDA when available, else the

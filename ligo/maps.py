@@ -84,6 +84,11 @@ class Depth:
         flags = self.zero if any(self.zero) else self.repeat
         return [i for i, f in enumerate(flags) if f]
 
+    def left_out(self, l1: int) -> list[int]:
+        """The source layers of ``l1`` that no target layer copies (an identity block's source does not count: its
+        output is zero)."""
+        return sorted(set(range(l1)) - {s for s, z in zip(self.sources, self.zero) if not z})
+
     def keeps_function(self, l1: int) -> bool:
         """The layers that are not identity blocks are the source's, once each, in order."""
         return [s for s, z in zip(self.sources, self.zero) if not z] == list(range(l1))
@@ -104,9 +109,14 @@ def depth_plan(method: str, l1: int, l2: int | None = None, depth_map: str | Non
 
 
 def checked_depth(plan, src: Dims, tgt: Dims, depth: Depth | None = None) -> Depth:
-    """The plan's depth plan for ``src`` -> ``tgt`` (``depth``: already built), checked against the target's layers
-    and layer kinds."""
+    """The plan's depth plan for ``src`` -> ``tgt`` (``depth``: already built), checked against the target's layers,
+    the source layers a depth map leaves out, and the layer kinds."""
     depth = depth or depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
+    left_out = depth.left_out(src.layers)
+    if left_out and plan.depth == "map" and not plan.drop_layers:
+        raise LigoError(f"the depth map {plan.depth_map!r} leaves out source layer(s) {layer_list(left_out)} of "
+                        f"{src.layers} (no target layer copies them), so what they learned is lost; add them to the "
+                        "map, or pass --drop-layers if leaving them out is what you mean")
     if len(depth.sources) != tgt.layers:
         raise LigoError(f"the depth map gives {len(depth.sources)} layers but the target has {tgt.layers}; "
                         "leave the layers out of the target (the map says them), or make them agree")
@@ -115,6 +125,12 @@ def checked_depth(plan, src: Dims, tgt: Dims, depth: Depth | None = None) -> Dep
                         f"grows them from ({[src.kinds[j] for j in depth.sources]}); leave the layer kinds out "
                         "of the target: each layer keeps its source layer's kind")
     return depth
+
+
+def layer_list(layers: list[int], limit: int = 12) -> str:
+    """Layer numbers as a person reads them: 5, or 2, 3 and 5, or the first ``limit`` and how many more."""
+    shown = ", ".join(map(str, layers[:limit]))
+    return shown + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
 
 
 def residual_scales(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims) -> torch.Tensor | None:
@@ -136,7 +152,13 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims, depth:
         gaps.append(f"the {plan.width} width init ({init.help.split(';')[0]}) does not keep the function; use --width "
                     "split")
     depth = depth or depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map)
-    if not depth.keeps_function(src.layers):
+    left_out, kept = depth.left_out(src.layers), [s for s, z in zip(depth.sources, depth.zero) if not z]
+    if left_out:
+        gaps.append(f"the depth map leaves out source layer(s) {layer_list(left_out)}, which changes the function")
+    if depth_init(plan.depth).from_weights:
+        gaps.append("weights depth makes each new layer a mix of its trained neighbours, which changes the function; "
+                    "use --depth identity for a lossless start")
+    elif any(b <= a for a, b in zip(kept, kept[1:])):
         what = "the depth map" if plan.depth == "map" else f"{plan.depth} depth"
         gaps.append(f"{what} repeats (or reorders) trained layers, which changes the function; use --depth identity, "
                     "or a depth map whose added layers are new identity blocks")

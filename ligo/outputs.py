@@ -11,9 +11,10 @@
 * Temporary siblings carry the writing process's id; ones left by a killed process are removed the
   next time anything is written to the same output.
 * Folders are created with the user's umask (not 0700).
-* One process writes a run's output at a time: a second ``train``/``grow-train``/``bench`` into the same
-  ``--out`` is refused while the first runs (an advisory lock, released when the process ends, even by
-  kill -9; rank 0 of a multi-process launch holds it).
+* One process writes an output at a time: a second ``grow``, ``train``, ``grow-train``, ``bench`` or ``eval
+  --json`` into the same output is refused while the first runs (an advisory lock, taken before the output is
+  checked and held until the command is done with it; released when the process ends, even by kill -9; rank 0
+  of a multi-process launch holds it). :func:`claimed` holds it for a block, :func:`writes_out` for a call.
 """
 
 from __future__ import annotations
@@ -114,16 +115,21 @@ def check_output(out: str | Path, *, overwrite: bool = False, inputs=(), resume:
         hint = f", or --resume to continue the unfinished run in {sibling(out, STAGING)}" if sibling(
             out, STAGING).exists() else ""
         raise LigoError(f"output {out} already exists; choose another path or pass --overwrite{hint}")
-    probe = _existing_parent(out)
-    try:  # a real write probe: os.access says yes to root even where writes fail
-        tmp = probe / f".ligo-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    check_writable(_existing_parent(out), "an output path")
+    remove_stale_temps(out)
+    return out
+
+
+def check_writable(folder: Path, what: str = "an output path") -> None:
+    """Refuse a folder this process cannot create files in, by creating one (os.access says yes to root even
+    where writes fail: a read-only mount)."""
+    try:
+        tmp = folder / f".ligo-probe-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         tmp.rmdir()
     except OSError as exc:
-        raise LigoError(f"cannot write to {probe} ({exc.strerror}); choose an output path in a writable "
+        raise LigoError(f"cannot write to {folder} ({exc.strerror}); choose {what} in a writable "
                         "directory") from None
-    remove_stale_temps(out)
-    return out
 
 
 def _existing_parent(out: Path) -> Path:
@@ -161,24 +167,27 @@ def _swap_into_place(new: Path, out: Path) -> None:
 @contextlib.contextmanager
 def staged(out: str | Path, overwrite: bool = False, inputs=()) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success rename it to ``out``, on failure remove it."""
-    out = check_output(out, overwrite=overwrite, inputs=inputs)
-    make_dir(out.parent if str(out.parent) else Path("."))
-    tmp = sibling(out, f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    make_dir(tmp)
-    try:
-        yield tmp
-        _normalize_modes(tmp)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with claimed(out):
+        out = check_output(out, overwrite=overwrite, inputs=inputs)
+        make_dir(out.parent if str(out.parent) else Path("."))
+        tmp = sibling(out, f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        make_dir(tmp)
+        try:
+            yield tmp
+            _normalize_modes(tmp)
+            _swap_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
-_HELD: dict[str, int] = {}  # output path -> the lock file this process holds for it
+_HELD: dict[str, list[int]] = {}  # output path -> [the lock file this process holds for it, how many hold it]
 
 
-def lock_output(out: Path) -> None:
-    """Hold the lock of ``out`` for the rest of this process, or refuse: another process writes there."""
+def lock_output(out: str | Path) -> None:
+    """Hold the lock of ``out`` until as many :func:`unlock_output` (or the end of this process), or refuse:
+    another process writes there. Taken before the output is checked, so that a writer that finished meanwhile
+    is seen."""
     import fcntl
     import tempfile
 
@@ -186,8 +195,9 @@ def lock_output(out: Path) -> None:
 
     if not is_main_process():  # the other ranks of a launch write through rank 0
         return
-    key = str(out.resolve())
+    key = str(Path(out).resolve())
     if key in _HELD:
+        _HELD[key][1] += 1
         return
     name = hashlib.sha256(key.encode()).hexdigest()[:32]
     for root in (cache_dir() / "locks",
@@ -206,16 +216,50 @@ def lock_output(out: Path) -> None:
         owner = os.read(fd, 64).decode(errors="ignore").strip()
         os.close(fd)
         raise LigoError(f"another ligo process{f' (pid {owner})' if owner else ''} is writing {out}; wait for it to "
-                        "finish, or choose another --out") from None
+                        "finish, or write elsewhere") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
-    _HELD[key] = fd
+    _HELD[key] = [fd, 1]
 
 
-def unlock_output(out: Path) -> None:
-    fd = _HELD.pop(str(out.resolve()), None)
-    if fd is not None:
-        os.close(fd)  # closing releases the lock
+def unlock_output(out: str | Path) -> None:
+    key = str(Path(out).resolve())
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[key]
+        os.close(held[0])  # closing releases the lock
+
+
+@contextlib.contextmanager
+def claimed(out: str | Path | None) -> Iterator[None]:
+    """Hold the lock of ``out`` (None: nothing) for the block: no other process writes it meanwhile."""
+    if out is None:
+        yield
+        return
+    lock_output(out)
+    try:
+        yield
+    finally:
+        unlock_output(out)
+
+
+def writes_out(fn):
+    """A function that checks its output (its ``out`` argument) at the start and writes it at the end holds the
+    output's lock for the whole call, so that a second process cannot pass the same check meanwhile."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with claimed(signature.bind(*args, **kwargs).arguments.get("out")):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def resumed_settings(out: Path) -> dict:
@@ -237,8 +281,12 @@ class RunOutput:
     sibling when it replaces an existing one (renamed over it by :meth:`commit`)."""
 
     def __init__(self, out: str | Path, *, overwrite: bool = False, resume: bool = False, inputs=()):
-        self.final = check_output(out, overwrite=overwrite, resume=resume, inputs=inputs)
-        lock_output(self.final)
+        lock_output(out)  # before the checks: a run that finished meanwhile is seen
+        try:
+            self.final = check_output(out, overwrite=overwrite, resume=resume, inputs=inputs)
+        except BaseException:
+            unlock_output(out)
+            raise
         staging = sibling(self.final, STAGING)
         if resume:
             self.work = staging if staging.is_dir() else self.final

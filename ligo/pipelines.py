@@ -24,7 +24,7 @@ from .data import tokens_to_read
 from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
 from .launch import check_batch, is_main_process, process_state
-from .outputs import RunOutput
+from .outputs import RunOutput, writes_out
 from .records import GrowthRecord, load_recipe
 from .rundir import latest_checkpoint
 from .training import Model, Start, TrainResult, train_in
@@ -39,6 +39,7 @@ class GrowTrainResult:
     growth: GrowthRecord  # the grown model's recipe (its fit, if any)
 
 
+@writes_out  # a second process writing the same output is refused while this one works
 def grow(source: str | Path, target: dict | str | Path, out: str | Path | None = None, *,
          plan: GrowthPlan | None = None, data: DataConfig | str | Path | None = None, fit: TrainConfig | None = None,
          overwrite: bool = False, max_shard_size: str | int = MAX_SHARD_SIZE, device: str | None = None,

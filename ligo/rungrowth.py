@@ -39,6 +39,7 @@ from .writer import save_weights, write_model
 from .config import GrowthPlan, GrowthStage, TrainConfig
 from .errors import LigoError
 from .sharding import SHARDS
+from .outputs import writes_out
 from .rundir import CARRIED_PREFIXES, CHECKPOINTS, LOG_FILE, MANIFEST, MASTERS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, file_digests, check_pickles, latest_checkpoint, \
     read_state
 
@@ -289,6 +290,7 @@ def write_checkpoint(grown: GrownRun, ckpt_src: Path, dest: Path, model_dir: Pat
     (dest / STATE_FILE).write_text(json.dumps(state))
 
 
+@writes_out
 def grow_run(run_dir: str | Path, target: dict, out: str | Path, plan: GrowthPlan | None = None, *,
              optimizer_state: str = "grow", fit: TrainConfig | None = None, overwrite: bool = False,
              data=None, inputs=()) -> Path:

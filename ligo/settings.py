@@ -14,7 +14,7 @@ from dataclasses import MISSING, asdict, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import LigoError
+from .errors import LigoError, brief
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -73,18 +73,18 @@ def validate(obj: Any, where: str) -> None:
     for f in fields(obj):
         value, kind = getattr(obj, f.name), hints[f.name]
         if not type_ok(value, kind):
-            raise LigoError(f"{where}: {f.name} must be {describe(kind)}, got {value!r}")
+            raise LigoError(f"{where}: {f.name} must be {describe(kind)}, got {brief(value)}")
         choices = f.metadata.get("choices")
         if choices is not None and value is not None and value not in choices():
             raise LigoError(f"{where}: {f.name} must be one of {', '.join(choices())}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             m = f.metadata
             if m.get("positive") and value <= 0:
-                raise LigoError(f"{where}: {f.name} must be positive, got {value!r}")
+                raise LigoError(f"{where}: {f.name} must be positive, got {brief(value)}")
             if m.get("low") is not None and value < m["low"]:
-                raise LigoError(f"{where}: {f.name} must be at least {m['low']}, got {value!r}")
+                raise LigoError(f"{where}: {f.name} must be at least {m['low']}, got {brief(value)}")
             if m.get("high") is not None and value > m["high"]:
-                raise LigoError(f"{where}: {f.name} must be at most {m['high']}, got {value!r}")
+                raise LigoError(f"{where}: {f.name} must be at most {m['high']}, got {brief(value)}")
 
 
 def check_mapping(cls, data: dict, where: str) -> None:
@@ -135,15 +135,28 @@ class Settings:
         return replace(self, **changes)
 
 
+def read_text(path: str | Path, what: str) -> str:
+    """The text of a settings file (YAML or JSON), or one clear error: a binary file is no settings file."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LigoError(f"{what} {p} is not a text file (it holds bytes that are not UTF-8 text); give the YAML or "
+                        "JSON file itself") from None
+    except OSError as exc:
+        raise LigoError(f"{what} {p} cannot be read ({exc.strerror}); check the path") from None
+
+
 def read_yaml(path: str | Path, what: str, hint: str = "check the path"):
-    """A YAML (or JSON) file's content, or one clear error naming ``what`` it is: missing or unparsable."""
+    """A YAML (or JSON) file's content, or one clear error naming ``what`` it is: missing, binary or unparsable."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise LigoError(f"{what} {p} does not exist; {hint}")
+    text = read_text(p, what)
     try:
-        return yaml.safe_load(p.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise LigoError(f"{what} {p} cannot be parsed ({str(exc).splitlines()[0]}); fix its syntax") from None
 

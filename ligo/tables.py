@@ -6,13 +6,12 @@ says (:class:`ligo.arch.ArchSpec`); docs/architectures.md has the format in word
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from .arch import DOCS_ADDING, GENERIC_SIZES, KIND_RULES, REQUIRED_CONFIG, ArchSpec
+from .arch import ADD_HINT, DOCS_ADDING, GENERIC_SIZES, KIND_RULES, REQUIRED_CONFIG, ArchSpec
 from .errors import LigoError
 from .settings import from_mapping, required, setting
 from .spaces import EXPERT_TOKENS, FIXED, GROWN, Entry
@@ -249,12 +248,12 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
                             f"{', '.join(supported_types())})")
         table = get_spec(arch)
         spec = replace(table, model_type=model_type or table.model_type)
-        try:
-            spec.layout(keys, spec.dims(config), config)
+        try:  # (read with the table's own name: the inner message names the table that does not fit)
+            table.layout(keys, spec.dims(config), config)
         except LigoError as exc:
             raise LigoError(f"--arch {arch}: the {arch} table ({table.source}) does not fit this {model_type} "
-                            f"checkpoint: {_inner(exc)}; give the table that describes it, or write one "
-                            f"({DOCS_ADDING})") from None
+                            f"checkpoint: {str(exc).removesuffix(ADD_HINT)}; give the table that describes it, or "
+                            f"write one ({DOCS_ADDING})") from None
         return spec
     _builtin_tables()
     if model_type in _REGISTRY or not model_type or refused_reason(model_type):
@@ -273,11 +272,6 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
     spec = replace(spec, model_type=model_type)
     spec.layout(keys, spec.dims(config), config)  # the checkpoint's own keys: the table must name them all
     return spec
-
-
-def _inner(exc: LigoError) -> str:
-    """A table's own error about a checkpoint, without the table's name (--arch names it)."""
-    return re.sub(r" of the '[^']+' table \([^)]*\)", " of the table", str(exc))
 
 
 def refused_reason(model_type: str | None) -> str | None:

@@ -19,8 +19,8 @@ import torch
 from . import __version__
 from .checkpoint import check_finite, check_tokenizer_fits, describe_checkpoint, load_tokenizer, read_config
 from .config import LR_FROM_SCRATCH, LR_PRETRAINED, DataConfig, TrainConfig
-from .errors import LigoError, Preempted, as_user_error
-from .hf import build_config, model_class
+from .errors import LigoError, Preempted, as_user_error, brief
+from .hf import build_config, check_model_memory, model_class
 from .launch import check_batch, is_main_process
 from .loop import LoopResult, make_collate, train_loop
 from .moe import train_router
@@ -163,6 +163,8 @@ class _Run:
         if (model is None) == (from_config is None):
             raise LigoError("give either a model directory or --from-config (a config for training from scratch)")
         described = Model.of(model, from_config)
+        check_model_memory(described.spec.objective, read_config(described.path) if described.path else described.config,
+                           "use a machine with more memory" if described.path else "choose a smaller config")
         tok_obj = None if tokenizer is not None or start.tokenizer is None else start.tokenizer
         if described.path is None and tokenizer is None and tok_obj is None:
             raise LigoError("--from-config needs --tokenizer DIR (a directory with the tokenizer files)")
@@ -270,6 +272,7 @@ def _check_stages(stages: list, model: Model, cfg: TrainConfig) -> None:
         check_live_growth(spec, st.target, f"growth stage at step {st.at}")
         grown = spec.target_config(current, st.target, known_config_keys(spec.model_type))
         check_growth(spec, spec.dims(current), spec.dims(grown, where="growth stage target"))
+        check_model_memory(spec.objective, grown, f"choose a smaller target for the growth stage at step {st.at}")
         before, current = st.at, grown
 
 
@@ -288,10 +291,20 @@ def _new_layers(model: Model, cfg: TrainConfig, stages: list) -> list[int] | Non
     if stages:
         raise LigoError("--freeze trains only what growth added to a grown model; it does not combine with growth "
                         "in the middle of the run (--grow-at, --stages)")
+    if model.path is None:
+        raise LigoError(f"--freeze {cfg.freeze} trains only the layers growth added to a grown model; a model trained "
+                        "from scratch (--from-config) has none: drop --freeze")
     new = model.record.new_layers if isinstance(model.record, GrowthRecord) else None
     if new is None:
         raise LigoError(f"--freeze {cfg.freeze} needs a model that ligo grew: its recipe says which layers are new, "
                         f"and {model.path} has none (grow it with ligo grow, or train without --freeze)")
+    layers = model.dims.layers
+    valid = isinstance(new, list) and all(type(i) is int and 0 <= i < layers for i in new)  # (type: not a bool)
+    if not valid or len(set(new)) != len(new):
+        raise LigoError(f"--freeze {cfg.freeze}: the recipe of {model.path} (ligo_recipe.json) says new_layers is "
+                        f"{brief(new)}, which is no list of distinct layers of this {layers}-layer model (0-"
+                        f"{layers - 1}); the recipe was edited or belongs to another model: grow the model again, or "
+                        "train without --freeze")
     if not new:
         raise LigoError(f"--freeze {cfg.freeze}: {model.path} was grown without new layers (in width only), so there "
                         "is nothing to train alone; train it without --freeze")

@@ -106,6 +106,47 @@ def text_view(config: dict, keys, where: str) -> tuple[dict, Wrapper, dict[str, 
     return text, Wrapper(config["model_type"], config, used, projector), names
 
 
+def check_parts(config: dict, shapes: dict, wrapper: Wrapper, names: dict[str, str], where: str, build) -> None:
+    """The parts of a wrapper checkpoint that ligo copies (the vision tower) or grows beside the text table (the
+    projector), checked as strictly as the language model: the checkpoint holds every weight the multimodal class
+    of its config has, none it lacks, in the shapes the config implies. The class is built on the meta device, the
+    checkpoint's names read as transformers reads them when it loads one. ``shapes``: each key's shape; ``names``:
+    the keys of the text view (the language model's, checked by its table, and the projector's); ``build``: the
+    model of a config on the meta device (:func:`ligo.hf.loaded_on_meta`)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    model_type = config["model_type"]
+    if not isinstance(config.get("vision_config"), dict):
+        raise LigoError(f"{where}: a {model_type} config states its vision tower's sizes in vision_config, and this "
+                        "one has none, so what ligo writes would not load; use the checkpoint's own config.json")
+    model = build(config)
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    buffers = {n for n, _ in model.named_buffers()}  # (a stored buffer the model does not persist is skipped too)
+    found = set()
+    for key, shape in shapes.items():
+        name, converted = rename_source_key(key, renamings, converters, model.base_model_prefix, expected)
+        found.add(name)
+        if (key in names and key not in wrapper.projector) or name in buffers and name not in expected or any(
+                p.search(key) or p.search(name) for p in ignored):
+            continue  # the language model (its table checks it, transposed layouts included); what transformers skips
+        if name not in expected:
+            raise LigoError(f"{where}: weight {key} is not one that a {model_type} model of this config has; the "
+                            "weights do not match the config (check vision_config)")
+        if converted is None and list(shape) != expected[name]:
+            raise LigoError(f"{where}: weight {key} has shape {list(shape)}, but config.json implies {expected[name]}; "
+                            "the weights do not match the config (check vision_config)")
+    missing = sorted(set(expected) - found - set(getattr(model, "all_tied_weights_keys", None) or {}))
+    if missing:
+        more = f" and {len(missing) - 1} more weight(s)" if len(missing) > 1 else ""
+        raise LigoError(f"{where}: the checkpoint lacks {missing[0]}{more}, which a {model_type} model of its config "
+                        "has (transformers would start them random); use the complete checkpoint")
+
+
 def with_projector(spec: ArchSpec, wrapper: Wrapper) -> ArchSpec:
     """The text table, with the wrapper's projector weights as weights outside the layers."""
     extra = [Entry(name, tuple(tuple(a.split("+")) for a in axes), "globals") for name, axes in wrapper.projector.items()]

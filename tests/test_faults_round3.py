@@ -201,7 +201,9 @@ def test_growing_a_run_into_experts_is_refused_before_any_step(sources, corpus, 
 
 
 @pytest.mark.parametrize("arch, message", [
-    ("bert", "--arch bert: the bert table \\(ligo/archs/bert.json\\) does not fit this llama checkpoint"),
+    ("bert", "--arch bert: the bert table \\(ligo/archs/bert.json\\) does not fit this llama checkpoint: weight "
+             "'lm_head.weight' matches no entry of the 'bert' table \\(ligo/archs/bert.json\\); give the table that "
+             "describes it"),
     ("nosuch", "--arch nosuch: there is no architecture table for 'nosuch'"),
 ])
 def test_arch_errors_name_the_table(arch, message, sources, tmp_path, cli):

@@ -150,6 +150,31 @@ def test_convert_gguf_refusals(tmp_path, gguf_source):
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("cut", [6, 20, 30, 100, 1000, 5000])
+def test_a_gguf_cut_short_is_one_clear_error(cut, gguf_source, tmp_path):
+    """A download cut inside the header or the metadata: the gguf package's reader raised a raw struct.error there
+    (a cut among the tensors was already one line); now every cut is one LigoError, and nothing is written."""
+    from ligo.errors import LigoError
+    from ligo.gguf import convert_gguf
+
+    path, _ = gguf_source
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(LigoError, match="could not be read as a causal language model by transformers \\(the file is "
+                                        "cut short or corrupt\\)") as info:
+        convert_gguf(bad, tmp_path / "out")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_grow_of_a_gguf_file_points_to_the_converter(gguf_source, tmp_path, cli):
+    from conftest import assert_one_line_error
+
+    path, _ = gguf_source
+    proc = cli("grow", path, "--target", '{"hidden": 128}', "--out", tmp_path / "g")
+    assert_one_line_error(proc, "grow", "is a GGUF file \\(llama.cpp's format\\), which ligo reads once converted into a "
+                                        "checkpoint folder: python -c .*convert_gguf\\(")
+    assert not (tmp_path / "g").exists()
+
 def test_r_reader_reads_a_package_lazyload_database(tmp_path):
     """benchmarks/real_source.py reads the corpus out of an R package without R: a lazy-load database written
     here byte by byte in R's own serialization format (version 3), with a character vector holding an NA."""

@@ -111,3 +111,126 @@ def test_mergekit_configs_ligo_does_not_read_are_one_line(config, message, deep_
     (tmp_path / "bad.yml").write_text(text)
     assert_one_line_error(cli("grow", "--from-mergekit", tmp_path / "bad.yml", "--out", tmp_path / "o"), "grow", message)
     assert not (tmp_path / "o").exists()
+
+
+# -- the scale parameter, read as mergekit reads it: what ligo can write is written byte for byte, the rest refused --
+IDENTITY = [{"filter": "o_proj", "value": 0}, {"filter": "down_proj", "value": 0}]
+
+
+def _scaled(src, scale, where: str = "source", first: int = 0) -> dict:
+    """A passthrough of a 4-layer model: its layers [0, 3), [2, 3) again, then [3, 4); ``scale`` (on the source or
+    the slice) on the first slice (``first`` 0) or on the repeated one (1, written as output layer 3)."""
+    slices = [{"sources": [{"model": str(src), "layer_range": rng}]} for rng in ([0, 3], [2, 3], [3, 4])]
+    target = slices[first] if where == "slice" else slices[first]["sources"][0]
+    target["parameters"] = {"scale": scale}
+    return {"slices": slices, "merge_method": "passthrough", "dtype": "float32"}
+
+
+@pytest.mark.parametrize("scale, where", [(IDENTITY, "source"), (IDENTITY + [{"value": 1}], "slice"), (1.0, "source"),
+                                          ([{"filter": "*", "value": 1}], "slice")],
+                         ids=["identity", "identity-on-slice", "one", "star"])
+def test_scales_ligo_can_say_are_written_as_mergekit_writes_them(scale, where, deep_sources, tmp_path, cli):
+    config = _scaled(deep_sources["llama"], scale, where, first=1)
+    (tmp_path / "merge.yml").write_text(yaml.safe_dump(config))
+    _run_mergekit(config, tmp_path / "mergekit")
+    cli("grow", "--from-mergekit", tmp_path / "merge.yml", "--out", tmp_path / "ligo", check=True)
+    theirs, ours = _tensors(tmp_path / "mergekit"), _tensors(tmp_path / "ligo")
+    assert sorted(theirs) == sorted(ours) and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+
+
+def test_a_scale_that_zeroes_another_module_is_refused_naming_its_filter(deep_sources, tmp_path, cli):
+    """`scale: [{filter: q_proj, value: 0}, {value: 1}]`: mergekit zeroes the slice's q_proj, which no depth map says;
+    ligo once wrote an identity block (o_proj and down_proj zeroed) in its place."""
+    config = _scaled(deep_sources["llama"], [{"filter": "q_proj", "value": 0}, {"value": 1}], first=1)
+    (tmp_path / "merge.yml").write_text(yaml.safe_dump(config))
+    _run_mergekit(config, tmp_path / "mergekit")
+    theirs = _tensors(tmp_path / "mergekit")
+    assert not theirs["model.layers.3.self_attn.q_proj.weight"].any() and theirs["model.layers.3.mlp.down_proj.weight"].any()
+    proc = cli("grow", "--from-mergekit", tmp_path / "merge.yml", "--out", tmp_path / "ligo")
+    assert_one_line_error(proc, "grow", "slice 2: scale \\{'filter': 'q_proj', 'value': 0\\} zeroes "
+                                        "model.layers.3.self_attn.q_proj.weight \\(source layer 2\\)")
+    assert not (tmp_path / "ligo").exists()
+
+
+@pytest.mark.parametrize("scale, first, message", [
+    ([{"filter": "o_proj", "value": 0}, {"value": 1}], 1, "zeroes part of source layer 2's output projections but not "
+                                                          "model.layers.3.mlp.down_proj.weight"),
+    ([{"filter": "o_proj", "value": 0.5}, {"value": 1}], 1, "scales model.layers.3.self_attn.o_proj.weight by 0.5"),
+    (0, 1, "scale 0 zeroes model.layers.3.input_layernorm.weight \\(source layer 2\\)"),
+    ([{"filter": "embed_tokens", "value": 0}, {"value": 1}], 0, "scales model.embed_tokens.weight \\(outside the "
+                                                                 "layers\\) by 0"),
+    ([0, 1], 0, "scale \\[0, 1\\] scales model\\.\\S+ \\(outside the layers\\) by 0"),
+    ([{"filter": "o_proj"}], 1, "is no \\{filter, value\\}"),
+], ids=["half-a-block", "half-scale", "whole-layer", "embedding", "gradient", "no-value"])
+def test_scales_ligo_cannot_say_are_refused(scale, first, message, deep_sources, tmp_path, cli):
+    (tmp_path / "merge.yml").write_text(yaml.safe_dump(_scaled(deep_sources["llama"], scale, first=first)))
+    assert_one_line_error(cli("grow", "--from-mergekit", tmp_path / "merge.yml", "--out", tmp_path / "o"), "grow",
+                          message)
+    assert not (tmp_path / "o").exists()
+
+
+# -- configs as an adversary writes them: one line, at once, bounded ------------------------------------------------
+def _slice(src, layer_range, **extra):
+    return {"slices": [{"sources": [{"model": str(src), "layer_range": layer_range}]}], "merge_method": "passthrough",
+            **extra}
+
+
+@pytest.mark.parametrize("config, message", [
+    (lambda s: _slice(s, [-2, 4]), "layer_range must be \\[start, end\\) of two layer numbers with 0 <= start < end, "
+                                   "got \\[-2, 4\\]"),
+    (lambda s: _slice(s, [False, True]), "layer_range must be .*, got \\[False, True\\]"),
+    (lambda s: _slice(s, [0, 4], dtype=["float16"]), "dtype \\['float16'\\] is not one of float32, bfloat16, float16"),
+    (lambda s: _slice(s, [0, 4], base_model="/elsewhere/other-model"), "base_model '/elsewhere/other-model' is not the "
+                                                                       "model the slices take their layers from"),
+    (lambda s: _slice(s, [0, 4], tokenizer_source="union"), "tokenizer_source 'union' is not the model"),
+    (lambda s: {**_slice(s, [0, 3]), "slices": _slice(s, [0, 3])["slices"] + _slice(s, [2, 3])["slices"]},
+     "leaves out source layer\\(s\\) 3 of 4 .*--drop-layers"),
+], ids=["negative", "bools", "dtype-list", "base-model", "tokenizer-source", "drops-a-layer"])
+def test_config_values_ligo_cannot_read_are_one_line(config, message, deep_sources, tmp_path, cli):
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump(config(deep_sources["llama"])))
+    assert_one_line_error(cli("grow", "--from-mergekit", tmp_path / "bad.yml", "--out", tmp_path / "o"), "grow", message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_base_model_naming_the_slices_model_is_read(deep_sources, tmp_path, cli):
+    src = deep_sources["llama"]
+    (tmp_path / "m.yml").write_text(yaml.safe_dump(_slice(src, [0, 4], base_model=str(src), tokenizer_source="base")))
+    cli("grow", "--from-mergekit", tmp_path / "m.yml", "--out", tmp_path / "o", check=True)
+
+
+def test_a_binary_file_as_the_config_is_one_line(tmp_path, cli):
+    (tmp_path / "merge.yml").write_bytes(bytes(range(256)) * 8)
+    assert_one_line_error(cli("grow", "--from-mergekit", tmp_path / "merge.yml", "--out", tmp_path / "o"), "grow",
+                          "is not a text file")
+
+
+def test_a_huge_identity_slice_is_refused_before_it_is_expanded(deep_sources, tmp_path):
+    """An identity slice of 10^8 layers under a real 4 GB address-space limit: once out of memory after 10 s, now
+    refused by its range at once."""
+    import resource
+    import subprocess
+
+    from conftest import LIGO
+
+    config = _slice(deep_sources["llama"], [0, 100_000_000])
+    config["slices"][0]["sources"][0]["parameters"] = {"scale": IDENTITY + [{"value": 1}]}
+    (tmp_path / "big.yml").write_text(yaml.safe_dump(config))
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    proc = subprocess.run([LIGO, "grow", "--from-mergekit", str(tmp_path / "big.yml"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert_one_line_error(proc, "grow", "slice 1: layer_range \\[0, 100000000\\]: layer 99999999 is out of range; the "
+                                        "source has 4 layers")
+
+
+def test_an_alias_bomb_is_named_not_printed(deep_sources, tmp_path, cli):
+    """A YAML alias bomb as layer_range (ten million numbers from a few hundred bytes): the error names the field and
+    says what it holds, in a line of bounded length."""
+    bomb = "[&a0 [0,1,2,3,4,5,6,7,8,9]" + "".join(f", &a{i} [{','.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7))
+    (tmp_path / "bomb.yml").write_text(f"slices:\n  - sources:\n    - model: {deep_sources['llama']}\n"
+                                       f"      layer_range: {bomb}]\nmerge_method: passthrough\n")
+    line = assert_one_line_error(cli("grow", "--from-mergekit", tmp_path / "bomb.yml", "--out", tmp_path / "o"), "grow",
+                                 "layer_range must be .*, got a list of 7 items")
+    assert len(line) < 400

@@ -171,6 +171,102 @@ def test_grow_train_defaults_follow_the_source_and_fit_a_share_when_asked(source
     assert json.loads((tmp_path / "lossless" / "grown" / "ligo_recipe.json").read_text())["plan"]["width"] == "split"
 
 
+
+# -- one writer at a time, for every command that writes an output -------------------------------------------------
+def _lock_holder(out):
+    """The process id in the lock file of ``out``: written once a process holds the lock (ligo.outputs)."""
+    import hashlib
+
+    from ligo.outputs import cache_dir
+
+    try:
+        text = (cache_dir() / "locks" / hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32]).read_text()
+    except OSError:
+        return None
+    return int(text) if text.strip().isdigit() else None
+
+
+def test_two_grows_into_one_new_folder_refuse_the_second(sources, tmp_path):
+    """Two `ligo grow` into the same new --out, the second while the first works (held there with SIGSTOP): both
+    once exited 0 and the output held whichever finished last. Now the second is refused at once, with or without
+    --overwrite, and the output is the first's."""
+    import signal
+
+    from conftest import start_cli, wait_for
+
+    out = tmp_path / "grown"
+    first = start_cli("grow", sources["llama"], "--target", TARGET, "--out", out)
+    try:
+        assert wait_for(lambda: _lock_holder(out) == first.pid, first), first.communicate()
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            other = json.dumps({**tiny.TARGET["llama"], "hidden_size": 192, "num_attention_heads": 12,
+                                "num_key_value_heads": 6})
+            seconds = [run_cli("grow", sources["llama"], "--target", other, "--out", out, *extra)
+                       for extra in ([], ["--overwrite"])]
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    for second in seconds:
+        assert_one_line_error(second, "grow", f"another ligo process \\(pid {first.pid}\\) is writing {out}; wait for it "
+                                              "to finish, or write elsewhere")
+    assert first.returncode == 0
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == tiny.TARGET["llama"]["hidden_size"]
+
+
+@pytest.mark.parametrize("command", ["grow", "grow-run", "eval"])
+def test_grow_and_eval_refuse_an_output_another_process_writes(command, sources, corpus, tmp_path, cli):
+    """This test's process holds the lock of the output, as a running ligo would: `grow` (of a model or a run) and
+    `eval --json`, run as a second process, are refused at once and leave the output as it was (train, grow-train
+    and bench take the same lock through RunOutput: tests/test_faults.py runs two trains)."""
+    from ligo.outputs import lock_output, unlock_output
+
+    out = tmp_path / ("r.json" if command == "eval" else "out")
+    quick = ["--steps", "2", *FAST]
+    run = tmp_path / "run"
+    if command == "grow-run":
+        cli("train", sources["llama"], "--data", corpus, "--out", run, "--save-every", "2", *quick, check=True)
+    args = {"grow": ["grow", sources["llama"], "--target", TARGET, "--out", out],
+            "grow-run": ["grow", run, "--optimizer-state", "grow", "--target", TARGET, "--out", out],
+            "eval": ["eval", sources["llama"], "--tasks", "no_such_task", "--json", out]}[command]
+    lock_output(out)
+    try:
+        proc = run_cli(*args)
+    finally:
+        unlock_output(out)
+    assert_one_line_error(proc, command.split("-run")[0], f"another ligo process \\(pid {os.getpid()}\\) is writing")
+    assert not out.exists()
+
+
+def _can_mount_read_only() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "d=$(mktemp -d) && mount --bind $d $d && mount -o remount,ro,bind $d"],
+        capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_read_only(), reason="cannot mount a folder read-only here (needs root or user "
+                    "namespaces)")
+def test_eval_into_a_read_only_folder_is_refused_before_the_evaluation(sources, tmp_path):
+    """A real read-only mount (root writes through chmod): `ligo eval --json` once ran the whole evaluation, then
+    failed on the write. Now the folder is checked first: one line, and no evaluation (no table printed)."""
+    import shlex
+
+    pytest.importorskip("lm_eval")
+    from conftest import LIGO
+
+    task, folder = tiny.make_task(tmp_path / "task", n=8), tmp_path / "results"
+    folder.mkdir()
+    argv = [LIGO, "eval", str(sources["llama"]), "--tasks", str(task), "--limit", "4", "--device", "cpu", "--json",
+            str(folder / "r.json")]
+    script = f'mount --bind "{folder}" "{folder}" && mount -o remount,ro,bind "{folder}" && exec {shlex.join(argv)}'
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    assert_one_line_error(proc, "eval", f"cannot write to {folder} \\(Read-only file system\\); choose a --json file in "
+                                        "a writable directory")
+    assert proc.stdout == "" and not list(folder.iterdir())
+
 def test_help_and_version_import_nothing_heavy():
     code = ("import sys, ligo.cli; ligo.cli.build_parser().format_help(); import ligo; ligo.__version__; "
             "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))")

@@ -235,6 +235,32 @@ def _drift(steps, tmp_path):
         assert result[phase]["drift"] <= 0.05, (phase, result[phase])
 
 
+HUGE = {"hidden_size": 131072, "intermediate_size": 524288, "num_attention_heads": 1024, "num_key_value_heads": 1024}
+
+
+@pytest.mark.parametrize("how", ["from-config", "grow-at"])
+def test_a_model_larger_than_memory_is_refused_before_it_is_built(how, sources, corpus, tmp_path):
+    """A model of terabytes under a real 4 GB address-space limit: `ligo train --from-config` once allocated until
+    "unexpected error: RuntimeError ... can't allocate memory", and `--grow-at` trained up to the stage before its
+    growth refused it. Now the one memory check that `ligo grow` makes refuses both before any step."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    config = json.loads((sources["llama"] / "config.json").read_text())
+    out = tmp_path / "run"
+    common = ["--data", corpus, "--out", out, "--steps", "4", *FAST]
+    if how == "from-config":  # 3.3e12 parameters
+        (tmp_path / "huge.json").write_text(json.dumps({**config, **HUGE, "num_hidden_layers": 12}))
+        args, fix = ["--from-config", tmp_path / "huge.json", "--tokenizer", sources["llama"]], "choose a smaller config"
+    else:  # 5.5e11 parameters after the stage
+        args, fix = [sources["llama"], "--grow-at", "2", "--grow-target", json.dumps(HUGE)], \
+            "choose a smaller target for the growth stage at step 2"
+    proc = subprocess.run([LIGO, "train", *map(str, args), *map(str, common)], capture_output=True, text=True,
+                          timeout=600, preexec_fn=limit)
+    assert_one_line_error(proc, "train", f"the model has [0-9,]+ parameters to build in float32: [0-9.]+ GB, but this "
+                                         f"machine has [0-9.]+ GB of memory available; {fix}")
+    assert not out.exists()
+
 def test_no_memory_drift_across_steps(tmp_path):
     """Peak RSS after step 20 within 5% of step 100, for the operator fit and for training (own process)."""
     _drift(100, tmp_path)

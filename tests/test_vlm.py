@@ -11,7 +11,7 @@ from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
 import tiny
-from conftest import run_cli, write_json
+from conftest import assert_one_line_error, run_cli, write_json
 from ligo import GrowthPlan, grow
 
 VLMS = tuple(tiny.VLM)
@@ -139,3 +139,60 @@ def test_experts_held_transposed_are_read_as_transformers_reads_them(vlm_sources
     grown = _tensors(tmp_path / "out")
     assert experts and all(grown[k].shape[1:] == (2 * 48, 128) if "gate_up" in k else
                            grown[k].shape[1:] == (128, 48) for k in experts)  # transformers' layout
+
+
+def _damaged(src, out, how: str):
+    """A copy of a vision-language checkpoint with one part missing or lying (as a careless export leaves it)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, out)
+    tensors, config = _tensors(out), json.loads((out / "config.json").read_text())
+    if how == "vision-weight-missing":
+        tensors.pop(next(k for k in sorted(tensors) if "vision_tower" in k or "visual.blocks" in k))
+    elif how == "projector-missing":
+        tensors.pop(next(k for k in sorted(tensors) if k.endswith(("linear_2.weight", "merger.linear_fc2.weight"))))
+    elif how == "vision-hidden-lies":
+        config["vision_config"]["hidden_size"] = 48
+    else:
+        del config["vision_config"]
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("how, message", [
+    ("vision-weight-missing", "the checkpoint lacks model\\.(vision_tower|visual)\\.\\S+, which a \\w+ model of its "
+                              "config has \\(transformers would start them random\\); use the complete checkpoint"),
+    ("projector-missing", "the checkpoint lacks model\\.(multi_modal_projector\\.linear_2|visual\\.merger\\.linear_fc2)"
+                          "\\.weight"),
+    ("vision-hidden-lies", "weight \\S+ has shape \\[.*\\], but config.json implies \\[.*\\]; the weights do not match the "
+                           "config \\(check vision_config\\)"),
+    ("no-vision-config", "config states its vision tower's sizes in vision_config, and this one has none"),
+])
+@pytest.mark.parametrize("model_type", ["mistral3", "qwen3_vl"])
+def test_the_parts_ligo_copies_are_checked_as_strictly_as_those_it_grows(model_type, how, message, vlm_sources,
+                                                                          tmp_path, cli):
+    """Vision weights or projector weights missing, a vision config that disagrees with the weights or is absent: once
+    grown with exit 0 into a model that loads with random vision weights or does not load; now one line, nothing
+    written."""
+    src = _damaged(vlm_sources[model_type], tmp_path / "src", how)
+    proc = cli("grow", src, "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4}', "--out", tmp_path / "out")
+    assert_one_line_error(proc, "grow", message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stored_buffer_the_model_does_not_persist_is_skipped(vlm_sources, tmp_path, cli):
+    """An older export's vision position_ids (a buffer transformers no longer saves, and skips when loading) is no
+    weight the checkpoint lacks or holds in excess: the checkpoint grows."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(vlm_sources["gemma3"], src)
+    tensors = _tensors(src)
+    tensors["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(16).unsqueeze(0)
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    cli("grow", src, "--target", '{"hidden": 128, "heads": 8, "kv_heads": 4}', "--out", tmp_path / "out", check=True)

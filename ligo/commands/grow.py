@@ -59,7 +59,8 @@ def run(args) -> int:
 
     # a live run grows losslessly by default (split + identity, as `ligo train --grow-at`): its
     # optimizer state then carries on; a finished model takes the plan's auto, resolved from the source
-    live = {"width": GrowthStage.width, "depth": GrowthStage.depth} if args.optimizer_state else {}
+    live = {"width": GrowthStage.width, **({"depth": GrowthStage.depth} if args.depth_map is None else {})} \
+        if args.optimizer_state else {}
     from_mergekit = _from_mergekit(args)
     plan = GrowthPlan.from_dict({**live, **given(args, GrowthPlan), **from_mergekit, "seed": args.seed},
                                 where="growth plan")
@@ -73,7 +74,8 @@ def run(args) -> int:
 
             raise LigoError(f"--device {args.device}: a live run is grown on the CPU (its checkpoint and optimizer "
                             "state are read there); drop --device, or grow a finished model with --device")
-        out = grow_run(args.source, parse_target(args.target), args.out, plan, optimizer_state=args.optimizer_state,
+        target = parse_target(args.target) if args.target is not None else {}  # (a depth map says the layers)
+        out = grow_run(args.source, target, args.out, plan, optimizer_state=args.optimizer_state,
                        fit=fit, overwrite=args.overwrite, data=data_config(args), inputs=[target_file(args.target)])
         from ..rundir import latest_checkpoint
         from ..sharding import SHARDS
@@ -125,6 +127,7 @@ def run(args) -> int:
     if width_init(plan.width).lossless and depth_init(plan.depth).repeats_are_identity:
         for gap in record.not_lossless_because:  # the plan is meant to be lossless: say where it is not
             print(f"note: not exactly lossless: {gap}", file=sys.stderr)
+    _note_dropped(plan, src, tgt)
     if result.left_out_layers:
         print(f"note: the source's {result.left_out_layers} layer(s) after its last (multi-token prediction) are left "
               "out, as transformers leaves them out when it loads the model", file=sys.stderr)
@@ -140,19 +143,28 @@ def _from_mergekit(args) -> dict:
     from ..errors import LigoError
 
     if not args.from_mergekit:
-        if not args.source or (args.target is None and not args.depth_map):
+        if not args.source or (args.target is None and args.depth_map is None):
             raise LigoError("give SOURCE and --target (or --depth-map, which says the target's layers), or "
                             "--from-mergekit CONFIG.yml")
         return {}
-    if args.source or args.target is not None or args.depth or args.depth_map or args.optimizer_state:
+    if args.source or args.target is not None or args.depth or args.depth_map is not None or args.optimizer_state:
         raise LigoError("--from-mergekit says the source, its layers and the dtype: drop SOURCE, --target, --depth, "
                         "--depth-map and --optimizer-state")
     from ..mergekit import read_passthrough
 
-    args.source, depth_map, dtype = read_passthrough(args.from_mergekit)
+    args.source, depth_map, dtype = read_passthrough(args.from_mergekit, args.arch)
     if dtype is not None and args.dtype is None:
         args.dtype = str(dtype).removeprefix("torch.")
     return {"depth_map": depth_map, "width": args.width or "copy"}
+
+
+def _note_dropped(plan, src, tgt) -> None:
+    """The source layers a depth map left out (with --drop-layers; without, such a map is refused), named."""
+    from ..maps import depth_plan, layer_list
+
+    dropped = depth_plan(plan.depth, src.layers, tgt.layers, plan.depth_map).left_out(src.layers)
+    if dropped:
+        print(f"note: the depth map leaves out source layer(s) {layer_list(dropped)} (--drop-layers)", file=sys.stderr)
 
 
 def _fit_advice(fit, plan) -> None:

@@ -48,12 +48,12 @@ def add_parser(sub, name):
 def load_job(path: str | None) -> dict:
     if not path:
         return {}
-    from ..settings import parse_mapping
+    from ..settings import parse_mapping, read_text
 
     p = Path(path)
     if not p.is_file():
         raise LigoError(f"job file {p} does not exist; check the path")
-    data = parse_mapping(p.read_text(), f"job file {p}", JOB_KEYS)
+    data = parse_mapping(read_text(p, "job file"), f"job file {p}", JOB_KEYS)
     for key in ("fit", "train"):
         if key in data and not isinstance(data[key], dict):
             raise LigoError(f"job file {p}: '{key}' must be a mapping of training-config keys")
@@ -73,8 +73,11 @@ def run(args) -> int:
     job.update(given(args, DataConfig))
     data = DataConfig.from_dict({k: job[k] for k in DATA_KEYS if k in job}, where="job data")
     for key in ("source", "target", "out"):
-        if not job.get(key):
-            raise LigoError(f"no {key} given; pass it as a flag or put '{key}' in the --config job")
+        if key == "target" and job.get("depth_map") is not None and job.get("target") in (None, {}):
+            job["target"] = {}  # the depth map says the target's layers (as for ligo grow)
+        elif not job.get(key):
+            hint = " (or --depth-map, which says the target's layers)" if key == "target" else ""
+            raise LigoError(f"no {key} given; pass it as a flag{hint} or put '{key}' in the --config job file")
     inputs = [args.config]  # the job file, and a target file: inputs that --overwrite must never delete
     if not isinstance(job["target"], dict):
         inputs.append(target_file(str(job["target"])))
