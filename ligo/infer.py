@@ -151,18 +151,8 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
         keys = {k: v for k, v in keys.items() if k != "head_dim"}     # size is the width over the heads
     if "kv_heads" in changed and changed.pop("kv_heads") == base:  # a kv key the class ignores: one kv head (a
         keys = fixed_kv(base, changed, small, keys)               # multi-query flag), or as many as the heads
-    torch.manual_seed(0)
-    model = build_model(model_type, small, "cpu").eval()
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    base_model = getattr(model, prefix, None) if prefix else None
-    if base_model is None:
-        raise NotInferred(f"{type(model).__name__} holds no base model under {prefix!r}")
-    layer_attr, layer_list = next(((n, m) for n, m in base_model.named_modules()
-                                   if isinstance(m, torch.nn.ModuleList) and len(m) == small[keys["layers"]]),
-                                  (None, None))
-    if layer_list is None:
-        raise NotInferred("no list of layers as long as the config's layer count")
-    _check_saved_names(model)
+    model, prefix, layer_attr, layer_list = _tiny_model(model_type, small, keys)
+    origin = _origins(model, base)  # a checkpoint key -> the tensor the model holds it in
     fresh = {n: t.detach().clone() for n, t in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
@@ -171,33 +161,39 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
     ids = torch.randint(0, TINY["vocab"], (1, 12), generator=torch.Generator().manual_seed(0))
     roles = _roles(model, layer_list, ids)
     modules = dict(model.named_modules())
-    base_prefix, layer_prefix = prefix + ".", f"{layer_attr}.{{i}}."
-    layer_re = re.compile(re.escape(base_prefix + layer_attr) + r"\.(\d+)\.(.+)")
-    tied = _tied(model, modules, roles)
+    mem_layer = re.compile(re.escape(f"{prefix}.{layer_attr}") + r"\.(\d+)\.(.+)")
+    base_prefix, layer_prefix, layer_re = _saved_prefixes(base, origin, mem_layer, prefix)
+    tied = {_saved_name(h, origin): _saved_name(e, origin) for h, e in _tied(model, modules, roles).items()}
     _check_alike_layers(base, layer_re)
-    glob, layer, head, norms, zero = {}, {}, {}, [], set()
-    for name in _reading_order(base, layer_re, modules):
-        shape, m = base[name], layer_re.fullmatch(name)
-        module_name, _, leaf = name.rpartition(".")
+    glob, layer, head, norms, zero, by_module = {}, {}, {}, [], set(), {}
+    for name in _reading_order(base, layer_re, origin, modules):
+        shape, m, mem = base[name], layer_re.fullmatch(name), origin[name]
+        module_name, _, leaf = mem.rpartition(".")
         rel = m.group(2) if m else name.removeprefix(base_prefix) if name.startswith(base_prefix) else name
-        if (expert := EXPERT.fullmatch(rel)) and m:  # one expert's weight, as the checkpoint holds it
-            entry, axes = f"{expert['pre']}.{{e}}.{expert['rest']}", _expert_axes(name, shape, base, changed)
-            layer[entry] = axes
-            if axes[0] == "exp.out":
+        if m and ((expert := EXPERT.fullmatch(rel)) or len(shape) >= 3 and "experts" in axis_sizes(name, 0, base,
+                                                                                                   changed)):
+            entry = f"{expert['pre']}.{{e}}.{expert['rest']}" if expert else rel  # (one expert's, or all stacked)
+            size = value(small, keys, "moe_ffn") if isinstance(keys.get("moe_ffn"), str) else value(small, keys, "ffn")
+            layer[entry] = _expert_axes(name, shape, base, changed, size, stacked=not expert)
+            if layer[entry][0] == "exp.out":
                 zero.add(entry.rpartition(".")[0])
             continue
         module = modules[module_name]
-        mod_rel = rel.rpartition(".")[0]
+        mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
+        by_module[mod_rel] = rel.rpartition(".")[0]
         source = roles["norm_source"].get(mod_rel) if m and _is_norm(module) else None
-        if source is not None and f"{source}.weight" in layer and len(shape) == 1:
-            axes = [layer[f"{source}.weight"][_linear_axes(modules[f"{base_prefix}{layer_attr}.0.{source}"])[0]]]
+        if source is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1:
+            axes = [layer[f"{by_module[source]}.weight"][_linear_axes(modules[f"{prefix}.{layer_attr}.0.{source}"])[0]]]
         else:
             axes = _axes(name, shape, module, module_name, mod_rel, leaf, bool(m), base, changed, small, keys, roles)
         if _is_norm(module) and leaf == "weight":
-            norms.append((rel, module, fresh[name]))
+            norms.append((rel, module, fresh[mem]))
         if m and _linear_axes(module) is not None and axes and axes[0] == "res":
-            zero.add(mod_rel)  # a new identity layer's writers of the stream start at zero
+            zero.add(rel.rpartition(".")[0])  # a new identity layer's writers of the stream start at zero
         (layer if m else glob if name.startswith(base_prefix) else head)[rel] = axes
+    layer_attr = layer_prefix.removesuffix("{i}.").rstrip(".")  # (the checkpoint's names from here on)
+    roles = {**roles, "head_norm": _saved_name(f"{roles['head_norm']}.weight", origin).removesuffix(".weight")
+             if roles["head_norm"] else None}
     table = {"model_type": model_type, "objective": "causal-lm", "rope": any("rope" in k or "rotary" in k
                                                                              for k in small),
              "config": {k: v for k, v in keys.items() if k in ("layers", "hidden", "heads", "kv_heads", "head_dim",
@@ -206,7 +202,7 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
              "head": head, "tied": tied, "identity_zero": sorted(zero),
              "layer_lists": sorted(k for k, v in small.items() if isinstance(v, list) and
                                    len(v) == small[keys["layers"]] and small[keys["layers"]] > 1),
-             "ignore": _buffers(model, base_prefix, layer_attr),
+             "ignore": _buffers(model, f"{prefix}.", layer_attr),
              "norms": _norms(norms, roles)}
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
                                        {f"{base_prefix}{layer_attr}.0.{n}": axes for n, axes in layer.items()}))
@@ -330,12 +326,79 @@ def _norms(norms: list, roles: dict) -> dict:
             "stream": "post" if roles["post"] else "pre"}
 
 
-def _reading_order(base: dict, layer_re, modules: dict) -> list[str]:
+def _tiny_model(model_type: str, small: dict, keys: dict):
+    """The tiny model (random, on the CPU), its base model's prefix, and the name and list of its layers."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(model_type, small, "cpu").eval()
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base_model = getattr(model, prefix, None) if prefix else None
+    if base_model is None:
+        raise NotInferred(f"{type(model).__name__} holds no base model under {prefix!r}")
+    layer_attr, layer_list = next(((n, m) for n, m in base_model.named_modules()
+                                   if isinstance(m, torch.nn.ModuleList) and len(m) == small[keys["layers"]]),
+                                  (None, None))
+    if layer_list is None:
+        raise NotInferred("no list of layers as long as the config's layer count")
+    return model, prefix, layer_attr, layer_list
+
+
+def _reading_order(base: dict, layer_re, origin: dict, modules: dict) -> list[str]:
     """The weights a table names (those outside the layers, layer 0's, expert 0's), projections first: a norm over a
     projection's output (OLMo 2's q_norm) takes that projection's space."""
+    def is_norm(n: str) -> bool:
+        module = modules.get(origin[n].rpartition(".")[0])
+        return module is not None and _is_norm(module)
+
     return sorted((n for n in base if (not (m := layer_re.fullmatch(n)) or m.group(1) == "0") and
-                   (not (x := EXPERT.fullmatch(n)) or x["e"] == "0")),
-                  key=lambda n: n in modules and _is_norm(modules[n.rpartition(".")[0]]))
+                   (not (x := EXPERT.fullmatch(n)) or x["e"] == "0")), key=is_norm)
+
+
+def _origins(model, saved) -> dict[str, str]:
+    """Each checkpoint key's tensor in the model, as transformers maps it when it loads (a renamed module, a fused
+    projection split in the checkpoint, experts stacked in the model and one a key in the checkpoint)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # (a transformers without its conversion mapping: names as they are)
+        return {k: k for k in saved}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    state = model.state_dict()
+    out = {}
+    for key in saved:
+        name = rename_source_key(key, renamings, converters, model.base_model_prefix, state)[0]
+        if name not in state:
+            raise NotInferred(f"{key}, a weight its checkpoints hold, is no tensor transformers loads it into")
+        out[key] = name
+    return out
+
+
+def _saved_name(mem: str, origin: dict) -> str:
+    """The checkpoint key of one of the model's tensors (the first that maps to it)."""
+    return next((k for k, v in origin.items() if v == mem), mem)
+
+
+def _saved_prefixes(base: dict, origin: dict, mem_layer, prefix: str) -> tuple[str, str, object]:
+    """The checkpoint's base prefix and layer prefix (``{i}`` for the index), and a pattern of its layer keys:
+    read off two keys whose tensors are one weight of layers 0 and 1."""
+    by_mem = {}
+    for key, mem in origin.items():
+        if (m := mem_layer.fullmatch(mem)) and m.group(1) in ("0", "1") and not EXPERT.fullmatch(key):
+            by_mem.setdefault(m.group(2), {})[m.group(1)] = key
+    pair = next((v for v in by_mem.values() if len(v) == 2), None)
+    if pair is None:
+        raise NotInferred("its checkpoints name no weight of its first two layers alike")
+    a, b = pair["0"], pair["1"]
+    cut = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    template = a[:cut] + "{i}."
+    top = template.split(".")[0] + "."
+    embed = next((k for k, mem in origin.items() if mem.startswith(f"{prefix}.") and not mem_layer.fullmatch(mem)), "")
+    base_prefix = top if embed.startswith(top) and top != template else ""
+    pattern = re.compile(re.escape(template).replace(re.escape("{i}"), r"(\d+)") + r"(.+)")
+    return base_prefix, template.removeprefix(base_prefix), pattern
 
 
 def _check_alike_layers(base: dict, layer_re) -> None:
@@ -352,15 +415,20 @@ def _check_alike_layers(base: dict, layer_re) -> None:
                           "only a hand table describes")
 
 
-def _expert_axes(name: str, shape: tuple, base: dict, changed: dict) -> list[str]:
-    """One expert's weight as a checkpoint holds it: an FFN's reads (gate, up: ``exp, ffn, res.in``) or its write
-    (down: ``exp.out, res, ffn.in``), its FFN axis the one the experts' FFN size changes."""
-    sizes = [axis_sizes(name, a, base, changed) for a in range(len(shape))]
+def _expert_axes(name: str, shape: tuple, base: dict, changed: dict, ffn_size: int, stacked: bool = False
+                 ) -> list[str]:
+    """One expert's weight as a checkpoint holds it (``stacked``: all experts' in one tensor, the experts first): an
+    FFN's reads (gate and up, alone or side by side: ``exp, ffn, res.in``) or its write (down: ``exp.out, res,
+    ffn.in``), its FFN axis the one the experts' FFN size (``ffn_size``) changes, in whole units of it."""
+    sizes = [axis_sizes(name, a, base, changed) for a in range(len(shape))][int(stacked):]
     ffn = [a for a, f in enumerate(sizes) if f & {"ffn", "moe_ffn"} and "hidden" not in f]
     stream = [a for a, f in enumerate(sizes) if f == {"hidden"} or f == {"hidden", "heads"}]
-    if len(shape) != 2 or len(ffn) != 1 or len(stream) != 1:
+    parts = shape[int(stacked) + ffn[0]] // ffn_size if len(ffn) == 1 and ffn_size else 0
+    if len(sizes) != 2 or len(ffn) != 1 or len(stream) != 1 or parts * ffn_size != shape[int(stacked) + ffn[0]]:
         raise NotInferred(f"{name}: an expert's weight inference cannot read (axes following {sizes})")
-    return ["exp", "ffn", "res.in"] if ffn[0] == 0 else ["exp.out", "res", "ffn.in"]
+    if ffn[0] == 0:
+        return ["exp", "+".join(["ffn"] * parts), "res.in"]
+    return ["exp.out", "res", "+".join(["ffn.in"] * parts)]
 
 
 def _experts_config(keys: dict, small: dict, layer: dict) -> dict:
@@ -374,26 +442,6 @@ def _experts_config(keys: dict, small: dict, layer: dict) -> dict:
         if any("dffn" in a for axes in layer.values() for a in axes):
             out["dense_ffn"] = keys["ffn"]
     return out
-
-
-def _check_saved_names(model) -> None:
-    """A class that saves its weights under other names than its modules' (transformers converts them back when it
-    loads) has checkpoints whose keys a table read off its modules would not name: refused."""
-    import tempfile
-
-    from safetensors import safe_open
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        saved = set()
-        for f in Path(tmp).glob("*.safetensors"):
-            with safe_open(f, framework="pt") as handle:
-                saved |= set(handle.keys())
-    other = sorted(k for k in saved - set(model.state_dict()) if not EXPERT.fullmatch(k))
-    if other:
-        raise NotInferred(f"transformers saves its weights under other names than its modules' ({other[0]}, ...) "
-                          "and converts them when it loads, so a table read off its modules would not name a "
-                          "checkpoint's weights")
 
 
 def _tied(model, modules: dict, roles: dict) -> dict:

@@ -211,16 +211,24 @@ class TrainingRecord(Record):
 
 
 def load_recipe(folder: str | Path | None) -> GrowthRecord | TrainingRecord | None:
-    """The record beside the model in ``folder``; None for a model from elsewhere (or an unreadable record)."""
+    """The record beside the model in ``folder``; None for a model from elsewhere (no recipe, or a file that is no
+    JSON mapping). A recipe ligo would have written but whose fields were edited into the wrong types is refused in
+    one line: what is read from it (the layers to train alone, the FLOPs spent) would be wrong."""
     if folder is None:
         return None
+    path = Path(folder) / RECIPE_NAME
     try:
-        data = json.loads((Path(folder) / RECIPE_NAME).read_text())
-        if not isinstance(data, dict):
-            return None
-        return (TrainingRecord if data.get("kind") == "train" else GrowthRecord).read(data)
-    except (OSError, ValueError, LigoError):
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return (TrainingRecord if data.get("kind") == "train" else GrowthRecord).read(data)
+    except LigoError as exc:
+        raise LigoError(f"{path} is no recipe ligo wrote ({exc}); the recipe was edited or belongs to another tool: "
+                        "grow or train the model again, or remove the file to treat the model as one from elsewhere"
+                        ) from None
 
 
 def carried_ledger(folder: str | Path | None) -> Ledger:

@@ -67,23 +67,7 @@ def run(args) -> int:
     fit = fit_config({**given(args, TrainConfig, prefix="fit-"), "seed": args.seed,
                       "progress": not args.no_progress}, where="fit")
     if args.optimizer_state:
-        from ..rungrowth import grow_run
-
-        if args.device not in (None, "cpu"):
-            from ..errors import LigoError
-
-            raise LigoError(f"--device {args.device}: a live run is grown on the CPU (its checkpoint and optimizer "
-                            "state are read there); drop --device, or grow a finished model with --device")
-        target = parse_target(args.target) if args.target is not None else {}  # (a depth map says the layers)
-        out = grow_run(args.source, target, args.out, plan, optimizer_state=args.optimizer_state,
-                       fit=fit, overwrite=args.overwrite, data=data_config(args), inputs=[target_file(args.target)])
-        from ..rundir import latest_checkpoint
-        from ..sharding import SHARDS
-
-        sharded = (latest_checkpoint(out) / SHARDS).is_dir()  # (it trains sharded again: under a launch)
-        print(f"grew the run {args.source} (optimizer state: {args.optimizer_state}) into {out}; continue it with: "
-              + ("torchrun --nproc_per_node N -m " if sharded else "") + f"ligo train --out {out} --resume --steps N")
-        return 0
+        return _grow_run(args, plan, fit)
     if args.check_blocks is not None and data_config(args).data is None:
         from ..errors import LigoError
 
@@ -134,6 +118,27 @@ def run(args) -> int:
     if not set(result.tokenizer_files) & set(TOKENIZER_CORE):
         print(f"warning: {args.source} has no tokenizer files, so {result.out} has none either; copy the "
               "source's tokenizer there before training it", file=sys.stderr)
+    return 0
+
+
+def _grow_run(args, plan, fit) -> int:
+    """ligo grow RUN --optimizer-state: the run's newest checkpoint grown into a run folder that continues it."""
+    from ..rungrowth import grow_run
+
+    if args.device not in (None, "cpu"):
+        from ..errors import LigoError
+
+        raise LigoError(f"--device {args.device}: a live run is grown on the CPU (its checkpoint and optimizer "
+                        "state are read there); drop --device, or grow a finished model with --device")
+    target = parse_target(args.target) if args.target is not None else {}  # (a depth map says the layers)
+    out = grow_run(args.source, target, args.out, plan, optimizer_state=args.optimizer_state,
+                   fit=fit, overwrite=args.overwrite, data=data_config(args), inputs=[target_file(args.target)])
+    from ..rundir import latest_checkpoint
+    from ..sharding import SHARDS
+
+    sharded = (latest_checkpoint(out) / SHARDS).is_dir()  # (it trains sharded again: under a launch)
+    print(f"grew the run {args.source} (optimizer state: {args.optimizer_state}) into {out}; continue it with: "
+          + ("torchrun --nproc_per_node N -m " if sharded else "") + f"ligo train --out {out} --resume --steps N")
     return 0
 
 
