@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, build_model, decompose, fixed_kv, axis_sizes, perturbed, probe, \
     saved_shapes, tiny_config, value
