@@ -42,6 +42,8 @@ def expand_axis(op, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups:
     _, unit = op.src.units(tok)
     name = op.map_name(tok, gain)
     sel = None if torch.is_grad_enabled() else op.selection(name, absolute)
+    if sel is None and not torch.is_grad_enabled() and groups is not None and len(set(groups.tolist())) == 1:
+        sel = op.selection(name, absolute, group=int(groups[0]))  # (its layers' group may be a selection alone)
     if sel is not None:  # a selection: gather the source units, scale them (no matrix product)
         index, coef = sel
         if index.dim() == 1 or len(index) == 1:

@@ -335,16 +335,19 @@ class GrowthOperator(nn.Module):
         m = self.width[name]
         return m.abs() if absolute else m
 
-    def selection(self, name: str, absolute: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def selection(self, name: str, absolute: bool, group: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A width map whose every row has at most one nonzero entry (a copy, a split share, a zero row), as
-        (source unit, coefficient) per target unit and group, or None for a dense map. Applying it is an
-        index and a product, with the values of the matrix product (zeros' signs aside)."""
+        (source unit, coefficient) per target unit and group, or None for a dense map; with ``group``, that layer
+        group's map alone (the copies of the source's layers beside the random mixtures of new identity layers).
+        Applying it is an index and a product, with the values of the matrix product (zeros' signs aside)."""
         if name in self.compact:
             index, coef = self.compact[name]
             return index, coef.abs() if absolute else coef
-        key = (name, absolute)
+        key = (name, absolute, group)
         if key not in self._selections:
             m = self.width[name].detach()
+            m = m[group] if group is not None and m.dim() == 3 else m  # (a map of one group has no group axis)
             m = m.abs() if absolute else m
             if bool(((m != 0).sum(-1) <= 1).all()):
                 index = m.abs().argmax(-1)
