@@ -49,14 +49,14 @@ def _linear_axes(module) -> tuple[int, int] | None:
     return None
 
 
-def _roles(model, layer_list, ids) -> dict:
-    """Run ``model`` once with hooks: which projections of layer 0 read and write the residual stream, which norm
-    feeds the head, whether layers end in a norm (post-norm), the embedding's scale."""
+def _roles(model, layer_list, ids, row: int = 0) -> dict:
+    """Run ``model`` once with hooks: which projections of layer ``row`` read and write the residual stream, which
+    norm feeds the head, whether layers end in a norm (post-norm), the embedding's scale."""
     import torch
 
     seen: dict[str, tuple] = {}
     hooks = []
-    layer = layer_list[0]
+    layer = layer_list[row]
     named = dict(layer.named_modules())
 
     def keep(name):
@@ -158,14 +158,15 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     ids = torch.randint(0, TINY["vocab"], (1, 12), generator=torch.Generator().manual_seed(0))
-    roles = _roles(model, layer_list, ids)
-    modules = dict(model.named_modules())
     mem_layer = re.compile(re.escape(f"{prefix}.{layer_attr}") + r"\.(\d+)\.(.+)")
     base_prefix, layer_prefix, layer_re = _saved_prefixes(base, origin, mem_layer, prefix)
+    kinds = _layer_kinds(base, layer_re, small, keys)  # (None: every layer alike)
+    rows = sorted({min(r) for r in kinds["rows"].values()}) if kinds else [0]
+    roles = _merged_roles([_roles(model, layer_list, ids, row) for row in rows])
+    modules = dict(model.named_modules())
     tied = {_saved_name(h, origin): _saved_name(e, origin) for h, e in _tied(model, modules, roles).items()}
-    _check_alike_layers(base, layer_re)
     glob, layer, head, norms, zero, by_module = {}, {}, {}, [], set(), {}
-    for name in _reading_order(base, layer_re, origin, modules):
+    for name in _reading_order(base, layer_re, origin, modules, rows):
         shape, m, mem = base[name], layer_re.fullmatch(name), origin[name]
         module_name, _, leaf = mem.rpartition(".")
         rel = m.group(2) if m else name.removeprefix(base_prefix) if name.startswith(base_prefix) else name
@@ -182,7 +183,8 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
         by_module[mod_rel] = rel.rpartition(".")[0]
         source = roles["norm_source"].get(mod_rel) if m and _is_norm(module) else None
         if source is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1:
-            axes = [layer[f"{by_module[source]}.weight"][_linear_axes(modules[f"{prefix}.{layer_attr}.0.{source}"])[0]]]
+            row = int(mem_layer.fullmatch(mem).group(1))
+            axes = [layer[f"{by_module[source]}.weight"][_linear_axes(modules[f"{prefix}.{layer_attr}.{row}.{source}"])[0]]]
         else:
             axes = _axes(name, shape, module, module_name, mod_rel, leaf, bool(m), base, changed, small, keys, roles)
         if _is_norm(module) and leaf == "weight":
@@ -190,6 +192,7 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
         if m and _linear_axes(module) is not None and axes and axes[0] == "res":
             zero.add(rel.rpartition(".")[0])  # a new identity layer's writers of the stream start at zero
         (layer if m else glob if name.startswith(base_prefix) else head)[rel] = axes
+    layer, kind_layers = _split_by_kind(layer, kinds)
     layer_attr = layer_prefix.removesuffix("{i}.").rstrip(".")  # (the checkpoint's names from here on)
     roles = {**roles, "head_norm": _saved_name(f"{roles['head_norm']}.weight", origin).removesuffix(".weight")
              if roles["head_norm"] else None}
@@ -205,8 +208,11 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
              "norms": _norms(norms, roles)}
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
                                        {f"{base_prefix}{layer_attr}.0.{n}": axes for n, axes in layer.items()}))
-    if any(axes and axes[0] in ("exp", "exp.out") for axes in layer.values()):
-        table["config"].update(_experts_config(keys, small, layer))
+    if kinds:
+        table["kinds"] = {"by": kinds["by"], "layers": kind_layers}
+    every = {**layer, **{n: a for entries in kind_layers.values() for n, a in entries.items()}}
+    if any(axes and axes[0] in ("exp", "exp.out") for axes in every.values()):
+        table["config"].update(_experts_config(keys, small, every))
         table["router"] = {"normalized": "norm_topk_prob" if "norm_topk_prob" in small else True}
     scale = _embed_scale(model_type, small, keys, roles, table)
     if scale is not None:
@@ -343,15 +349,24 @@ def _tiny_model(model_type: str, small: dict, keys: dict):
     return model, prefix, layer_attr, layer_list
 
 
-def _reading_order(base: dict, layer_re, origin: dict, modules: dict) -> list[str]:
-    """The weights a table names (those outside the layers, layer 0's, expert 0's), projections first: a norm over a
-    projection's output (OLMo 2's q_norm) takes that projection's space."""
+def _reading_order(base: dict, layer_re, origin: dict, modules: dict, rows: list[int]) -> list[str]:
+    """The weights a table names (those outside the layers, the first layer of each kind's (``rows``), expert 0's),
+    projections first: a norm over a projection's output (OLMo 2's q_norm) takes that projection's space; one weight
+    of the layers once, from the first layer that holds it."""
     def is_norm(n: str) -> bool:
         module = modules.get(origin[n].rpartition(".")[0])
         return module is not None and _is_norm(module)
 
-    return sorted((n for n in base if (not (m := layer_re.fullmatch(n)) or m.group(1) == "0") and
-                   (not (x := EXPERT.fullmatch(n)) or x["e"] == "0")), key=is_norm)
+    seen, out = set(), []
+    for n in sorted(base, key=lambda n: (int(m.group(1)) if (m := layer_re.fullmatch(n)) else -1)):
+        m = layer_re.fullmatch(n)
+        if (m and int(m.group(1)) not in rows) or ((x := EXPERT.fullmatch(n)) and x["e"] != "0"):
+            continue
+        rel = m.group(2) if m else None
+        if rel is None or rel not in seen:
+            out.append(n)
+            seen.add(rel)
+    return sorted(out, key=is_norm)
 
 
 def _origins(model, saved) -> dict[str, str]:
@@ -400,18 +415,61 @@ def _saved_prefixes(base: dict, origin: dict, mem_layer, prefix: str) -> tuple[s
     return base_prefix, template.removeprefix(base_prefix), pattern
 
 
-def _check_alike_layers(base: dict, layer_re) -> None:
-    """Every layer holds the same weights (a table's layers of several kinds are beyond inference)."""
-    held: dict[str, set] = {}
+def _layer_kinds(base: dict, layer_re, small: dict, keys: dict) -> dict | None:
+    """Layers of two kinds (dense beside mixture-of-experts layers, or layers of another mixer): the rule the config
+    says them by, ``{"by": {"first_k" or "list": config key}, "rows": {kind: [layers]}}``, or None where every layer
+    holds the same weights. The first layers of one kind and the rest of another: a count the config states; else
+    a per-layer list of the config whose values part the layers alike."""
+    held: dict[int, frozenset] = {}
     for name in base:
         if m := layer_re.fullmatch(name):
             x = EXPERT.fullmatch(m.group(2))
-            held.setdefault(m.group(1), set()).add(f"{x['pre']}.{{e}}.{x['rest']}" if x else m.group(2))
-    kinds = {frozenset(v) for v in held.values()}
-    if len(kinds) > 1:
-        one, other = sorted(kinds, key=len)[:2]
-        raise NotInferred(f"its layers are of several kinds (some hold {sorted(other - one)[:2]}, others not), which "
-                          "only a hand table describes")
+            held[int(m.group(1))] = held.get(int(m.group(1)), frozenset()) | {
+                f"{x['pre']}.{{e}}.{x['rest']}" if x else m.group(2)}
+    groups: dict[frozenset, list[int]] = {}
+    for row in sorted(held):
+        groups.setdefault(held[row], []).append(row)
+    if len(groups) == 1:
+        return None
+    parts = sorted(groups.values())
+    layers = sorted(held)
+    for key, listed in small.items():  # a list naming each layer's kind
+        if isinstance(listed, list) and len(listed) == len(layers) and all(isinstance(v, str) for v in listed):
+            names = {listed[r[0]] for r in parts}
+            if len(names) == len(parts) and all(len({listed[i] for i in r}) == 1 for r in parts):
+                return {"by": {"list": key}, "rows": {listed[r[0]]: r for r in parts},
+                        "held": {listed[r[0]]: held[r[0]] for r in parts}}
+    if len(parts) == 2 and parts[0] == list(range(len(parts[0]))):
+        count = len(parts[0])
+        key = next((k for k, v in small.items() if v == count and isinstance(v, int) and not isinstance(v, bool)
+                    and any(w in k for w in ("dense", "first", "k_"))), None)
+        if key is not None:
+            return {"by": {"first_k": key}, "rows": {"first": parts[0], "rest": parts[1]},
+                    "held": {"first": held[parts[0][0]], "rest": held[parts[1][0]]}}
+    one, other = sorted(groups, key=len)[:2]
+    raise NotInferred(f"its layers are of several kinds (some hold {sorted(other - one)[:2]}, others not) by a rule "
+                      "its config does not say in a way inference reads")
+
+
+def _merged_roles(found: list[dict]) -> dict:
+    """The roles of the first layer of each kind, as one: the sets joined, the rest the first layer's."""
+    out = dict(found[0])
+    for other in found[1:]:
+        for key in ("reads", "writes", "norm_kinds"):
+            out[key] = out[key] | other[key]
+        out["norm_source"] = {**other["norm_source"], **out["norm_source"]}
+    return out
+
+
+def _split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict]:
+    """The layers' weights: those every kind holds, and those of each kind alone (read off the first layer of each
+    kind, whose entries ``layer`` has as it read them)."""
+    if not kinds:
+        return layer, {}
+    common = frozenset.intersection(*kinds["held"].values())
+    return ({n: a for n, a in layer.items() if n in common},
+            {kind: {n: a for n, a in layer.items() if n in held and n not in common}
+             for kind, held in kinds["held"].items()})
 
 
 def _expert_axes(name: str, shape: tuple, base: dict, changed: dict, ffn_size: int, stacked: bool = False

@@ -107,8 +107,12 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             if k in ("first_k_dense_replace", "num_dense_layers", "first_k_dense", "n_dense_layers"):
                 small[k] = min(v, len(rows) - 1)
-            elif k in ("rotary_dim", "rotary_emb_dim", "qk_rope_head_dim") and v > TINY["head_dim"]:
+            elif k in ("n_group", "topk_group", "num_expert_group", "topk_groups"):
+                small[k] = 1  # (expert groups within the tiny model's 4 experts)
+            elif k in ("rotary_dim", "rotary_emb_dim") and v > TINY["head_dim"]:
                 small[k] = TINY["head_dim"] // 2
+            elif k in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim") and v > TINY["head_dim"]:
+                small[k] = TINY["head_dim"]  # (latent attention's head parts: the tiny head size each)
         if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index
             small[k] = {i: c for i, c in v.items() if int(i) < len(rows)}
     built = config_object(model_type, small)  # a size the class derives and ignores the key of: fixed

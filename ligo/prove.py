@@ -86,6 +86,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
 
     from .config import GrowthPlan
     from .hf import known_config_keys
+    from .kinds import kinds_config
     from .maps import depth_plan, lossless_gaps
     from .operator import GrowthOperator
 
@@ -104,6 +105,8 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
         for key in spec.layer_lists:
             if isinstance(small.get(key), list) and key not in target:
                 tgt_config[key] = [small[key][j] for j in depth.sources]
+        if dims.kinds:  # a layer keeps its source layer's kind, as the config says it (as the Grower does)
+            tgt_config.update(kinds_config(spec.kinds, [dims.kinds[j] for j in depth.sources], model_type))
         tgt_dims = spec.dims(tgt_config)
         if factor != 2.0 and lossless_gaps(spec, plan, dims, tgt_dims, depth):
             return False  # not lossless by design at this ratio (LayerNorm, a norm over whole projections): said
@@ -209,9 +212,13 @@ def table_json(spec, model_type: str | None = None) -> dict:
            "head": {e.name: axes(e) for e in spec.entries if e.scope == "head"},
            "tied": spec.tied, "identity_zero": spec.identity_zero, "layer_lists": spec.layer_lists,
            "ignore": spec.ignore, "norms": spec.norms}
-    if any(e.kind for e in spec.entries) or spec.kinds:
-        raise LigoError(f"the {spec.model_types[0]} table has layers of several kinds, which ligo cannot yet write "
-                        "back as JSON for another type")
+    if spec.kinds:
+        if spec.kinds.get("also") or spec.kinds.get("pattern"):
+            raise LigoError(f"the {spec.model_types[0]} table's layers differ along two rules, which ligo cannot yet "
+                            "write back as JSON for another type")
+        out["kinds"] = {"by": spec.kinds["by"], "layers": {kind: {e.name: axes(e) for e in spec.entries
+                                                                  if e.kind == kind} for kind in spec.kinds["names"]},
+                        **{k: spec.kinds[k] for k in ("index_lists", "aliases") if spec.kinds.get(k)}}
     optional = {"embed_scale": spec.embed_scale, "router": spec.router, "fused": spec.fused, "upcycle": spec.upcycle,
                 "requires": spec.requires, "renamed": spec.renamed, "transposable": spec.transposable,
                 "trailing_layers": spec.trailing_layers, "ffn_rule": spec.ffn_rule}
