@@ -175,8 +175,8 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
             entry = f"{expert['pre']}.{{e}}.{expert['rest']}" if expert else rel  # (one expert's, or all stacked)
             size = value(small, keys, "moe_ffn") if isinstance(keys.get("moe_ffn"), str) else value(small, keys, "ffn")
             layer[entry] = _expert_axes(name, shape, base, changed, size, stacked=not expert)
-            if layer[entry][0] == "exp.out":
-                zero.add(entry.rpartition(".")[0])
+            if layer[entry][0] == "exp.out":  # (the module a table zeroes: a weight's, or a stacked parameter itself)
+                zero.add(entry.rpartition(".")[0] if entry.rpartition(".")[2] in ("weight", "bias") else entry)
             continue
         module = modules[module_name]
         mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
@@ -249,8 +249,10 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
             tokens.append("router")
         elif follows in ({"moe_ffn"}, {"shared_ffn"}) or (follows == {"ffn"} and isinstance(keys.get("moe_ffn"),
                                                                                            str)):
-            space = {"moe_ffn": "ffn", "shared_ffn": "sffn", "ffn": "dffn"}[next(iter(follows))]
-            tokens.append(space if write else space + ".in")
+            size = next(iter(follows))
+            space = {"moe_ffn": "ffn", "shared_ffn": "sffn", "ffn": "dffn"}[size]
+            parts = max(1, dim // value(small, keys, size)) if value(small, keys, size) else 1  # (gate and up fused)
+            tokens.append("+".join([space if write else space + ".in"] * parts))
         elif follows == {"ffn"}:
             parts = next((o[2] for o in decompose(name, axis, base, changed, small, keys) if o[2] and not any(
                 o[:2]) and not o[3]), 1)
