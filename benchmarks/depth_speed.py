@@ -9,7 +9,9 @@ resident memory read from the kernel (wait4):
   compared byte for byte;
 * ``expand``: LLaMA-Pro's block expansion (``--depth-map expand:4``, 16 -> 20 layers), which mergekit says as
   zero-scaled slices (run too, and compared);
-* ``wide``: width and depth at once with the lossless selection plan (split + identity) into 3072 wide, 24 layers.
+* ``wide``: width and depth at once with the lossless selection plan (split + identity) into 3072 wide, 24 layers;
+* ``wide-1b``: issue 44's case, a random bf16 Llama of 1.15B (2048 wide, 20 layers, an untied 49K vocabulary) grown
+  the same way into 3072 wide, 24 layers, FFN 9216 (2.9B).
 
 Beside each, the physical floor of the same work on the same disk: reading the source's files and writing the
 target's bytes (``floor_s``), so ``ligo_s / floor_s`` says how close to the disk ligo runs. Dirty pages are
@@ -33,14 +35,18 @@ from pathlib import Path
 
 SOURCE = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
               intermediate_size=8192, vocab_size=128256)
+# issue 44's second case: 1.15B (2048 wide, 20 layers, an untied 49K vocabulary) grown to 3072 wide, 24 layers
+SOURCE_B = dict(hidden_size=2048, num_hidden_layers=20, num_attention_heads=32, num_key_value_heads=8,
+                intermediate_size=6144, vocab_size=49152, tie_word_embeddings=False)
+TARGET_B = {"hidden": 3072, "layers": 24, "heads": 48, "kv_heads": 12, "ffn": 9216}
 ZERO = {"scale": [{"filter": "o_proj", "value": 0.0}, {"filter": "down_proj", "value": 0.0}, {"value": 1.0}]}
 
 
-def make_source(path: Path) -> int:
+def make_source(path: Path, config: dict = SOURCE) -> int:
     """The source, made in a process of its own: a child forked from a process that held the model would
     report the parent's memory as its own peak (Linux keeps the high-water mark across fork and exec)."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from grow_speed import make_source; "
-            f"print(make_source({SOURCE!r}, __import__('pathlib').Path({str(path)!r})))")
+            f"print(make_source({config!r}, __import__('pathlib').Path({str(path)!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.split()[-1])
 
@@ -105,7 +111,8 @@ def same_tensors(a: Path, b: Path) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=["solar", "expand", "wide"], choices=["solar", "expand", "wide"])
+    ap.add_argument("--cases", nargs="+", default=["solar", "expand", "wide", "wide-1b"],
+                    choices=["solar", "expand", "wide", "wide-1b"])
     ap.add_argument("--workdir", help="where the source and outputs go (default: a temporary directory)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -114,19 +121,21 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     ligo, mergekit = str(bin_dir / "ligo"), shutil.which("mergekit-yaml", path=str(bin_dir))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ligo-depth-speed-"))
-    src = work / "src"
-    params = make_source(src) if not (src / "config.json").exists() else None
-    src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    params = {}
     rows = []
     for case in args.cases:
+        src = work / ("src-1b" if case == "wide-1b" else "src")
+        if not (src / "config.json").exists():
+            params[src.name] = make_source(src, SOURCE_B if case == "wide-1b" else SOURCE)
+        src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
         out_l, out_m = work / f"{case}-ligo", work / f"{case}-mergekit"
         for d in (out_l, out_m):
             shutil.rmtree(d, ignore_errors=True)
         row = {"case": case}
-        if case == "wide":
-            cmd = [ligo, "grow", str(src), "--target", json.dumps({"hidden": 3072, "layers": 24, "heads": 48,
-                                                                   "kv_heads": 12}),
-                   "--width", "split", "--depth", "identity", "--max-shard-size", "2GB", "--out", str(out_l)]
+        if case in ("wide", "wide-1b"):
+            target = TARGET_B if case == "wide-1b" else {"hidden": 3072, "layers": 24, "heads": 48, "kv_heads": 12}
+            cmd = [ligo, "grow", str(src), "--target", json.dumps(target), "--width", "split", "--depth", "identity",
+                   "--max-shard-size", "2GB", "--out", str(out_l)]
         else:
             ranges = [(0, 12), (4, 16)] if case == "solar" else [r for s in range(0, 16, 4)
                                                                  for r in ((s, s + 4), (s + 3, s + 4))]
@@ -156,7 +165,7 @@ def main() -> None:
     import torch
 
     meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "source": SOURCE, "source_params": params, "rows": rows}
+            "source": SOURCE, "source_b": SOURCE_B, "target_b": TARGET_B, "source_params": params, "rows": rows}
     print("| case | ligo | peak RSS | mergekit | peak RSS | same tensors | floor (read + write) | ligo / floor |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -45,7 +45,7 @@ def make_source(cfg: dict, path: Path) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**cfg, max_position_embeddings=2048, tie_word_embeddings=True, head_dim=64)
+    config = LlamaConfig(**{"max_position_embeddings": 2048, "tie_word_embeddings": True, "head_dim": 64, **cfg})
     torch.manual_seed(0)
     with torch.device("cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
