@@ -264,3 +264,16 @@ def test_the_fit_with_gradient_checkpointing_matches(sources, blocks):
                           grad_checkpointing=checkpointing, progress=False)
         runs.append([r["loss"] for r in g.fit(cfg=cfg, blocks=blocks).history])
     assert max(abs(a - b) for a, b in zip(*runs)) < 1e-5, runs
+
+
+@pytest.mark.parametrize("shape,axis", [((64,), 0), ((64, 5), 0), ((5, 64), 1), ((3, 64, 4), 1), ((2, 3, 64), 2)])
+def test_fast_index_select_equals_torchs(shape, axis):
+    """The copy maps' gather (runs of consecutive units moved as slices, else flattened kernels) gives
+    exactly ``index_select``'s values, for indices made of runs, of scattered units and of one unit."""
+    from ligo.apply import _index_select
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    n = shape[axis]
+    for index in ([*range(n), *range(5)], [*range(40, 64), *range(0, 40), 11], torch.randperm(n).tolist(), [3],
+                  [*range(n)] * 3, [*range(8, 16), *range(0, 8)] * 4):
+        index = torch.tensor(index)
+        assert torch.equal(_index_select(w, axis, index), w.index_select(axis, index)), index
