@@ -185,14 +185,16 @@ class Grower:
         sources = self.depth.sources
         if len(sources) != self.target_dims.layers:
             return  # (the operator says what is wrong)
+        carried = set()  # (a list that says the kinds, carried layer by layer, keeps the source's own names)
         for key in self.spec.layer_lists:
             old = self.source.config.get(key)
             if key not in target and isinstance(old, list) and len(old) == self.source.dims.layers:
                 self.target_config[key] = [old[j] for j in sources]
+                carried.add(key)
         if self.source.dims.kinds:
             kinds = [self.source.dims.kinds[j] for j in sources]
             for key, value in kinds_config(self.spec.kinds, kinds, self.spec.model_type).items():
-                if key not in target:
+                if key not in target and key not in carried:
                     self.target_config[key] = value
             self.target_dims = self.spec.dims(self.target_config, where="target")
 

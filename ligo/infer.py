@@ -14,6 +14,8 @@ For a ``model_type`` without a hand table, the table is derived from the model i
    normalizes a projection's output, whether each layer ends in a norm, by how much the embedding's rows are
    multiplied on their way to the first layer; a fresh model's gains say whether a norm stores ``1 + w``.
 
+A layer module inference cannot read (multi-head latent attention's per-head parts, a short convolution's fused
+input) borrows its weights' axes from a hand table whose module of the same name holds them (:mod:`ligo.borrow`).
 Where shapes cannot decide (a fused projection's layout), :func:`infer_table` returns the candidates in order, and
 :func:`ligo.prove.table_for` keeps the first whose lossless growth reproduces the tiny model. A structure the rules
 do not cover raises :class:`ligo.probe.NotInferred`, naming the weight or the operation.
@@ -24,10 +26,13 @@ from __future__ import annotations
 import json
 import re
 
+from .borrow import lend
+from .kinds import layer_kinds_of, split_by_kind
+from .spaces import FIXED
 from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, build_model, decompose, fixed_kv, axis_sizes, perturbed, probe, \
     saved_shapes, tiny_config, value
 
-RULES = 1  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
+RULES = 2  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 
 
 
@@ -55,6 +60,7 @@ def _roles(model, layer_list, ids, row: int = 0) -> dict:
     import torch
 
     seen: dict[str, tuple] = {}
+    calls: dict[str, tuple] = {}
     hooks = []
     layer = layer_list[row]
     named = dict(layer.named_modules())
@@ -65,6 +71,7 @@ def _roles(model, layer_list, ids, row: int = 0) -> dict:
                 (v for v in kwargs.values() if isinstance(v, torch.Tensor)), None))
             y = output[0] if isinstance(output, tuple) else output
             seen[name] = (x, y if isinstance(y, torch.Tensor) else None)
+            calls[name] = (args, kwargs)  # (a gated norm takes its gate beside the input)
         return hook
 
     def watch(module, name):
@@ -113,19 +120,33 @@ def _roles(model, layer_list, ids, row: int = 0) -> dict:
     # scaled embedding, or after it); None where the first layer's input is no multiple of the rows
     rows = embed.weight[ids].detach()
     scale = _multiple(layer_in, rows) if layer_in is not None and layer_in.shape == rows.shape else None
-    # what each norm computes: a LayerNorm subtracts the mean (a shifted input gives the same output), RMSNorm not
-    kinds = set()
     every = {**{n: m for n, m in named.items() if _is_norm(m)},
              **{"<outer>" + n: m for n, m in model.named_modules() if _is_norm(m) and id(m) not in inner}}
-    with torch.no_grad():
-        for name, module in every.items():
-            x = seen.get(name, (None, None))[0]
-            if x is not None and x.dtype.is_floating_point:
-                kinds.add("layer" if torch.allclose(module(x), module(x + 3.0), atol=1e-4) else "rms")
+    kinds = _norm_kinds(every, seen, calls)
     head_gain = head_norm is not None and getattr(dict(model.named_modules())[head_norm], "weight", None) is not None
     return {"reads": reads, "writes": writes, "head_norm": head_norm, "head_gain": head_gain, "post": post,
             "embed_scale": scale,
             "norm_source": {n: p for n, p in norm_source.items() if p is not None}, "norm_kinds": kinds}
+
+
+def _norm_kinds(norms: dict, seen: dict, calls: dict) -> dict:
+    """What each norm computes (its name in the layer, or ``<outer>`` and its name -> ``layer`` or ``rms``), each
+    called again as the model called it: a LayerNorm subtracts the mean (a shifted input gives the same output),
+    RMSNorm not."""
+    import torch
+
+    kinds = {}
+    with torch.no_grad():
+        for name, module in norms.items():
+            x = seen.get(name, (None, None))[0]
+            if x is not None and x.dtype.is_floating_point:
+                args, kwargs = calls[name]
+
+                def run(v):  # (the norm called as the model called it, its input replaced by v)
+                    return module(*[v if a is x else a for a in args], **{k: v if a is x else a
+                                                                           for k, a in kwargs.items()})
+                kinds[name] = "layer" if torch.allclose(run(x), run(x + 3.0), atol=1e-4) else "rms"
+    return kinds
 
 
 def _multiple(a, b) -> float | None:
@@ -139,11 +160,10 @@ def _multiple(a, b) -> float | None:
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
-def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
+def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[dict]]:
     """A table for ``model_type`` read off its class (see the module docstring), and the candidates for what shapes
-    cannot decide (each a table to prove, the first the most likely). Raises :class:`NotInferred`."""
-    import torch
-
+    cannot decide (each a table to prove, the first the most likely); ``donors``: hand tables that may lend a layer
+    module inference cannot read (:mod:`ligo.borrow`). Raises :class:`NotInferred`."""
     small, keys = tiny_config(model_type, config)
     base, changed = probe(model_type, small, keys)
     if "head_dim" in changed and changed.pop("head_dim") == base:  # a head_dim key the class ignores: the head
@@ -152,20 +172,15 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
         keys = fixed_kv(base, changed, small, keys)               # multi-query flag), or as many as the heads
     model, prefix, layer_attr, layer_list = _tiny_model(model_type, small, keys)
     origin = _origins(model, base)  # a checkpoint key -> the tensor the model holds it in
-    fresh = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    ids = torch.randint(0, TINY["vocab"], (1, 12), generator=torch.Generator().manual_seed(0))
+    fresh, ids = _moved_gains(model)
     mem_layer = re.compile(re.escape(f"{prefix}.{layer_attr}") + r"\.(\d+)\.(.+)")
     base_prefix, layer_prefix, layer_re = _saved_prefixes(base, origin, mem_layer, prefix)
-    kinds = _layer_kinds(base, layer_re, small, keys)  # (None: every layer alike)
+    kinds = layer_kinds_of(base, layer_re, small)  # (None: every layer alike)
     rows = sorted({min(r) for r in kinds["rows"].values()}) if kinds else [0]
     roles = _merged_roles([_roles(model, layer_list, ids, row) for row in rows])
     modules = dict(model.named_modules())
     tied = {_saved_name(h, origin): _saved_name(e, origin) for h, e in _tied(model, modules, roles).items()}
-    glob, layer, head, norms, zero, by_module = {}, {}, {}, [], set(), {}
+    glob, layer, head, norms, zero, by_module, lent = {}, {}, {}, [], set(), {}, {"axes": {}, "config": {}}
     for name in _reading_order(base, layer_re, origin, modules, rows):
         shape, m, mem = base[name], layer_re.fullmatch(name), origin[name]
         module_name, _, leaf = mem.rpartition(".")
@@ -186,13 +201,16 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
             row = int(mem_layer.fullmatch(mem).group(1))
             axes = [layer[f"{by_module[source]}.weight"][_linear_axes(modules[f"{prefix}.{layer_attr}.{row}.{source}"])[0]]]
         else:
-            axes = _axes(name, shape, module, module_name, mod_rel, leaf, bool(m), base, changed, small, keys, roles)
+            axes = _axes_or_lent(lent, donors, m, layer_re, name, shape, module, module_name, mod_rel, leaf, base,
+                                 changed, small, keys, roles)
         if _is_norm(module) and leaf == "weight":
-            norms.append((rel, module, fresh[mem]))
+            norms.append((rel, module, fresh[mem], axes, mod_rel if m else "<outer>" + module_name))
         if m and _linear_axes(module) is not None and axes and axes[0] == "res":
             zero.add(rel.rpartition(".")[0])  # a new identity layer's writers of the stream start at zero
         (layer if m else glob if name.startswith(base_prefix) else head)[rel] = axes
-    layer, kind_layers = _split_by_kind(layer, kinds)
+    layer.update({n: a for n, a in lent["axes"].items() if n in layer})  # (a lent module: all its weights)
+    every = dict(layer)  # (every layer weight, of any kind)
+    layer, kind_layers = split_by_kind(layer, kinds)
     layer_attr = layer_prefix.removesuffix("{i}.").rstrip(".")  # (the checkpoint's names from here on)
     roles = {**roles, "head_norm": _saved_name(f"{roles['head_norm']}.weight", origin).removesuffix(".weight")
              if roles["head_norm"] else None}
@@ -208,9 +226,9 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
              "norms": _norms(norms, roles)}
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
                                        {f"{base_prefix}{layer_attr}.0.{n}": axes for n, axes in layer.items()}))
-    if kinds:
-        table["kinds"] = {"by": kinds["by"], "layers": kind_layers}
-    every = {**layer, **{n: a for entries in kind_layers.values() for n, a in entries.items()}}
+    table["config"].update({g: k for g, k in lent["config"].items() if g not in table["config"]})
+    if kind_layers:
+        table["kinds"] = kind_layers
     if any(axes and axes[0] in ("exp", "exp.out") for axes in every.values()):
         table["config"].update(_experts_config(keys, small, every))
         table["router"] = {"normalized": "norm_topk_prob" if "norm_topk_prob" in small else True}
@@ -218,6 +236,35 @@ def infer_table(model_type: str, config: dict) -> tuple[dict, list[dict]]:
     if scale is not None:
         table["embed_scale"] = scale
     return table, _candidates(table)
+
+
+def _moved_gains(model):
+    """The tiny model's fresh weights, and token ids to run it on, after moving its gains and biases off their
+    initial values (so that a norm's gain and an offset gain are told apart, and no weight is a neutral one)."""
+    import torch
+
+    fresh = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return fresh, torch.randint(0, TINY["vocab"], (1, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _axes_or_lent(lent: dict, donors, m, layer_re, name, shape, module, module_name, mod_rel, leaf, base, changed,
+                  small, keys, roles) -> list[str]:
+    """The axes of one weight (:func:`_axes`), or where inference cannot read a layer weight, its module's weights'
+    axes as a hand table holds them (:func:`ligo.borrow.lend`), gathered in ``lent`` with that table's config keys."""
+    try:
+        return _axes(name, shape, module, module_name, mod_rel, leaf, bool(m), base, changed, small, keys, roles)
+    except NotInferred:
+        held = {x.group(2) for n in base if (x := layer_re.fullmatch(n)) and x.group(1) == m.group(1)} if m else ()
+        found = lend(m.group(2), held, donors, small) if m else None
+        if found is None:
+            raise
+        lent["axes"].update(found[0])
+        lent["config"].update(found[1])
+        return found[0][m.group(2)]
 
 
 _QKV = {"q": re.compile(r"(q|query|q_proj|wq|to_q)"), "k": re.compile(r"(k|key|k_proj|wk|to_k)"),
@@ -271,8 +318,8 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
     fused projection of several, told apart by the sizes it follows and by what the projection reads and writes."""
     options = [o for o in decompose(name, axis, base, changed, small, keys) if not o[2]]
     stream_like = (0, 0, 0, 1) in options
-    if lin is None and dim == small[keys["heads"]] and "heads" in follows:
-        return "q.head"  # one value per query head (an attention sink, a per-head gate)
+    if dim == small[keys["heads"]] and "heads" in follows and (lin is None or write):
+        return "q.head"  # one value (or one row) per query head (an attention sink, a per-head output gate)
     if lin is None:  # a norm's gain or bias, a scalar per unit, an embedding
         if stream_like:
             return "res.in" if mod_name == roles["head_norm"] else "res"
@@ -323,13 +370,17 @@ def _grouped(small: dict, keys: dict) -> bool:
 
 def _norms(norms: list, roles: dict) -> dict:
     """The norms' numerics: LayerNorm or RMSNorm (as they compute, :func:`_roles`), a gain stored as ``1 + w`` (a
-    fresh model's gains are zero), whether the stream is normalized after each layer; every norm weight is a gain."""
-    kinds = roles["norm_kinds"] or {"rms"}
-    zeros = {bool((w == 0).all()) for _, _, w in norms} or {False}
+    fresh model's gains are zero), whether the stream is normalized after each layer; every norm weight is a gain.
+    A norm over axes that never grow (a sparse-attention indexer's key norm) is the same function after growth,
+    whatever it computes: only the others must agree."""
+    grown = [(n, m, w) for n, m, w, axes, _ in norms if any(t not in FIXED for t in axes)]
+    kept = {key for _, _, _, axes, key in norms if all(t in FIXED for t in axes)}  # (weightless norms are measured)
+    kinds = {kind for key, kind in roles["norm_kinds"].items() if key not in kept} or {"rms"}
+    zeros = {bool((w == 0).all()) for _, _, w in grown} or {False}
     if len(kinds) > 1 or len(zeros) > 1:
         raise NotInferred("its norms differ in what they compute (LayerNorm and RMSNorm) or in how they store their "
-                          "gains (" + ", ".join(f"{n}: {type(m).__name__}" for n, m, _ in norms) + ")")
-    return {"type": kinds.pop(), "offset": 1.0 if zeros.pop() else 0.0, "gains": [n for n, _, _ in norms],
+                          "gains (" + ", ".join(f"{n}: {type(m).__name__}" for n, m, _ in grown) + ")")
+    return {"type": kinds.pop(), "offset": 1.0 if zeros.pop() else 0.0, "gains": [n for n, *_ in norms],
             "stream": "post" if roles["post"] else "pre"}
 
 
@@ -417,42 +468,6 @@ def _saved_prefixes(base: dict, origin: dict, mem_layer, prefix: str) -> tuple[s
     return base_prefix, template.removeprefix(base_prefix), pattern
 
 
-def _layer_kinds(base: dict, layer_re, small: dict, keys: dict) -> dict | None:
-    """Layers of two kinds (dense beside mixture-of-experts layers, or layers of another mixer): the rule the config
-    says them by, ``{"by": {"first_k" or "list": config key}, "rows": {kind: [layers]}}``, or None where every layer
-    holds the same weights. The first layers of one kind and the rest of another: a count the config states; else
-    a per-layer list of the config whose values part the layers alike."""
-    held: dict[int, frozenset] = {}
-    for name in base:
-        if m := layer_re.fullmatch(name):
-            x = EXPERT.fullmatch(m.group(2))
-            held[int(m.group(1))] = held.get(int(m.group(1)), frozenset()) | {
-                f"{x['pre']}.{{e}}.{x['rest']}" if x else m.group(2)}
-    groups: dict[frozenset, list[int]] = {}
-    for row in sorted(held):
-        groups.setdefault(held[row], []).append(row)
-    if len(groups) == 1:
-        return None
-    parts = sorted(groups.values())
-    layers = sorted(held)
-    for key, listed in small.items():  # a list naming each layer's kind
-        if isinstance(listed, list) and len(listed) == len(layers) and all(isinstance(v, str) for v in listed):
-            names = {listed[r[0]] for r in parts}
-            if len(names) == len(parts) and all(len({listed[i] for i in r}) == 1 for r in parts):
-                return {"by": {"list": key}, "rows": {listed[r[0]]: r for r in parts},
-                        "held": {listed[r[0]]: held[r[0]] for r in parts}}
-    if len(parts) == 2 and parts[0] == list(range(len(parts[0]))):
-        count = len(parts[0])
-        key = next((k for k, v in small.items() if v == count and isinstance(v, int) and not isinstance(v, bool)
-                    and any(w in k for w in ("dense", "first", "k_"))), None)
-        if key is not None:
-            return {"by": {"first_k": key}, "rows": {"first": parts[0], "rest": parts[1]},
-                    "held": {"first": held[parts[0][0]], "rest": held[parts[1][0]]}}
-    one, other = sorted(groups, key=len)[:2]
-    raise NotInferred(f"its layers are of several kinds (some hold {sorted(other - one)[:2]}, others not) by a rule "
-                      "its config does not say in a way inference reads")
-
-
 def _merged_roles(found: list[dict]) -> dict:
     """The roles of the first layer of each kind, as one: the sets joined, the rest the first layer's."""
     out = dict(found[0])
@@ -461,17 +476,6 @@ def _merged_roles(found: list[dict]) -> dict:
             out[key] = out[key] | other[key]
         out["norm_source"] = {**other["norm_source"], **out["norm_source"]}
     return out
-
-
-def _split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict]:
-    """The layers' weights: those every kind holds, and those of each kind alone (read off the first layer of each
-    kind, whose entries ``layer`` has as it read them)."""
-    if not kinds:
-        return layer, {}
-    common = frozenset.intersection(*kinds["held"].values())
-    return ({n: a for n, a in layer.items() if n in common},
-            {kind: {n: a for n, a in layer.items() if n in held and n not in common}
-             for kind, held in kinds["held"].items()})
 
 
 def _expert_axes(name: str, shape: tuple, base: dict, changed: dict, ffn_size: int, stacked: bool = False

@@ -113,6 +113,8 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
                 small[k] = TINY["head_dim"] // 2
             elif k in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim") and v > TINY["head_dim"]:
                 small[k] = TINY["head_dim"]  # (latent attention's head parts: the tiny head size each)
+            elif k == "index_topk":
+                small[k] = min(v, 4)  # (a sparse-attention indexer chooses among the proof's 16 tokens)
         if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index
             small[k] = {i: c for i, c in v.items() if int(i) < len(rows)}
     built = config_object(model_type, small)  # a size the class derives and ignores the key of: fixed

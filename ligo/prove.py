@@ -106,7 +106,8 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
             if isinstance(small.get(key), list) and key not in target:
                 tgt_config[key] = [small[key][j] for j in depth.sources]
         if dims.kinds:  # a layer keeps its source layer's kind, as the config says it (as the Grower does)
-            tgt_config.update(kinds_config(spec.kinds, [dims.kinds[j] for j in depth.sources], model_type))
+            tgt_config.update({k: v for k, v in kinds_config(spec.kinds, [dims.kinds[j] for j in depth.sources],
+                                                             model_type).items() if k not in spec.layer_lists})
         tgt_dims = spec.dims(tgt_config)
         if factor != 2.0 and lossless_gaps(spec, plan, dims, tgt_dims, depth):
             return False  # not lossless by design at this ratio (LayerNorm, a norm over whole projections): said
@@ -130,10 +131,11 @@ def transformers_model(path: str):
 
 
 # -- the one entry point: a proved table for a model_type without one ---------------------------------------------
-def table_for(model_type: str, config: dict, candidates: Iterable = (), *, read):
+def table_for(model_type: str, config: dict, candidates: Iterable = (), *, read, donors: Iterable = ()):
     """The table of ``model_type``: a proved one from the cache, else inferred (and each hand table of
     ``candidates``, whose names and shapes fit) and proved now, then cached. ``read``: the table reader
-    (:func:`ligo.tables.read_table`, which calls this). Raises one :class:`LigoError` saying what was tried and how
+    (:func:`ligo.tables.read_table`, which calls this); ``donors``: the hand tables that may lend inference a layer
+    module (:mod:`ligo.borrow`). Raises one :class:`LigoError` saying what was tried and how
     far each was off."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -154,7 +156,7 @@ def table_for(model_type: str, config: dict, candidates: Iterable = (), *, read)
     tried = []
     options: list[tuple[str, object]] = []
     try:
-        table, variants = infer_table(model_type, config)
+        table, variants = infer_table(model_type, config, donors)
         options += [(f"inferred{'' if i == 0 else ' (variant ' + str(i) + ')'}", read_table(t, source="inferred"))
                     for i, t in enumerate(variants)]
     except NotInferred as exc:
@@ -212,13 +214,14 @@ def table_json(spec, model_type: str | None = None) -> dict:
            "head": {e.name: axes(e) for e in spec.entries if e.scope == "head"},
            "tied": spec.tied, "identity_zero": spec.identity_zero, "layer_lists": spec.layer_lists,
            "ignore": spec.ignore, "norms": spec.norms}
+    def kinds_json(rules: dict) -> dict:
+        return {"by": rules["by"], "layers": {kind: {e.name: axes(e) for e in spec.entries if e.kind == kind}
+                                              for kind in rules["names"]},
+                **{k: rules[k] for k in ("index_lists", "aliases", "pattern") if rules.get(k)},
+                **({"also": kinds_json(rules["also"])} if rules.get("also") else {})}
+
     if spec.kinds:
-        if spec.kinds.get("also") or spec.kinds.get("pattern"):
-            raise LigoError(f"the {spec.model_types[0]} table's layers differ along two rules, which ligo cannot yet "
-                            "write back as JSON for another type")
-        out["kinds"] = {"by": spec.kinds["by"], "layers": {kind: {e.name: axes(e) for e in spec.entries
-                                                                  if e.kind == kind} for kind in spec.kinds["names"]},
-                        **{k: spec.kinds[k] for k in ("index_lists", "aliases") if spec.kinds.get(k)}}
+        out["kinds"] = kinds_json(spec.kinds)
     optional = {"embed_scale": spec.embed_scale, "router": spec.router, "fused": spec.fused, "upcycle": spec.upcycle,
                 "requires": spec.requires, "renamed": spec.renamed, "transposable": spec.transposable,
                 "trailing_layers": spec.trailing_layers, "ffn_rule": spec.ffn_rule}

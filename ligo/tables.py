@@ -268,7 +268,8 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
             continue
         fits.append((len({e.name for e in spec.entries} - {m.entry.name for m in layout.values()}), spec.source, spec))
     fitting = [spec for missing, _, spec in sorted(fits, key=lambda f: f[:2]) if missing == min(fits)[0]]
-    spec = table_for(model_type, config, fitting, read=read_table)
+    spec = table_for(model_type, config, fitting, read=read_table,
+                     donors=list({id(s): s for s in _REGISTRY.values()}.values()))
     spec = replace(spec, model_type=model_type)
     spec.layout(keys, spec.dims(config), config)  # the checkpoint's own keys: the table must name them all
     return spec

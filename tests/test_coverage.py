@@ -20,8 +20,12 @@ _spec.loader.exec_module(coverage)
 
 # one type of each structure inference reads: Llama-like with other names (apertus: XIELU's scalars and buffers),
 # a derived head size (helium), multi-query fused q/k/v (falcon, gpt_bigcode), parameter-less LayerNorm (olmo), LayerNorm
-# without a bias and parallel blocks (cohere2), biases everywhere (starcoder2), a partial-rotary parallel block (phi)
-SAMPLE = ("apertus", "helium", "falcon", "gpt_bigcode", "olmo", "cohere2", "starcoder2", "phi")
+# without a bias and parallel blocks (cohere2), biases everywhere (starcoder2), a partial-rotary parallel block (phi);
+# layers of kinds named by a list whose values share weights, a short convolution lent by the lfm2 table and a
+# per-head output gate (lfm3); latent attention lent by the deepseek_v3 table beside a sparse-attention indexer whose
+# choice of 4 of the proof's 16 tokens is read (deepseek_v32); MoE layers from a start index (ernie4_5_moe)
+SAMPLE = ("apertus", "helium", "falcon", "gpt_bigcode", "olmo", "cohere2", "starcoder2", "phi", "lfm3", "deepseek_v32",
+          "ernie4_5_moe")
 
 
 @pytest.mark.parametrize("model_type", SAMPLE)
@@ -53,3 +57,25 @@ def test_an_inferred_table_is_checked_as_hand_tables_are(tmp_path, corpus, token
                                                                           warmup=1, eval_every=2, eval_batches=1,
                                                                           progress=False))
     assert res.loop.evals[-1]["val_loss"] < res.loop.evals[0]["val_loss"]
+
+
+def test_layer_kinds_are_read_off_the_weights_each_layer_holds():
+    """The rule a config says its layers' kinds by, from which weights each layer holds: one list (values holding the
+    same weights one kind, by aliases), two lists (each weight follows one), a count of first layers, or none."""
+    from ligo.kinds import infer_rules
+
+    attn, conv, dense, moe = frozenset({"attn.q"}), frozenset({"conv.in"}), frozenset({"mlp.up"}), frozenset({"e.up"})
+    norm = frozenset({"norm"})
+    one = infer_rules({0: norm | conv, 1: norm | attn, 2: norm | attn},
+                      {"layer_types": ["conv", "full", "sliding"], "other": ["a", "b", "a"]})
+    assert one["rules"] == [("list", "layer_types", {"conv": conv, "full": attn}, {"sliding": "full"})]
+    assert one["rows"] == {"conv": [0], "full": [1, 2]}
+    two = infer_rules({0: norm | conv | dense, 1: norm | conv | moe, 2: norm | attn | moe},
+                      {"layer_types": ["lin", "lin", "full"], "mlp_layer_types": ["dense", "sparse", "sparse"]})
+    assert [(r[1], r[2]) for r in two["rules"]] == [("layer_types", {"lin": conv, "full": attn}),
+                                                    ("mlp_layer_types", {"dense": dense, "sparse": moe})]
+    assert two["rows"] == {"lin/dense": [0], "lin/sparse": [1], "full/sparse": [2]}
+    first = infer_rules({0: norm | dense, 1: norm | moe, 2: norm | moe}, {"moe_layer_start_index": 1})
+    assert first["rules"] == [("first_k", "moe_layer_start_index", {"first": dense, "rest": moe}, {})]
+    assert infer_rules({0: norm | dense, 1: norm | dense}, {}) is None
+    assert infer_rules({0: norm | moe, 1: norm | dense, 2: norm | moe}, {"first_k_dense": 1}) is None  # (no rule)

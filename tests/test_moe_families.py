@@ -235,9 +235,6 @@ def test_multi_token_prediction_layers_are_left_out_and_said(new_sources, tmp_pa
 _SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
               max_position_embeddings=128)
 REFUSED = {  # tiny random models of the types ligo has no table for, and a word of the reason it gives
-    "deepseek_v32": (dict(_SMALL, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, q_lora_rank=32,
-                          kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
-                          first_k_dense_replace=1, n_group=1, topk_group=1), "indexer"),
     "gemma4_text": (dict(_SMALL, head_dim=16, hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB),
                     "per-layer embeddings"),
 }
