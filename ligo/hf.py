@@ -26,7 +26,7 @@ def build_config(config: dict):
 
     from huggingface_hub.errors import StrictDataclassError
 
-    data = {k: _special_floats(v) for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map")}
+    data = {k: special_floats(v) for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map")}
     try:
         return transformers.AutoConfig.for_model(config["model_type"], **data)
     except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:
@@ -38,14 +38,14 @@ def build_config(config: dict):
 _FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
 
 
-def _special_floats(value):
+def special_floats(value):
     """A config.json value with the floats JSON cannot hold decoded (transformers writes Granite 4's infinite
     ``time_step_limit`` as ``{"__float__": "Infinity"}``)."""
     if isinstance(value, dict):
         if set(value) == {"__float__"} and value["__float__"] in _FLOATS:
             return _FLOATS[value["__float__"]]
-        return {k: _special_floats(v) for k, v in value.items()}
-    return [_special_floats(v) for v in value] if isinstance(value, list) else value
+        return {k: special_floats(v) for k, v in value.items()}
+    return [special_floats(v) for v in value] if isinstance(value, list) else value
 
 
 def known_config_keys(model_type: str) -> set[str]:

@@ -29,7 +29,7 @@ import re
 from .borrow import lend
 from .kinds import layer_kinds_of, split_by_kind
 from .spaces import FIXED
-from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, build_model, decompose, fixed_kv, axis_sizes, perturbed, probe, \
+from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, build_model, config_object, decompose, fixed_kv, axis_sizes, perturbed, probe, \
     saved_shapes, tiny_config, value
 
 RULES = 2  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
@@ -220,8 +220,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
                                                                "ffn", "vocab", "positions", "tie")},
              "base_prefix": base_prefix, "layer_prefix": layer_prefix, "globals": glob, "layer": layer,
              "head": head, "tied": tied, "identity_zero": sorted(zero),
-             "layer_lists": sorted(k for k, v in small.items() if isinstance(v, list) and
-                                   len(v) == small[keys["layers"]] and small[keys["layers"]] > 1),
+             "layer_lists": _per_layer_lists(model_type, config, small, keys),
              "ignore": _buffers(model, f"{prefix}.", layer_attr),
              "norms": _norms(norms, roles)}
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
@@ -236,6 +235,17 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     if scale is not None:
         table["embed_scale"] = scale
     return table, _candidates(table)
+
+
+def _per_layer_lists(model_type: str, config: dict, small: dict, keys: dict) -> list[str]:
+    """The config's lists with one entry a layer (they follow the depth plan): as long as the layers in the user's
+    config and in the tiny one, and in the class's default config too where it gives the list (Bamba's two-entry
+    ``time_step_limit`` is no list of layers, in a two-layer model either)."""
+    default = config_object(model_type, {}).to_dict()
+    layers = keys["layers"]
+    return sorted(k for k, v in small.items() if isinstance(v, list) and isinstance(config.get(k), list)
+                  and len(config[k]) == config.get(layers) and len(v) == small[layers] > 1
+                  and (not isinstance(default.get(k), list) or len(default[k]) == default.get(layers)))
 
 
 def _moved_gains(model):

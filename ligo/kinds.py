@@ -103,8 +103,9 @@ def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
     the weights it alone holds}, aliases)], "rows": {kind: [layers]}}``, one rule or two (``also``), or None where
     no rule below parts the layers as their weights do. Tried in order: one per-layer list of the config (values
     whose layers hold the same weights are one kind, the others its aliases: LFM3's full and sliding attention);
-    two lists, a weight following one of them (Kimi-Linear's ``layer_types`` and ``mlp_layer_types``); the first
-    layers counted by a key (``first_k_dense_replace``, ``moe_layer_start_index``)."""
+    two lists, a weight following one of them (Kimi-Linear's ``layer_types`` and ``mlp_layer_types``); the layers of
+    one kind listed by index (``attn_layer_indices``); the first layers counted by a key (``first_k_dense_replace``,
+    ``moe_layer_start_index``)."""
     common = frozenset.intersection(*held.values())
     if len(set(held.values())) == 1:
         return None
@@ -116,6 +117,13 @@ def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
         if (found := _by_lists(held, common, {k: lists[k] for k in keys})) is not None:
             return found
     order = sorted(set(held.values()), key=lambda h: min(i for i in layers if held[i] == h))
+    for key, listed in config.items():  # the layers of one kind listed by index (Bamba's attn_layer_indices)
+        if len(order) == 2 and isinstance(listed, list) and listed and all(isinstance(i, int) for i in listed):
+            for first, second in (order, order[::-1]):
+                rows = [i for i in layers if held[i] == second]
+                if sorted(set(listed)) == rows:
+                    return {"rules": [("indices", key, {"rest": first - common, "listed": second - common}, {})],
+                            "rows": {"rest": [i for i in layers if held[i] == first], "listed": rows}}
     if len(order) == 2:
         count = sum(1 for i in layers if held[i] == order[0])
         key = next((k for k, v in config.items() if v == count and isinstance(v, int) and not isinstance(v, bool)

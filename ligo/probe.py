@@ -43,7 +43,9 @@ EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a chec
 def config_object(model_type: str, config: dict):
     import transformers
 
-    data = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map",
+    from .hf import special_floats
+
+    data = {k: special_floats(v) for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map",
                                                          "architectures", "_name_or_path")}
     return transformers.AutoConfig.for_model(model_type, **data)
 
@@ -69,9 +71,11 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     """``config`` at a tiny size, as a dict for ``AutoConfig.for_model``, and its size keys: the config key of each
     generic size, or the size itself where the class derives it from a flag and ignores the key (a multi-query
     model's one kv head)."""
+    from .hf import special_floats
+
     cfg = config_object(model_type, config)
     keys = size_keys(cfg)
-    data = cfg.to_dict()
+    data = special_floats(cfg.to_dict())  # (Granite 4's infinite time_step_limit, as the config class takes it)
     if not {"layers", "hidden", "heads", "vocab"} <= set(keys):
         missing = sorted({"layers", "hidden", "heads", "vocab"} - set(keys))
         raise LigoError(f"its config names no {', '.join(missing)} that ligo knows")
@@ -83,9 +87,11 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
                   not isinstance(v, bool) and any(w in k for w in ("dim", "size", "hidden", "embd"))})
     small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")
                   and isinstance(data.get(keys[n]), int) and not isinstance(data.get(keys[n]), bool)})
-    if "kv_heads" in keys and isinstance(kv, int):  # grouped as the config groups them (2 kv heads for 4, or 4)
-        small[keys["kv_heads"]] = 2 if kv < data[keys["heads"]] else TINY["heads"]
-    if "head_dim" in keys and isinstance(data.get(keys["head_dim"]), int):
+    if isinstance(data.get(keys.get("experts_per_token")), int):  # (ZAYA's router takes one expert only)
+        small[keys["experts_per_token"]] = min(data[keys["experts_per_token"]], TINY["experts_per_token"])
+    if "kv_heads" in keys:  # grouped as the config groups them (2 kv heads for 4, or 4; a null count: as many)
+        small[keys["kv_heads"]] = 2 if isinstance(kv, int) and kv < data[keys["heads"]] else TINY["heads"]
+    if "head_dim" in keys:  # (a null head size, which some classes derive and others need: the width over the heads)
         small[keys["head_dim"]] = TINY["head_dim"]
     if "ffn" in keys:  # (a null FFN size, derived from the width, is set: the probes change it alone)
         small[keys["ffn"]] = TINY["ffn"]
@@ -103,6 +109,11 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
             small[k] = 0
     if "positions" in keys and isinstance(small.get(keys["positions"]), int):
         small[keys["positions"]] = max(64, min(small[keys["positions"]], 512))
+    for heads, size, expand in (("mamba_n_heads", "mamba_d_head", "mamba_expand"),
+                                ("mamba_num_heads", "mamba_head_dim", "expand")):
+        if all(isinstance(data.get(k), int) for k in (heads, size, expand)) and "mamba_d_ssm" not in data:
+            # (Mamba-2 heads fill expand x width, where the config does not state their channels itself)
+            small[heads], small[size] = 8, data[expand] * TINY["hidden"] // 8
     for k, v in data.items():  # counts of leading layers of another kind, rotary sizes: within the tiny model
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             if k in ("first_k_dense_replace", "num_dense_layers", "first_k_dense", "n_dense_layers"):

@@ -85,7 +85,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
     from safetensors.torch import save_file
 
     from .config import GrowthPlan
-    from .hf import known_config_keys
+    from .hf import known_config_keys, special_floats
     from .kinds import kinds_config
     from .maps import depth_plan, lossless_gaps
     from .operator import GrowthOperator
@@ -116,7 +116,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
         return False  # (a shape this family cannot take, e.g. an odd head count)
     Path(out).mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in grown.items()}, f"{out}/model.safetensors", metadata={"format": "pt"})
-    transformers.AutoConfig.for_model(model_type, **{k: v for k, v in tgt_config.items()
+    transformers.AutoConfig.for_model(model_type, **{k: special_floats(v) for k, v in tgt_config.items()
                                                      if k != "model_type"}).save_pretrained(out)
     return True
 
