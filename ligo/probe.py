@@ -59,7 +59,7 @@ def size_keys(cfg) -> dict[str, str]:
         for key in keys:
             real = amap.get(key, key)
             if real in data and (isinstance(data[real], int) and not isinstance(data[real], bool) or
-                                 (name in ("head_dim", "ffn", "kv_heads") and data[real] is None)):
+                                 (name in ("head_dim", "ffn", "kv_heads", "experts_per_token") and data[real] is None)):
                 found[name] = real
                 break
     if "tie_word_embeddings" in data:
@@ -87,8 +87,10 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
                   not isinstance(v, bool) and any(w in k for w in ("dim", "size", "hidden", "embd"))})
     small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")
                   and isinstance(data.get(keys[n]), int) and not isinstance(data.get(keys[n]), bool)})
-    if isinstance(data.get(keys.get("experts_per_token")), int):  # (ZAYA's router takes one expert only)
-        small[keys["experts_per_token"]] = min(data[keys["experts_per_token"]], TINY["experts_per_token"])
+    per_token, experts = data.get(keys.get("experts_per_token")), data.get(keys.get("experts"))
+    if isinstance(per_token, int) or per_token is None and isinstance(experts, int) and experts > 0:
+        # (ZAYA's router takes one expert only; a null count beside experts is one the model cannot run without)
+        small[keys["experts_per_token"]] = min(per_token or TINY["experts_per_token"], TINY["experts_per_token"])
     if "kv_heads" in keys:  # grouped as the config groups them (2 kv heads for 4, or 4; a null count: as many)
         small[keys["kv_heads"]] = 2 if isinstance(kv, int) and kv < data[keys["heads"]] else TINY["heads"]
     if "head_dim" in keys:  # (a null head size, which some classes derive and others need: the width over the heads)
