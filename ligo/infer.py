@@ -29,8 +29,8 @@ import re
 from .borrow import lend
 from .kinds import layer_kinds_of, split_by_kind
 from .spaces import FIXED
-from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, build_model, config_object, decompose, fixed_kv, axis_sizes, perturbed, probe, \
-    saved_shapes, tiny_config, value
+from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, config_object, decompose, fixed_kv, \
+    perturbed, probe, saved_shapes, tiny_config, value
 
 RULES = 2  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 

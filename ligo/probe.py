@@ -45,8 +45,8 @@ def config_object(model_type: str, config: dict):
 
     from .hf import special_floats
 
-    data = {k: special_floats(v) for k, v in config.items() if k not in ("model_type", "transformers_version", "auto_map",
-                                                         "architectures", "_name_or_path")}
+    data = {k: special_floats(v) for k, v in config.items()
+            if k not in ("model_type", "transformers_version", "auto_map", "architectures", "_name_or_path")}
     return transformers.AutoConfig.for_model(model_type, **data)
 
 
