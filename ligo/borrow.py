@@ -15,15 +15,17 @@ def lend(rel: str, held: set[str], donors, small: dict) -> tuple[dict[str, list[
     donor's type)`` from the one of ``donors`` (hand :class:`ligo.arch.ArchSpec` tables) whose module of the same
     name holds ``rel`` and most of the other weights ``held`` (those of rel's layer) holds under that module (the
     rest, a sparse-attention indexer beside latent attention, inferred as any weight), or None."""
-    module = rel.split(".")[0]
-    ours = {n.removeprefix(module + ".") for n in held if n.startswith(module + ".")}
+    parts = rel.split(".")
+    module = parts[0]  # (the donor's module; ours may be one of a list of them: LongCat's self_attn.0 and .1)
+    ours_at = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else module
+    ours = {n.removeprefix(ours_at + ".") for n in held if n.startswith(ours_at + ".")}
     best = None
     for spec in sorted(donors, key=lambda s: s.model_types[0]):
         theirs = {e.name.removeprefix(module + "."): e for e in spec.entries
                   if e.scope == "layer" and e.name.startswith(module + ".")}
         shared = ours & set(theirs)
-        if rel.removeprefix(module + ".") in shared and len(shared) >= 2 and (best is None or len(shared) > best[0]):
+        if rel.removeprefix(ours_at + ".") in shared and len(shared) >= 2 and (best is None or len(shared) > best[0]):
             config = {g: k for g, k in spec.config.items() if isinstance(k, str) and k in small}
-            best = (len(shared), {f"{module}.{n}": ["+".join(a) for a in theirs[n].axes] for n in shared}, config,
+            best = (len(shared), {f"{ours_at}.{n}": ["+".join(a) for a in theirs[n].axes] for n in shared}, config,
                     spec.model_types[0])
     return best[1:] if best else None

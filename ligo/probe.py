@@ -130,6 +130,8 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
                 small[k] = min(v, 4)  # (a sparse-attention indexer chooses among the proof's 16 tokens)
         if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index
             small[k] = {i: c for i, c in v.items() if int(i) < len(rows)}
+    if all(isinstance(small.get(k), int) for k in ("qk_head_dim", "qk_nope_head_dim", "qk_rope_head_dim")):
+        small["qk_head_dim"] = small["qk_nope_head_dim"] + small["qk_rope_head_dim"]  # (LongCat states the sum)
     built = config_object(model_type, small)  # a size the class derives and ignores the key of: fixed
     for name in ("kv_heads", "head_dim"):
         key = keys.get(name)
