@@ -269,14 +269,14 @@ class _Bench:
 
     def _equal_flops(self, steps: int, config: dict, cfg: TrainConfig) -> int:
         """The steps of a model of ``config`` that cost what ``steps`` of the experiment's target cost (FLOPs of
-        the parameters a token uses: an MoE's active experts)."""
+        the parameters a token uses: an MoE's active experts), rounded down: never more FLOPs than the budget."""
         from .flops import step_flops
         from .hf import meta_model
 
         def per_step(c: dict) -> float:
             return step_flops(meta_model(self.spec.objective, c), get_spec(c["model_type"]).dims(c), cfg)
 
-        return max(1, round(steps * per_step(self.target_cfg) / per_step(config)))
+        return max(1, int(steps * per_step(self.target_cfg) / per_step(config) + 1e-9))
 
     def _staged(self, label: str, steps: int, method: Method, scratch_lr: float, seed: int) -> dict:
         """Staged growth inside the budget: the small model trained from scratch for ``stage.at`` of the

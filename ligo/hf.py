@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .errors import LigoError
+from .probe import special_floats
 
 
 def model_class(objective: str, model_type: str | None = None):
@@ -33,19 +34,6 @@ def build_config(config: dict):
         cause = exc.__cause__ if isinstance(exc, StrictDataclassError) and exc.__cause__ else exc
         why = " ".join(str(cause).split())[:240] or type(cause).__name__
         raise LigoError(f"invalid {config['model_type']} config: {why}; check its sizes and settings") from None
-
-
-_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
-
-
-def special_floats(value):
-    """A config.json value with the floats JSON cannot hold decoded (transformers writes Granite 4's infinite
-    ``time_step_limit`` as ``{"__float__": "Infinity"}``)."""
-    if isinstance(value, dict):
-        if set(value) == {"__float__"} and value["__float__"] in _FLOATS:
-            return _FLOATS[value["__float__"]]
-        return {k: special_floats(v) for k, v in value.items()}
-    return [special_floats(v) for v in value] if isinstance(value, list) else value
 
 
 def known_config_keys(model_type: str) -> set[str]:

@@ -27,10 +27,10 @@ import json
 import re
 
 from .borrow import lend
-from .kinds import layer_kinds_of, split_by_kind
+from .kinds import layer_kinds_of, per_layer_lists, split_by_kind
+from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, fixed_kv, \
+    perturbed, probe, saved_shapes, tiny_config, tiny_model, value
 from .spaces import FIXED
-from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, config_object, decompose, fixed_kv, \
-    perturbed, probe, saved_shapes, tiny_config, value
 
 RULES = 2  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 
@@ -170,7 +170,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
         keys = {k: v for k, v in keys.items() if k != "head_dim"}     # size is the width over the heads
     if "kv_heads" in changed and changed.pop("kv_heads") == base:  # a kv key the class ignores: one kv head (a
         keys = fixed_kv(base, changed, small, keys)               # multi-query flag), or as many as the heads
-    model, prefix, layer_attr, layer_list = _tiny_model(model_type, small, keys)
+    model, prefix, layer_attr, layer_list = tiny_model(model_type, small, keys)
     origin = _origins(model, base)  # a checkpoint key -> the tensor the model holds it in
     fresh, ids = _moved_gains(model)
     mem_layer = re.compile(re.escape(f"{prefix}.{layer_attr}") + r"\.(\d+)\.(.+)")
@@ -220,7 +220,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
                                                                "ffn", "vocab", "positions", "tie")},
              "base_prefix": base_prefix, "layer_prefix": layer_prefix, "globals": glob, "layer": layer,
              "head": head, "tied": tied, "identity_zero": sorted(zero),
-             "layer_lists": _per_layer_lists(model_type, config, small, keys),
+             "layer_lists": per_layer_lists(model_type, config, small, keys),
              "ignore": _buffers(model, f"{prefix}.", layer_attr),
              "norms": _norms(norms, roles)}
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
@@ -235,17 +235,6 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     if scale is not None:
         table["embed_scale"] = scale
     return table, _candidates(table)
-
-
-def _per_layer_lists(model_type: str, config: dict, small: dict, keys: dict) -> list[str]:
-    """The config's lists with one entry a layer (they follow the depth plan): as long as the layers in the user's
-    config and in the tiny one, and in the class's default config too where it gives the list (Bamba's two-entry
-    ``time_step_limit`` is no list of layers, in a two-layer model either)."""
-    default = config_object(model_type, {}).to_dict()
-    layers = keys["layers"]
-    return sorted(k for k, v in small.items() if isinstance(v, list) and isinstance(config.get(k), list)
-                  and len(config[k]) == config.get(layers) and len(v) == small[layers] > 1
-                  and (not isinstance(default.get(k), list) or len(default[k]) == default.get(layers)))
 
 
 def _moved_gains(model):
@@ -392,24 +381,6 @@ def _norms(norms: list, roles: dict) -> dict:
                           "gains (" + ", ".join(f"{n}: {type(m).__name__}" for n, m, _ in grown) + ")")
     return {"type": kinds.pop(), "offset": 1.0 if zeros.pop() else 0.0, "gains": [n for n, *_ in norms],
             "stream": "post" if roles["post"] else "pre"}
-
-
-def _tiny_model(model_type: str, small: dict, keys: dict):
-    """The tiny model (random, on the CPU), its base model's prefix, and the name and list of its layers."""
-    import torch
-
-    torch.manual_seed(0)
-    model = build_model(model_type, small, "cpu").eval()
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    base_model = getattr(model, prefix, None) if prefix else None
-    if base_model is None:
-        raise NotInferred(f"{type(model).__name__} holds no base model under {prefix!r}")
-    layer_attr, layer_list = next(((n, m) for n, m in base_model.named_modules()
-                                   if isinstance(m, torch.nn.ModuleList) and len(m) == small[keys["layers"]]),
-                                  (None, None))
-    if layer_list is None:
-        raise NotInferred("no list of layers as long as the config's layer count")
-    return model, prefix, layer_attr, layer_list
 
 
 def _reading_order(base: dict, layer_re, origin: dict, modules: dict, rows: list[int]) -> list[str]:

@@ -8,7 +8,7 @@ whose layers are all alike. Along two rules a layer's kind is its two kinds join
 from __future__ import annotations
 
 from .errors import LigoError
-from .probe import EXPERT, NotInferred
+from .probe import EXPERT, NotInferred, config_object
 
 SEP = "/"  # joins a layer's kinds along two rules
 
@@ -199,3 +199,14 @@ def split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict | None]:
                                                 for kind, names in by_kind.items()},
                  **({"aliases": aliases} if aliases else {}), **({"also": table} if table else {})}
     return {n: a for n, a in layer.items() if n not in alone}, table
+
+
+def per_layer_lists(model_type: str, config: dict, small: dict, keys: dict) -> list[str]:
+    """The config's lists with one entry a layer (they follow the depth plan): as long as the layers in the user's
+    config and in the tiny one, and in the class's default config too where it gives the list (Bamba's two-entry
+    ``time_step_limit`` is no list of layers, in a two-layer model either)."""
+    default = config_object(model_type, {}).to_dict()
+    layers = keys["layers"]
+    return sorted(k for k, v in small.items() if isinstance(v, list) and isinstance(config.get(k), list)
+                  and len(config[k]) == config.get(layers) and len(v) == small[layers] > 1
+                  and (not isinstance(default.get(k), list) or len(default[k]) == default.get(layers)))

@@ -40,10 +40,21 @@ PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions"
 EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
 
 
+_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def special_floats(value):
+    """A config.json value with the floats JSON cannot hold decoded (transformers writes Granite 4's infinite
+    ``time_step_limit`` as ``{"__float__": "Infinity"}``)."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _FLOATS:
+            return _FLOATS[value["__float__"]]
+        return {k: special_floats(v) for k, v in value.items()}
+    return [special_floats(v) for v in value] if isinstance(value, list) else value
+
+
 def config_object(model_type: str, config: dict):
     import transformers
-
-    from .hf import special_floats
 
     data = {k: special_floats(v) for k, v in config.items()
             if k not in ("model_type", "transformers_version", "auto_map", "architectures", "_name_or_path")}
@@ -71,8 +82,6 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     """``config`` at a tiny size, as a dict for ``AutoConfig.for_model``, and its size keys: the config key of each
     generic size, or the size itself where the class derives it from a flag and ignores the key (a multi-query
     model's one kv head)."""
-    from .hf import special_floats
-
     cfg = config_object(model_type, config)
     keys = size_keys(cfg)
     data = special_floats(cfg.to_dict())  # (Granite 4's infinite time_step_limit, as the config class takes it)
@@ -257,3 +266,21 @@ def fixed_kv(base: dict, changed: dict, small: dict, keys: dict) -> dict:
 
 def axis_sizes(name: str, axis: int, base: dict, changed: dict) -> set[str]:
     return {s for s, shapes in changed.items() if shapes[name][axis] != base[name][axis]}
+
+
+def tiny_model(model_type: str, small: dict, keys: dict):
+    """The tiny model (random, on the CPU), its base model's prefix, and the name and list of its layers."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(model_type, small, "cpu").eval()
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base_model = getattr(model, prefix, None) if prefix else None
+    if base_model is None:
+        raise NotInferred(f"{type(model).__name__} holds no base model under {prefix!r}")
+    layer_attr, layer_list = next(((n, m) for n, m in base_model.named_modules()
+                                   if isinstance(m, torch.nn.ModuleList) and len(m) == small[keys["layers"]]),
+                                  (None, None))
+    if layer_list is None:
+        raise NotInferred("no list of layers as long as the config's layer count")
+    return model, prefix, layer_attr, layer_list

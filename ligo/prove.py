@@ -85,9 +85,10 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
     from safetensors.torch import save_file
 
     from .config import GrowthPlan
-    from .hf import known_config_keys, special_floats
+    from .hf import known_config_keys
     from .kinds import kinds_config
     from .maps import depth_plan, lossless_gaps
+    from .probe import special_floats
     from .operator import GrowthOperator
 
     target = {}

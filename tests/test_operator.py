@@ -145,7 +145,8 @@ def test_fit_lowers_loss_and_materialized_equals_fitted(model_type, tie, sources
     src_dir = sources[model_type]
     if model_type == "llama" and tie:
         src_dir = tiny.save_model(tiny.make_model("llama", tie_word_embeddings=True), tmp_path / "src", tokenizer)
-    g = Grower(src_dir, tiny.TARGET[model_type], GrowthPlan(width="random", depth="stack"))
+    # (the tiny random source carries no training record, so auto would take it for a pretrained one: fan_in)
+    g = Grower(src_dir, tiny.TARGET[model_type], GrowthPlan(width="random", depth="stack", width_lr="uniform"))
     cfg = TrainConfig(steps=40, batch_size=8, seq_len=32, lr=3e-3, warmup=5, eval_every=20, eval_batches=4,
                       progress=False)
     result = g.fit(cfg=cfg, blocks=blocks)
