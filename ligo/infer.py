@@ -32,7 +32,7 @@ from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model
     perturbed, probe, saved_shapes, tiny_config, tiny_model, value
 from .spaces import FIXED
 
-RULES = 2  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
+RULES = 3  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 
 
 

@@ -126,8 +126,10 @@ def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
                             "rows": {"rest": [i for i in layers if held[i] == first], "listed": rows}}
     if len(order) == 2:
         count = sum(1 for i in layers if held[i] == order[0])
-        key = next((k for k, v in config.items() if v == count and isinstance(v, int) and not isinstance(v, bool)
-                    and any(w in k for w in ("dense", "first", "k_", "start"))), None)
+        words = ("first", "dense", "start", "k_")  # in that order: "first_k_dense_replace" before "topk_group"
+        keys = [(min(j for j, w in enumerate(words) if w in k), k) for k, v in config.items()
+                if v == count and isinstance(v, int) and not isinstance(v, bool) and any(w in k for w in words)]
+        key = min(keys)[1] if keys else None
         if key is not None and all(held[i] == order[0] for i in range(count)):
             rows = {"first": list(range(count)), "rest": list(range(count, len(layers)))}
             return {"rules": [("first_k", key, {"first": order[0] - common, "rest": order[1] - common}, {})],

@@ -77,5 +77,7 @@ def test_layer_kinds_are_read_off_the_weights_each_layer_holds():
     assert two["rows"] == {"lin/dense": [0], "lin/sparse": [1], "full/sparse": [2]}
     first = infer_rules({0: norm | dense, 1: norm | moe, 2: norm | moe}, {"moe_layer_start_index": 1})
     assert first["rules"] == [("first_k", "moe_layer_start_index", {"first": dense, "rest": moe}, {})]
+    decoy = infer_rules({0: norm | dense, 1: norm | moe}, {"n_group": 1, "topk_group": 1, "first_k_dense_replace": 1})
+    assert decoy["rules"][0][1] == "first_k_dense_replace"  # (Sarvam-MoE: "topk_group" once read as the count)
     assert infer_rules({0: norm | dense, 1: norm | dense}, {}) is None
     assert infer_rules({0: norm | moe, 1: norm | dense, 2: norm | moe}, {"first_k_dense": 1}) is None  # (no rule)
