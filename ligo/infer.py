@@ -190,8 +190,6 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
             entry = f"{expert['pre']}.{{e}}.{expert['rest']}" if expert else rel  # (one expert's, or all stacked)
             size = value(small, keys, "moe_ffn") if isinstance(keys.get("moe_ffn"), str) else value(small, keys, "ffn")
             layer[entry] = _expert_axes(name, shape, base, changed, size, stacked=not expert)
-            if layer[entry][0] == "exp.out":  # (the module a table zeroes: a weight's, or a stacked parameter itself)
-                zero.add(entry.rpartition(".")[0] if entry.rpartition(".")[2] in ("weight", "bias") else entry)
             continue
         module = modules[module_name]
         mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
@@ -209,6 +207,8 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
             zero.add(rel.rpartition(".")[0])  # a new identity layer's writers of the stream start at zero
         (layer if m else glob if name.startswith(base_prefix) else head)[rel] = axes
     layer.update({n: a for n, a in lent["axes"].items() if n in layer})  # (a lent module: all its weights)
+    for entry in _oriented_experts(layer):  # (the module a table zeroes: a weight's, or a stacked parameter itself)
+        zero.add(entry.rpartition(".")[0] if entry.rpartition(".")[2] in ("weight", "bias") else entry)
     every = dict(layer)  # (every layer weight, of any kind)
     layer, kind_layers = split_by_kind(layer, kinds)
     layer_attr = layer_prefix.removesuffix("{i}.").rstrip(".")  # (the checkpoint's names from here on)
@@ -473,6 +473,25 @@ def _expert_axes(name: str, shape: tuple, base: dict, changed: dict, ffn_size: i
     if ffn[0] == 0:
         return ["exp", "+".join(["ffn"] * parts), "res.in"]
     return ["exp.out", "res", "+".join(["ffn.in"] * parts)]
+
+
+def _oriented_experts(layer: dict) -> list[str]:
+    """The experts' writes, an experts module's weights turned round (in ``layer``) where they are stored input first
+    (Aria's experts x hidden x 2 FFN): its fused gate and up read as a write, or most of its weights do."""
+    def turn(a: str) -> str:
+        return {"exp": "exp.out", "exp.out": "exp"}.get(a) or "+".join(p.removesuffix(".in") if p.endswith(".in")
+                                                                       else p + ".in" for p in a.split("+"))
+
+    groups: dict[str, list[str]] = {}
+    for n, axes in layer.items():
+        if axes and axes[0] in ("exp", "exp.out"):
+            base = n.removesuffix(".weight").removesuffix(".bias")  # (fc1.weight: a stacked one, as saved)
+            groups.setdefault(n.split(".{e}.")[0] if ".{e}." in n else base.rpartition(".")[0], []).append(n)
+    for names in groups.values():
+        writes = [n for n in names if layer[n][0] == "exp.out"]
+        if any("+" in layer[n][2] for n in writes) or 2 * len(writes) > len(names) > 1:
+            layer.update({n: [turn(a) for a in layer[n]] for n in names})
+    return [n for names in groups.values() for n in names if layer[n][0] == "exp.out"]
 
 
 def _experts_config(keys: dict, small: dict, layer: dict) -> dict:
