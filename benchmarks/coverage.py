@@ -32,6 +32,8 @@ UNBUILDABLE_DEFAULTS = {
     "lfm2_moe": lambda c: {"layer_types": ["conv", "conv", "full_attention", "conv"] * (c["num_hidden_layers"] // 4)},
     "granitemoehybrid": lambda c: {"layer_types": ["mamba", "attention"] * (c["num_hidden_layers"] // 2)},
     "bamba": lambda c: {"attn_layer_indices": [1]},
+    "dots1": lambda c: {"n_routed_experts": 128, "num_experts_per_tok": 6, "n_shared_experts": 2,  # (dots.llm1's)
+                        "first_k_dense_replace": 1},
 }
 SAMPLE = ("llama", "apertus", "stablelm", "starcoder2", "phi", "olmo", "exaone4", "gpt_bigcode")  # the suite's sample
 

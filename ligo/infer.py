@@ -28,8 +28,8 @@ import re
 
 from .borrow import lend
 from .kinds import layer_kinds_of, per_layer_lists, split_by_kind
-from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, fixed_kv, \
-    perturbed, probe, saved_shapes, tiny_config, tiny_model, value
+from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, expert_axes, \
+    fixed_kv, oriented_experts, perturbed, probe, saved_shapes, tiny_config, tiny_model, value
 from .spaces import FIXED
 
 RULES = 3  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
@@ -145,7 +145,16 @@ def _norm_kinds(norms: dict, seen: dict, calls: dict) -> dict:
                 def run(v):  # (the norm called as the model called it, its input replaced by v)
                     return module(*[v if a is x else a for a in args], **{k: v if a is x else a
                                                                            for k, a in kwargs.items()})
-                kinds[name] = "layer" if torch.allclose(run(x), run(x + 3.0), atol=1e-4) else "rms"
+                kind = "layer" if torch.allclose(run(x), run(x + 3.0), atol=1e-4) else "rms"
+                w, b = getattr(module, "weight", None), getattr(module, "bias", None)
+                if isinstance(w, torch.Tensor) and w.dim() == 1:  # (a gain stored as 1 + w: no zero output at w = 0)
+                    kept = [(t, t.clone()) for t in (w, b) if isinstance(t, torch.Tensor)]
+                    for t, _ in kept:
+                        t.zero_()
+                    kind += "" if torch.allclose(run(x), torch.zeros(()), atol=1e-6) else "+1"
+                    for t, old in kept:
+                        t.copy_(old)
+                kinds[name] = kind
     return kinds
 
 
@@ -189,7 +198,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
                                                                                                    changed)):
             entry = f"{expert['pre']}.{{e}}.{expert['rest']}" if expert else rel  # (one expert's, or all stacked)
             size = value(small, keys, "moe_ffn") if isinstance(keys.get("moe_ffn"), str) else value(small, keys, "ffn")
-            layer[entry] = _expert_axes(name, shape, base, changed, size, stacked=not expert)
+            layer[entry] = expert_axes(name, shape, base, changed, size, stacked=not expert)
             continue
         module = modules[module_name]
         mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
@@ -207,7 +216,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
             zero.add(rel.rpartition(".")[0])  # a new identity layer's writers of the stream start at zero
         (layer if m else glob if name.startswith(base_prefix) else head)[rel] = axes
     layer.update({n: a for n, a in lent["axes"].items() if n in layer})  # (a lent module: all its weights)
-    for entry in _oriented_experts(layer):  # (the module a table zeroes: a weight's, or a stacked parameter itself)
+    for entry in oriented_experts(layer):  # (the module a table zeroes: a weight's, or a stacked parameter itself)
         zero.add(entry.rpartition(".")[0] if entry.rpartition(".")[2] in ("weight", "bias") else entry)
     every = dict(layer)  # (every layer weight, of any kind)
     layer, kind_layers = split_by_kind(layer, kinds)
@@ -368,14 +377,16 @@ def _grouped(small: dict, keys: dict) -> bool:
 
 
 def _norms(norms: list, roles: dict) -> dict:
-    """The norms' numerics: LayerNorm or RMSNorm (as they compute, :func:`_roles`), a gain stored as ``1 + w`` (a
-    fresh model's gains are zero), whether the stream is normalized after each layer; every norm weight is a gain.
+    """The norms' numerics: LayerNorm or RMSNorm (as they compute, :func:`_roles`), a gain stored as ``1 + w`` (as
+    measured, or where a fresh model's gains are zero), whether the stream is normalized after each layer; every norm weight is a gain.
     A norm over axes that never grow (a sparse-attention indexer's key norm) is the same function after growth,
     whatever it computes: only the others must agree."""
     grown = [(n, m, w) for n, m, w, axes, _ in norms if any(t not in FIXED for t in axes)]
     kept = {key for _, _, _, axes, key in norms if all(t in FIXED for t in axes)}  # (weightless norms are measured)
-    kinds = {kind for key, kind in roles["norm_kinds"].items() if key not in kept} or {"rms"}
-    zeros = {bool((w == 0).all()) for _, _, w in grown} or {False}
+    kinds = {kind.removesuffix("+1") for key, kind in roles["norm_kinds"].items() if key not in kept} or {"rms"}
+    measured = {key: kind.endswith("+1") for key, kind in roles["norm_kinds"].items()}  # (else: gains fresh at 0)
+    zeros = {measured.get(key, bool((w == 0).all())) for _, _, w, axes, key in norms if any(t not in FIXED
+                                                                                          for t in axes)} or {False}
     if len(kinds) > 1 or len(zeros) > 1:
         raise NotInferred("its norms differ in what they compute (LayerNorm and RMSNorm) or in how they store their "
                           "gains (" + ", ".join(f"{n}: {type(m).__name__}" for n, m, _ in grown) + ")")
@@ -457,41 +468,6 @@ def _merged_roles(found: list[dict]) -> dict:
             out[key] = out[key] | other[key]
         out["norm_source"] = {**other["norm_source"], **out["norm_source"]}
     return out
-
-
-def _expert_axes(name: str, shape: tuple, base: dict, changed: dict, ffn_size: int, stacked: bool = False
-                 ) -> list[str]:
-    """One expert's weight as a checkpoint holds it (``stacked``: all experts' in one tensor, the experts first): an
-    FFN's reads (gate and up, alone or side by side: ``exp, ffn, res.in``) or its write (down: ``exp.out, res,
-    ffn.in``), its FFN axis the one the experts' FFN size (``ffn_size``) changes, in whole units of it."""
-    sizes = [axis_sizes(name, a, base, changed) for a in range(len(shape))][int(stacked):]
-    ffn = [a for a, f in enumerate(sizes) if f & {"ffn", "moe_ffn"} and "hidden" not in f]
-    stream = [a for a, f in enumerate(sizes) if f == {"hidden"} or f == {"hidden", "heads"}]
-    parts = shape[int(stacked) + ffn[0]] // ffn_size if len(ffn) == 1 and ffn_size else 0
-    if len(sizes) != 2 or len(ffn) != 1 or len(stream) != 1 or parts * ffn_size != shape[int(stacked) + ffn[0]]:
-        raise NotInferred(f"{name}: an expert's weight inference cannot read (axes following {sizes})")
-    if ffn[0] == 0:
-        return ["exp", "+".join(["ffn"] * parts), "res.in"]
-    return ["exp.out", "res", "+".join(["ffn.in"] * parts)]
-
-
-def _oriented_experts(layer: dict) -> list[str]:
-    """The experts' writes, an experts module's weights turned round (in ``layer``) where they are stored input first
-    (Aria's experts x hidden x 2 FFN): its fused gate and up read as a write, or most of its weights do."""
-    def turn(a: str) -> str:
-        return {"exp": "exp.out", "exp.out": "exp"}.get(a) or "+".join(p.removesuffix(".in") if p.endswith(".in")
-                                                                       else p + ".in" for p in a.split("+"))
-
-    groups: dict[str, list[str]] = {}
-    for n, axes in layer.items():
-        if axes and axes[0] in ("exp", "exp.out"):
-            base = n.removesuffix(".weight").removesuffix(".bias")  # (fc1.weight: a stacked one, as saved)
-            groups.setdefault(n.split(".{e}.")[0] if ".{e}." in n else base.rpartition(".")[0], []).append(n)
-    for names in groups.values():
-        writes = [n for n in names if layer[n][0] == "exp.out"]
-        if any("+" in layer[n][2] for n in writes) or 2 * len(writes) > len(names) > 1:
-            layer.update({n: [turn(a) for a in layer[n]] for n in names})
-    return [n for names in groups.values() for n in names if layer[n][0] == "exp.out"]
 
 
 def _experts_config(keys: dict, small: dict, layer: dict) -> dict:

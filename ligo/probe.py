@@ -284,3 +284,38 @@ def tiny_model(model_type: str, small: dict, keys: dict):
     if layer_list is None:
         raise NotInferred("no list of layers as long as the config's layer count")
     return model, prefix, layer_attr, layer_list
+
+
+def expert_axes(name: str, shape: tuple, base: dict, changed: dict, ffn_size: int, stacked: bool = False
+                 ) -> list[str]:
+    """One expert's weight as a checkpoint holds it (``stacked``: all experts' in one tensor, the experts first): an
+    FFN's reads (gate and up, alone or side by side: ``exp, ffn, res.in``) or its write (down: ``exp.out, res,
+    ffn.in``), its FFN axis the one the experts' FFN size (``ffn_size``) changes, in whole units of it."""
+    sizes = [axis_sizes(name, a, base, changed) for a in range(len(shape))][int(stacked):]
+    ffn = [a for a, f in enumerate(sizes) if f & {"ffn", "moe_ffn"} and "hidden" not in f]
+    stream = [a for a, f in enumerate(sizes) if f == {"hidden"} or f == {"hidden", "heads"}]
+    parts = shape[int(stacked) + ffn[0]] // ffn_size if len(ffn) == 1 and ffn_size else 0
+    if len(sizes) != 2 or len(ffn) != 1 or len(stream) != 1 or parts * ffn_size != shape[int(stacked) + ffn[0]]:
+        raise NotInferred(f"{name}: an expert's weight inference cannot read (axes following {sizes})")
+    if ffn[0] == 0:
+        return ["exp", "+".join(["ffn"] * parts), "res.in"]
+    return ["exp.out", "res", "+".join(["ffn.in"] * parts)]
+
+
+def oriented_experts(layer: dict) -> list[str]:
+    """The experts' writes, an experts module's weights turned round (in ``layer``) where they are stored input first
+    (Aria's experts x hidden x 2 FFN): its fused gate and up read as a write, or most of its weights do."""
+    def turn(a: str) -> str:
+        return {"exp": "exp.out", "exp.out": "exp"}.get(a) or "+".join(p.removesuffix(".in") if p.endswith(".in")
+                                                                       else p + ".in" for p in a.split("+"))
+
+    groups: dict[str, list[str]] = {}
+    for n, axes in layer.items():
+        if axes and axes[0] in ("exp", "exp.out"):
+            base = n.removesuffix(".weight").removesuffix(".bias")  # (fc1.weight: a stacked one, as saved)
+            groups.setdefault(n.split(".{e}.")[0] if ".{e}." in n else base.rpartition(".")[0], []).append(n)
+    for names in groups.values():
+        writes = [n for n in names if layer[n][0] == "exp.out"]
+        if any("+" in layer[n][2] for n in writes) or 2 * len(writes) > len(names) > 1:
+            layer.update({n: [turn(a) for a in layer[n]] for n in names})
+    return [n for names in groups.values() for n in names if layer[n][0] == "exp.out"]
