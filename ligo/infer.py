@@ -500,6 +500,8 @@ def _ffn_config(model_type: str, config: dict, small: dict, keys: dict, base: di
                 layer: dict) -> dict:
     """The FFN size's config entries where the class derives it from the width: none where the config states it;
     GPT-2's null n_inner (a factor measured on the class); no key at all (BLOOM, MPT: the factor the shapes show)."""
+    if "ffn" not in keys and isinstance(keys.get("moe_ffn"), str):
+        return {}  # (experts only: their own size key is the FFN's, :func:`_experts_config`)
     if "ffn" not in keys:
         sizes = {base[n][i] for n, axes in layer.items() for i, a in enumerate(axes) if a in ("ffn", "ffn.in")}
         if len(sizes) != 1 or next(iter(sizes)) % small[keys["hidden"]]:
