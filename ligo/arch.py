@@ -89,7 +89,7 @@ class ArchSpec:
             if e.scope == "globals":
                 pats.append((re.compile(base + re.escape(e.name)), e))
             elif e.scope == "layer":
-                name = re.escape(e.name).replace(re.escape("{e}"), r"(?P<e>\d+)")
+                name = re.escape(e.template).replace(re.escape("{e}"), r"(?P<e>\d+)")
                 pats.append((re.compile(base + layer + name), e))
             else:
                 pats.append((re.compile(re.escape(e.name)), e))
@@ -311,6 +311,9 @@ class ArchSpec:
             if trailing and (i := self.layer_index(key)) is not None and dims.layers <= i < dims.layers + trailing:
                 continue  # a layer after the last that transformers does not load (multi-token prediction)
             found = self.match(key)
+            if len(found) > 1 and dims.kinds:  # (a weight of another shape in each kind: the layer's kind's)
+                found = [m for m in found if m is not None and m.layer is not None and m.layer < len(dims.kinds)
+                         and m.entry.kind in kind_parts(dims.kinds[m.layer])] or found
             if not found:
                 raise LigoError(f"weight {key!r} matches no entry of the {self.model_type!r} table "
                                 f"({self.source}){ADD_HINT}")

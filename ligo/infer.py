@@ -27,7 +27,7 @@ import json
 import re
 
 from .borrow import lend
-from .kinds import layer_kinds_of, per_layer_lists, split_by_kind
+from .kinds import kind_key, layer_kinds_of, marked, per_layer_lists, split_by_kind
 from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, expert_axes, \
     fixed_kv, oriented_experts, perturbed, probe, saved_shapes, tiny_config, tiny_model, value
 from .spaces import FIXED
@@ -185,6 +185,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     mem_layer = re.compile(re.escape(f"{prefix}.{layer_attr}") + r"\.(\d+)\.(.+)")
     base_prefix, layer_prefix, layer_re = _saved_prefixes(base, origin, mem_layer, prefix)
     kinds = layer_kinds_of(base, layer_re, small)  # (None: every layer alike)
+    shaped = kinds["shaped"] if kinds else set()
     rows = sorted({min(r) for r in kinds["rows"].values()}) if kinds else [0]
     roles = _merged_roles([_roles(model, layer_list, ids, row) for row in rows])
     modules = dict(model.named_modules())
@@ -198,7 +199,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
                                                                                                    changed)):
             entry = f"{expert['pre']}.{{e}}.{expert['rest']}" if expert else rel  # (one expert's, or all stacked)
             size = value(small, keys, "moe_ffn") if isinstance(keys.get("moe_ffn"), str) else value(small, keys, "ffn")
-            layer[entry] = expert_axes(name, shape, base, changed, size, stacked=not expert)
+            layer[kind_key(entry, shape, shaped)] = expert_axes(name, shape, base, changed, size, stacked=not expert)
             continue
         module = modules[module_name]
         mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
@@ -214,7 +215,8 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
             norms.append((rel, module, fresh[mem], axes, mod_rel if m else "<outer>" + module_name))
         if m and _linear_axes(module) is not None and axes and axes[0] == "res":
             zero.add(rel.rpartition(".")[0])  # a new identity layer's writers of the stream start at zero
-        (layer if m else glob if name.startswith(base_prefix) else head)[rel] = axes
+        key = kind_key(rel, shape, shaped) if m else rel  # (a weight of another shape in each kind: each read)
+        (layer if m else glob if name.startswith(base_prefix) else head)[key] = axes
     layer.update({n: a for n, a in lent["axes"].items() if n in layer})  # (a lent module: all its weights)
     for entry in oriented_experts(layer):  # (the module a table zeroes: a weight's, or a stacked parameter itself)
         zero.add(entry.rpartition(".")[0] if entry.rpartition(".")[2] in ("weight", "bias") else entry)
@@ -228,10 +230,11 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
              "config": {k: v for k, v in keys.items() if k in ("layers", "hidden", "heads", "kv_heads", "head_dim",
                                                                "ffn", "vocab", "positions", "tie")},
              "base_prefix": base_prefix, "layer_prefix": layer_prefix, "globals": glob, "layer": layer,
-             "head": head, "tied": tied, "identity_zero": sorted(zero),
+             "head": head, "tied": tied, "identity_zero": marked(sorted(zero), kind_layers),
              "layer_lists": per_layer_lists(model_type, config, small, keys),
              "ignore": _buffers(model, f"{prefix}.", layer_attr),
              "norms": _norms(norms, roles)}
+    table["norms"]["gains"] = marked(table["norms"]["gains"], kind_layers)
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
                                        {f"{base_prefix}{layer_attr}.0.{n}": axes for n, axes in layer.items()}))
     table["config"].update({g: k for g, k in lent["config"].items() if g not in table["config"]})
@@ -407,7 +410,7 @@ def _reading_order(base: dict, layer_re, origin: dict, modules: dict, rows: list
         m = layer_re.fullmatch(n)
         if (m and int(m.group(1)) not in rows) or ((x := EXPERT.fullmatch(n)) and x["e"] != "0"):
             continue
-        rel = m.group(2) if m else None
+        rel = (m.group(2), tuple(base[n])) if m else None  # (a weight of another shape in another kind: read too)
         if rel is None or rel not in seen:
             out.append(n)
             seen.add(rel)

@@ -175,18 +175,55 @@ def layer_kinds_of(base: dict, layer_re, small: dict) -> dict | None:
     """Layers of several kinds (dense beside mixture-of-experts layers, or layers of another mixer): the weights
     each layer holds, and the rule the config says them by (:func:`ligo.kinds.infer_rules`), or None where every
     layer holds the same weights."""
-    held: dict[int, frozenset] = {}
+    named: dict[int, dict[str, tuple]] = {}
     for name in base:
         if m := layer_re.fullmatch(name):
             x = EXPERT.fullmatch(m.group(2))
-            held[int(m.group(1))] = held.get(int(m.group(1)), frozenset()) | {
-                f"{x['pre']}.{{e}}.{x['rest']}" if x else m.group(2)}
+            named.setdefault(int(m.group(1)), {})[f"{x['pre']}.{{e}}.{x['rest']}" if x else m.group(2)] = base[name]
+    shapes: dict[str, set] = {}
+    for entries in named.values():
+        for n, shape in entries.items():
+            shapes.setdefault(n, set()).add(tuple(shape))
+    shaped = {n for n, s in shapes.items() if len(s) > 1}  # (of another shape in each kind: Kimi-Linear's q_proj)
+    held = {i: frozenset(kind_key(n, shape, shaped) for n, shape in entries.items()) for i, entries in named.items()}
     found = infer_rules(held, small)
+    if found is not None:
+        found["shaped"] = shaped
     if found is None and len(set(held.values())) > 1:
         groups = sorted(set(held.values()), key=len)
         raise NotInferred(f"its layers are of several kinds (some hold {sorted(groups[1] - groups[0])[:2]}, others "
                           "not) by a rule its config does not say in a way inference reads")
     return found
+
+
+def kind_key(name: str, shape, shaped: set) -> str:
+    """A layer weight's name as layers are told apart by, with its shape where that differs between kinds."""
+    return f"{name}#{'x'.join(map(str, shape))}" if name in shaped else name
+
+
+def kind_name(key: str, kind: str) -> str:
+    """A table's name of a weight of one kind (:func:`kind_key`): marked with its kind where it has another shape in
+    another kind (``self_attn.q_proj@full_attention.weight``; the checkpoint's name is the one without the mark)."""
+    name, shaped, _ = key.partition("#")
+    if not shaped:
+        return name
+    head, _, leaf = name.rpartition(".")
+    return f"{head}@{kind}.{leaf}" if leaf in ("weight", "bias") else f"{name}@{kind}"
+
+
+def marked(names, table: dict | None) -> list:
+    """``names`` (a table's modules or weights: identity_zero, norm gains), each of another shape in each kind named
+    once a kind, in order."""
+    found = set()
+    while table:
+        found |= {m for names_ in table["layers"].values() for n in names_ if "@" in n
+                  for m in (n, n.rpartition(".")[0] if n.rpartition(".")[2] in ("weight", "bias") else n)}
+        table = table.get("also")
+
+    def plain(m: str) -> str:
+        head, _, rest = m.partition("@")
+        return head + ("." + rest.partition(".")[2] if "." in rest else "")
+    return [m for z in names for m in (sorted(m for m in found if plain(m) == z) or [z])]
 
 
 def split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict | None]:
@@ -197,7 +234,7 @@ def split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict | None]:
     alone = {n for _, _, by_kind, _ in kinds["rules"] for names in by_kind.values() for n in names}
     table = None
     for rule, key, by_kind, aliases in reversed(kinds["rules"]):
-        table = {"by": {rule: key}, "layers": {kind: {n: a for n, a in layer.items() if n in names}
+        table = {"by": {rule: key}, "layers": {kind: {kind_name(n, kind): a for n, a in layer.items() if n in names}
                                                 for kind, names in by_kind.items()},
                  **({"aliases": aliases} if aliases else {}), **({"also": table} if table else {})}
     return {n: a for n, a in layer.items() if n not in alone}, table

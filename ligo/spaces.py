@@ -245,8 +245,15 @@ class Entry:
         """One checkpoint tensor per expert (``{e}`` in the name), held stacked over the experts."""
         return "{e}" in self.name
 
+    @property
+    def template(self) -> str:
+        """The checkpoint's name of the weight: the name without a kind's mark (``self_attn.q_proj@full.weight``
+        names a weight that has another shape in each kind of layer)."""
+        head, at, rest = self.name.partition("@")
+        return head + ("." + rest.partition(".")[2] if at and "." in rest else "") if at else self.name
+
     def key_name(self, expert: int | None = None) -> str:
-        return self.name.replace("{e}", str(expert)) if self.per_expert else self.name
+        return self.template.replace("{e}", str(expert)) if self.per_expert else self.template
 
 
 @dataclass(frozen=True)
