@@ -21,11 +21,14 @@ def lend(rel: str, held: set[str], donors, small: dict) -> tuple[dict[str, list[
     ours = {n.removeprefix(ours_at + ".") for n in held if n.startswith(ours_at + ".")}
     best = None
     for spec in sorted(donors, key=lambda s: s.model_types[0]):
-        theirs = {e.name.removeprefix(module + "."): e for e in spec.entries
-                  if e.scope == "layer" and e.name.startswith(module + ".")}
-        shared = ours & set(theirs)
-        if rel.removeprefix(ours_at + ".") in shared and len(shared) >= 2 and (best is None or len(shared) > best[0]):
-            config = {g: k for g, k in spec.config.items() if isinstance(k, str) and k in small}
-            best = (len(shared), {f"{ours_at}.{n}": ["+".join(a) for a in theirs[n].axes] for n in shared}, config,
-                    spec.model_types[0])
+        for named in sorted({e.name.split(".")[0] for e in spec.entries if e.scope == "layer" and "." in e.name},
+                            key=lambda n: n != module):  # (the donor's module of the same name first; any other:
+            theirs = {e.name.removeprefix(named + "."): e for e in spec.entries  # Ling's "attention" is MLA too)
+                      if e.scope == "layer" and e.name.startswith(named + ".")}
+            shared = ours & set(theirs)
+            if rel.removeprefix(ours_at + ".") in shared and len(shared) >= 2 and (best is None or
+                                                                                   len(shared) > best[0]):
+                config = {g: k for g, k in spec.config.items() if isinstance(k, str) and k in small}
+                best = (len(shared), {f"{ours_at}.{n}": ["+".join(a) for a in theirs[n].axes] for n in shared},
+                        config, spec.model_types[0])
     return best[1:] if best else None

@@ -205,8 +205,9 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
         mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
         by_module[mod_rel] = rel.rpartition(".")[0]
         source = roles["norm_source"].get(mod_rel) if m and _is_norm(module) else None
-        if source is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1:
-            row = int(mem_layer.fullmatch(mem).group(1))
+        row = int(mm.group(1)) if mm else None
+        if source is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1 and \
+                f"{prefix}.{layer_attr}.{row}.{source}" in modules:  # (the source in this layer: not another kind's)
             axes = [layer[f"{by_module[source]}.weight"][_linear_axes(modules[f"{prefix}.{layer_attr}.{row}.{source}"])[0]]]
         else:
             axes = _axes_or_lent(lent, donors, m, layer_re, name, shape, module, module_name, mod_rel, leaf, base,
@@ -353,7 +354,10 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
             return "o.in"  # (Helium's o_proj is declared hidden -> hidden: it reads the heads' outputs all the same)
         if stream_like:
             return "res.in"
-        raise NotInferred(f"{name} reads an axis of {dim} that is neither the stream nor the heads' outputs")
+        if mod_rel in roles["writes"] and "heads" in follows:
+            return "o.in"  # (heads of a value size of their own: latent attention's, by a name no hand table uses)
+        raise NotInferred(f"{name} reads an axis of {dim} (following {', '.join(sorted(follows)) or 'no size'}) that "
+                          "is neither the stream nor the heads' outputs")
     if "ffn" not in keys and follows == {"hidden"} and any(o[3] >= 2 and not any(o[:3]) for o in options) and \
             "att" not in mod_rel:
         return "ffn"  # an FFN whose size the class derives from the width (BLOOM's 4 x hidden): no config key

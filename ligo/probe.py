@@ -111,6 +111,9 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     rows = set(range(min(TINY["layers"], old_layers)))
     for values in lists.values():
         rows |= {values.index(v) for v in values if isinstance(v, (str, int, float, bool))}
+    kinds = [v for v in lists.values() if all(isinstance(x, str) for x in v)]
+    combos = [tuple(v[i] for v in kinds) for i in range(old_layers)] if len(kinds) > 1 else []
+    rows |= {combos.index(c) for c in combos}  # (a layer of each combination: MiMo's full attention beside experts)
     rows = sorted(rows)
     small[keys["layers"]] = len(rows)
     for k, values in lists.items():

@@ -25,7 +25,7 @@ _spec.loader.exec_module(coverage)
 # per-head output gate (lfm3); latent attention lent by the deepseek_v3 table beside a sparse-attention indexer whose
 # choice of 4 of the proof's 16 tokens is read (deepseek_v32); MoE layers from a start index (ernie4_5_moe)
 SAMPLE = ("apertus", "helium", "falcon", "gpt_bigcode", "olmo", "cohere2", "starcoder2", "phi", "lfm3", "deepseek_v32",
-          "ernie4_5_moe", "aria_text", "nemotron", "kimi_linear")
+          "ernie4_5_moe", "aria_text", "nemotron", "kimi_linear", "olmo_hybrid", "bailing_hybrid")
 
 
 @pytest.mark.parametrize("model_type", SAMPLE)
