@@ -206,9 +206,9 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
         by_module[mod_rel] = rel.rpartition(".")[0]
         source = roles["norm_source"].get(mod_rel) if m and _is_norm(module) else None
         row = int(mm.group(1)) if mm else None
-        if source is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1 and \
-                f"{prefix}.{layer_attr}.{row}.{source}" in modules:  # (the source in this layer: not another kind's)
-            axes = [layer[f"{by_module[source]}.weight"][_linear_axes(modules[f"{prefix}.{layer_attr}.{row}.{source}"])[0]]]
+        src_module = modules.get(f"{prefix}.{layer_attr}.{row}.{source}")  # (in this layer: not another kind's)
+        if source is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1 and src_module:
+            axes = [layer[f"{by_module[source]}.weight"][_linear_axes(src_module)[0]]]
         else:
             axes = _axes_or_lent(lent, donors, m, layer_re, name, shape, module, module_name, mod_rel, leaf, base,
                                  changed, small, keys, roles)
@@ -364,7 +364,10 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
     if stream_like and (mod_rel in roles["writes"] or "att" not in mod_rel):
         return "res"  # (a shared expert's down projection writes the stream through the MoE block's sum)
     by_name = _which_head_proj(mod_rel)  # (where the sizes cannot tell q from k and v: its name)
-    heads_like = {(a, b) for a, b, _, e in options if (a or b) and not e} | ({(1, 0)} if stream_like else set())
+    probed_kv = isinstance(keys.get("kv_heads"), str)  # (then a kv part only where the kv heads moved the axis)
+    heads_like = {(a, b) for a, b, _, e in options if (a or b) and not e and (not b or "kv_heads" in follows
+                                                                              or not probed_kv)}
+    heads_like |= {(1, 0)} if stream_like else set()
     if by_name == "q" and (1, 0) in heads_like:
         return "q"
     if by_name in ("k", "v") and (0, 1) in heads_like | ({(0, 1)} if (1, 0) in heads_like and not
@@ -385,7 +388,8 @@ def _grouped(small: dict, keys: dict) -> bool:
 
 def _norms(norms: list, roles: dict) -> dict:
     """The norms' numerics: LayerNorm or RMSNorm (as they compute, :func:`_roles`), a gain stored as ``1 + w`` (as
-    measured, or where a fresh model's gains are zero), whether the stream is normalized after each layer; every norm weight is a gain.
+    measured, or where a fresh model's gains are zero), whether the stream is normalized after each layer; every
+    norm weight is a gain.
     A norm over axes that never grow (a sparse-attention indexer's key norm) is the same function after growth,
     whatever it computes: only the others must agree."""
     grown = [(n, m, w) for n, m, w, axes, _ in norms if any(t not in FIXED for t in axes)]

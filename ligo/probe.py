@@ -111,13 +111,19 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     rows = set(range(min(TINY["layers"], old_layers)))
     for values in lists.values():
         rows |= {values.index(v) for v in values if isinstance(v, (str, int, float, bool))}
+    # a layer of each combination of kinds the lists say (MiMo's full attention beside experts; Flint's dense layers
+    # listed by index among its full-attention ones), so that no two rules coincide in the tiny model
+    indexed = {k: v for k, v in data.items() if "layer" in k and isinstance(v, list) and 0 < len(v) < old_layers
+               and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < old_layers for i in v)}
     kinds = [v for v in lists.values() if all(isinstance(x, str) for x in v)]
-    combos = [tuple(v[i] for v in kinds) for i in range(old_layers)] if len(kinds) > 1 else []
-    rows |= {combos.index(c) for c in combos}  # (a layer of each combination: MiMo's full attention beside experts)
+    combos = [tuple(v[i] for v in kinds) + tuple(i in v for v in indexed.values()) for i in range(old_layers)]
+    rows |= {combos.index(c) for c in combos} if len(kinds) + len(indexed) > 1 else set()
     rows = sorted(rows)
     small[keys["layers"]] = len(rows)
     for k, values in lists.items():
         small[k] = [values[i] for i in rows]
+    for k, listed in indexed.items():
+        small[k] = [rows.index(i) for i in listed if i in rows]
     for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
         if isinstance(small.get(k), int) and small[k] >= TINY["vocab"]:
             small[k] = 0

@@ -24,8 +24,13 @@ _spec.loader.exec_module(coverage)
 # layers of kinds named by a list whose values share weights, a short convolution lent by the lfm2 table and a
 # per-head output gate (lfm3); latent attention lent by the deepseek_v3 table beside a sparse-attention indexer whose
 # choice of 4 of the proof's 16 tokens is read (deepseek_v32); MoE layers from a start index (ernie4_5_moe)
+# this session's: experts stored input first (aria_text), a gain stored as 1 + w (nemotron), weights of another
+# shape in each kind of layer (kimi_linear), a norm's source in its own layer (olmo_hybrid), MLA lent to a module of
+# another name (bailing_hybrid), dense layers listed by index beside a list of attention kinds (flint), a per-head
+# gate projection as wide as k and v together (beam)
 SAMPLE = ("apertus", "helium", "falcon", "gpt_bigcode", "olmo", "cohere2", "starcoder2", "phi", "lfm3", "deepseek_v32",
-          "ernie4_5_moe", "aria_text", "nemotron", "kimi_linear", "olmo_hybrid", "bailing_hybrid")
+          "ernie4_5_moe", "aria_text", "nemotron", "kimi_linear", "olmo_hybrid",
+          "bailing_hybrid", "flint", "beam")
 
 
 @pytest.mark.parametrize("model_type", SAMPLE)
