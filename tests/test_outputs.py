@@ -221,7 +221,7 @@ def test_two_grows_into_one_new_folder_refuse_the_second(sources, tmp_path):
 def test_grow_and_eval_refuse_an_output_another_process_writes(command, sources, corpus, tmp_path, cli):
     """This test's process holds the lock of the output, as a running ligo would: `grow` (of a model or a run) and
     `eval --json`, run as a second process, are refused at once and leave the output as it was (train, grow-train
-    and bench take the same lock through RunOutput: tests/test_faults.py runs two trains)."""
+    and bench take the same lock through RunOutput: tests/test_cli_misuse.py runs two trains)."""
     from ligo.outputs import lock_output, unlock_output
 
     out = tmp_path / ("r.json" if command == "eval" else "out")

@@ -1,5 +1,7 @@
-"""The foreign-fault round of issue 35: each fault as it was met (a real file, a real signal, a real second
-process), now refused in one line, or done right, with nothing lost."""
+"""Inputs, outputs and signals: an --overwrite that never deletes an input inside --out, resume lines that work,
+special files refused before they are opened, tokenizers and vocabularies that disagree, cards and recipes without
+the machine's folders, SIGTERM in long phases outside training; each with a real file, signal or second process
+(first met in issue 35's round)."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""The foreign-fault round of issue 23: each case as a new user met it, now one clear line and nothing lost."""
+"""The CLI misused as a new user misuses it (bad data, targets, devices, eval and plan arguments, a second run into one
+folder, a failed save): each case one clear line, a non-zero exit and nothing lost (first met in issue 23's round)."""
 
 import json
 import math
