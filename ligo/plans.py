@@ -164,6 +164,18 @@ def _mixtures(token, src, tgt, gen, plan):
     return torch.cat([torch.eye(n1), random_rows(n2 - n1, n1, gen).float()])
 
 
+def _zero_pad(token, src, tgt, gen, plan):
+    """Zero-padding (arXiv 2605.13405's shrink / zero-pad / perturb, with ``--perturb`` the perturbation): each source
+    unit kept once, whole, on both sides (whole heads, groups kept: ``unit_selection``'s first copy of it); every
+    other target unit zero in the write and the read maps: a new unit starts empty and unread."""
+    import torch
+
+    sel = unit_selection(token, src, tgt)
+    first = torch.zeros(len(sel), dtype=torch.bool)
+    first[[sel.tolist().index(u) for u in sel.unique().tolist()]] = True
+    return sel, first.float()
+
+
 register_width(WidthInit("split", "as copy, the copies' read shares unequal (split_noise) so that they grow apart, and "
                          "the units of new identity layers random mixtures; lossless",
                          lambda *a: _copies(*a, shares=True), copies=True, lossless=True, fresh_write="random",
@@ -172,6 +184,9 @@ register_width(WidthInit("copy", "Net2Net: units copied, each copy reading an eq
                          lambda *a: _copies(*a, shares=False), copies=True, lossless=True))
 register_width(WidthInit("random", "the paper's: the source's units kept, new units random convex mixtures of them, "
                          "one map for both sides; not lossless", _mixtures, tied_read=True, mixes_new=True))
+register_width(WidthInit("zeropad", "the source's units kept once, new units zero in both maps (with --perturb: the "
+                         "zero-pad / perturb operator); lossless inside the layers, not under a norm over the stream "
+                         "(it sees the zeros)", _zero_pad))
 
 
 # -- the built-in depth inits -------------------------------------------------------------------------------------

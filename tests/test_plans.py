@@ -1,6 +1,6 @@
-"""Growth plans are registered definitions (ligo/plans.py), and the plans of issue 42 do what they say: the depth learned
-from the source's weights (reproducible from the source alone, streaming equal to in-memory), muP-scaled noise on
-any plan, Muon for training, the fit's step rule chosen by the source."""
+"""Growth plans are registered definitions (ligo/plans.py), and the plans of issue 42 do what they say: the depth
+learned from the source's weights (reproducible from the source alone, streaming equal to in-memory), muP-scaled noise
+on any plan, zero-padding, Muon for training, the fit's step rule chosen by the source."""
 
 import json
 
@@ -69,6 +69,27 @@ def test_perturb_adds_mup_scaled_noise_the_same_way_streaming_or_not(sources, tm
     recipes = [json.loads((tmp_path / d / "ligo_recipe.json").read_text()) for d in ("True", "plain")]
     assert recipes[0]["lossless"] is False and "--perturb" in recipes[0]["not_lossless_because"][0]
     assert recipes[1]["lossless"] is True and recipes[0]["plan"]["perturb"] == 0.05
+
+
+def test_zero_pad_keeps_each_source_unit_once_and_pads_with_zeros(sources, tmp_path):
+    """--width zeropad: every source unit (whole heads, GQA groups kept) once and whole, every new unit zero in what it
+    writes and in what reads it; inside a layer nothing changes, so only the stream's norms see the zeros (the recipe
+    says not lossless); streaming writes the same bytes; with --perturb the new units start small, not zero."""
+    target = {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 2}
+    for stream in (False, True):
+        res = grow(sources["llama"], target, tmp_path / str(stream), plan=GrowthPlan(width="zeropad", depth="stack"),
+                   stream=stream)
+    grow(sources["llama"], target, tmp_path / "noisy", plan=GrowthPlan(width="zeropad", depth="stack", perturb=0.05))
+    src = load_checkpoint(sources["llama"]).state
+    a, b, noisy = (load_checkpoint(tmp_path / d).state for d in ("False", "True", "noisy"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not res.record.lossless
+    q, s = a["model.layers.0.self_attn.q_proj.weight"], src["model.layers.0.self_attn.q_proj.weight"]
+    kept = [r for r in range(q.shape[0]) if q[r].abs().sum() > 0]
+    assert len(kept) == s.shape[0]  # each source row once; the others zero
+    assert torch.equal(q[kept][:, : s.shape[1]], s) and not q[kept][:, s.shape[1]:].any()
+    down = a["model.layers.0.mlp.down_proj.weight"]
+    assert not down[s.shape[1]:].any() and not down[:, src["model.layers.0.mlp.down_proj.weight"].shape[1]:].any()
+    assert noisy["model.layers.0.mlp.down_proj.weight"][s.shape[1]:].abs().max() > 0
 
 
 def test_muon_trains_resumes_and_is_refused_where_it_cannot_go(sources, corpus, tmp_path):
