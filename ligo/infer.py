@@ -205,9 +205,9 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
         mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
         by_module[mod_rel] = rel.rpartition(".")[0]
         source = roles["norm_source"].get(mod_rel) if m and _is_norm(module) else None
-        row = int(mm.group(1)) if mm else None
-        src_module = modules.get(f"{prefix}.{layer_attr}.{row}.{source}")  # (in this layer: not another kind's)
-        if source is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1 and src_module:
+        # the projection a norm normalizes the output of, in this layer (not another kind's: OLMo-hybrid's)
+        src_module = modules.get(f"{prefix}.{layer_attr}.{mm.group(1)}.{source}") if source and mm else None
+        if src_module is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1:
             axes = [layer[f"{by_module[source]}.weight"][_linear_axes(src_module)[0]]]
         else:
             axes = _axes_or_lent(lent, donors, m, layer_re, name, shape, module, module_name, mod_rel, leaf, base,
@@ -392,15 +392,14 @@ def _norms(norms: list, roles: dict) -> dict:
     norm weight is a gain.
     A norm over axes that never grow (a sparse-attention indexer's key norm) is the same function after growth,
     whatever it computes: only the others must agree."""
-    grown = [(n, m, w) for n, m, w, axes, _ in norms if any(t not in FIXED for t in axes)]
+    grown = [(n, m, w, key) for n, m, w, axes, key in norms if any(t not in FIXED for t in axes)]
     kept = {key for _, _, _, axes, key in norms if all(t in FIXED for t in axes)}  # (weightless norms are measured)
     kinds = {kind.removesuffix("+1") for key, kind in roles["norm_kinds"].items() if key not in kept} or {"rms"}
     measured = {key: kind.endswith("+1") for key, kind in roles["norm_kinds"].items()}  # (else: gains fresh at 0)
-    zeros = {measured.get(key, bool((w == 0).all())) for _, _, w, axes, key in norms if any(t not in FIXED
-                                                                                          for t in axes)} or {False}
+    zeros = {measured.get(key, bool((w == 0).all())) for _, _, w, key in grown} or {False}
     if len(kinds) > 1 or len(zeros) > 1:
         raise NotInferred("its norms differ in what they compute (LayerNorm and RMSNorm) or in how they store their "
-                          "gains (" + ", ".join(f"{n}: {type(m).__name__}" for n, m, _ in grown) + ")")
+                          "gains (" + ", ".join(f"{n}: {type(m).__name__}" for n, m, *_ in grown) + ")")
     return {"type": kinds.pop(), "offset": 1.0 if zeros.pop() else 0.0, "gains": [n for n, *_ in norms],
             "stream": "post" if roles["post"] else "pre"}
 

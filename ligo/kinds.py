@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .errors import LigoError
 from .probe import EXPERT, NotInferred, config_object
+from .spaces import unmarked
 
 SEP = "/"  # joins a layer's kinds along two rules
 
@@ -219,11 +220,7 @@ def marked(names, table: dict | None) -> list:
         found |= {m for names_ in table["layers"].values() for n in names_ if "@" in n
                   for m in (n, n.rpartition(".")[0] if n.rpartition(".")[2] in ("weight", "bias") else n)}
         table = table.get("also")
-
-    def plain(m: str) -> str:
-        head, _, rest = m.partition("@")
-        return head + ("." + rest.partition(".")[2] if "." in rest else "")
-    return [m for z in names for m in (sorted(m for m in found if plain(m) == z) or [z])]
+    return [m for z in names for m in (sorted(m for m in found if unmarked(m) == z) or [z])]
 
 
 def split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict | None]:

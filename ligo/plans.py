@@ -171,9 +171,9 @@ def _zero_pad(token, src, tgt, gen, plan):
     import torch
 
     sel = unit_selection(token, src, tgt)
-    first = torch.zeros(len(sel), dtype=torch.bool)
-    first[[sel.tolist().index(u) for u in sel.unique().tolist()]] = True
-    return sel, first.float()
+    seen: set[int] = set()
+    first = [u not in seen and not seen.add(u) for u in sel.tolist()]  # (each unit's first copy, in one pass)
+    return sel, torch.tensor(first, dtype=torch.float32)
 
 
 register_width(WidthInit("split", "as copy, the copies' read shares unequal (split_noise) so that they grow apart, and "

@@ -219,6 +219,14 @@ class Dims:
         return getattr(self, dim) if dim else -1  # -1: any size (token types)
 
 
+def unmarked(name: str) -> str:
+    """A table name without its kind's mark: ``self_attn.q_proj@full.weight`` (a weight that has another shape in
+    each kind of layer) is the checkpoint's ``self_attn.q_proj.weight``; a module ``self_attn.q_proj@full`` is
+    ``self_attn.q_proj``."""
+    head, at, rest = name.partition("@")
+    return head + ("." + rest.partition(".")[2] if "." in rest else "") if at else name
+
+
 @dataclass(frozen=True)
 class Entry:
     """One weight of the table: its name (relative to its scope) and its axes."""
@@ -247,10 +255,8 @@ class Entry:
 
     @property
     def template(self) -> str:
-        """The checkpoint's name of the weight: the name without a kind's mark (``self_attn.q_proj@full.weight``
-        names a weight that has another shape in each kind of layer)."""
-        head, at, rest = self.name.partition("@")
-        return head + ("." + rest.partition(".")[2] if at and "." in rest else "") if at else self.name
+        """The checkpoint's name of the weight: the name without a kind's mark (:func:`unmarked`)."""
+        return unmarked(self.name)
 
     def key_name(self, expert: int | None = None) -> str:
         return self.template.replace("{e}", str(expert)) if self.per_expert else self.template
