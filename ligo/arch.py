@@ -45,7 +45,7 @@ RECURRENT_SIZES = ("lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "mamba
                    "mamba_groups", "ssm_state", "mamba_expand", "mamba_chunk", "mamba_inner")
 LATENT_SIZES = ("qk_nope", "v_head", "q_lora", "kv_lora")  # multi-head latent attention's, 0 where none
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
-                 "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", *LATENT_SIZES, *RECURRENT_SIZES)
+                 "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", "zero_experts", *LATENT_SIZES, *RECURRENT_SIZES)
 KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ligo.kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
@@ -67,6 +67,7 @@ class ArchSpec:
     ignore: list[str]
     norms: dict = field(default_factory=lambda: {"type": "layer", "offset": 0.0, "gains": [], "stream": "pre"})
     embed_scale: dict | None = None
+    scales: dict = field(default_factory=dict)  # weight -> the power of hidden the model multiplies its product by
     renamed: dict = field(default_factory=dict)  # checkpoint key -> the model's parameter name, where they differ
     router: dict = field(default_factory=dict)   # {"normalized": true or the config key saying so}
     fused: dict = field(default_factory=dict)    # layer parameter -> the checkpoint entries it holds (see module doc)
@@ -160,7 +161,7 @@ class ArchSpec:
                     head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
                     tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
-                    expert_groups=get("expert_groups", 1), dense_ffn=get("dense_ffn", 0),
+                    expert_groups=get("expert_groups", 1), zero_experts=get("zero_experts", 0), dense_ffn=get("dense_ffn", 0),
                     shared_experts=get("shared_experts", 0), shared_ffn_size=get("shared_ffn", 0), kinds=kinds,
                     attention_layers=self.layers_writing(HEAD_WRITES, kinds, layers),
                     recurrent_layers=self.layers_writing(RECURRENT_WRITES, kinds, layers),

@@ -29,10 +29,11 @@ import re
 from .borrow import lend
 from .kinds import kind_key, layer_kinds_of, marked, per_layer_lists, split_by_kind
 from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, expert_axes, \
-    fixed_kv, oriented_experts, perturbed, probe, saved_shapes, tiny_config, tiny_model, value
+    fixed_kv, oriented_experts, perturbed, probe, saved_shapes, tiny_config, tiny_model, unweighted_buffers, value
 from .spaces import FIXED
+from .widthscale import width_scales
 
-RULES = 3  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
+RULES = 4  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 
 
 
@@ -175,14 +176,13 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     module inference cannot read (:mod:`ligo.borrow`). Raises :class:`NotInferred`."""
     small, keys = tiny_config(model_type, config)
     base, changed = probe(model_type, small, keys)
-    if "head_dim" in changed and changed.pop("head_dim") == base:  # a head_dim key the class ignores: the head
-        keys = {k: v for k, v in keys.items() if k != "head_dim"}     # size is the width over the heads
-    if "kv_heads" in changed and changed.pop("kv_heads") == base:  # a kv key the class ignores: one kv head (a
-        keys = fixed_kv(base, changed, small, keys)               # multi-query flag), or as many as the heads
+    keys = _heeded(base, changed, small, keys)
     model, prefix, layer_attr, layer_list = tiny_model(model_type, small, keys)
     origin = _origins(model, base)  # a checkpoint key -> the tensor the model holds it in
     fresh, ids = _moved_gains(model)
     mem_layer = re.compile(re.escape(f"{prefix}.{layer_attr}") + r"\.(\d+)\.(.+)")
+    scaled = {(mm.group(2) if (mm := mem_layer.fullmatch(n)) else n): p  # (a layer's: by its name in the layer)
+              for n, p in width_scales(model, model_type, small, keys, ids).items()}
     base_prefix, layer_prefix, layer_re = _saved_prefixes(base, origin, mem_layer, prefix)
     kinds = layer_kinds_of(base, layer_re, small)  # (None: every layer alike)
     shaped = kinds["shaped"] if kinds else set()
@@ -233,7 +233,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
              "base_prefix": base_prefix, "layer_prefix": layer_prefix, "globals": glob, "layer": layer,
              "head": head, "tied": tied, "identity_zero": marked(sorted(zero), kind_layers),
              "layer_lists": per_layer_lists(model_type, config, small, keys),
-             "ignore": _buffers(model, f"{prefix}.", layer_attr),
+             "ignore": unweighted_buffers(model, f"{prefix}.", layer_attr),
              "norms": _norms(norms, roles)}
     table["norms"]["gains"] = marked(table["norms"]["gains"], kind_layers)
     table["config"].update(_ffn_config(model_type, config, small, keys, base, changed,
@@ -241,6 +241,8 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     table["config"].update({g: k for g, k in lent["config"].items() if g not in table["config"]})
     if kind_layers:
         table["kinds"] = kind_layers
+    scales = {f"{by_module[m]}.weight": p for m, p in scaled.items() if m in by_module}  # (as the checkpoint has it)
+    table.update({"scales": scales} if scales else {})
     if any(axes and axes[0] in ("exp", "exp.out") for axes in every.values()):
         table["config"].update(_experts_config(keys, small, every))
         table["router"] = {"normalized": "norm_topk_prob" if "norm_topk_prob" in small else True}
@@ -248,6 +250,16 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     if scale is not None:
         table["embed_scale"] = scale
     return table, _candidates(table)
+
+
+def _heeded(base: dict, changed: dict, small: dict, keys: dict) -> dict:
+    """The size keys without those the class ignores: a head_dim key (the head size is then the width over the
+    heads), a kv key (one kv head, a multi-query flag, or as many as the heads)."""
+    if "head_dim" in changed and changed.pop("head_dim") == base:
+        keys = {k: v for k, v in keys.items() if k != "head_dim"}
+    if "kv_heads" in changed and changed.pop("kv_heads") == base:
+        keys = fixed_kv(base, changed, small, keys)
+    return keys
 
 
 def _moved_gains(model):
@@ -304,8 +316,10 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
             tokens.append("vocab")
         elif follows == {"positions"}:
             tokens.append("pos" if dim == value(small, keys, "positions") else "kept")  # (BioGPT's offset rows)
-        elif "experts" in follows:  # the router: a score per expert (its rows, or a bias per expert)
-            tokens.append("router")
+        elif "experts" in follows:  # the router: a score per expert (its rows, or a bias per expert), and after
+            zero = value(small, keys, "zero_experts")  # them one per expert that computes nothing (LongCat-Flash)
+            tokens.append("router+zexp" if isinstance(zero, int) and zero and dim == value(small, keys, "experts") + zero
+                          else "router")
         elif follows in ({"moe_ffn"}, {"shared_ffn"}) or (follows == {"ffn"} and isinstance(keys.get("moe_ffn"),
                                                                                            str)):
             size = next(iter(follows))
@@ -339,6 +353,9 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
             return "q"  # a norm over the whole query projection (OLMo 2's)
         if (0, 1, 0, 0) in options:
             return "k"
+        streams = next((o[3] for o in options if not any(o[:3]) and o[3] >= 2), 0)
+        if streams and axis > 0:  # a matrix that reads several residual streams flattened (hyper-connections)
+            return "+".join(["res.in"] * streams)
         raise NotInferred(f"{name}: an axis of {dim} that follows {', '.join(sorted(follows))}, in no projection")
     if not in_layer:  # the head: it reads the stream through the write map where a norm with a gain feeds it (the
         if stream_like:  # gain, read side, takes the shares); else through the read map
@@ -362,7 +379,9 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
             "att" not in mod_rel:
         return "ffn"  # an FFN whose size the class derives from the width (BLOOM's 4 x hidden): no config key
     if stream_like and (mod_rel in roles["writes"] or "att" not in mod_rel):
-        return "res"  # (a shared expert's down projection writes the stream through the MoE block's sum)
+        return "res"
+    if "heads" in follows and dim == small[keys["heads"]] * small.get("v_head_dim", 0):
+        return "q.v"  # a row block per head of latent attention's value size (an output gate over the values)  # (a shared expert's down projection writes the stream through the MoE block's sum)
     by_name = _which_head_proj(mod_rel)  # (where the sizes cannot tell q from k and v: its name)
     probed_kv = isinstance(keys.get("kv_heads"), str)  # (then a kv part only where the kv heads moved the axis)
     heads_like = {(a, b) for a, b, _, e in options if (a or b) and not e and (not b or "kv_heads" in follows
@@ -483,7 +502,8 @@ def _merged_roles(found: list[dict]) -> dict:
 def _experts_config(keys: dict, small: dict, layer: dict) -> dict:
     """A mixture of experts' config keys: the experts, those a token uses, the experts' FFN size (the key their FFN
     axis follows), a shared expert's."""
-    out = {n: keys[n] for n in ("experts", "experts_per_token", "shared_ffn") if isinstance(keys.get(n), str)}
+    out = {n: keys[n] for n in ("experts", "experts_per_token", "shared_ffn", "zero_experts")
+           if isinstance(keys.get(n), str)}
     if "experts" not in out or "experts_per_token" not in out:
         raise NotInferred("its config names no experts or experts per token that ligo knows")
     if isinstance(keys.get("moe_ffn"), str):  # the experts' own size; the config's FFN size is the dense one
@@ -533,18 +553,6 @@ def _ffn_factor(model_type: str, small: dict, keys: dict, base: dict, changed: d
                 if size % small[keys["hidden"]] == 0:
                     return size // small[keys["hidden"]]
     raise NotInferred("its FFN size is not in its config and is no whole multiple of the width")
-
-
-def _buffers(model, base_prefix: str, layer_attr: str) -> list[str]:
-    """Persistent buffers a checkpoint may hold that are no numbers to grow (masks, indices): ignored, layer buffers
-    by template."""
-    out = set()
-    for name, t in model.state_dict().items():
-        if t.dtype.is_floating_point:
-            continue  # (a weight, or a float buffer carried as one)
-        rel = name.removeprefix(base_prefix)
-        out.add(re.sub(rf"^{re.escape(layer_attr)}\.\d+\.", f"{layer_attr}.{{i}}.", rel))
-    return sorted(out)
 
 
 def _embed_scale(model_type: str, small: dict, keys: dict, roles: dict, table: dict) -> dict | None:

@@ -202,6 +202,9 @@ def expert_gaps(plan: GrowthPlan, src: Dims, tgt: Dims) -> list[str]:
             gaps.append(f"a token uses {tgt.experts_per_token} of {tgt.experts} experts where the source used "
                         f"{src.experts_per_token} of {src.experts}: copied experts route as the source only with "
                         f"{src.experts_per_token * ratio} per token (every copy of each chosen expert)")
+        if tgt.experts > src.experts and src.zero_experts:
+            gaps.append(f"the router scores {src.zero_experts} zero-computation experts beside the experts, whose share "
+                        "of its softmax changes when experts are copied; only growth without new experts keeps it")
         if tgt.experts > src.experts and src.expert_groups > 1:
             gaps.append(f"experts are chosen within {src.expert_groups} groups, whose scores change when experts are "
                         "copied into them; only growth without new experts keeps the routing")

@@ -109,6 +109,8 @@ class GrowthOperator(nn.Module):
             self.scales[spec.embed_scale["weight"]] = factor
             if src_dims.tie and "tied_norm" in spec.embed_scale:
                 self.scales[spec.embed_scale["tied_norm"]] = 1 / factor
+        for name, power in spec.scales.items():  # a weight whose product the model multiplies by hidden ** power
+            self.scales[name] = (src_dims.hidden / tgt_dims.hidden) ** power
         # a module of one kind of layers maps the target layers of that kind from the source layers of that kind
         base = torch.nn.functional.one_hot(torch.tensor(depth.sources), src_dims.layers).float()
         zero = torch.tensor(depth.zero, dtype=torch.bool)

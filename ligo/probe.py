@@ -19,7 +19,7 @@ class NotInferred(LigoError):
 
 
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 128, "vocab": 256, "experts": 4,
-        "experts_per_token": 2, "moe_ffn": 32, "shared_ffn": 64}
+        "experts_per_token": 2, "moe_ffn": 32, "shared_ffn": 64, "zero_experts": 2}
 # a generic size -> the config attributes that hold it in the families transformers ships (the first present wins;
 # a config's attribute_map resolves the standard names, as GPT-2's n_embd for hidden_size)
 SIZE_KEYS = {
@@ -35,6 +35,7 @@ SIZE_KEYS = {
     "experts_per_token": ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k"),
     "moe_ffn": ("moe_intermediate_size", "expert_intermediate_size"),
     "shared_ffn": ("shared_expert_intermediate_size", "shared_intermediate_size"),
+    "zero_experts": ("zero_expert_num",),
 }
 PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn")
 EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
@@ -328,3 +329,15 @@ def oriented_experts(layer: dict) -> list[str]:
         if any("+" in layer[n][2] for n in writes) or 2 * len(writes) > len(names) > 1:
             layer.update({n: [turn(a) for a in layer[n]] for n in names})
     return [n for names in groups.values() for n in names if layer[n][0] == "exp.out"]
+
+
+def unweighted_buffers(model, base_prefix: str, layer_attr: str) -> list[str]:
+    """Persistent buffers a checkpoint may hold that are no numbers to grow (masks, indices): ignored, layer buffers
+    by template."""
+    out = set()
+    for name, t in model.state_dict().items():
+        if t.dtype.is_floating_point:
+            continue  # (a weight, or a float buffer carried as one)
+        rel = name.removeprefix(base_prefix)
+        out.add(re.sub(rf"^{re.escape(layer_attr)}\.\d+\.", f"{layer_attr}.{{i}}.", rel))
+    return sorted(out)

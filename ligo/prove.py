@@ -223,7 +223,7 @@ def table_json(spec, model_type: str | None = None) -> dict:
 
     if spec.kinds:
         out["kinds"] = kinds_json(spec.kinds)
-    optional = {"embed_scale": spec.embed_scale, "router": spec.router, "fused": spec.fused, "upcycle": spec.upcycle,
+    optional = {"embed_scale": spec.embed_scale, "scales": spec.scales, "router": spec.router, "fused": spec.fused, "upcycle": spec.upcycle,
                 "requires": spec.requires, "renamed": spec.renamed, "transposable": spec.transposable,
                 "trailing_layers": spec.trailing_layers, "ffn_rule": spec.ffn_rule}
     return {**out, **{k: v for k, v in optional.items() if v}}

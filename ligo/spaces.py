@@ -33,7 +33,8 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
            read the residual stream (gate/up); ``exp.out``: of those that write it (down). A table entry
            with an ``{e}`` in its name is one tensor per expert (checkpoint keys ``experts.{e}.w1.weight``),
            held stacked over the experts
-``router`` the experts, as the rows of the router (its scores per expert)
+``router`` the experts, as the rows of the router (its scores per expert); ``zexp`` the rows after them for
+           experts that compute nothing (LongCat-Flash's zero-computation experts: never grown)
 ``conv``   the channels of a gated short convolution (LFM2: its input projection's three streams, its depthwise
            filters, one per channel), as many as the residual stream but a space of their own; ``conv.in``: read
            by its output projection
@@ -85,7 +86,7 @@ SPACES = (
     Space("ffn", ("ffn", "ffn.pair"), ("ffn.in",), "ffn", None, True),
     Space("dense_ffn", ("dffn",), ("dffn.in",), "dense_ffn", None, True),
     Space("shared_ffn", ("sffn",), ("sffn.in",), "shared_ffn", None, True),
-    Space("heads", ("q", "qkv", "q.head", "q.gate", "q.mla", "q.kv"), ("o.in", "o.v"), "heads", "head_dim", True),
+    Space("heads", ("q", "qkv", "q.head", "q.gate", "q.mla", "q.kv", "q.v"), ("o.in", "o.v"), "heads", "head_dim", True),
     Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
     # an expert is a unit whose write vector is its weights and whose read vector is its router row
     Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
@@ -109,19 +110,20 @@ SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # GPT-OSS FFN unit is a (gate, up) pair, a sink is one value per head
 _UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None, "q.gate": "gate_unit", "lv.head": None,
          "lk.qkvz": "qkvz_unit", "lk.ba": "ba_unit", "mh.head": None, "q.mla": "mla_q_unit", "q.kv": "mla_kv_unit",
-         "o.v": "v_head"}
+         "o.v": "v_head", "q.v": "v_head"}
 # token -> (count dim, unit-size dim)
 GROWN = {tok: (s.count, _UNIT[tok] if tok in _UNIT else s.unit) for tok, s in SPACE_OF.items()}
 # tokens that apply another token's map with their own unit size (one map per space side, however it is laid out)
 MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv", "lk.qkvz": "lk", "lk.ba": "lk",
-          "mh.head": "mh", "q.mla": "q", "q.kv": "q", "o.v": "o.in"}
+          "mh.head": "mh", "q.mla": "q", "q.kv": "q", "o.v": "o.in", "q.v": "q"}
 PACKED_GROUPS = ("lk.qkvz", "lk.ba")  # tokens whose unit holds a whole group: the group's size may not change
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
 LAYER_TOKENS = tuple(t for s in SPACES if s.in_layers for t in s.write + s.read)
 READ_PARTNER = {r: s.write[0] for s in SPACES for r in s.read}        # a read map and its space's write map
 # never grown; kernel: a convolution's kernel (and its group axis of one); one: an axis of one (a scalar gate's row)
 FIXED = {"vocab": "vocab", "pos": "positions", "type": None, "kept": None, "hd": "head_dim", "lhd": "lin_v_dim", "kernel": None,
-         "one": None, "ssm": "ssm_size", "krope": "head_dim", "vis": None}
+         "one": None, "ssm": "ssm_size", "krope": "head_dim", "vis": None,
+         "zexp": "zero_experts"}
 EXPERT_TOKENS = ("exp", "exp.out")  # the leading axis of a per-expert entry
 
 
@@ -143,6 +145,8 @@ class Dims:
     router_normalized: bool = True  # the top-k router weights are renormalized to sum to one
     router_sigmoid: bool = False    # each expert scored by a sigmoid (GLM-4.5, DeepSeek-V3), not a softmax over all
     expert_groups: int = 1          # experts chosen within groups (DeepSeek-V3's n_group)
+    zero_experts: int = 0           # router rows past the experts for experts that compute nothing (LongCat-Flash's
+    # zero-computation experts: a token routed to one keeps its input, weighted)
     dense_ffn: int = 0              # the FFN size of the dense layers beside MoE layers (0: none of their own)
     shared_experts: int = 0         # shared experts beside the routed ones (their FFN: this x ffn)
     shared_ffn_size: int = 0        # the shared expert's FFN size, where the config gives it (Qwen3-Next)

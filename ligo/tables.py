@@ -44,6 +44,8 @@ class TableFile:
     ignore: list[str] = setting([], "checkpoint keys that are not weights (buffers)")
     norms: dict = setting({}, "the norms' numerics (see Norms)")
     embed_scale: Optional[dict] = setting(None, "an embedding the model scales by a power of hidden (see EmbedScale)")
+    scales: dict[str, float] = setting({}, "weights whose product the model multiplies by hidden ** power: name -> "
+                                           "power (grown, multiplied by (source / target hidden) ** power)")
     renamed: dict[str, str] = setting({}, "checkpoint key -> the model's parameter name, where they differ")
     router: dict = setting({}, "MoE: {normalized: true, false or the config key saying so; scores: softmax (the "
                                "default) or sigmoid}")
@@ -147,6 +149,7 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
     refs += [("upcycle.layer", n, names) for n in t.upcycle.get("layer", {}).values()]
     refs += [("upcycle.new", n, names) for n in t.upcycle.get("new", {})]
     refs += [("transposable", n, names) for n in t.transposable]
+    refs += [("scales", n, names) for n in t.scales]
     for key, name, known in refs:
         if name not in known:
             raise LigoError(f"{where}: {key} names {name!r}, which is no {'layer module' if known is modules else 'weight'} "
@@ -161,7 +164,8 @@ def read_table(data: dict, source: str = "<dict>") -> ArchSpec:
     spec = ArchSpec(model_types=tuple(types), objective=t.objective, rope=t.rope, config=dict(t.config),
                base_prefix=t.base_prefix, layer_prefix=t.layer_prefix, entries=entries, tied=dict(t.tied),
                identity_zero=list(t.identity_zero), layer_lists=list(t.layer_lists), ignore=list(t.ignore),
-               norms=vars(norms), embed_scale=embed, renamed=dict(t.renamed), router=t.router, fused=t.fused,
+               norms=vars(norms), embed_scale=embed, scales=dict(t.scales), renamed=dict(t.renamed), router=t.router,
+               fused=t.fused,
                upcycle=t.upcycle, requires=t.requires, kinds=kinds, trailing_layers=t.trailing_layers,
                ffn_rule=ffn_rule, transposable=list(t.transposable), source=source, model_type=types[0])
     spec._compile()
@@ -236,6 +240,12 @@ def supported_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def hand_tables() -> list[ArchSpec]:
+    """Every hand table, once (a family's table serves several model_types)."""
+    _builtin_tables()
+    return list({id(s): s for s in _REGISTRY.values()}.values())
+
+
 def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None) -> ArchSpec:
     """The table of a checkpoint: its ``model_type``'s, or with ``arch`` the named table (serving the
     checkpoint's own model_type). A type without a table gets one read off transformers' class and proved by
@@ -261,7 +271,7 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
     from .prove import table_for
 
     fits = []  # (entries of the table the checkpoint lacks, table): the closest table first
-    for spec in {id(s): s for s in _REGISTRY.values()}.values():
+    for spec in hand_tables():
         try:
             layout = spec.layout(keys, spec.dims(config), config)
         except (LigoError, TypeError, ValueError):
@@ -269,7 +279,7 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
         fits.append((len({e.name for e in spec.entries} - {m.entry.name for m in layout.values()}), spec.source, spec))
     fitting = [spec for missing, _, spec in sorted(fits, key=lambda f: f[:2]) if missing == min(fits)[0]]
     spec = table_for(model_type, config, fitting, read=read_table,
-                     donors=list({id(s): s for s in _REGISTRY.values()}.values()))
+                     donors=hand_tables())
     spec = replace(spec, model_type=model_type)
     spec.layout(keys, spec.dims(config), config)  # the checkpoint's own keys: the table must name them all
     return spec

@@ -27,10 +27,11 @@ _spec.loader.exec_module(coverage)
 # this session's: experts stored input first (aria_text), a gain stored as 1 + w (nemotron), weights of another
 # shape in each kind of layer (kimi_linear), a norm's source in its own layer (olmo_hybrid), MLA lent to a module of
 # another name (bailing_hybrid), dense layers listed by index beside a list of attention kinds (flint), a per-head
-# gate projection as wide as k and v together (beam)
+# gate projection as wide as k and v together (beam); hyper-connections (several residual streams read flattened by
+# their mixing matrices) beside latent attention with an output gate of the value head size (hy_v4)
 SAMPLE = ("apertus", "helium", "falcon", "gpt_bigcode", "olmo", "cohere2", "starcoder2", "phi", "lfm3", "deepseek_v32",
           "ernie4_5_moe", "aria_text", "nemotron", "kimi_linear", "olmo_hybrid",
-          "bailing_hybrid", "flint", "beam")
+          "bailing_hybrid", "flint", "beam", "hy_v4")
 
 
 @pytest.mark.parametrize("model_type", SAMPLE)
@@ -86,3 +87,49 @@ def test_layer_kinds_are_read_off_the_weights_each_layer_holds():
     assert decoy["rules"][0][1] == "first_k_dense_replace"  # (Sarvam-MoE: "topk_group" once read as the count)
     assert infer_rules({0: norm | dense, 1: norm | dense}, {}) is None
     assert infer_rules({0: norm | moe, 1: norm | dense, 2: norm | moe}, {"first_k_dense": 1}) is None  # (no rule)
+
+
+def test_a_number_the_model_computes_from_its_width_is_undone_on_the_weight_it_multiplies(tmp_path):
+    """LongCat-Flash multiplies its queries by (hidden / q_lora) ** 0.5 and its kv latent by (hidden / kv_lora) ** 0.5:
+    both are found on the model, each on the projection it multiplies, and growth that widens the model keeps its
+    logits through them (without the scales the same growth moves them by about 0.2). The zero-computation experts'
+    router rows are kept past the experts'."""
+    import transformers
+
+    from ligo import tables
+    from ligo.infer import infer_table
+    from ligo.probe import TINY, build_model, tiny_config
+    from ligo.widthscale import width_scales
+
+    config = transformers.AutoConfig.for_model("longcat_flash").to_dict()
+    small, keys = tiny_config("longcat_flash", config)
+    torch.manual_seed(0)
+    model = build_model("longcat_flash", small, "cpu").eval()
+    ids = torch.randint(0, TINY["vocab"], (1, 12), generator=torch.Generator().manual_seed(0))
+    found = width_scales(model, "longcat_flash", small, keys, ids)
+    assert {n: p for n, p in found.items() if ".layers.0." in n} == {
+        f"model.layers.0.self_attn.{i}.{w}": 0.5 for i in (0, 1) for w in ("q_b_proj", "kv_b_proj")}
+    from safetensors.torch import load_file, save_file
+
+    from ligo.config import GrowthPlan
+    from ligo.operator import GrowthOperator
+    from ligo.prove import transformers_model
+
+    table, _ = infer_table("longcat_flash", config, tables.hand_tables())
+    assert table["scales"] == {f"self_attn.{i}.{w}.weight": 0.5 for i in (0, 1) for w in ("q_b_proj", "kv_b_proj")}
+    assert table["layer"]["mlp.router.classifier.weight"] == ["router+zexp", "res.in"]
+    model.save_pretrained(tmp_path / "src")
+    state = load_file(tmp_path / "src" / "model.safetensors")
+    tgt_config = {**small, **{k: 2 * small[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads")}}
+    gaps = {}
+    for name, t in (("kept", table), ("unscaled", {k: v for k, v in table.items() if k != "scales"})):
+        spec = tables.read_table(t, source="inferred")
+        dims = spec.dims(small)
+        grown = GrowthOperator(spec, dims, spec.dims(tgt_config), spec.layout(state.keys(), dims, small), state,
+                               GrowthPlan(width="split", depth="identity", width_lr="uniform")).materialize()
+        save_file({k: v.contiguous() for k, v in grown.items()}, tmp_path / "model.safetensors")
+        transformers.AutoConfig.for_model(**tgt_config).save_pretrained(tmp_path)
+        wide = transformers_model(str(tmp_path))  # (as transformers reads a checkpoint: its experts renamed)
+        with torch.no_grad():
+            gaps[name] = float((wide(ids).logits - model(ids).logits).abs().max())
+    assert gaps["kept"] < 1e-4 and gaps["unscaled"] > 1e-2, gaps
