@@ -152,7 +152,12 @@ def main() -> None:
         write_docs(Path(args.docs), json.loads(Path(args.report).read_text()))
         return
     warnings.filterwarnings("ignore")
+    import os
     import platform
+    import tempfile
+
+    # every type proved afresh: a table cached by older code would hide a type that stopped growing
+    os.environ["LIGO_CACHE"] = tempfile.mkdtemp(prefix="ligo-coverage-")
 
     import torch
     import transformers

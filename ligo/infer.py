@@ -255,9 +255,11 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
 def _heeded(base: dict, changed: dict, small: dict, keys: dict) -> dict:
     """The size keys without those the class ignores: a head_dim key (the head size is then the width over the
     heads), a kv key (one kv head, a multi-query flag, or as many as the heads)."""
-    if "head_dim" in changed and changed.pop("head_dim") == base:
+    if changed.get("head_dim") == base:  # (a probe that moved some weight stays: it tells the axes that follow it)
         keys = {k: v for k, v in keys.items() if k != "head_dim"}
-    if "kv_heads" in changed and changed.pop("kv_heads") == base:
+        del changed["head_dim"]
+    if changed.get("kv_heads") == base:
+        del changed["kv_heads"]
         keys = fixed_kv(base, changed, small, keys)
     return keys
 
@@ -379,9 +381,7 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
             "att" not in mod_rel:
         return "ffn"  # an FFN whose size the class derives from the width (BLOOM's 4 x hidden): no config key
     if stream_like and (mod_rel in roles["writes"] or "att" not in mod_rel):
-        return "res"
-    if "heads" in follows and dim == small[keys["heads"]] * small.get("v_head_dim", 0):
-        return "q.v"  # a row block per head of latent attention's value size (an output gate over the values)  # (a shared expert's down projection writes the stream through the MoE block's sum)
+        return "res"  # (a shared expert's down projection writes the stream through the MoE block's sum)
     by_name = _which_head_proj(mod_rel)  # (where the sizes cannot tell q from k and v: its name)
     probed_kv = isinstance(keys.get("kv_heads"), str)  # (then a kv part only where the kv heads moved the axis)
     heads_like = {(a, b) for a, b, _, e in options if (a or b) and not e and (not b or "kv_heads" in follows
@@ -395,6 +395,8 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
     for parts, token in (((1, 2), "q+k+v"), ((3, 0), "q+k+v"), ((0, 2), "k+v"), ((1, 0), "q"), ((0, 1), "k")):
         if parts in heads_like:
             return token
+    if "heads" in follows and dim == small[keys["heads"]] * small.get("v_head_dim", 0):
+        return "q.v"  # a row block per head of latent attention's value size (an output gate over the values)
     raise NotInferred(f"{name}: an axis of {dim} that follows {', '.join(sorted(follows))} is no layout of heads "
                       "inference knows")
 
