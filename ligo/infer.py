@@ -395,7 +395,7 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
     for parts, token in (((1, 2), "q+k+v"), ((3, 0), "q+k+v"), ((0, 2), "k+v"), ((1, 0), "q"), ((0, 1), "k")):
         if parts in heads_like:
             return token
-    if "heads" in follows and dim == small[keys["heads"]] * small.get("v_head_dim", 0):
+    if "heads" in follows and "kv_heads" not in follows and dim == small[keys["heads"]] * small.get("v_head_dim", 0):
         return "q.v"  # a row block per head of latent attention's value size (an output gate over the values)
     raise NotInferred(f"{name}: an axis of {dim} that follows {', '.join(sorted(follows))} is no layout of heads "
                       "inference knows")
