@@ -201,9 +201,23 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
                 grown = grown + op.router_noise(e, chunk, read)
             if op.plan.perturb and state is None and not absolute and layer_by_layer:
                 grown = _perturbed(op, e, rows[chunk], grown)
+            if e.name in op.unchosen and state is None and not absolute:
+                grown = _unchosen(op, rows[chunk], grown)
             del mixed, src
             yield from _named(op, e, rows[chunk], grown)
             del grown
+
+
+def _unchosen(op, rows: list[int], grown: torch.Tensor) -> torch.Tensor:
+    """``grown`` (target layers ``rows`` of a per-expert bias over the experts, then the experts that compute
+    nothing) with the latter's entries at -1e4 in the new identity layers: no token chooses them there (a bias that
+    steers the choice: scores lie in [0, 1]; one added to the logits: exp(-1e4) is zero in float32)."""
+    new = [k for k, row in enumerate(rows) if row in op.identity_rows]
+    if not new:
+        return grown
+    grown = grown.float().clone()
+    grown[new, op.tgt.experts:] = -1e4
+    return grown
 
 
 def _perturbed(op, e: Entry, rows: list[int], grown: torch.Tensor) -> torch.Tensor:

@@ -121,6 +121,11 @@ class GrowthOperator(nn.Module):
             if module in spec.identity_zero:  # new identity blocks: their output projections start at zero
                 d[zero[rows]] = 0
             self.depth[_param_name(module)] = nn.Parameter(d)
+        # a new identity layer's router never chooses an expert that computes nothing (LongCat-Flash's zero experts
+        # pass the layer's input through, weighted: the layer would be no identity): their rows of a per-expert
+        # bias (the choice's correction, or the scores') start far below every expert's
+        self.identity_rows = {i for i, z in enumerate(depth.zero) if z}
+        self.unchosen = {e.name for e in self.layer_entries if e.axes == (("router", "zexp"),)}
         self.depth_fit: dict[str, dict] = {}  # a depth init fitted on the weights: each module's coefficients
         if depth_init(plan.depth).from_weights:
             self._fit_depth(depth, read or (lambda key: src_state[key]))

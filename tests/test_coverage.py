@@ -29,10 +29,11 @@ _spec.loader.exec_module(coverage)
 # another name (bailing_hybrid), dense layers listed by index beside a list of attention kinds (flint), a per-head
 # gate projection as wide as k and v together (beam); hyper-connections (several residual streams read flattened by
 # their mixing matrices) beside latent attention with an output gate of the value head size (hy_v4); a fused q/k/v
-# of grouped heads whose kv heads the kv probe alone moves (param2moe)
+# of grouped heads whose kv heads the kv probe alone moves (param2moe); two attention and MLP blocks a layer with a
+# shortcut MoE whose zero-computation experts a new layer never chooses, under MLA scaled by the width (longcat_flash)
 SAMPLE = ("apertus", "helium", "falcon", "gpt_bigcode", "olmo", "cohere2", "starcoder2", "phi", "lfm3", "deepseek_v32",
           "ernie4_5_moe", "aria_text", "nemotron", "kimi_linear", "olmo_hybrid",
-          "bailing_hybrid", "flint", "beam", "hy_v4", "param2moe")
+          "bailing_hybrid", "flint", "beam", "hy_v4", "param2moe", "longcat_flash")
 
 
 @pytest.mark.parametrize("model_type", SAMPLE)
