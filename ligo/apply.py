@@ -37,6 +37,10 @@ def expand_axis(op, w: torch.Tensor, axis: int, tokens: tuple[str, ...], groups:
         return torch.cat([expand_axis(op, p, axis, (t,), groups, absolute, gain, keep)
                           for p, t in zip(parts, tokens)], dim=axis)
     tok = tokens[0]
+    if tok == "bylayer":  # one slice a layer: a target layer takes its source layer's (exact, a gather)
+        size = w.shape[axis] // op.src.layers
+        out = torch.cat([w.narrow(axis, j * size, size) for j in op.layer_sources], dim=axis)
+        return out if keep else out.float()
     if tok in FIXED:
         return w
     _, unit = op.src.units(tok)
@@ -197,26 +201,43 @@ def pieces(op, layer_by_layer: bool = False, state: dict | None = None, absolute
             if offset:
                 ones = torch.einsum("ij,j...->i...", coef, torch.ones_like(src, dtype=torch.float32))
                 grown = grown + offset * (expand(op, ones, e, groups[chunk], absolute) - 1)
-            if e.name in op.noise and state is None and not absolute:
-                grown = grown + op.router_noise(e, chunk, read)
-            if op.plan.perturb and state is None and not absolute and layer_by_layer:
-                grown = _perturbed(op, e, rows[chunk], grown)
-            if e.name in op.unchosen and state is None and not absolute:
-                grown = _unchosen(op, rows[chunk], grown)
+            if state is None and not absolute:  # (weights, not moments: the inits' own additions)
+                grown = _initialized(op, e, rows[chunk], grown, lambda: op.router_noise(e, chunk, read), layer_by_layer)
             del mixed, src
             yield from _named(op, e, rows[chunk], grown)
             del grown
+
+
+def _initialized(op, e: Entry, rows: list[int], grown: torch.Tensor, noise, layer_by_layer: bool) -> torch.Tensor:
+    """``grown`` (target layers ``rows`` of entry ``e``) with what the plan adds to the weights: the router's noise
+    (``noise()``), the plan's perturbation, and the values a new identity layer needs (no zero expert chosen, the
+    layer's own output scalar at one)."""
+    if e.name in op.noise:
+        grown = grown + noise()
+    if op.plan.perturb and layer_by_layer:
+        grown = _perturbed(op, e, rows, grown)
+    if e.name in op.unchosen:
+        grown = _unchosen(op, rows, grown)
+    if e.name in op.unit_scalars:
+        grown = _new_at(op, rows, grown, 1.0)
+    return grown
 
 
 def _unchosen(op, rows: list[int], grown: torch.Tensor) -> torch.Tensor:
     """``grown`` (target layers ``rows`` of a per-expert bias over the experts, then the experts that compute
     nothing) with the latter's entries at -1e4 in the new identity layers: no token chooses them there (a bias that
     steers the choice: scores lie in [0, 1]; one added to the logits: exp(-1e4) is zero in float32)."""
+    return _new_at(op, rows, grown, -1e4, slice(op.tgt.experts, None))
+
+
+def _new_at(op, rows: list[int], grown: torch.Tensor, value: float, part: slice = slice(None)) -> torch.Tensor:
+    """``grown`` (target layers ``rows`` of one entry) with ``part`` of its first axis set to ``value`` in the new
+    identity layers."""
     new = [k for k, row in enumerate(rows) if row in op.identity_rows]
     if not new:
         return grown
     grown = grown.float().clone()
-    grown[new, op.tgt.experts:] = -1e4
+    grown[new, part] = value
     return grown
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LigoError
-from .kinds import kind_parts, layer_kinds, listed_kinds
+from .kinds import config_value, kind_parts, layer_kinds, layer_values, listed_kinds, overridden
 from .spaces import SPACES, Dims, Entry, Match
 
 HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens of weights that write attention heads
@@ -45,7 +45,7 @@ RECURRENT_SIZES = ("lin_heads", "lin_kv_heads", "lin_k_dim", "lin_v_dim", "mamba
                    "mamba_groups", "ssm_state", "mamba_expand", "mamba_chunk", "mamba_inner")
 LATENT_SIZES = ("qk_nope", "v_head", "q_lora", "kv_lora")  # multi-head latent attention's, 0 where none
 GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "experts", "experts_per_token",
-                 "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", "zero_experts", *LATENT_SIZES, *RECURRENT_SIZES)
+                 "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", "zero_experts", "per_layer_input", *LATENT_SIZES, *RECURRENT_SIZES)
 KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ligo.kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
 
@@ -155,13 +155,18 @@ class ArchSpec:
         normalized = self.router.get("normalized", True)
         if isinstance(normalized, str):
             normalized = config.get(normalized, False)
+        if overridden(config, "num_key_value_heads") not in (None, get("kv_heads", heads)):
+            raise LigoError(f"{where}: its per_layer_config gives some layers a kv head count of their own (Gemma 4's "
+                            "num_global_key_value_heads, with attention_k_eq_v); ligo does not grow those yet")
         layers = get("layers") or len(listed)
         kinds = layer_kinds(self.kinds, config, layers, where)
         return Dims(layers=layers, hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
                     head_dim=head_dim, ffn=ffn, vocab=get("vocab"), positions=get("positions"),
                     tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
-                    expert_groups=get("expert_groups", 1), zero_experts=get("zero_experts", 0), dense_ffn=get("dense_ffn", 0),
+                    expert_groups=get("expert_groups", 1), zero_experts=get("zero_experts", 0),
+                    head_dim2=overridden(config, "head_dim") or head_dim, per_layer_input=get("per_layer_input", 0),
+                    dense_ffn=get("dense_ffn", 0),
                     shared_experts=get("shared_experts", 0), shared_ffn_size=get("shared_ffn", 0), kinds=kinds,
                     attention_layers=self.layers_writing(HEAD_WRITES, kinds, layers),
                     recurrent_layers=self.layers_writing(RECURRENT_WRITES, kinds, layers),
@@ -263,10 +268,9 @@ class ArchSpec:
         pattern = [self.kinds["pattern"]["key"]] if self.kinds and self.kinds.get("pattern") else []
         for key in self.layer_lists + pattern:  # (a kinds pattern is a string with a character a layer)
             old = source_config.get(key)
-            if key not in target and isinstance(old, (list, str)) and old and len(old) == src_layers and \
-                    isinstance(layers, int) and layers != src_layers:
-                new = [old[i % len(old)] for i in range(layers)]
-                out[key] = "".join(new) if isinstance(old, str) else new
+            values = layer_values(old, src_layers) if isinstance(src_layers, int) else None
+            if key not in target and values is not None and isinstance(layers, int) and layers != src_layers:
+                out[key] = config_value(old, [values[i % len(values)] for i in range(layers)])
         return out
 
     def shape(self, entry: Entry, dims: Dims) -> list[int]:

@@ -21,7 +21,7 @@ from .maps import depth_plan, lossless_gaps
 from .outputs import writes_out
 from .fit import FitModule
 from .operator import GrowthOperator
-from .kinds import kinds_config
+from .kinds import config_value, kinds_config, layer_values
 from .records import FitRecord, GrowthRecord, StartCheck, TrainingRecord, load_recipe
 
 
@@ -188,8 +188,9 @@ class Grower:
         carried = set()  # (a list that says the kinds, carried layer by layer, keeps the source's own names)
         for key in self.spec.layer_lists:
             old = self.source.config.get(key)
-            if key not in target and isinstance(old, list) and len(old) == self.source.dims.layers:
-                self.target_config[key] = [old[j] for j in sources]
+            values = layer_values(old, self.source.dims.layers)
+            if key not in target and values is not None:
+                self.target_config[key] = config_value(old, [values[j] for j in sources])
                 carried.add(key)
         if self.source.dims.kinds:
             kinds = [self.source.dims.kinds[j] for j in sources]

@@ -9,7 +9,7 @@ For a ``model_type`` without a hand table, the table is derived from the model i
    change one at a time (hidden, heads, kv heads, head size, FFN, vocabulary, positions, experts and their FFNs);
    which axis of which weight follows which size places each axis in a space (:mod:`ligo.spaces`); an axis that
    follows several sizes is a fused one, decomposed into its parts (``q+k+v``, ``ffn+ffn``).
-3. **Data flow** (:func:`_roles`): the tiny model is run once with hooks, which say what shapes cannot: which
+3. **Data flow** (:func:`ligo.roles.layer_roles`): the tiny model is run once with hooks, which say what shapes cannot: which
    projections write the residual stream (their output is their block's), which norm feeds the head, which norm
    normalizes a projection's output, whether each layer ends in a norm, by how much the embedding's rows are
    multiplied on their way to the first layer; a fresh model's gains say whether a norm stores ``1 + w``.
@@ -28,145 +28,15 @@ import re
 
 from .borrow import lend
 from .kinds import kind_key, layer_kinds_of, marked, per_layer_lists, split_by_kind
-from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, expert_axes, \
-    fixed_kv, oriented_experts, perturbed, probe, saved_shapes, tiny_config, tiny_model, unweighted_buffers, value
+from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, expert_axes, heeded, \
+    move_off_init, oriented_experts, own_head_dim, per_layer_input_key, perturbed, probe, saved_shapes, tiny_config, \
+    tiny_model, unweighted_buffers, value
+from .roles import is_norm, layer_roles, linear_axes, merged_roles
 from .spaces import FIXED
 from .widthscale import width_scales
 
 RULES = 4  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 
-
-
-# -- the tiny config --------------------------------------------------------------------------------------------
-# -- data flow ----------------------------------------------------------------------------------------------------
-def _is_norm(module) -> bool:
-    return "norm" in type(module).__name__.lower()
-
-
-def _linear_axes(module) -> tuple[int, int] | None:
-    """(out axis, in axis) of a projection's weight: nn.Linear's (out, in), GPT-2's Conv1D's (in, out)."""
-    import torch
-
-    name = type(module).__name__
-    if isinstance(module, torch.nn.Linear) or name.endswith("Linear"):
-        return 0, 1
-    if name == "Conv1D":
-        return 1, 0
-    return None
-
-
-def _roles(model, layer_list, ids, row: int = 0) -> dict:
-    """Run ``model`` once with hooks: which projections of layer ``row`` read and write the residual stream, which
-    norm feeds the head, whether layers end in a norm (post-norm), the embedding's scale."""
-    import torch
-
-    seen: dict[str, tuple] = {}
-    calls: dict[str, tuple] = {}
-    hooks = []
-    layer = layer_list[row]
-    named = dict(layer.named_modules())
-
-    def keep(name):
-        def hook(module, args, kwargs, output):  # (layers are called with hidden_states as a keyword in places)
-            x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("hidden_states", next(
-                (v for v in kwargs.values() if isinstance(v, torch.Tensor)), None))
-            y = output[0] if isinstance(output, tuple) else output
-            seen[name] = (x, y if isinstance(y, torch.Tensor) else None)
-            calls[name] = (args, kwargs)  # (a gated norm takes its gate beside the input)
-        return hook
-
-    def watch(module, name):
-        hooks.append(module.register_forward_hook(keep(name), with_kwargs=True))
-
-    for name, module in named.items():
-        watch(module, name)
-    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    watch(embed, "<embed>")
-    if head is not None:
-        watch(head, "<head>")
-    inner = {id(m) for m in layer_list.modules()}
-    for name, module in model.named_modules():
-        if _is_norm(module) and id(module) not in inner:
-            watch(module, "<outer>" + name)
-    try:
-        with torch.no_grad():
-            model(input_ids=ids)
-    finally:
-        for h in hooks:
-            h.remove()
-
-    def same(a, b) -> bool:
-        return a is not None and b is not None and a.shape == b.shape and bool(torch.allclose(a, b, atol=1e-6))
-
-    layer_in, layer_out = seen[""]
-    norm_outs = [seen[n][1] for n, m in named.items() if _is_norm(m) and n in seen]
-    blocks = [seen[n][1] for n, m in named.items() if n and "." not in n and n in seen and not _is_norm(m)]
-    reads, writes = set(), set()
-    for name, module in named.items():
-        if _linear_axes(module) is None or name not in seen:
-            continue
-        x, y = seen[name]
-        if any(same(x, n) for n in norm_outs + [layer_in]):
-            reads.add(name)
-        if any(same(y, b) for b in blocks) or (x is not None and same(y, layer_out)):
-            writes.add(name)
-    # a norm inside the layer over a projection's output (OLMo 2's q_norm over the whole query projection)
-    outputs = {n: seen[n][1] for n, m in named.items() if _linear_axes(m) is not None and n in seen}
-    norm_source = {n: next((p for p, y in outputs.items() if same(seen[n][0], y)), None)
-                   for n, m in named.items() if _is_norm(m) and n in seen}
-    head_norm = next((n.removeprefix("<outer>") for n in seen if n.startswith("<outer>") and head is not None and
-                      same(seen[n][1], seen["<head>"][0])), None)
-    post = any(same(layer_out, n) for n in norm_outs)
-    # the scale from the embedding's rows to the first layer's input (inside the embedding module, as Gemma's
-    # scaled embedding, or after it); None where the first layer's input is no multiple of the rows
-    rows = embed.weight[ids].detach()
-    scale = _multiple(layer_in, rows) if layer_in is not None and layer_in.shape == rows.shape else None
-    every = {**{n: m for n, m in named.items() if _is_norm(m)},
-             **{"<outer>" + n: m for n, m in model.named_modules() if _is_norm(m) and id(m) not in inner}}
-    kinds = _norm_kinds(every, seen, calls)
-    head_gain = head_norm is not None and getattr(dict(model.named_modules())[head_norm], "weight", None) is not None
-    return {"reads": reads, "writes": writes, "head_norm": head_norm, "head_gain": head_gain, "post": post,
-            "embed_scale": scale,
-            "norm_source": {n: p for n, p in norm_source.items() if p is not None}, "norm_kinds": kinds}
-
-
-def _norm_kinds(norms: dict, seen: dict, calls: dict) -> dict:
-    """What each norm computes (its name in the layer, or ``<outer>`` and its name -> ``layer`` or ``rms``), each
-    called again as the model called it: a LayerNorm subtracts the mean (a shifted input gives the same output),
-    RMSNorm not."""
-    import torch
-
-    kinds = {}
-    with torch.no_grad():
-        for name, module in norms.items():
-            x = seen.get(name, (None, None))[0]
-            if x is not None and x.dtype.is_floating_point:
-                args, kwargs = calls[name]
-
-                def run(v):  # (the norm called as the model called it, its input replaced by v)
-                    return module(*[v if a is x else a for a in args], **{k: v if a is x else a
-                                                                           for k, a in kwargs.items()})
-                kind = "layer" if torch.allclose(run(x), run(x + 3.0), atol=1e-4) else "rms"
-                w, b = getattr(module, "weight", None), getattr(module, "bias", None)
-                if isinstance(w, torch.Tensor) and w.dim() == 1:  # (a gain stored as 1 + w: no zero output at w = 0)
-                    kept = [(t, t.clone()) for t in (w, b) if isinstance(t, torch.Tensor)]
-                    for t, _ in kept:
-                        t.zero_()
-                    kind += "" if torch.allclose(run(x), torch.zeros(()), atol=1e-6) else "+1"
-                    for t, old in kept:
-                        t.copy_(old)
-                kinds[name] = kind
-    return kinds
-
-
-def _multiple(a, b) -> float | None:
-    """c where ``a == c * b`` elementwise (to fp32 rounding), else None."""
-    mask = b.abs() > 1e-3
-    if not bool(mask.any()):
-        return None
-    ratio = a[mask] / b[mask]
-    mean = float(ratio.mean())
-    return mean if float(ratio.std()) <= 1e-4 * max(1.0, abs(mean)) else None
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
@@ -176,7 +46,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     module inference cannot read (:mod:`ligo.borrow`). Raises :class:`NotInferred`."""
     small, keys = tiny_config(model_type, config)
     base, changed = probe(model_type, small, keys)
-    keys = _heeded(base, changed, small, keys)
+    keys = heeded(base, changed, small, keys)
     model, prefix, layer_attr, layer_list = tiny_model(model_type, small, keys)
     origin = _origins(model, base)  # a checkpoint key -> the tensor the model holds it in
     fresh, ids = _moved_gains(model)
@@ -187,7 +57,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     kinds = layer_kinds_of(base, layer_re, small)  # (None: every layer alike)
     shaped = kinds["shaped"] if kinds else set()
     rows = sorted({min(r) for r in kinds["rows"].values()}) if kinds else [0]
-    roles = _merged_roles([_roles(model, layer_list, ids, row) for row in rows])
+    roles = merged_roles([layer_roles(model, layer_list, ids, row) for row in rows])
     modules = dict(model.named_modules())
     tied = {_saved_name(h, origin): _saved_name(e, origin) for h, e in _tied(model, modules, roles).items()}
     glob, layer, head, norms, zero, by_module, lent = {}, {}, {}, [], set(), {}, {"axes": {}, "config": {}}
@@ -204,17 +74,17 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
         module = modules[module_name]
         mod_rel = (mm.group(2) if (mm := mem_layer.fullmatch(mem)) else mem).rpartition(".")[0]  # (as the model has it)
         by_module[mod_rel] = rel.rpartition(".")[0]
-        source = roles["norm_source"].get(mod_rel) if m and _is_norm(module) else None
+        source = roles["norm_source"].get(mod_rel) if m and is_norm(module) else None
         # the projection a norm normalizes the output of, in this layer (not another kind's: OLMo-hybrid's)
         src_module = modules.get(f"{prefix}.{layer_attr}.{mm.group(1)}.{source}") if source and mm else None
         if src_module is not None and f"{by_module.get(source)}.weight" in layer and len(shape) == 1:
-            axes = [layer[f"{by_module[source]}.weight"][_linear_axes(src_module)[0]]]
+            axes = [layer[f"{by_module[source]}.weight"][linear_axes(src_module)[0]]]
         else:
             axes = _axes_or_lent(lent, donors, m, layer_re, name, shape, module, module_name, mod_rel, leaf, base,
                                  changed, small, keys, roles)
-        if _is_norm(module) and leaf == "weight":
+        if is_norm(module) and leaf == "weight":
             norms.append((rel, module, fresh[mem], axes, mod_rel if m else "<outer>" + module_name))
-        if m and _linear_axes(module) is not None and axes and axes[0] == "res":
+        if m and linear_axes(module) is not None and axes and axes[0] == "res":
             zero.add(rel.rpartition(".")[0])  # a new identity layer's writers of the stream start at zero
         key = kind_key(rel, shape, shaped) if m else rel  # (a weight of another shape in each kind: each read)
         (layer if m else glob if name.startswith(base_prefix) else head)[key] = axes
@@ -241,8 +111,7 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     table["config"].update({g: k for g, k in lent["config"].items() if g not in table["config"]})
     if kind_layers:
         table["kinds"] = kind_layers
-    scales = {f"{by_module[m]}.weight": p for m, p in scaled.items() if m in by_module}  # (as the checkpoint has it)
-    table.update({"scales": scales} if scales else {})
+    _measured(table, small, keys, base, scaled, by_module)
     if any(axes and axes[0] in ("exp", "exp.out") for axes in every.values()):
         table["config"].update(_experts_config(keys, small, every))
         table["router"] = {"normalized": "norm_topk_prob" if "norm_topk_prob" in small else True}
@@ -252,28 +121,13 @@ def infer_table(model_type: str, config: dict, donors=()) -> tuple[dict, list[di
     return table, _candidates(table)
 
 
-def _heeded(base: dict, changed: dict, small: dict, keys: dict) -> dict:
-    """The size keys without those the class ignores: a head_dim key (the head size is then the width over the
-    heads), a kv key (one kv head, a multi-query flag, or as many as the heads)."""
-    if changed.get("head_dim") == base:  # (a probe that moved some weight stays: it tells the axes that follow it)
-        keys = {k: v for k, v in keys.items() if k != "head_dim"}
-        del changed["head_dim"]
-    if changed.get("kv_heads") == base:
-        del changed["kv_heads"]
-        keys = fixed_kv(base, changed, small, keys)
-    return keys
-
-
 def _moved_gains(model):
     """The tiny model's fresh weights, and token ids to run it on, after moving its gains and biases off their
     initial values (so that a norm's gain and an offset gain are told apart, and no weight is a neutral one)."""
     import torch
 
     fresh = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
+    move_off_init(model)
     return fresh, torch.randint(0, TINY["vocab"], (1, 12), generator=torch.Generator().manual_seed(0))
 
 
@@ -305,7 +159,7 @@ def _which_head_proj(mod_rel: str) -> str | None:
 
 def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed, small, keys, roles) -> list[str]:
     """The axis tokens of one weight (a projection's, a norm's, an embedding's, a scalar)."""
-    lin = _linear_axes(module)
+    lin = linear_axes(module)
     if lin is None and len(shape) == 2 and "experts" in axis_sizes(name, 0, base, changed):
         lin = (0, 1)  # a router of its own class: a projection from the stream to a score per expert
     tokens = []
@@ -316,6 +170,8 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
             tokens.append("one" if dim == 1 else "kept")
         elif follows == {"vocab"}:
             tokens.append("vocab")
+        elif follows == {"layers"} and dim % value(small, keys, "layers") == 0:
+            tokens.append("bylayer")  # one slice a layer (Gemma 4's per-layer embeddings): follows the depth plan
         elif follows == {"positions"}:
             tokens.append("pos" if dim == value(small, keys, "positions") else "kept")  # (BioGPT's offset rows)
         elif "experts" in follows:  # the router: a score per expert (its rows, or a bias per expert), and after
@@ -332,12 +188,21 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
             parts = next((o[2] for o in decompose(name, axis, base, changed, small, keys) if o[2] and not any(
                 o[:2]) and not o[3]), 1)
             tokens.append("+".join(["ffn" if write else "ffn.in"] * parts))
+        elif lin is not None and not in_layer and not write and tokens and tokens[0] != "vocab" and \
+                follows == {"hidden"}:
+            tokens.append("res.in")  # a projection outside the layers that is no head reads the stream (Gemma 4's)
         elif follows <= {"head_dim", "heads"} and "hidden" not in follows:
             tokens.append("hd")  # the inside of one head (a per-head norm)
         else:
             tokens.append(_head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_layer, base,
                                           changed, small, keys, roles))
+    layer = re.search(r"\.(\d+)\.", name) if in_layer else None
+    if layer and (own_head_dim(small, layer.group(1)) or 0) not in (0, value(small, keys, "head_dim")):
+        tokens = ["+".join(_OWN_HEADS.get(t, t) for t in axis.split("+")) for axis in tokens]
     return tokens
+
+
+_OWN_HEADS = {"q": "q2", "k": "k2", "v": "v2", "o.in": "o2.in"}  # heads of a size their layer's settings give
 
 
 def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_layer, base, changed, small, keys,
@@ -408,7 +273,7 @@ def _grouped(small: dict, keys: dict) -> bool:
 
 
 def _norms(norms: list, roles: dict) -> dict:
-    """The norms' numerics: LayerNorm or RMSNorm (as they compute, :func:`_roles`), a gain stored as ``1 + w`` (as
+    """The norms' numerics: LayerNorm or RMSNorm (as they compute, :func:`ligo.roles.layer_roles`), a gain stored as ``1 + w`` (as
     measured, or where a fresh model's gains are zero), whether the stream is normalized after each layer; every
     norm weight is a gain.
     A norm over axes that never grow (a sparse-attention indexer's key norm) is the same function after growth,
@@ -429,9 +294,9 @@ def _reading_order(base: dict, layer_re, origin: dict, modules: dict, rows: list
     """The weights a table names (those outside the layers, the first layer of each kind's (``rows``), expert 0's),
     projections first: a norm over a projection's output (OLMo 2's q_norm) takes that projection's space; one weight
     of the layers once, from the first layer that holds it."""
-    def is_norm(n: str) -> bool:
+    def a_norms(n: str) -> bool:
         module = modules.get(origin[n].rpartition(".")[0])
-        return module is not None and _is_norm(module)
+        return module is not None and is_norm(module)
 
     seen, out = set(), []
     for n in sorted(base, key=lambda n: (int(m.group(1)) if (m := layer_re.fullmatch(n)) else -1)):
@@ -442,7 +307,7 @@ def _reading_order(base: dict, layer_re, origin: dict, modules: dict, rows: list
         if rel is None or rel not in seen:
             out.append(n)
             seen.add(rel)
-    return sorted(out, key=is_norm)
+    return sorted(out, key=a_norms)
 
 
 def _origins(model, saved) -> dict[str, str]:
@@ -489,16 +354,6 @@ def _saved_prefixes(base: dict, origin: dict, mem_layer, prefix: str) -> tuple[s
     base_prefix = top if embed.startswith(top) and top != template else ""
     pattern = re.compile(re.escape(template).replace(re.escape("{i}"), r"(\d+)") + r"(.+)")
     return base_prefix, template.removeprefix(base_prefix), pattern
-
-
-def _merged_roles(found: list[dict]) -> dict:
-    """The roles of the first layer of each kind, as one: the sets joined, the rest the first layer's."""
-    out = dict(found[0])
-    for other in found[1:]:
-        for key in ("reads", "writes", "norm_kinds"):
-            out[key] = out[key] | other[key]
-        out["norm_source"] = {**other["norm_source"], **out["norm_source"]}
-    return out
 
 
 def _experts_config(keys: dict, small: dict, layer: dict) -> dict:
@@ -571,7 +426,7 @@ def _embed_scale(model_type: str, small: dict, keys: dict, roles: dict, table: d
     prefix = table["base_prefix"].rstrip(".")
     layers = getattr(getattr(model, prefix), table["layer_prefix"].split(".")[0])
     ids = torch.randint(0, TINY["vocab"], (1, 12), generator=torch.Generator().manual_seed(0))
-    other = _roles(model, layers, ids)["embed_scale"]
+    other = layer_roles(model, layers, ids)["embed_scale"]
     if other is None:
         return None
     power = math.log(other / roles["embed_scale"]) / math.log(2)
@@ -582,6 +437,16 @@ def _embed_scale(model_type: str, small: dict, keys: dict, roles: dict, table: d
     if table["tied"] and roles["head_norm"]:
         out["tied_norm"] = roles["head_norm"].removeprefix(table["base_prefix"]) + ".weight"
     return out
+
+
+def _measured(table: dict, small: dict, keys: dict, base: dict, scaled: dict, by_module: dict) -> None:
+    """The table's ``scales`` (each number computed from the width, by the weight it multiplies, named as the
+    checkpoint names it) and the config key of an axis packed one slice a layer."""
+    scales = {f"{by_module[m]}.weight": p for m, p in scaled.items() if m in by_module}
+    table.update({"scales": scales} if scales else {})
+    packed = {base[table["base_prefix"] + n][a] for n, axes in table["globals"].items() for a, t in enumerate(axes)
+              if t == "bylayer"}
+    table["config"].update(per_layer_input_key(small, keys, packed))
 
 
 def _candidates(table: dict) -> list[dict]:

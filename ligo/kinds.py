@@ -240,9 +240,44 @@ def split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict | None]:
 def per_layer_lists(model_type: str, config: dict, small: dict, keys: dict) -> list[str]:
     """The config's lists with one entry a layer (they follow the depth plan): as long as the layers in the user's
     config and in the tiny one, and in the class's default config too where it gives the list (Bamba's two-entry
-    ``time_step_limit`` is no list of layers, in a two-layer model either)."""
+    ``time_step_limit`` is no list of layers, in a two-layer model either); and its settings by layer index
+    (transformers' ``per_layer_config``: Gemma 4's full-attention layers' head size)."""
     default = config_object(model_type, {}).to_dict()
     layers = keys["layers"]
     return sorted(k for k, v in small.items() if isinstance(v, list) and isinstance(config.get(k), list)
                   and len(config[k]) == config.get(layers) and len(v) == small[layers] > 1
-                  and (not isinstance(default.get(k), list) or len(default[k]) == default.get(layers)))
+                  and (not isinstance(default.get(k), list) or len(default[k]) == default.get(layers))
+                  or by_index(v) and by_index(config.get(k)))
+
+
+def by_index(value) -> bool:
+    """A config's settings by layer index (``{"5": {"head_dim": 512}}``)."""
+    return isinstance(value, dict) and bool(value) and all(str(i).isdigit() and isinstance(v, dict)
+                                                           for i, v in value.items())
+
+
+def overridden(config: dict, attr: str):
+    """The value that the config's settings by layer index (transformers' ``per_layer_config``) give ``attr``, None
+    where none does; several values are refused (one size of its own is what the tables describe)."""
+    found = {c[attr] for c in (config.get("per_layer_config") or {}).values() if isinstance(c, dict) and attr in c}
+    if len(found) > 1:
+        raise LigoError(f"the config's per_layer_config gives {attr} {len(found)} values ({sorted(found)}); ligo "
+                        f"grows layers with at most one {attr} of their own")
+    return found.pop() if found else None
+
+
+def layer_values(value, layers: int) -> list | str | None:
+    """A per-layer config value one entry a layer: a list (or a pattern string) as it is, settings by layer index
+    as a list (None for a layer without any); None for anything else or another count of layers."""
+    if by_index(value):
+        return [value.get(str(i), value.get(i) if i in value else None) for i in range(layers)] \
+            if all(int(i) < layers for i in value) else None
+    return value if isinstance(value, (list, str)) and value and len(value) == layers else None
+
+
+def config_value(old, values: list):
+    """``values`` (one a layer) in the form of the config value ``old``: a list, a pattern string, or settings by
+    layer index (the layers without any left out)."""
+    if by_index(old):
+        return {str(i): v for i, v in enumerate(values) if v is not None}
+    return "".join(values) if isinstance(old, str) else list(values)

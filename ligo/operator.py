@@ -125,7 +125,10 @@ class GrowthOperator(nn.Module):
         # pass the layer's input through, weighted: the layer would be no identity): their rows of a per-expert
         # bias (the choice's correction, or the scores') start far below every expert's
         self.identity_rows = {i for i, z in enumerate(depth.zero) if z}
+        self.layer_sources = list(depth.sources)  # (an axis packed one slice a layer follows them)
         self.unchosen = {e.name for e in self.layer_entries if e.axes == (("router", "zexp"),)}
+        # a scalar of the layer itself multiplies its output (Gemma 4's layer_scalar): one in a new identity layer
+        self.unit_scalars = {e.name for e in self.layer_entries if e.axes == (("one",),) and "." not in e.name}
         self.depth_fit: dict[str, dict] = {}  # a depth init fitted on the weights: each module's coefficients
         if depth_init(plan.depth).from_weights:
             self._fit_depth(depth, read or (lambda key: src_state[key]))

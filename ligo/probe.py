@@ -37,7 +37,8 @@ SIZE_KEYS = {
     "shared_ffn": ("shared_expert_intermediate_size", "shared_intermediate_size"),
     "zero_experts": ("zero_expert_num",),
 }
-PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn")
+PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn",
+          "layers")
 EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
 
 
@@ -59,7 +60,10 @@ def config_object(model_type: str, config: dict):
 
     data = {k: special_floats(v) for k, v in config.items()
             if k not in ("model_type", "transformers_version", "auto_map", "architectures", "_name_or_path")}
-    return transformers.AutoConfig.for_model(model_type, **data)
+    cfg = transformers.AutoConfig.for_model(model_type, **data)
+    if getattr(cfg, "is_heterogeneous", False):  # (settings by layer: its global values are what ligo reads)
+        cfg.allow_global_per_layer_attribute_access = True
+    return cfg
 
 
 def size_keys(cfg) -> dict[str, str]:
@@ -79,6 +83,30 @@ def size_keys(cfg) -> dict[str, str]:
     return found
 
 
+def _tiny_overrides(overrides, data: dict, keys: dict):
+    """A layer's own settings (transformers' ``per_layer_config``) at the tiny size: a head size of its own twice the
+    tiny one (so that it stays a size of its own), a kv head count of its own one."""
+    if not isinstance(overrides, dict):
+        return overrides
+    out = dict(overrides)
+    if isinstance(out.get("head_dim"), int) and out["head_dim"] != data.get(keys.get("head_dim", "")):
+        out["head_dim"] = 2 * TINY["head_dim"]
+    if isinstance(out.get("num_key_value_heads"), int):
+        out["num_key_value_heads"] = 1
+    return out
+
+
+def _shrinking_with(data: dict, keys: dict) -> dict:
+    """Other widths that are the model's width (OPT's word_embed_proj_dim) and other vocabularies that are its
+    vocabulary (Gemma 4's per-layer embeddings'), at the tiny sizes."""
+    def size(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return {**{k: TINY["hidden"] for k, v in data.items() if size(v) and v == data[keys["hidden"]] and
+               any(w in k for w in ("dim", "size", "hidden", "embd"))},
+            **{k: TINY["vocab"] for k, v in data.items() if size(v) and v == data[keys["vocab"]] and "vocab" in k}}
+
+
 def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     """``config`` at a tiny size, as a dict for ``AutoConfig.for_model``, and its size keys: the config key of each
     generic size, or the size itself where the class derives it from a flag and ignores the key (a multi-query
@@ -89,12 +117,10 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     if not {"layers", "hidden", "heads", "vocab"} <= set(keys):
         missing = sorted({"layers", "hidden", "heads", "vocab"} - set(keys))
         raise LigoError(f"its config names no {', '.join(missing)} that ligo knows")
-    old_layers, old_hidden = data[keys["layers"]], data[keys["hidden"]]
+    old_layers = data[keys["layers"]]
     kv = data.get(keys.get("kv_heads", ""), None)
     small = dict(data)
-    # other widths that are the model's width (OPT's word_embed_proj_dim) shrink with it
-    small.update({k: TINY["hidden"] for k, v in data.items() if v == old_hidden and isinstance(v, int) and
-                  not isinstance(v, bool) and any(w in k for w in ("dim", "size", "hidden", "embd"))})
+    small.update(_shrinking_with(data, keys))
     small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")
                   and isinstance(data.get(keys[n]), int) and not isinstance(data.get(keys[n]), bool)})
     per_token, experts = data.get(keys.get("experts_per_token")), data.get(keys.get("experts"))
@@ -147,8 +173,9 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
                 small[k] = TINY["head_dim"]  # (latent attention's head parts: the tiny head size each)
             elif k == "index_topk":
                 small[k] = min(v, 4)  # (a sparse-attention indexer chooses among the proof's 16 tokens)
-        if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index
-            small[k] = {i: c for i, c in v.items() if int(i) < len(rows)}
+        if isinstance(v, dict) and v and all(str(i).isdigit() for i in v):  # per-layer settings by layer index:
+            small[k] = {str(rows.index(int(i))): _tiny_overrides(c, data, keys)  # the tiny model's layers, tiny sizes
+                        for i, c in v.items() if int(i) in rows}
     if all(isinstance(small.get(k), int) for k in ("qk_head_dim", "qk_nope_head_dim", "qk_rope_head_dim")):
         small["qk_head_dim"] = small["qk_nope_head_dim"] + small["qk_rope_head_dim"]  # (LongCat states the sum)
     built = config_object(model_type, small)  # a size the class derives and ignores the key of: fixed
@@ -192,7 +219,15 @@ def perturbed(small: dict, keys: dict, size: str) -> dict | None:
         out[keys["heads"]] = small[keys["heads"]] * 2
         if grouped:
             out[kv] = small[kv] * 2
-    elif isinstance(keys.get(size), str) and isinstance(small.get(keys[size]), int) and size != "layers":
+    elif size == "layers":  # one layer more, a copy of the last one's settings (an axis packed a slice a layer)
+        layers = small[keys["layers"]]
+        out[keys["layers"]] = layers + 1
+        for k, v in small.items():
+            if isinstance(v, list) and len(v) == layers and layers > 1:
+                out[k] = v + v[-1:]
+            elif isinstance(v, dict) and v and all(str(i).isdigit() and isinstance(c, dict) for i, c in v.items()):
+                out[k] = {**v, **({str(layers): v[str(layers - 1)]} if str(layers - 1) in v else {})}
+    elif isinstance(keys.get(size), str) and isinstance(small.get(keys[size]), int):
         if size == "kv_heads" and small[keys["kv_heads"]] * 2 > small[keys["heads"]]:
             return None
         out[keys[size]] = small[keys[size]] * 2
@@ -241,9 +276,12 @@ def probe(model_type: str, small: dict, keys: dict) -> tuple[dict, dict]:
 def decompose(name: str, axis: int, base: dict, changed: dict, small: dict, keys: dict) -> list[tuple[int, ...]]:
     """The ways an axis is a sum of units: (a, b, c, e) with size = a*heads*hd + b*kv*hd + c*ffn + e*hidden at the
     tiny size and at every probe."""
+    layer = re.search(r"\.(\d+)\.", name)
+
     def sizes(cfg: dict) -> tuple[int, int, int, int]:
         hidden, heads = cfg[keys["hidden"]], cfg[keys["heads"]]
-        hd = value(cfg, keys, "head_dim")
+        hd = own_head_dim(cfg, layer.group(1)) if layer else None  # (a layer's own head size: Gemma 4's full ones)
+        hd = hd or value(cfg, keys, "head_dim")
         hd = hd if isinstance(hd, int) else hidden // heads
         kv = value(cfg, keys, "kv_heads")
         kv = kv if isinstance(kv, int) else heads
@@ -272,6 +310,29 @@ def fixed_kv(base: dict, changed: dict, small: dict, keys: dict) -> dict:
         if all(decompose(n, a, base, changed, small, fixed) for n, a in axes):
             return fixed
     raise NotInferred("its kv heads follow neither its config's kv key nor one kv head nor its heads")
+
+
+def move_off_init(model) -> None:
+    """Move ``model``'s one-dimensional parameters (gains, biases) and the float scalars and vectors its checkpoint
+    saves (Gemma 4's ``layer_scalar``, a router's correction bias) off their initial values, so that no weight is a
+    neutral one: a proof then shows where growth would carry a one or a zero that is no longer one."""
+    import torch
+
+    saved = set(model.state_dict())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name in saved and b.is_floating_point() and b.dim() <= 1:
+                b.add_(0.1 * torch.randn_like(b))
+
+
+def own_head_dim(cfg: dict, layer: str) -> int | None:
+    """The head size layer ``layer`` (an index) has by its own settings (transformers' ``per_layer_config``)."""
+    own = (cfg.get("per_layer_config") or {})
+    own = own.get(layer, own.get(int(layer))) if isinstance(own, dict) else None
+    return own.get("head_dim") if isinstance(own, dict) else None
 
 
 def axis_sizes(name: str, axis: int, base: dict, changed: dict) -> set[str]:
@@ -341,3 +402,27 @@ def unweighted_buffers(model, base_prefix: str, layer_attr: str) -> list[str]:
         rel = name.removeprefix(base_prefix)
         out.add(re.sub(rf"^{re.escape(layer_attr)}\.\d+\.", f"{layer_attr}.{{i}}.", rel))
     return sorted(out)
+
+
+def heeded(base: dict, changed: dict, small: dict, keys: dict) -> dict:
+    """The size keys without those the class ignores: a head_dim key (the head size is then the width over the
+    heads), a kv key (one kv head, a multi-query flag, or as many as the heads)."""
+    if changed.get("head_dim") == base:  # (a probe that moved some weight stays: it tells the axes that follow it)
+        keys = {k: v for k, v in keys.items() if k != "head_dim"}
+        del changed["head_dim"]
+    if changed.get("kv_heads") == base:
+        del changed["kv_heads"]
+        keys = fixed_kv(base, changed, small, keys)
+    return keys
+
+
+def per_layer_input_key(small: dict, keys: dict, packed: set[int]) -> dict:
+    """The config key giving the slice a layer of an axis packed one slice a layer (``hidden_size_per_layer_input``)."""
+    if not packed:
+        return {}
+    slices = {size // value(small, keys, "layers") for size in packed}
+    found = sorted((("per_layer" not in k), k) for k, v in small.items() if isinstance(v, int) and
+                   not isinstance(v, bool) and v in slices)
+    if len(slices) > 1 or not found:
+        raise NotInferred(f"an axis packed one slice a layer, of slices {sorted(slices)} no one config key gives")
+    return {"per_layer_input": found[0][1]}

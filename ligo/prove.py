@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import LigoError
 from . import __version__
 from .infer import RULES, infer_table
-from .probe import TINY, NotInferred, build_model, tiny_config
+from .probe import TINY, NotInferred, build_model, move_off_init, tiny_config
 
 TOLERANCE = 1e-4  # the largest logit difference of a lossless growth (fp32 rounding)
 
@@ -50,10 +50,7 @@ def reproduction_gap(model_type: str, config: dict, spec) -> float | None:
     small, _ = tiny_config(model_type, config)
     torch.manual_seed(0)
     source = build_model(model_type, small, "cpu").eval()
-    with torch.no_grad():
-        for p in source.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))  # norms away from their init, where their numerics differ
+    move_off_init(source)  # (norms away from their init, where their numerics differ; no neutral scalar)
     ids = torch.randint(0, TINY["vocab"], (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = source(input_ids=ids).logits
@@ -86,7 +83,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
 
     from .config import GrowthPlan
     from .hf import known_config_keys
-    from .kinds import kinds_config
+    from .kinds import config_value, kinds_config, layer_values
     from .maps import depth_plan, lossless_gaps
     from .probe import special_floats
     from .operator import GrowthOperator
@@ -104,8 +101,8 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
         plan = GrowthPlan(width="split", depth="identity", width_lr="uniform")
         depth = depth_plan("identity", dims.layers, spec.dims(tgt_config).layers)
         for key in spec.layer_lists:
-            if isinstance(small.get(key), list) and key not in target:
-                tgt_config[key] = [small[key][j] for j in depth.sources]
+            if (values := layer_values(small.get(key), dims.layers)) is not None and key not in target:
+                tgt_config[key] = config_value(small[key], [values[j] for j in depth.sources])
         if dims.kinds:  # a layer keeps its source layer's kind, as the config says it (as the Grower does)
             tgt_config.update({k: v for k, v in kinds_config(spec.kinds, [dims.kinds[j] for j in depth.sources],
                                                              model_type).items() if k not in spec.layer_lists})
