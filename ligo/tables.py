@@ -268,8 +268,8 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
     _builtin_tables()
     if model_type in _REGISTRY or not model_type or refused_reason(model_type):
         return get_spec(model_type)
-    for setting, why in refused_settings(model_type, config).items():
-        raise LigoError(f"model_type {model_type!r} with {setting}={config[setting]!r} is not supported: {why} (what "
+    for key, why in refused_settings(model_type, config).items():
+        raise LigoError(f"model_type {model_type!r} with {key}={config[key]!r} is not supported: {why} (what "
                         f"is: {DOCS_ADDING})")
     from .prove import table_for
 
