@@ -55,12 +55,16 @@ def _terminate(*_):
     raise Terminated()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone when it names one (its module is the only one imported:
+    ``ligo grow`` does not build the parsers of seven other commands)."""
     parser = _Parser(prog="ligo", description="Grow pretrained transformers with a learned linear growth operator "
                      "(LiGO), train them, and measure the compute saved.")
     parser.add_argument("--version", action="version", version=f"ligo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, module in COMMANDS.items():
+        if command in COMMANDS and name != command:
+            continue
         mod = importlib.import_module(f"ligo.commands.{module}")
         p = mod.add_parser(sub, name)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else argv
+        args = build_parser(words[0] if words else None).parse_args(argv)
     except Terminated:
         print("ligo: terminated", file=sys.stderr)
         return 143

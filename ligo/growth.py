@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import torch
@@ -15,14 +16,15 @@ from .checkpoint import Checkpoint, LazyWeights, check_tokenizer_fits, describe_
 from .config import FIT_STEPS_API, MAX_SHARD_SIZE, WEAK_SOURCE_TOKENS_PER_PARAM, GrowthPlan, TrainConfig, fit_config
 from .errors import LigoError
 from .hf import build_config, check_memory, known_config_keys, meta_model, model_class
-from .loop import LoopResult, make_collate, train_loop
 from .moe import lm_loss_only, upcycle, upcycle_table
 from .maps import depth_plan, lossless_gaps
 from .outputs import writes_out
-from .fit import FitModule
 from .operator import GrowthOperator
 from .kinds import config_value, kinds_config, layer_values
 from .records import FitRecord, GrowthRecord, StartCheck, TrainingRecord, load_recipe
+
+if TYPE_CHECKING:  # (the fit's loop is imported where a fit runs: growing alone never needs it)
+    from .loop import LoopResult
 
 
 def _size(n: int) -> str:
@@ -67,6 +69,8 @@ def held_out_loss(path: Path, blocks: torch.Tensor, objective: str, tokenizer=No
     """Mean loss of the model saved in ``path`` on ``blocks`` (fp32, CPU; masked LM with a fixed masking seed)."""
     model = model_class(objective, read_config(path).get("model_type")).from_pretrained(
         str(path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False, local_files_only=True).eval()
+    from .loop import make_collate
+
     collate = make_collate(objective, None if objective == "causal-lm" else tokenizer, seed=0)
     lm_only = lm_loss_only(model)
     losses = [model(**collate(list(blocks[i:i + batch_size])), **lm_only).loss.item()
@@ -305,6 +309,9 @@ class Grower:
         def keep_best(step: int, val: float, _model) -> None:
             if not best or val < best["val"]:
                 best.update(val=val, step=step, maps={k: v.detach().clone() for k, v in self.operator.state_dict().items()})
+
+        from .fit import FitModule
+        from .loop import make_collate, train_loop
 
         module = FitModule(self.operator, self.target_model())
         t0 = time.perf_counter()

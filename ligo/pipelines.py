@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import torch
@@ -27,7 +28,9 @@ from .launch import check_batch, is_main_process, process_state
 from .outputs import RunOutput, writes_out
 from .records import GrowthRecord, load_recipe
 from .rundir import latest_checkpoint
-from .training import Model, Start, TrainResult, train_in
+
+if TYPE_CHECKING:  # (training is imported where a run trains: growing alone never needs it)
+    from .training import Start, TrainResult
 
 JOB_FILE = "job.json"  # grow-train's settings as run, beside OUT/grown and OUT/trained
 
@@ -112,6 +115,7 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
 
     from .flops import step_flops
     from .hf import meta_model
+    from .training import Model, train_in
 
     grown, trained = job / "grown", job / "trained"
     record = load_recipe(grown) if (grown / "config.json").exists() else None
@@ -159,6 +163,7 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     read (a target file, the job file), which the output must not be or hold.
     """
     from .data import load_blocks
+    from .training import Start
 
     data = DataConfig.of(data)
     check_batch(train_cfg.batch_size)  # before any work: a batch the processes cannot share fails here, on every rank
