@@ -61,7 +61,7 @@ def main() -> None:
         return on_step
 
     grower = Grower(work / "src", target, GrowthPlan(width="random", depth="stack"))
-    from ligo.growth import FitModule
+    from ligo.fit import FitModule
 
     module = FitModule(grower.operator, grower.target_model())
     train_loop(module, blocks.train, blocks.val, tcfg,
