@@ -20,7 +20,7 @@ from .moe import lm_loss_only, upcycle, upcycle_table
 from .maps import depth_plan, lossless_gaps
 from .outputs import writes_out
 from .operator import GrowthOperator
-from .kinds import config_value, kinds_config, layer_values
+from .kinds import followed, kinds_config
 from .records import FitRecord, GrowthRecord, StartCheck, TrainingRecord, load_recipe
 
 if TYPE_CHECKING:  # (the fit's loop is imported where a fit runs: growing alone never needs it)
@@ -192,9 +192,9 @@ class Grower:
         carried = set()  # (a list that says the kinds, carried layer by layer, keeps the source's own names)
         for key in self.spec.layer_lists:
             old = self.source.config.get(key)
-            values = layer_values(old, self.source.dims.layers)
-            if key not in target and values is not None:
-                self.target_config[key] = config_value(old, [values[j] for j in sources])
+            new = followed(old, self.source.dims.layers, sources)
+            if key not in target and new is not None:
+                self.target_config[key] = new
                 carried.add(key)
         if self.source.dims.kinds:
             kinds = [self.source.dims.kinds[j] for j in sources]

@@ -196,8 +196,7 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
         else:
             tokens.append(_head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_layer, base,
                                           changed, small, keys, roles))
-    layer = re.search(r"\.(\d+)\.", name) if in_layer else None
-    if layer and (own_head_dim(small, layer.group(1)) or 0) not in (0, value(small, keys, "head_dim")):
+    if in_layer and (own_head_dim(small, name) or 0) not in (0, value(small, keys, "head_dim")):
         tokens = ["+".join(_OWN_HEADS.get(t, t) for t in axis.split("+")) for axis in tokens]
     return tokens
 

@@ -8,7 +8,7 @@ whose layers are all alike. Along two rules a layer's kind is its two kinds join
 from __future__ import annotations
 
 from .errors import LigoError
-from .probe import EXPERT, NotInferred, config_object
+from .probe import EXPERT, NotInferred, by_index, config_object
 from .spaces import unmarked
 
 SEP = "/"  # joins a layer's kinds along two rules
@@ -250,12 +250,6 @@ def per_layer_lists(model_type: str, config: dict, small: dict, keys: dict) -> l
                   or by_index(v) and by_index(config.get(k)))
 
 
-def by_index(value) -> bool:
-    """A config's settings by layer index (``{"5": {"head_dim": 512}}``)."""
-    return isinstance(value, dict) and bool(value) and all(str(i).isdigit() and isinstance(v, dict)
-                                                           for i, v in value.items())
-
-
 def overridden(config: dict, attr: str):
     """The value that the config's settings by layer index (transformers' ``per_layer_config``) give ``attr``, None
     where none does; several values are refused (one size of its own is what the tables describe)."""
@@ -270,9 +264,16 @@ def layer_values(value, layers: int) -> list | str | None:
     """A per-layer config value one entry a layer: a list (or a pattern string) as it is, settings by layer index
     as a list (None for a layer without any); None for anything else or another count of layers."""
     if by_index(value):
-        return [value.get(str(i), value.get(i) if i in value else None) for i in range(layers)] \
-            if all(int(i) < layers for i in value) else None
+        return [value.get(str(i), value.get(i)) for i in range(layers)] if all(int(i) < layers for i in value) \
+            else None
     return value if isinstance(value, (list, str)) and value and len(value) == layers else None
+
+
+def followed(value, layers: int, sources: list[int]):
+    """A per-layer config value of ``layers`` layers as the depth plan's target layers have it (each takes its source
+    layer's entry, ``sources``), in the value's own form; None where ``value`` is no per-layer value."""
+    values = layer_values(value, layers)
+    return None if values is None else config_value(value, [values[j] for j in sources])
 
 
 def config_value(old, values: list):

@@ -225,7 +225,7 @@ def perturbed(small: dict, keys: dict, size: str) -> dict | None:
         for k, v in small.items():
             if isinstance(v, list) and len(v) == layers and layers > 1:
                 out[k] = v + v[-1:]
-            elif isinstance(v, dict) and v and all(str(i).isdigit() and isinstance(c, dict) for i, c in v.items()):
+            elif by_index(v):
                 out[k] = {**v, **({str(layers): v[str(layers - 1)]} if str(layers - 1) in v else {})}
     elif isinstance(keys.get(size), str) and isinstance(small.get(keys[size]), int):
         if size == "kv_heads" and small[keys["kv_heads"]] * 2 > small[keys["heads"]]:
@@ -276,12 +276,9 @@ def probe(model_type: str, small: dict, keys: dict) -> tuple[dict, dict]:
 def decompose(name: str, axis: int, base: dict, changed: dict, small: dict, keys: dict) -> list[tuple[int, ...]]:
     """The ways an axis is a sum of units: (a, b, c, e) with size = a*heads*hd + b*kv*hd + c*ffn + e*hidden at the
     tiny size and at every probe."""
-    layer = re.search(r"\.(\d+)\.", name)
-
     def sizes(cfg: dict) -> tuple[int, int, int, int]:
         hidden, heads = cfg[keys["hidden"]], cfg[keys["heads"]]
-        hd = own_head_dim(cfg, layer.group(1)) if layer else None  # (a layer's own head size: Gemma 4's full ones)
-        hd = hd or value(cfg, keys, "head_dim")
+        hd = own_head_dim(cfg, name) or value(cfg, keys, "head_dim")  # (a layer's own head size: Gemma 4's full ones)
         hd = hd if isinstance(hd, int) else hidden // heads
         kv = value(cfg, keys, "kv_heads")
         kv = kv if isinstance(kv, int) else heads
@@ -328,10 +325,17 @@ def move_off_init(model) -> None:
                 b.add_(0.1 * torch.randn_like(b))
 
 
-def own_head_dim(cfg: dict, layer: str) -> int | None:
-    """The head size layer ``layer`` (an index) has by its own settings (transformers' ``per_layer_config``)."""
-    own = (cfg.get("per_layer_config") or {})
-    own = own.get(layer, own.get(int(layer))) if isinstance(own, dict) else None
+def by_index(value) -> bool:
+    """A config's settings by layer index (``{"5": {"head_dim": 512}}``)."""
+    return isinstance(value, dict) and bool(value) and all(str(i).isdigit() and isinstance(v, dict)
+                                                           for i, v in value.items())
+
+
+def own_head_dim(cfg: dict, name: str) -> int | None:
+    """The head size the layer of weight ``name`` (a checkpoint key; its layer the first index in it) has by its own
+    settings (transformers' ``per_layer_config``), None where it has none."""
+    layer, own = re.search(r"\.(\d+)\.", name), cfg.get("per_layer_config")
+    own = own.get(layer.group(1), own.get(int(layer.group(1)))) if layer and isinstance(own, dict) else None
     return own.get("head_dim") if isinstance(own, dict) else None
 
 

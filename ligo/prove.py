@@ -83,7 +83,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
 
     from .config import GrowthPlan
     from .hf import known_config_keys
-    from .kinds import config_value, kinds_config, layer_values
+    from .kinds import followed, kinds_config
     from .maps import depth_plan, lossless_gaps
     from .probe import special_floats
     from .operator import GrowthOperator
@@ -101,8 +101,8 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
         plan = GrowthPlan(width="split", depth="identity", width_lr="uniform")
         depth = depth_plan("identity", dims.layers, spec.dims(tgt_config).layers)
         for key in spec.layer_lists:
-            if (values := layer_values(small.get(key), dims.layers)) is not None and key not in target:
-                tgt_config[key] = config_value(small[key], [values[j] for j in depth.sources])
+            if (new := followed(small.get(key), dims.layers, depth.sources)) is not None and key not in target:
+                tgt_config[key] = new
         if dims.kinds:  # a layer keeps its source layer's kind, as the config says it (as the Grower does)
             tgt_config.update({k: v for k, v in kinds_config(spec.kinds, [dims.kinds[j] for j in depth.sources],
                                                              model_type).items() if k not in spec.layer_lists})

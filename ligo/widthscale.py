@@ -43,26 +43,31 @@ def width_scales(model, model_type: str, small: dict, keys: dict, ids) -> dict[s
             power = round(math.log(w / v) / math.log(2), 4)
             if power in (0.5, -0.5, 1.0, -1.0):  # (a head size's or a rank's power would not be the width's)
                 found.setdefault(name, []).append((attr, power))
+    calls = {}  # each module's first call in one run of the model: its inputs (copied: the run goes on), to call
+    # it again alone
+
+    def copied(x):
+        return x.clone() if isinstance(x, torch.Tensor) else x
+
+    def keep(name):
+        def hook(mod, args, kwargs):
+            calls.setdefault(name, (tuple(copied(a) for a in args), {k: copied(v) for k, v in kwargs.items()}))
+        return hook
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(keep(name), with_kwargs=True) for name in found]
+    try:
+        with torch.no_grad():
+            model(ids, use_cache=False)  # (no cache: each module is called again on the same inputs)
+    finally:
+        for handle in hooks:
+            handle.remove()
     out = {}
     for name, attrs in found.items():
-        module = model.get_submodule(name)
-        seen = {}
-
-        def keep(mod, args, kwargs, _seen=seen):
-            _seen.setdefault("call", (args, kwargs))
-
-        handle = module.register_forward_pre_hook(keep, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                model(ids, use_cache=False)  # (no cache: the module is called again on the same inputs)
-        finally:
-            handle.remove()
-        if "call" not in seen:
+        if name not in calls:
             continue
-        args, kwargs = seen["call"]
         for attr, power in attrs:
             try:
-                linear = _undoing(module, attr, args, kwargs)
+                linear = _undoing(model.get_submodule(name), attr, *calls[name])
             except Exception:  # noqa: BLE001  (a module that cannot be called again alone: no scale found)
                 linear = None
             if linear is not None:
