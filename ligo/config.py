@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Literal, Optional
 
 from .errors import LigoError
-from .depthmap import depth_map_items
 from .plans import DEPTH, WIDTH, choices_help
 from .settings import Settings, check_mapping, type_ok, setting
 
@@ -247,6 +246,8 @@ class GrowthPlan(Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.depth_map is not None:
+            from .depthmap import depth_map_items
+
             depth_map_items(self.depth_map)  # its syntax, at once
             if self.depth not in ("auto", "map"):
                 raise LigoError(f"growth plan: give --depth {self.depth} or --depth-map, not both (a depth map says "

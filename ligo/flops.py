@@ -84,8 +84,8 @@ def train_flops_per_token(model: nn.Module, dims: Dims, seq_len: int, layer_of=N
     lowest = min(trainable, default=dims.layers + 1)
     weights = inputs = 0.0
     for name, module in model.named_modules():
-        kind = type(module).__name__
-        dense = isinstance(module, nn.Linear) or kind == "Conv1D" or (kind.endswith("Router") and module.weight.dim() == 2)
+        cls = type(module).__name__
+        dense = isinstance(module, nn.Linear) or cls == "Conv1D" or (cls.endswith("Router") and module.weight.dim() == 2)
         for pname, p in module.named_parameters(recurse=False):
             share = 1.0 if dense and pname == "weight" else active.get(id(p), 0.0)
             if not share:

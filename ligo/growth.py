@@ -204,7 +204,7 @@ class Grower:
             self.target_dims = self.spec.dims(self.target_config, where="target")
 
     def _target_sizes(self) -> list[int]:
-        """The number of elements of every grown tensor kind (one per layer entry), tied weights once."""
+        """The number of elements of every grown tensor (a layer entry's over all its layers), tied weights once."""
         tied = set(self.spec.tied) if self.target_dims.tie else set()
         sizes = []
         seen = set()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from .errors import LigoError
-from .probe import special_floats
 
 
 def model_class(objective: str, model_type: str | None = None):
@@ -19,6 +18,32 @@ def model_class(objective: str, model_type: str | None = None):
     if is_wrapper(model_type):
         return transformers.AutoModelForImageTextToText
     return transformers.AutoModelForCausalLM if objective == "causal-lm" else transformers.AutoModelForMaskedLM
+
+
+_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def special_floats(value):
+    """A config.json value with the floats JSON cannot hold decoded (transformers writes Granite 4's infinite
+    ``time_step_limit`` as ``{"__float__": "Infinity"}``)."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _FLOATS:
+            return _FLOATS[value["__float__"]]
+        return {k: special_floats(v) for k, v in value.items()}
+    return [special_floats(v) for v in value] if isinstance(value, list) else value
+
+
+def config_object(model_type: str, config: dict):
+    """The config object of ``model_type`` from a dict, as the tiny models and the inference read it (no check:
+    a config the class refuses raises its own error)."""
+    import transformers
+
+    data = {k: special_floats(v) for k, v in config.items()
+            if k not in ("model_type", "transformers_version", "auto_map", "architectures", "_name_or_path")}
+    cfg = transformers.AutoConfig.for_model(model_type, **data)
+    if getattr(cfg, "is_heterogeneous", False):  # (settings by layer: its global values are what ligo reads)
+        cfg.allow_global_per_layer_attribute_access = True
+    return cfg
 
 
 def build_config(config: dict):

@@ -27,7 +27,8 @@ import json
 import re
 
 from .borrow import lend
-from .kinds import kind_key, layer_kinds_of, marked, per_layer_lists, split_by_kind
+from .inferkinds import kind_key, layer_kinds_of, per_layer_lists, split_by_kind
+from .kinds import marked
 from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, expert_axes, heeded, \
     move_off_init, oriented_experts, own_head_dim, per_layer_input_key, perturbed, probe, saved_shapes, tiny_config, \
     tiny_model, unweighted_buffers, value

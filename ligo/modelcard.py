@@ -46,24 +46,24 @@ def _dims_table(src: dict | None, tgt: dict) -> list[str]:
     return rows
 
 
-def card_text(recipe: dict, kind: str, growth: dict | None = None) -> str:
-    """The card for a ``kind`` ("grown" or "trained") model from its recipe (and, for a trained model, the
+def card_text(recipe: dict, stage: str, growth: dict | None = None) -> str:
+    """The card for a ``stage`` ("grown" or "trained") model from its recipe (and, for a trained model, the
     growth recipe of the model it was trained from, if any)."""
     from huggingface_hub import ModelCardData
 
-    growth = recipe if kind == "grown" else growth
+    growth = recipe if stage == "grown" else growth
     model_type = recipe.get("model_type") or (growth or {}).get("model_type")
     objective = recipe.get("objective")
-    base = recipe.get("source") if kind == "grown" else recipe.get("model")
+    base = recipe.get("source") if stage == "grown" else recipe.get("model")
     tag = "text-generation" if objective != "masked-lm" else "fill-mask" if recipe.get("has_head", True) else \
         "feature-extraction"
     data = ModelCardData(base_model=str(base) if base else None, library_name="transformers", pipeline_tag=tag,
                          tags=[t for t in ("ligo", "model-growth", model_type) if t])
     lines = ["---", data.to_yaml(), "---", "",
-             f"# {'Grown' if kind == 'grown' else 'Trained'} {model_type or ''} model", "",
+             f"# {'Grown' if stage == 'grown' else 'Trained'} {model_type or ''} model", "",
              f"Made with ligo {__version__}: " +
              ("grown from a smaller pretrained model with a learned linear growth operator (LiGO)."
-              if kind == "grown" else "continued pretraining with the ligo trainer."), ""]
+              if stage == "grown" else "continued pretraining with the ligo trainer."), ""]
     if growth:
         plan = growth.get("plan", {})
         lines += ["## Growth", "", f"Source: `{growth.get('source')}`. Width init `{plan.get('width')}`, depth init "
@@ -78,7 +78,7 @@ def card_text(recipe: dict, kind: str, growth: dict | None = None) -> str:
                       f"{_fmt(fit.get('flops'))} FLOPs.", ""]
         else:
             lines += ["The operator was not fitted: the weights are its initial value (a fixed growth method).", ""]
-    if kind == "trained":
+    if stage == "trained":
         cfg, led = recipe.get("config", {}), recipe.get("ledger", {})
         lines += ["## Training", "", f"Data: `{recipe.get('data') or 'the Python standard library source'}`; "
                   f"{led.get('steps')} steps of {cfg.get('batch_size')} x {cfg.get('seq_len')} tokens, peak LR "
@@ -99,5 +99,5 @@ def card_text(recipe: dict, kind: str, growth: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(out: Path, recipe: dict, kind: str, growth: dict | None = None) -> None:
-    (Path(out) / "README.md").write_text(card_text(recipe, kind, growth))
+def write_model_card(out: Path, recipe: dict, stage: str, growth: dict | None = None) -> None:
+    (Path(out) / "README.md").write_text(card_text(recipe, stage, growth))

@@ -84,8 +84,8 @@ class GrowthOperator(nn.Module):
         tokens = self._collect(layout)
         # source tensors keep their dtype (bf16 stays bf16: half the memory) and are upcast to float32
         # where they are used, which is exact
-        for (kind, key), src in self.stacked(src_state).items():
-            self.register_buffer(kind + _param_name(key), src.detach(), persistent=False)
+        for (prefix, key), src in self.stacked(src_state).items():
+            self.register_buffer(prefix + _param_name(key), src.detach(), persistent=False)
         self.tied = {k: v for k, v in spec.tied.items() if src_dims.tie and v in layout}
         depth = checked_depth(plan, src_dims, tgt_dims, depth)
         self.width = nn.ParameterDict()

@@ -21,13 +21,11 @@ import torch
 
 from .checkpoint import load_tokenizer, read_config, write_json
 from .config import MAX_SHARD_SIZE, DataConfig, FitSpec, GrowthPlan, TrainConfig
-from .data import tokens_to_read
 from .errors import LigoError, Preempted, as_user_error
 from .growth import GrowResult, Grower
 from .launch import check_batch, is_main_process, process_state
 from .outputs import RunOutput, writes_out
 from .records import GrowthRecord, load_recipe
-from .rundir import latest_checkpoint
 
 if TYPE_CHECKING:  # (training is imported where a run trains: growing alone never needs it)
     from .training import Start, TrainResult
@@ -115,6 +113,7 @@ def grow_and_train(source: str | Path, target: dict | str | Path, job: Path, pla
 
     from .flops import step_flops
     from .hf import meta_model
+    from .rundir import latest_checkpoint
     from .training import Model, train_in
 
     grown, trained = job / "grown", job / "trained"
@@ -162,7 +161,8 @@ def grow_train(source: str | Path, target: dict | str | Path, out: str | Path, *
     resolved from the source's training (see :meth:`GrowthPlan.resolved`). ``inputs``: other files the caller
     read (a target file, the job file), which the output must not be or hold.
     """
-    from .data import load_blocks
+    from .data import load_blocks, tokens_to_read
+    from .rundir import latest_checkpoint
     from .training import Start
 
     data = DataConfig.of(data)

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 
 from .errors import LigoError
+from .hf import config_object, special_floats
+from .kinds import by_index
 
 class NotInferred(LigoError):
     """The model's structure is beyond what inference reads (the reason names the weight or the operation)."""
@@ -40,30 +42,6 @@ SIZE_KEYS = {
 PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn",
           "layers")
 EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
-
-
-_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
-
-
-def special_floats(value):
-    """A config.json value with the floats JSON cannot hold decoded (transformers writes Granite 4's infinite
-    ``time_step_limit`` as ``{"__float__": "Infinity"}``)."""
-    if isinstance(value, dict):
-        if set(value) == {"__float__"} and value["__float__"] in _FLOATS:
-            return _FLOATS[value["__float__"]]
-        return {k: special_floats(v) for k, v in value.items()}
-    return [special_floats(v) for v in value] if isinstance(value, list) else value
-
-
-def config_object(model_type: str, config: dict):
-    import transformers
-
-    data = {k: special_floats(v) for k, v in config.items()
-            if k not in ("model_type", "transformers_version", "auto_map", "architectures", "_name_or_path")}
-    cfg = transformers.AutoConfig.for_model(model_type, **data)
-    if getattr(cfg, "is_heterogeneous", False):  # (settings by layer: its global values are what ligo reads)
-        cfg.allow_global_per_layer_attribute_access = True
-    return cfg
 
 
 def size_keys(cfg) -> dict[str, str]:
@@ -323,12 +301,6 @@ def move_off_init(model) -> None:
         for name, b in model.named_buffers():
             if name in saved and b.is_floating_point() and b.dim() <= 1:
                 b.add_(0.1 * torch.randn_like(b))
-
-
-def by_index(value) -> bool:
-    """A config's settings by layer index (``{"5": {"head_dim": 512}}``)."""
-    return isinstance(value, dict) and bool(value) and all(str(i).isdigit() and isinstance(v, dict)
-                                                           for i, v in value.items())
 
 
 def own_head_dim(cfg: dict, name: str) -> int | None:

@@ -85,7 +85,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
     from .hf import known_config_keys
     from .kinds import followed, kinds_config
     from .maps import depth_plan, lossless_gaps
-    from .probe import special_floats
+    from .hf import special_floats
     from .operator import GrowthOperator
 
     target = {}

@@ -36,9 +36,9 @@ class Record(Settings):
             raise LigoError(f"{cls.WHERE} must be a mapping")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in cls.migrate(dict(data)).items() if k in known}
-        for name, kind in cls.NESTED.items():
+        for name, record in cls.NESTED.items():
             if isinstance(values.get(name), dict):
-                values[name] = kind.read(values[name])
+                values[name] = record.read(values[name])
         return cls.from_dict(values)
 
     @classmethod

@@ -89,11 +89,11 @@ def summarize(results: dict, source_flops: float | None, noise: float | None = N
             "source_cost_known": source_flops is not None, "targets": targets, "rows": rows}
 
 
-def _fmt(x, kind, missing="not reached"):
+def _fmt(x, unit, missing="not reached"):
     if x is None:
         return missing
     return {"pct": f"{100 * x:.1f}%", "flops": f"{x:.3e}", "loss": f"{x:.4f}", "s": f"{x:.0f}s",
-            "dloss": f"{x:+.4f}"}[kind]
+            "dloss": f"{x:+.4f}"}[unit]
 
 
 def _dups(units: dict | None) -> str:

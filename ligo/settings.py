@@ -32,30 +32,30 @@ def required(help: str) -> Any:
     return field(metadata={"help": help, "low": None, "high": None, "positive": False, "choices": None})
 
 
-def type_ok(value: Any, kind: Any) -> bool:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
+def type_ok(value: Any, annotation: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return value in args
     if origin in (typing.Union, types.UnionType):
         return any(type_ok(value, a) for a in args)
-    if kind is type(None):
+    if annotation is type(None):
         return value is None
     if origin is list:
         return isinstance(value, list) and all(type_ok(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(type_ok(k, args[0]) and type_ok(v, args[1]) for k, v in value.items())
-    if kind is bool:
+    if annotation is bool:
         return isinstance(value, bool)
-    if kind is int:
+    if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
+    if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, kind)
+    return isinstance(value, annotation)
 
 
-def describe(kind: Any) -> str:
+def describe(annotation: Any) -> str:
     """A type as a user reads it: 'int', 'one of cosine, linear', 'bool or none'."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return "one of " + ", ".join(map(str, args))
     if origin in (typing.Union, types.UnionType):
@@ -64,7 +64,7 @@ def describe(kind: Any) -> str:
         return f"a list of {describe(args[0])}"
     if origin is dict:
         return f"a mapping of {describe(args[0])} to {describe(args[1])}"
-    return getattr(kind, "__name__", str(kind))
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def validate(obj: Any, where: str) -> None:

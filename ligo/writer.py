@@ -78,7 +78,7 @@ def _write(folder: Path, weights, config, tokenizer, recipe, growth, max_shard_s
         files = []
     recipe = recipe(folder) if callable(recipe) else recipe
     recipe.save(folder)
-    write_model_card(folder, recipe.to_dict(), kind="trained" if isinstance(recipe, TrainingRecord) else "grown",
+    write_model_card(folder, recipe.to_dict(), stage="trained" if isinstance(recipe, TrainingRecord) else "grown",
                      growth=growth.to_dict() if growth is not None else None)
     return files
 

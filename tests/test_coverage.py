@@ -73,7 +73,7 @@ def test_an_inferred_table_is_checked_as_hand_tables_are(tmp_path, corpus, token
 def test_layer_kinds_are_read_off_the_weights_each_layer_holds():
     """The rule a config says its layers' kinds by, from which weights each layer holds: one list (values holding the
     same weights one kind, by aliases), two lists (each weight follows one), a count of first layers, or none."""
-    from ligo.kinds import infer_rules
+    from ligo.inferkinds import infer_rules
 
     attn, conv, dense, moe = frozenset({"attn.q"}), frozenset({"conv.in"}), frozenset({"mlp.up"}), frozenset({"e.up"})
     norm = frozenset({"norm"})
