@@ -154,7 +154,6 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import os
     import platform
-    import tempfile
 
     # every type proved afresh: a table cached by older code would hide a type that stopped growing
     os.environ["LIGO_CACHE"] = tempfile.mkdtemp(prefix="ligo-coverage-")

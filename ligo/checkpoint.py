@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,8 +20,10 @@ from .arch import ArchSpec
 from .tables import spec_for
 from .spaces import Dims, Match
 from .errors import LigoError
-from .hf import loaded_on_meta
-from .wrappers import Wrapper, check_parts, is_wrapper, text_view, with_projector
+from .hf import is_wrapper, loaded_on_meta
+
+if TYPE_CHECKING:
+    from .wrappers import Wrapper
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "vocab.txt", "tokenizer.model", "added_tokens.json", "generation_config.json",
@@ -194,13 +197,19 @@ def describe_checkpoint(path: str | Path, device: str | torch.device = "meta", a
     headers = read_headers(p)
     wrapper, names = None, None
     if is_wrapper(config.get("model_type")):  # a vision-language checkpoint: its language model, the rest kept
+        from .wrappers import check_parts, text_view
+
         outer = config
         config, wrapper, names = text_view(config, headers.keys(), str(p / "config.json"))
         check_parts(outer, {k: v.shape for k, v in headers.items()}, wrapper, names, str(p),
                     lambda whole: loaded_on_meta("causal-lm", whole))
         headers = {names[k]: v for k, v in headers.items() if k in names}
-    spec = spec_for(config.get("model_type"), headers.keys(), config, arch)
+    # (the projector is the wrapper's, added to the text table: an inferred table is checked on the text's own keys)
+    spec = spec_for(config.get("model_type"), [k for k in headers if not wrapper or k not in wrapper.projector],
+                    config, arch)
     if wrapper is not None:
+        from .wrappers import with_projector
+
         spec = with_projector(spec, wrapper)
     dims = spec.dims(config, where=str(p / "config.json"))
     if wrapper is None:

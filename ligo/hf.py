@@ -1,19 +1,34 @@
-"""The Hugging Face side of a model, in one place: its Auto class, its config object, and the model on
-the meta device (shapes without memory, for FLOPs and parameter counts). Never remote code."""
+"""The Hugging Face side of a model, in one place: its Auto class (a vision-language checkpoint's, for the types
+``ligo/archs/_wrappers.json`` names), its config object, and the model on the meta device (shapes without memory,
+for FLOPs and parameter counts). Never remote code."""
 
 from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
 
 import torch
 
 from .errors import LigoError
 
 
+@lru_cache(maxsize=1)
+def wrapper_types() -> dict[str, dict]:
+    """The vision-language checkpoints whose language model ligo grows, and how each holds it
+    (``ligo/archs/_wrappers.json``; read by :mod:`ligo.wrappers`)."""
+    data = json.loads(resources.files("ligo.archs").joinpath("_wrappers.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def is_wrapper(model_type: str | None) -> bool:
+    return model_type in wrapper_types()
+
+
 def model_class(objective: str, model_type: str | None = None):
     """The Auto class of a model: a causal or masked LM, or the image-text-to-text model of a vision-language
     checkpoint (``model_type``: one ligo grows the language model of)."""
     import transformers
-
-    from .wrappers import is_wrapper
 
     if is_wrapper(model_type):
         return transformers.AutoModelForImageTextToText

@@ -10,21 +10,13 @@ text model's new hidden size where the vision config states it) in its config (:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from importlib import resources
 
 from .arch import ArchSpec
 from .errors import LigoError
+from .hf import wrapper_types
 from .spaces import Entry
-
-
-@lru_cache(maxsize=1)
-def wrappers() -> dict[str, dict]:
-    data = json.loads(resources.files("ligo.archs").joinpath("_wrappers.json").read_text())
-    return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
 @dataclass
@@ -39,7 +31,7 @@ class Wrapper:
 
     @property
     def data(self) -> dict:
-        return wrappers()[self.model_type]
+        return wrapper_types()[self.model_type]
 
     def outer(self, text_config: dict) -> dict:
         """The checkpoint's config with ``text_config`` (a grown text config) in place of its own, and the vision
@@ -72,14 +64,10 @@ class Wrapper:
         return []
 
 
-def is_wrapper(model_type: str | None) -> bool:
-    return model_type in wrappers()
-
-
 def text_view(config: dict, keys, where: str) -> tuple[dict, Wrapper, dict[str, str]]:
     """The text config inside a wrapper checkpoint's ``config``, the :class:`Wrapper` (kept weights empty: the caller
     fills them) and, for each checkpoint key, its text-view name (the kept keys absent)."""
-    w = wrappers()[config["model_type"]]
+    w = wrapper_types()[config["model_type"]]
     text = config.get(w["text_config"])
     if not isinstance(text, dict) or not isinstance(text.get("model_type"), str):
         raise LigoError(f"{where}: a {config['model_type']} config holds its language model's config in "

@@ -1,5 +1,5 @@
-"""Vision-language checkpoints (issue 31): ligo grows the language model inside a Gemma 3, Mistral 3, Llama 4,
-Qwen2.5-VL, Qwen3-VL or Qwen3.5 checkpoint,
+"""Vision-language checkpoints (issue 31): ligo grows the language model inside a Gemma 3, Gemma 4 (with its audio
+tower), Mistral 3, Llama 4, Qwen2.5-VL, Qwen3-VL or Qwen3.5 checkpoint,
 grows the projector on the side that writes the text model's residual stream, copies the vision tower verbatim, and
 writes a checkpoint of the same multimodal class. The lossless plan keeps the logits with an image in the prompt."""
 
@@ -35,6 +35,12 @@ def _prompt(model_type):
         patches = {"pixel_values": torch.randn(16, 3 * 2 * 14 * 14, generator=gen),
                    "image_grid_thw": torch.tensor([[1, 4, 4]])}
         return ids, patches if model_type == "qwen2_5_vl" else {**patches, "mm_token_type_ids": (ids == 5).long()}
+    if model_type == "gemma4":  # (a 4 x 4 grid of 4 x 4 patches with their positions; 32 frames of 8 mel bins)
+        ids[0, 10:18] = config["audio_token_id"]
+        grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="xy"), -1).reshape(1, 16, 2)
+        return ids, {"pixel_values": torch.randn(1, 16, 48, generator=gen), "image_position_ids": grid,
+                     "input_features": torch.randn(1, 32, 8, generator=gen),
+                     "input_features_mask": torch.ones(1, 32, dtype=torch.bool)}
     size = config["vision_config"]["image_size"]
     image = {"pixel_values": torch.randn(1, 3, size, size, generator=gen)}
     return ids, {**image, "image_sizes": torch.tensor([[size, size]])} if model_type == "mistral3" else image
@@ -68,7 +74,8 @@ def test_the_language_model_grows_and_the_vision_tower_is_kept(model_type, targe
     assert (with_image - text_only).abs().max() > 1e-2  # the image changes the logits...
     assert (grown_image - with_image).abs().max() <= 1e-4  # ...and the grown model sees it as the source did
     before, after = _tensors(src), _tensors(out)
-    vision = [k for k in before if ("vision" in k or "visual" in k) and "linear_fc2" not in k and "mlp.2" not in k]
+    vision = [k for k in before if ("vision" in k or "visual" in k or "audio" in k) and "linear_fc2" not in k
+              and "mlp.2" not in k and "embedding_projection" not in k]  # (the projectors grow)
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     config, source_config = (json.loads((p / "config.json").read_text()) for p in (out, src))
     hidden = {"out_hidden_size": target["hidden"]} if model_type.startswith("qwen") else {}  # (the mergers' output)
@@ -94,7 +101,7 @@ def test_a_grown_vision_language_model_trains_on_text(model_type, vlm_sources, c
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "t")
     assert type(model).__name__.endswith("ForConditionalGeneration")
     before, after = _tensors(vlm_sources[model_type]), _tensors(tmp_path / "t")
-    assert all(torch.equal(before[k], after[k]) for k in before if "vision_tower" in k or "visual.blocks" in k
+    assert all(torch.equal(before[k], after[k]) for k in before if "_tower" in k or "visual.blocks" in k
                or "vision_model" in k)
     card = (tmp_path / "g" / "README.md").read_text()
     assert "AutoModelForImageTextToText.from_pretrained" in card

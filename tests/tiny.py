@@ -285,6 +285,15 @@ VLM = {
     "gemma3": dict(mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7,
                    vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                       image_size=28, patch_size=14)),
+    # Gemma 4: a vision tower pooling a 4 x 4 patch grid 2 x 2 into 4 tokens and an audio tower (8 mel bins, 32 frames
+    # -> 8 tokens), each written into the text stream by its own embedding projection; per-layer inputs on the text side
+    "gemma4": dict(image_token_id=5, boi_token_id=6, eoi_token_id=7, audio_token_id=8, boa_token_id=9, eoa_token_index=10,
+                   text=dict(hidden_size_per_layer_input=16, vocab_size_per_layer_input=VOCAB),
+                   vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=2, head_dim=16, pooling_kernel_size=2, patch_size=4,
+                                      position_embedding_size=64),
+                   audio_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     subsampling_conv_channels=[8, 4], output_proj_dims=48)),
     "mistral3": dict(image_token_index=5,
                      vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
                                         intermediate_size=64, image_size=56, patch_size=14)),
