@@ -162,7 +162,8 @@ class Grower:
         self.source_pretrained = tpp is None or tpp >= WEAK_SOURCE_TOKENS_PER_PARAM
         # the one place a plan's auto fields are resolved: from what is known of the source's training
         plan = (plan or GrowthPlan()).resolved(tpp)
-        self.depth = depth_plan(plan.depth, self.source.dims.layers, self.target_dims.layers, plan.depth_map)
+        self.depth = depth_plan(plan.depth, self.source.dims.layers, self.target_dims.layers, plan.depth_map,
+                                self.source.dims.kinds)
         self._follow_depth(target)
         # streaming: the source's shapes only (on the meta device), and the maps' selections, not dense
         self.operator = GrowthOperator(self.spec, self.source.dims, self.target_dims, self.source.layout,

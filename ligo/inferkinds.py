@@ -5,9 +5,9 @@ key), and the table's ``kinds`` entry that rule gives. Growing with a table read
 
 from __future__ import annotations
 
-from .kinds import SEP, by_index
+from .kinds import LAST, SEP, by_index
 from .hf import config_object
-from .probe import EXPERT, NotInferred
+from .probe import EXPERT, LAST_LAYERS_KEYS, NotInferred
 
 
 def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
@@ -23,6 +23,8 @@ def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
     if len(set(held.values())) == 1:
         return None
     layers = sorted(held)
+    if (found := _by_last(held, config)) is not None:
+        return found
     lists = {k: v for k, v in config.items() if isinstance(v, list) and len(v) == len(layers) and len(set(v)) > 1
              and all(isinstance(x, str) for x in v)}
     tries = [[k] for k in lists] + [[a, b] for i, a in enumerate(lists) for b in list(lists)[i + 1:]]
@@ -47,6 +49,31 @@ def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
             rows = {"first": list(range(count)), "rest": list(range(count, len(layers)))}
             return {"rules": [("first_k", key, {"first": order[0] - common, "rest": order[1] - common}, {})],
                     "rows": rows}
+    return None
+
+
+def _by_last(held: dict, config: dict) -> dict | None:
+    """The kinds of a model whose config counts its last layers as another kind (:data:`ligo.probe.LAST_LAYERS_KEYS`):
+    each layer's kind along one of the config's per-layer lists (its value), marked :data:`ligo.kinds.LAST` among the
+    last layers, where the layers of each such kind hold the same weights (Gemma 4's shared-KV layers hold no keys
+    or values, of either attention kind). None where no key and list part the layers so."""
+    layers = sorted(held)
+    common = frozenset.intersection(*held.values())
+    for key in LAST_LAYERS_KEYS:
+        last = config.get(key)
+        if not isinstance(last, int) or isinstance(last, bool) or not 0 < last < len(layers):
+            continue
+        tail = set(layers[len(layers) - last:])
+        if {held[i] for i in tail} & {held[i] for i in layers if i not in tail}:
+            continue  # (the last layers hold what others do: the count parts nothing)
+        for list_key, listed in config.items():
+            if not isinstance(listed, list) or len(listed) != len(layers) or not all(isinstance(v, str) for v in listed):
+                continue
+            kind_of = {i: listed[i] + (LAST if i in tail else "") for i in layers}
+            by_kind: dict[str, frozenset] = {}
+            if all(by_kind.setdefault(kind_of[i], held[i]) == held[i] for i in layers):
+                return {"rules": [("list", list_key, {kind: h - common for kind, h in by_kind.items()}, {})],
+                        "rows": {kind: [i for i in layers if kind_of[i] == kind] for kind in by_kind}, "last": key}
     return None
 
 
@@ -100,6 +127,10 @@ def layer_kinds_of(base: dict, layer_re, small: dict) -> dict | None:
     shaped = {n for n, s in shapes.items() if len(s) > 1}  # (of another shape in each kind: Kimi-Linear's q_proj)
     held = {i: frozenset(kind_key(n, shape, shaped) for n, shape in entries.items()) for i, entries in named.items()}
     found = infer_rules(held, small)
+    if found is not None and found.get("last"):  # (kinds holding the same weights: each marked with its kind)
+        shaped |= {n for n in shapes if not all(n in entries for entries in named.values())}
+        held = {i: frozenset(kind_key(n, shape, shaped) for n, shape in entries.items()) for i, entries in named.items()}
+        found = infer_rules(held, small)
     if found is not None:
         found["shaped"] = shaped
     if found is None and len(set(held.values())) > 1:
@@ -135,6 +166,8 @@ def split_by_kind(layer: dict, kinds: dict | None) -> tuple[dict, dict | None]:
         table = {"by": {rule: key}, "layers": {kind: {kind_name(n, kind): a for n, a in layer.items() if n in names}
                                                 for kind, names in by_kind.items()},
                  **({"aliases": aliases} if aliases else {}), **({"also": table} if table else {})}
+    if kinds.get("last"):
+        table["last"] = kinds["last"]
     return {n: a for n, a in layer.items() if n not in alone}, table
 
 

@@ -12,6 +12,7 @@ from .errors import LigoError
 from .spaces import unmarked
 
 SEP = "/"  # joins a layer's kinds along two rules
+LAST = "_last"  # marks the kind of a layer among the last ones a config counts (``kinds.last``)
 
 
 def kind_parts(kind: str) -> list[str]:
@@ -20,10 +21,17 @@ def kind_parts(kind: str) -> list[str]:
 
 
 def layer_kinds(rules: dict, config: dict, layers: int, where: str = "config") -> tuple[str, ...]:
-    """Each layer's kind along the table's rules (two rules: the two kinds joined)."""
+    """Each layer's kind along the table's rules (two rules: the two kinds joined); a layer among the last ones
+    that ``kinds.last`` counts has its kind marked :data:`LAST` (Gemma 4's layers that reuse keys and values)."""
     kinds = _rule_kinds(rules, config, layers, where)
     if rules and rules.get("also"):
         kinds = tuple(a + SEP + b for a, b in zip(kinds, _rule_kinds(rules["also"], config, layers, where)))
+    if rules and rules.get("last"):
+        key, value = rules["last"], config.get(rules["last"])
+        last = 0 if value is None else value
+        if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last < layers:
+            raise LigoError(f"{where}: {key} must be a layer count from 0 to {layers - 1}, got {value!r}")
+        kinds = tuple(kind + LAST if i >= layers - last else kind for i, kind in enumerate(kinds))
     return kinds
 
 
@@ -65,6 +73,15 @@ def listed_kinds(rules: dict, config: dict) -> list | None:
 
 def kinds_config(rules: dict, kinds: list[str], model_type: str) -> dict:
     """The config entries that say ``kinds`` (the target's, after the depth plan) along the table's rules."""
+    if rules and rules.get("last"):  # (the marked layers: the last ones, counted)
+        last = sum(1 for kind in kinds if kind.endswith(LAST))
+        if last and not all(kind.endswith(LAST) for kind in kinds[-last:]):
+            raise LigoError(f"this depth plan puts a layer among the {model_type} layers its config counts last "
+                            f"({rules['last']}: layers that reuse earlier layers' keys and values) before others, "
+                            "which the config cannot say; keep those layers last (--depth identity, or a --depth-map "
+                            "that ends with them)")
+        inner = kinds_config({**rules, "last": None}, [kind.removesuffix(LAST) for kind in kinds], model_type)
+        return {**inner, rules["last"]: last}
     if rules and rules.get("also"):
         ones, twos = zip(*(kind_parts(kind) for kind in kinds))
         return {**_rule_config(rules, list(ones), model_type), **_rule_config(rules["also"], list(twos), model_type)}

@@ -13,6 +13,7 @@ import torch
 
 from .arch import ArchSpec
 from .config import GrowthPlan
+from .kinds import LAST
 from .spaces import PACKED_GROUPS, Dims
 from .plans import depth_init, unit_selection, width_init
 from .errors import LigoError
@@ -94,9 +95,11 @@ class Depth:
         return [s for s, z in zip(self.sources, self.zero) if not z] == list(range(l1))
 
 
-def depth_plan(method: str, l1: int, l2: int | None = None, depth_map: str | None = None) -> Depth:
+def depth_plan(method: str, l1: int, l2: int | None = None, depth_map: str | None = None, kinds=()) -> Depth:
     """The depth plan of a registered depth init (:data:`ligo.plans.DEPTH`) for ``l1`` -> ``l2`` layers, or of a
-    depth map (``method`` "map"; its length gives the target's layers)."""
+    depth map (``method`` "map"; its length gives the target's layers). ``kinds``: the source layers' kinds; where
+    some are marked last (layers reusing the keys and values of the last earlier layer of their kind), a source
+    layer's new identity copies come before it, so that the layer itself stays the last of its kind before them."""
     init = depth_init(method)
     src, zero = init.layout(l1, l2, depth_map)
     seen: set[int] = set()
@@ -105,7 +108,25 @@ def depth_plan(method: str, l1: int, l2: int | None = None, depth_map: str | Non
         repeat.append(j in seen)
         seen.add(j)
     zero = zero if zero is not None else repeat if init.repeats_are_identity else [False] * len(src)
+    if method != "map" and any(kind.endswith(LAST) for kind in kinds):
+        rows = {j: [t for t, s in enumerate(src) if s == j] for j in set(src)}
+        zero = [rows[j].index(t) < sum(zero[r] for r in rows[j]) for t, j in enumerate(src)]
     return Depth(src, repeat, zero)
+
+
+def store_gaps(src: Dims, depth: Depth) -> list[str]:
+    """Why a depth plan breaks layers that reuse the keys and values of the last earlier layer of their kind (the
+    kinds marked last): that layer must be the source's, itself, in the target too."""
+    kinds = src.kinds
+    for kind in sorted({k.removesuffix(LAST) for k in kinds if k.endswith(LAST)}):
+        store = max((i for i, k in enumerate(kinds) if k == kind), default=None)
+        rows = [t for t, s in enumerate(depth.sources) if kinds[s] == kind]
+        if store is not None and rows and (depth.sources[rows[-1]] != store or depth.zero[rows[-1]]):
+            return [f"the last layers reuse the keys and values of the last earlier {kind} layer, source layer {store}, "
+                    f"and this depth plan puts another there (target layer {rows[-1]}), so they would read its keys "
+                    f"and values; use --depth identity, or a depth map whose last {kind} layer before them is "
+                    f"source layer {store} itself"]
+    return []
 
 
 def checked_depth(plan, src: Dims, tgt: Dims, depth: Depth | None = None) -> Depth:
@@ -162,6 +183,7 @@ def lossless_gaps(spec: ArchSpec, plan: GrowthPlan, src: Dims, tgt: Dims, depth:
         what = "the depth map" if plan.depth == "map" else f"{plan.depth} depth"
         gaps.append(f"{what} repeats (or reorders) trained layers, which changes the function; use --depth identity, "
                     "or a depth map whose added layers are new identity blocks")
+    gaps += store_gaps(src, depth)
     if any(depth.zero) and spec.norms.get("stream") == "post":
         gaps.append(f"{spec.model_type} normalizes the residual stream after each layer (post-LN), so a new layer "
                     "whose output is zero is not an identity: only growth without new layers is lossless")

@@ -41,6 +41,9 @@ SIZE_KEYS = {
 }
 PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions", "experts", "moe_ffn", "shared_ffn",
           "layers")
+# config keys that count a model's last layers as layers of another kind (Gemma 4's layers that reuse the keys and
+# values of the last earlier layer of their attention kind)
+LAST_LAYERS_KEYS = ("num_kv_shared_layers",)
 EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
 
 
@@ -111,20 +114,11 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
         small[keys["head_dim"]] = TINY["head_dim"]
     if "ffn" in keys:  # (a null FFN size, derived from the width, is set: the probes change it alone)
         small[keys["ffn"]] = TINY["ffn"]
-    # per-layer lists: the first layer of each kind they name, and the first layers (at least TINY["layers"])
-    lists = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == old_layers and old_layers > 1}
-    rows = set(range(min(TINY["layers"], old_layers)))
-    for values in lists.values():
-        rows |= {values.index(v) for v in values if isinstance(v, (str, int, float, bool))}
-    # a layer of each combination of kinds the lists say (MiMo's full attention beside experts; Flint's dense layers
-    # listed by index among its full-attention ones), so that no two rules coincide in the tiny model
-    indexed = {k: v for k, v in data.items() if "layer" in k and isinstance(v, list) and 0 < len(v) < old_layers
-               and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < old_layers for i in v)}
-    kinds = [v for v in lists.values() if all(isinstance(x, str) for x in v)]
-    combos = [tuple(v[i] for v in kinds) + tuple(i in v for v in indexed.values()) for i in range(old_layers)]
-    rows |= {combos.index(c) for c in combos} if len(kinds) + len(indexed) > 1 else set()
-    rows = sorted(rows)
+    rows, lists, indexed = _tiny_rows(data, old_layers)
     small[keys["layers"]] = len(rows)
+    for k in LAST_LAYERS_KEYS:  # (the tiny model's last layers: one of each kind among the source's last layers)
+        if isinstance(data.get(k), int) and 0 < data[k] < old_layers:
+            small[k] = sum(1 for i in rows if i >= old_layers - data[k])
     for k, values in lists.items():
         small[k] = [values[i] for i in rows]
     for k, listed in indexed.items():
@@ -163,6 +157,29 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
             keys[name] = small[key] = getattr(built, key)
             small.pop(key) if key not in data else None
     return small, keys
+
+
+def _tiny_rows(data: dict, old_layers: int) -> tuple[list[int], dict, dict]:
+    """The layers a tiny model keeps of a config's: the first (at least TINY["layers"]), the first of each kind the
+    per-layer lists name and of each combination of kinds (MiMo's full attention beside experts; Flint's dense
+    layers listed by index among its full-attention ones), so that no two rules coincide in the tiny model; where
+    the config counts its last layers as another kind (:data:`LAST_LAYERS_KEYS`), the same again among those.
+    Returns the rows, the per-layer lists and the index lists."""
+    lists = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == old_layers and old_layers > 1}
+    indexed = {k: v for k, v in data.items() if "layer" in k and isinstance(v, list) and 0 < len(v) < old_layers
+               and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < old_layers for i in v)}
+    last = max((data[k] for k in LAST_LAYERS_KEYS if isinstance(data.get(k), int) and 0 < data[k] < old_layers),
+               default=0)
+    kinds = [v for v in lists.values() if all(isinstance(x, str) for x in v)]
+    rows: set[int] = set()
+    for part in (range(old_layers - last), range(old_layers - last, old_layers)) if last else (range(old_layers),):
+        rows |= set(part[:TINY["layers"]]) if part.start == 0 else {part.start}
+        for values in lists.values():
+            seen = [values[i] for i in part]
+            rows |= {part.start + seen.index(v) for v in seen if isinstance(v, (str, int, float, bool))}
+        combos = [tuple(v[i] for v in kinds) + tuple(i in v for v in indexed.values()) for i in part]
+        rows |= {part.start + combos.index(c) for c in combos} if len(kinds) + len(indexed) > 1 else set()
+    return sorted(rows), lists, indexed
 
 
 def value(small: dict, keys: dict, name: str):
@@ -205,6 +222,8 @@ def perturbed(small: dict, keys: dict, size: str) -> dict | None:
                 out[k] = v + v[-1:]
             elif by_index(v):
                 out[k] = {**v, **({str(layers): v[str(layers - 1)]} if str(layers - 1) in v else {})}
+            elif k in LAST_LAYERS_KEYS and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                out[k] = v + 1  # (the new layer among the last ones, as the last layer is)
     elif isinstance(keys.get(size), str) and isinstance(small.get(keys[size]), int):
         if size == "kv_heads" and small[keys["kv_heads"]] * 2 > small[keys["heads"]]:
             return None

@@ -99,7 +99,7 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
     try:
         tgt_config = spec.target_config(small, target, known_config_keys(model_type))
         plan = GrowthPlan(width="split", depth="identity", width_lr="uniform")
-        depth = depth_plan("identity", dims.layers, spec.dims(tgt_config).layers)
+        depth = depth_plan("identity", dims.layers, spec.dims(tgt_config).layers, kinds=dims.kinds)
         for key in spec.layer_lists:
             if (new := followed(small.get(key), dims.layers, depth.sources)) is not None and key not in target:
                 tgt_config[key] = new
@@ -215,7 +215,7 @@ def table_json(spec, model_type: str | None = None) -> dict:
     def kinds_json(rules: dict) -> dict:
         return {"by": rules["by"], "layers": {kind: {e.name: axes(e) for e in spec.entries if e.kind == kind}
                                               for kind in rules["names"]},
-                **{k: rules[k] for k in ("index_lists", "aliases", "pattern") if rules.get(k)},
+                **{k: rules[k] for k in ("index_lists", "aliases", "pattern", "last") if rules.get(k)},
                 **({"also": kinds_json(rules["also"])} if rules.get("also") else {})}
 
     if spec.kinds:

@@ -75,6 +75,10 @@ class Kinds:
                                             "kind}}, read where the list is absent and written beside it")
     also: Optional[dict] = setting(None, "a second rule, as this one, along which the layers also differ (LFM2-MoE: "
                                          "its mixer by layer_types, its FFN dense or MoE by num_dense_layers)")
+    last: Optional[str] = setting(None, "a config key counting the model's last layers, each of a kind of its own: "
+                                        "its kind along the rule marked _last (Gemma 4's num_kv_shared_layers: "
+                                        "layers that reuse the keys and values of the last earlier layer of their "
+                                        "attention kind)")
 
 
 @dataclass
@@ -196,7 +200,7 @@ def _kinds(where: str, data: dict, entries: list[Entry]) -> dict:
     if also is not None and (also.get("also") or set(also["names"]) & set(k.layers)):
         raise LigoError(f"{where}: kinds.also is one more rule with kinds of its own names, not a third")
     return {"by": dict(k.by), "names": list(k.layers), "index_lists": dict(k.index_lists), "aliases": dict(k.aliases),
-            "pattern": k.pattern, "also": also}
+            "pattern": k.pattern, "also": also, "last": k.last}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

@@ -72,7 +72,8 @@ def test_an_inferred_table_is_checked_as_hand_tables_are(tmp_path, corpus, token
 
 def test_layer_kinds_are_read_off_the_weights_each_layer_holds():
     """The rule a config says its layers' kinds by, from which weights each layer holds: one list (values holding the
-    same weights one kind, by aliases), two lists (each weight follows one), a count of first layers, or none."""
+    same weights one kind, by aliases), two lists (each weight follows one), a count of first layers, a list whose
+    kinds are marked among the last layers a key counts, or none."""
     from ligo.inferkinds import infer_rules
 
     attn, conv, dense, moe = frozenset({"attn.q"}), frozenset({"conv.in"}), frozenset({"mlp.up"}), frozenset({"e.up"})
@@ -91,6 +92,13 @@ def test_layer_kinds_are_read_off_the_weights_each_layer_holds():
     decoy = infer_rules({0: norm | dense, 1: norm | moe}, {"n_group": 1, "topk_group": 1, "first_k_dense_replace": 1})
     assert decoy["rules"][0][1] == "first_k_dense_replace"  # (Sarvam-MoE: "topk_group" once read as the count)
     assert infer_rules({0: norm | dense, 1: norm | dense}, {}) is None
+    kv = frozenset({"attn.k"})  # (Gemma 4: the last layers counted by a key hold no keys, of either attention kind)
+    last = infer_rules({0: norm | attn | kv, 1: norm | conv | kv, 2: norm | attn, 3: norm | conv},
+                       {"layer_types": ["full", "conv", "full", "conv"], "num_kv_shared_layers": 2})
+    assert last["last"] == "num_kv_shared_layers" and last["rows"] == {"full": [0], "conv": [1], "full_last": [2],
+                                                                       "conv_last": [3]}
+    assert last["rules"] == [("list", "layer_types", {"full": attn | kv, "conv": conv | kv, "full_last": attn,
+                                                      "conv_last": conv}, {})]
     assert infer_rules({0: norm | moe, 1: norm | dense, 2: norm | moe}, {"first_k_dense": 1}) is None  # (no rule)
 
 
@@ -138,3 +146,44 @@ def test_a_number_the_model_computes_from_its_width_is_undone_on_the_weight_it_m
         with torch.no_grad():
             gaps[name] = float((wide(ids).logits - model(ids).logits).abs().max())
     assert gaps["kept"] < 1e-4 and gaps["unscaled"] > 1e-2, gaps
+
+
+def test_gemma4s_layers_that_share_keys_and_values_grow_keeping_the_layers_they_read(tmp_path):
+    """Gemma 4 E2B/E4B: the last layers (num_kv_shared_layers) hold no keys or values of their own, read those of the
+    last earlier layer of their attention kind, and have a double-wide MLP; full-attention layers have a head size of
+    their own. Inferred (a kind per attention kind, marked among the last layers) and grown 2x wide and two layers
+    deeper: the logits are kept, the config counts the grown model's shared layers, and each kind's storing layer is
+    the source's (the new copies come before it). A depth map that puts a new layer where a store was is told; one
+    that puts a shared layer among the others is refused in one line."""
+    import tiny
+    from conftest import run_cli, write_json
+
+    layer_types = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    model = tiny.make_model_of("gemma4_text", hidden_size=64, intermediate_size=96, num_hidden_layers=6,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+                               hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB,
+                               layer_types=layer_types, num_kv_shared_layers=3, use_double_wide_mlp=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() <= 1:
+                p.add_(0.1 * torch.randn_like(p))
+    src = tiny.save_model(model, tmp_path / "src")
+    target = write_json(tmp_path / "t.json", {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 8})
+    run_cli("grow", src, "--target", target, "--out", tmp_path / "out", check=True)
+    ids = torch.randint(2, tiny.VOCAB, (1, 24), generator=torch.Generator().manual_seed(0))
+    diff, grown = tiny.max_logit_diff(src, tmp_path / "out", ids)
+    assert diff <= 1e-4
+    assert grown.config.num_kv_shared_layers == 4 and grown.config.kv_sharing_modes[:4] == [None, None, "store",
+                                                                                            "store"]
+    state = load_checkpoint(tmp_path / "out").state
+    assert not any(k.startswith(("model.layers.4.self_attn.k_proj", "model.layers.7.self_attn.v_proj")) for k in state)
+    assert state["model.layers.7.mlp.gate_proj.weight"].shape[0] == 2 * state["model.layers.0.mlp.gate_proj.weight"].shape[
+        0]  # (the shared layers' MLP: double-wide, grown as two blocks of FFN units)
+    run_cli("grow", src, "--target", write_json(tmp_path / "t2.json", {"layers": 7}), "--out", tmp_path / "map",
+            "--depth-map", "0-2,new,3-5", check=True)
+    gaps = json.loads((tmp_path / "map" / "ligo_recipe.json").read_text())["not_lossless_because"]
+    assert len(gaps) == 1 and "keys and values of the last earlier full_attention layer, source layer 2" in gaps[0]
+    proc = run_cli("grow", src, "--target", write_json(tmp_path / "t3.json", {"layers": 12}), "--out",
+                   tmp_path / "stack", "--depth", "stack")
+    assert proc.returncode != 0 and not (tmp_path / "stack").exists()
+    assert len(proc.stderr.strip().splitlines()) == 1 and "num_kv_shared_layers" in proc.stderr, proc.stderr

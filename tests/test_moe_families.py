@@ -235,9 +235,9 @@ def test_multi_token_prediction_layers_are_left_out_and_said(new_sources, tmp_pa
 _SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
               max_position_embeddings=128)
 REFUSED = {  # tiny random models of types or settings ligo has no table for, and a word of the reason it gives
-    "gemma4_text": (dict(_SMALL, num_hidden_layers=4, head_dim=16, hidden_size_per_layer_input=8,
-                         vocab_size_per_layer_input=tiny.VOCAB, num_kv_shared_layers=2,
-                         layer_types=["sliding_attention", "full_attention"] * 2), "reuse earlier layers' keys"),
+    "gemma4_text": (dict(_SMALL, head_dim=16, hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB,
+                         attention_k_eq_v=True, num_global_key_value_heads=1,
+                         layer_types=["sliding_attention", "full_attention"]), "take their values from their keys"),
 }
 
 
