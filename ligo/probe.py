@@ -34,7 +34,8 @@ SIZE_KEYS = {
     "vocab": ("vocab_size",),
     "positions": ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "n_ctx"),
     "experts": ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"),
-    "experts_per_token": ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k"),
+    "experts_per_token": ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k",
+                          "top_k_experts"),
     "moe_ffn": ("moe_intermediate_size", "expert_intermediate_size"),
     "shared_ffn": ("shared_expert_intermediate_size", "shared_intermediate_size"),
     "zero_experts": ("zero_expert_num",),
@@ -105,7 +106,8 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
     small.update({keys[n]: v for n, v in TINY.items() if n in keys and n not in ("kv_heads", "head_dim", "ffn")
                   and isinstance(data.get(keys[n]), int) and not isinstance(data.get(keys[n]), bool)})
     per_token, experts = data.get(keys.get("experts_per_token")), data.get(keys.get("experts"))
-    if isinstance(per_token, int) or per_token is None and isinstance(experts, int) and experts > 0:
+    if "experts_per_token" in keys and (isinstance(per_token, int) or per_token is None and isinstance(experts, int)
+                                         and experts > 0):
         # (ZAYA's router takes one expert only; a null count beside experts is one the model cannot run without)
         small[keys["experts_per_token"]] = min(per_token or TINY["experts_per_token"], TINY["experts_per_token"])
     if "kv_heads" in keys:  # grouped as the config groups them (2 kv heads for 4, or 4; a null count: as many)

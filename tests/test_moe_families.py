@@ -298,3 +298,20 @@ def test_latent_attention_head_sizes_are_kept_in_one_line(target, message, new_s
     with pytest.raises(LigoError, match=message):
         grow(new_sources["deepseek_v3"], target, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_gemma4s_expert_block_is_refused_with_the_gap_it_measures(tmp_path):
+    """Gemma 4 26B-A4B's mixture of experts beside the MLP (``enable_moe_block``, ``top_k_experts``): its tiny model is
+    built with its experts (the key of the experts per token is read) and the proof measures what growth keeps; at a
+    non-integer width ratio it does not (the router's scale-free RMSNorm and scale vector), so `ligo grow` refuses in
+    one line with the measured gap, not an unexpected error."""
+    model = tiny.make_model_of("gemma4_text", **dict(_SMALL, head_dim=16, hidden_size_per_layer_input=8,
+                                                     vocab_size_per_layer_input=tiny.VOCAB, enable_moe_block=True,
+                                                     num_experts=4, top_k_experts=2, moe_intermediate_size=32,
+                                                     layer_types=["sliding_attention", "full_attention"]))
+    src = tiny.save_model(model, tmp_path / "src")
+    proc = run_cli("grow", src, "--target", '{"layers": 3}', "--out", tmp_path / "out")
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "model_type 'gemma4_text' has no table, and none could be made" in proc.stderr and "logits by up to" in \
+        proc.stderr, proc.stderr
