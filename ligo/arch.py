@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LigoError
-from .kinds import config_value, kind_parts, layer_kinds, layer_values, listed_kinds, overridden
+from .kinds import config_value, kind_parts, layer_kinds, layer_values, listed_kinds, overridden, own_sizes, \
+    with_own_sizes
 from .spaces import SPACES, Dims, Entry, Match
 
 HEAD_WRITES = next(s.write for s in SPACES if s.name == "heads")  # the tokens of weights that write attention heads
@@ -48,6 +49,19 @@ GENERIC_SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "ex
                  "dense_ffn", "shared_experts", "shared_ffn", "expert_groups", "zero_experts", "per_layer_input", *LATENT_SIZES, *RECURRENT_SIZES)
 KIND_RULES = ("first_k", "indices", "list")  # how a config says each layer's kind (see ligo.kinds)
 REQUIRED_CONFIG = {"layers", "hidden", "heads", "ffn", "vocab"}  # the sizes every table's config names
+
+
+def _own_kv_grown(source_config: dict, out: dict, kv_key: str | None):
+    """The target's settings by layer (``out``'s ``per_layer_config``) with a kv head count of some layers' own
+    (Gemma 4 31B's full attention) grown by the kv heads' factor; as they are where no layer has one."""
+    own, value = own_sizes(source_config).get("num_key_value_heads"), out.get("per_layer_config")
+    if own is None or kv_key is None:
+        return value
+    src_kv, kv = source_config.get(kv_key), out.get(kv_key)
+    if own * kv % src_kv:
+        raise LigoError(f"{kv_key} {src_kv} -> {kv} would give the layers with a kv head count of their own {own} x "
+                        f"{kv} / {src_kv} kv heads; grow the kv heads by a factor that keeps it whole")
+    return with_own_sizes(value, {"num_key_value_heads": own * kv // src_kv})
 
 
 @dataclass
@@ -155,9 +169,6 @@ class ArchSpec:
         normalized = self.router.get("normalized", True)
         if isinstance(normalized, str):
             normalized = config.get(normalized, False)
-        if overridden(config, "num_key_value_heads") not in (None, get("kv_heads", heads)):
-            raise LigoError(f"{where}: its per_layer_config gives some layers a kv head count of their own (Gemma 4's "
-                            "num_global_key_value_heads, with attention_k_eq_v); ligo does not grow those yet")
         layers = get("layers") or len(listed)
         kinds = layer_kinds(self.kinds, config, layers, where)
         return Dims(layers=layers, hidden=hidden, heads=heads, kv_heads=get("kv_heads", heads),
@@ -165,7 +176,8 @@ class ArchSpec:
                     tie=bool(get("tie", True)), experts=experts, experts_per_token=per_token,
                     router_normalized=bool(normalized), router_sigmoid=self.router.get("scores") == "sigmoid",
                     expert_groups=get("expert_groups", 1), zero_experts=get("zero_experts", 0),
-                    head_dim2=overridden(config, "head_dim") or head_dim, per_layer_input=get("per_layer_input", 0),
+                    head_dim2=overridden(config, "head_dim") or head_dim,
+                    kv_heads2=overridden(config, "num_key_value_heads") or get("kv_heads", heads), per_layer_input=get("per_layer_input", 0),
                     dense_ffn=get("dense_ffn", 0),
                     shared_experts=get("shared_experts", 0), shared_ffn_size=get("shared_ffn", 0), kinds=kinds,
                     attention_layers=self.layers_writing(HEAD_WRITES, kinds, layers),
@@ -271,6 +283,9 @@ class ArchSpec:
             values = layer_values(old, src_layers) if isinstance(src_layers, int) else None
             if key not in target and values is not None and isinstance(layers, int) and layers != src_layers:
                 out[key] = config_value(old, [values[i % len(values)] for i in range(layers)])
+        # a kv head count of some layers' own (in their settings by layer) grows as the kv heads do
+        if "per_layer_config" in out and "per_layer_config" not in target:
+            out["per_layer_config"] = _own_kv_grown(source_config, out, generic.get("kv_heads"))
         return out
 
     def shape(self, entry: Entry, dims: Dims) -> list[int]:

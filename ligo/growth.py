@@ -20,7 +20,7 @@ from .moe import lm_loss_only, upcycle, upcycle_table
 from .maps import depth_plan, lossless_gaps
 from .outputs import writes_out
 from .operator import GrowthOperator
-from .kinds import followed, kinds_config
+from .kinds import followed, kinds_config, own_sizes
 from .records import FitRecord, GrowthRecord, StartCheck, TrainingRecord, load_recipe
 
 if TYPE_CHECKING:  # (the fit's loop is imported where a fit runs: growing alone never needs it)
@@ -193,7 +193,7 @@ class Grower:
         carried = set()  # (a list that says the kinds, carried layer by layer, keeps the source's own names)
         for key in self.spec.layer_lists:
             old = self.source.config.get(key)
-            new = followed(old, self.source.dims.layers, sources)
+            new = followed(old, self.source.dims.layers, sources, own_sizes(self.target_config))
             if key not in target and new is not None:
                 self.target_config[key] = new
                 carried.add(key)

@@ -36,7 +36,7 @@ from .roles import is_norm, layer_roles, linear_axes, merged_roles
 from .spaces import FIXED
 from .widthscale import width_scales
 
-RULES = 6  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
+RULES = 7  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 
 
 

@@ -3,8 +3,9 @@ config says the kinds its depth plan gave (docs/architectures.md, "Layers of sev
 settings by layer following the depth plan. Which rule a model's config says its kinds by, for a table inferred from
 the model, is read in :mod:`ligo.inferkinds`. ``rules`` is a
 table's ``kinds`` as :class:`ligo.arch.ArchSpec` holds it: ``{"by": {rule: config key}, "names": [...],
-"index_lists": {...}, "aliases": {...}, "pattern": {...} or None, "also": a second rule or None}``, empty for a table
-whose layers are all alike. Along two rules a layer's kind is its two kinds joined, ``conv/dense`` (:data:`SEP`)."""
+"index_lists": {...}, "aliases": {...}, "pattern": {...} or None, "also": a second rule or None, "last": a config key
+counting the last layers or None}``, empty for a table whose layers are all alike. Along two rules a layer's kind is
+its two kinds joined, ``conv/dense`` (:data:`SEP`)."""
 
 from __future__ import annotations
 
@@ -150,11 +151,27 @@ def layer_values(value, layers: int) -> list | str | None:
     return value if isinstance(value, (list, str)) and value and len(value) == layers else None
 
 
-def followed(value, layers: int, sources: list[int]):
+GROWN_OWN = ("num_key_value_heads",)  # sizes of a layer's own settings that growth changes (the head size is kept)
+
+
+def own_sizes(config: dict) -> dict:
+    """The grown sizes a config's settings by layer give (:data:`GROWN_OWN`): ``{"num_key_value_heads": 8}``."""
+    return {attr: v for attr in GROWN_OWN if (v := overridden(config, attr)) is not None}
+
+
+def with_own_sizes(value, sizes: dict):
+    """Settings by layer index with each of ``sizes`` set in every layer's settings that give it."""
+    if not by_index(value) or not sizes:
+        return value
+    return {i: {**c, **{a: n for a, n in sizes.items() if a in c}} for i, c in value.items()}
+
+
+def followed(value, layers: int, sources: list[int], sizes: dict | None = None):
     """A per-layer config value of ``layers`` layers as the depth plan's target layers have it (each takes its source
-    layer's entry, ``sources``), in the value's own form; None where ``value`` is no per-layer value."""
+    layer's entry, ``sources``), in the value's own form, a layer's own settings with the target's grown ``sizes``
+    (:func:`own_sizes`); None where ``value`` is no per-layer value."""
     values = layer_values(value, layers)
-    return None if values is None else config_value(value, [values[j] for j in sources])
+    return None if values is None else with_own_sizes(config_value(value, [values[j] for j in sources]), sizes)
 
 
 def config_value(old, values: list):

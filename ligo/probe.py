@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import LigoError
 from .hf import config_object, special_floats
-from .kinds import by_index
+from .kinds import by_index, own_sizes, with_own_sizes
 
 class NotInferred(LigoError):
     """The model's structure is beyond what inference reads (the reason names the weight or the operation)."""
@@ -67,14 +67,15 @@ def size_keys(cfg) -> dict[str, str]:
 
 def _tiny_overrides(overrides, data: dict, keys: dict):
     """A layer's own settings (transformers' ``per_layer_config``) at the tiny size: a head size of its own twice the
-    tiny one (so that it stays a size of its own), a kv head count of its own one."""
+    tiny one (so that it stays a size of its own), a kv head count of its own two (the proof's 1.5x then grows it to
+    three, as it grows the kv heads: one would make that ratio impossible and leave it unproved)."""
     if not isinstance(overrides, dict):
         return overrides
     out = dict(overrides)
     if isinstance(out.get("head_dim"), int) and out["head_dim"] != data.get(keys.get("head_dim", "")):
         out["head_dim"] = 2 * TINY["head_dim"]
     if isinstance(out.get("num_key_value_heads"), int):
-        out["num_key_value_heads"] = 1
+        out["num_key_value_heads"] = 2
     return out
 
 
@@ -232,6 +233,10 @@ def perturbed(small: dict, keys: dict, size: str) -> dict | None:
         out[keys[size]] = small[keys[size]] * 2
     else:
         return None
+    own = own_sizes(small)  # (a kv head count of some layers' own doubles with the kv heads, as growth grows it)
+    if grouped and out[kv] != small[kv] and "num_key_value_heads" in own:
+        out["per_layer_config"] = with_own_sizes(small["per_layer_config"],
+                                                 {"num_key_value_heads": 2 * own["num_key_value_heads"]})
     return out
 
 

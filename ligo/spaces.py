@@ -58,7 +58,8 @@ Axis tokens (a ``+`` joins spaces concatenated along one axis, as in GPT-2's fus
            per-head norm over ``head_dim``), ``lhd`` the inside of one linear-attention value head, ``vis`` a vision tower's
            features (read by a projector), ``ssm`` a Mamba-2 layer's
            ``B`` or ``C`` channels (groups x state size), ``q2``/``k2``/``v2``/``o2.in`` the heads of the layers whose own settings give
-           them another head size (Gemma 4's full attention: the heads' maps, a unit ``head_dim2`` wide), ``hd2`` the
+           them another head size (Gemma 4's full attention: a unit ``head_dim2`` wide; ``q2``/``o2.in`` the heads'
+           maps, ``k2``/``v2`` the kv heads of the space ``kv_heads2``, a count of those layers' own or ``kv_heads``), ``hd2`` the
            inside of one such head; ``bylayer`` an axis packed one slice a layer (Gemma 4's per-layer embeddings and
            their projection): the slices follow the depth plan (a target layer takes its source layer's), never
            grown in width; ``kept`` any axis that no grown size changes (an inferred
@@ -92,7 +93,9 @@ SPACES = (
     Space("shared_ffn", ("sffn",), ("sffn.in",), "shared_ffn", None, True),
     Space("heads", ("q", "qkv", "q.head", "q.gate", "q.mla", "q.kv", "q.v", "q2"), ("o.in", "o.v", "o2.in"), "heads",
           "head_dim", True),
-    Space("kv_heads", ("k", "v", "k2", "v2"), (), "kv_heads", "head_dim", True),
+    Space("kv_heads", ("k", "v"), (), "kv_heads", "head_dim", True),
+    # the kv heads of the layers whose own settings give them another head size and count (Gemma 4's full attention)
+    Space("kv_heads2", ("k2", "v2"), (), "kv_heads2", "head_dim2", True),
     # an expert is a unit whose write vector is its weights and whose read vector is its router row
     Space("experts", ("exp", "exp.out"), ("router",), "experts", None, True),
     # the channels of a short convolution layer (LFM2): as many as the residual stream, grown apart from it
@@ -115,13 +118,12 @@ SPACE_OF = {tok: s for s in SPACES for tok in s.write + s.read}
 # GPT-OSS FFN unit is a (gate, up) pair, a sink is one value per head
 _UNIT = {"qkv": "qkv_unit", "ffn.pair": "pair", "q.head": None, "q.gate": "gate_unit", "lv.head": None,
          "lk.qkvz": "qkvz_unit", "lk.ba": "ba_unit", "mh.head": None, "q.mla": "mla_q_unit", "q.kv": "mla_kv_unit",
-         "o.v": "v_head", "q.v": "v_head", "q2": "head_dim2", "k2": "head_dim2", "v2": "head_dim2",
-         "o2.in": "head_dim2"}
+         "o.v": "v_head", "q.v": "v_head", "q2": "head_dim2", "o2.in": "head_dim2"}
 # token -> (count dim, unit-size dim)
 GROWN = {tok: (s.count, _UNIT[tok] if tok in _UNIT else s.unit) for tok, s in SPACE_OF.items()}
 # tokens that apply another token's map with their own unit size (one map per space side, however it is laid out)
 MAP_OF = {"ffn.pair": "ffn", "q.head": "q", "q.gate": "q", "lv.head": "lv", "lk.qkvz": "lk", "lk.ba": "lk",
-          "mh.head": "mh", "q.mla": "q", "q.kv": "q", "o.v": "o.in", "q.v": "q", "q2": "q", "k2": "k", "v2": "v",
+          "mh.head": "mh", "q.mla": "q", "q.kv": "q", "o.v": "o.in", "q.v": "q", "q2": "q",
           "o2.in": "o.in"}
 PACKED_GROUPS = ("lk.qkvz", "lk.ba")  # tokens whose unit holds a whole group: the group's size may not change
 WRITE_TOKENS = tuple(t for s in SPACES for t in s.write)
@@ -152,6 +154,8 @@ class Dims:
     router_normalized: bool = True  # the top-k router weights are renormalized to sum to one
     router_sigmoid: bool = False    # each expert scored by a sigmoid (GLM-4.5, DeepSeek-V3), not a softmax over all
     expert_groups: int = 1          # experts chosen within groups (DeepSeek-V3's n_group)
+    kv_heads2: int = 0              # the kv heads of the layers whose own settings give another count (Gemma 4
+    #                                 31B's full attention: num_global_key_value_heads); kv_heads where none does
     head_dim2: int = 0              # the head size of the layers whose own settings give another (Gemma 4's full
     # attention: transformers' per_layer_config; 0: none)
     per_layer_input: int = 0        # the size of each layer's slice of an axis packed one slice a layer (Gemma 4's

@@ -272,9 +272,6 @@ def spec_for(model_type: str | None, keys, config: dict, arch: str | None = None
     _builtin_tables()
     if model_type in _REGISTRY or not model_type or refused_reason(model_type):
         return get_spec(model_type)
-    for key, why in refused_settings(model_type, config).items():
-        raise LigoError(f"model_type {model_type!r} with {key}={config[key]!r} is not supported: {why} (what "
-                        f"is: {DOCS_ADDING})")
     from .prove import table_for
 
     fits = []  # (entries of the table the checkpoint lacks, table): the closest table first
@@ -296,14 +293,6 @@ def refused_reason(model_type: str | None) -> str | None:
     """Why a model_type that has no table is refused (``ligo/archs/_refused.json``), None when nothing is said."""
     _builtin_tables()
     return _REFUSED.get(model_type) if model_type and not model_type.startswith("_") else None
-
-
-def refused_settings(model_type: str | None, config: dict) -> dict[str, str]:
-    """The settings of ``config`` that ligo cannot grow a ``model_type`` with, and why (``_refused.json``'s
-    ``"type:setting"`` entries, refused where the setting is on)."""
-    _builtin_tables()
-    return {k.partition(":")[2]: why for k, why in _REFUSED.items()
-            if k.partition(":")[0] == model_type and config.get(k.partition(":")[2])}
 
 
 def get_spec(model_type: str | None) -> ArchSpec:

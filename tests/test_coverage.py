@@ -187,3 +187,31 @@ def test_gemma4s_layers_that_share_keys_and_values_grow_keeping_the_layers_they_
                    tmp_path / "stack", "--depth", "stack")
     assert proc.returncode != 0 and not (tmp_path / "stack").exists()
     assert len(proc.stderr.strip().splitlines()) == 1 and "num_kv_shared_layers" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("target", [{"hidden": 128, "heads": 16, "kv_heads": 8, "layers": 8},
+                                    {"hidden": 96, "heads": 12, "kv_heads": 6, "layers": 7}], ids=["x2", "x1.5"])
+def test_gemma4s_full_attention_layers_grow_their_own_kv_heads(target, tmp_path):
+    """Gemma 4 31B: the full-attention layers have a kv head count of their own (num_global_key_value_heads, held
+    in per_layer_config) and take their values from their keys (attention_k_eq_v). Those kv heads are a space of
+    their own (k2: kv_heads2 heads of head_dim2), grown as the kv heads grow (2 -> 4 at 2x, 2 -> 3 at 1.5x), the
+    grown config's layer settings saying the new count, the logits kept."""
+    import tiny
+
+    model = tiny.make_model_of("gemma4_text", hidden_size=64, intermediate_size=96, num_hidden_layers=6,
+                               num_attention_heads=8, num_key_value_heads=4, head_dim=16, global_head_dim=32,
+                               hidden_size_per_layer_input=16, vocab_size_per_layer_input=tiny.VOCAB,
+                               layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+                               attention_k_eq_v=True, num_global_key_value_heads=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() <= 1:
+                p.add_(0.1 * torch.randn_like(p))
+    src = tiny.save_model(model, tmp_path / "src")
+    grow(src, target, tmp_path / "out")
+    ids = torch.randint(2, tiny.VOCAB, (1, 24), generator=torch.Generator().manual_seed(0))
+    diff, grown = tiny.max_logit_diff(src, tmp_path / "out", ids)
+    assert diff <= 1e-4
+    own = json.loads((tmp_path / "out" / "config.json").read_text())["per_layer_config"]
+    assert {c["num_key_value_heads"] for c in own.values()} == {2 * target["kv_heads"] // 4}
+    assert len(own) == grown.config.layer_types.count("full_attention")
