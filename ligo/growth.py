@@ -191,9 +191,10 @@ class Grower:
         if len(sources) != self.target_dims.layers:
             return  # (the operator says what is wrong)
         carried = set()  # (a list that says the kinds, carried layer by layer, keeps the source's own names)
+        sizes = own_sizes(self.target_config)  # (a kv head count of some layers' own, grown: the followed settings')
         for key in self.spec.layer_lists:
             old = self.source.config.get(key)
-            new = followed(old, self.source.dims.layers, sources, own_sizes(self.target_config))
+            new = followed(old, self.source.dims.layers, sources, sizes)
             if key not in target and new is not None:
                 self.target_config[key] = new
                 carried.add(key)

@@ -23,7 +23,7 @@ def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
     if len(set(held.values())) == 1:
         return None
     layers = sorted(held)
-    if (found := _by_last(held, config)) is not None:
+    if (found := _by_last(held, common, config)) is not None:
         return found
     lists = {k: v for k, v in config.items() if isinstance(v, list) and len(v) == len(layers) and len(set(v)) > 1
              and all(isinstance(x, str) for x in v)}
@@ -52,13 +52,12 @@ def infer_rules(held: dict[int, frozenset], config: dict) -> dict | None:
     return None
 
 
-def _by_last(held: dict, config: dict) -> dict | None:
+def _by_last(held: dict, common: frozenset, config: dict) -> dict | None:
     """The kinds of a model whose config counts its last layers as another kind (:data:`ligo.probe.LAST_LAYERS_KEYS`):
     each layer's kind along one of the config's per-layer lists (its value), marked :data:`ligo.kinds.LAST` among the
     last layers, where the layers of each such kind hold the same weights (Gemma 4's shared-KV layers hold no keys
     or values, of either attention kind). None where no key and list part the layers so."""
     layers = sorted(held)
-    common = frozenset.intersection(*held.values())
     for key in LAST_LAYERS_KEYS:
         last = config.get(key)
         if not isinstance(last, int) or isinstance(last, bool) or not 0 < last < len(layers):

@@ -82,10 +82,9 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
     from safetensors.torch import save_file
 
     from .config import GrowthPlan
-    from .hf import known_config_keys
+    from .hf import known_config_keys, special_floats
     from .kinds import followed, kinds_config, own_sizes
     from .maps import depth_plan, lossless_gaps
-    from .hf import special_floats
     from .operator import GrowthOperator
 
     target = {}
@@ -100,9 +99,9 @@ def _grown(spec, model_type: str, small: dict, dims, layout: dict, state: dict, 
         tgt_config = spec.target_config(small, target, known_config_keys(model_type))
         plan = GrowthPlan(width="split", depth="identity", width_lr="uniform")
         depth = depth_plan("identity", dims.layers, spec.dims(tgt_config).layers, kinds=dims.kinds)
+        sizes = own_sizes(tgt_config)
         for key in spec.layer_lists:
-            if (new := followed(small.get(key), dims.layers, depth.sources, own_sizes(tgt_config))) is not None \
-                    and key not in target:
+            if (new := followed(small.get(key), dims.layers, depth.sources, sizes)) is not None and key not in target:
                 tgt_config[key] = new
         if dims.kinds:  # a layer keeps its source layer's kind, as the config says it (as the Grower does)
             tgt_config.update({k: v for k, v in kinds_config(spec.kinds, [dims.kinds[j] for j in depth.sources],

@@ -163,11 +163,7 @@ def test_gemma4s_layers_that_share_keys_and_values_grow_keeping_the_layers_they_
                                num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
                                hidden_size_per_layer_input=8, vocab_size_per_layer_input=tiny.VOCAB,
                                layer_types=layer_types, num_kv_shared_layers=3, use_double_wide_mlp=True)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() <= 1:
-                p.add_(0.1 * torch.randn_like(p))
-    src = tiny.save_model(model, tmp_path / "src")
+    src = tiny.save_model(tiny.perturb_vectors(model), tmp_path / "src")
     target = write_json(tmp_path / "t.json", {"hidden": 128, "heads": 8, "kv_heads": 4, "layers": 8})
     run_cli("grow", src, "--target", target, "--out", tmp_path / "out", check=True)
     ids = torch.randint(2, tiny.VOCAB, (1, 24), generator=torch.Generator().manual_seed(0))
@@ -203,11 +199,7 @@ def test_gemma4s_full_attention_layers_grow_their_own_kv_heads(target, tmp_path)
                                hidden_size_per_layer_input=16, vocab_size_per_layer_input=tiny.VOCAB,
                                layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
                                attention_k_eq_v=True, num_global_key_value_heads=2)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() <= 1:
-                p.add_(0.1 * torch.randn_like(p))
-    src = tiny.save_model(model, tmp_path / "src")
+    src = tiny.save_model(tiny.perturb_vectors(model), tmp_path / "src")
     grow(src, target, tmp_path / "out")
     ids = torch.randint(2, tiny.VOCAB, (1, 24), generator=torch.Generator().manual_seed(0))
     diff, grown = tiny.max_logit_diff(src, tmp_path / "out", ids)

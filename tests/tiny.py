@@ -333,7 +333,12 @@ def make_vlm(model_type: str, seed: int = 0):
     kw = dict(VLM[model_type])
     text = {k: v for k, v in {**VLM_TEXT, **kw.pop("text", {})}.items() if v is not None}  # (None: the key left out)
     cfg = T.AutoConfig.for_model(model_type, text_config=text, pad_token_id=1, **kw)
-    model = T.AutoModelForImageTextToText.from_config(cfg).eval()
+    return perturb_vectors(T.AutoModelForImageTextToText.from_config(cfg).eval())
+
+
+def perturb_vectors(model):
+    """``model`` with every vector parameter (norm gains, biases, scalars of one element) moved off its init, as a
+    trained model's are (an init of ones or zeros would hide a gain that growth carries wrongly)."""
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
