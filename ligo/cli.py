@@ -82,6 +82,10 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch's CPU allocator backs its large tensors with transparent huge pages (Linux, where THP is "madvise"):
+    # growth allocates a fresh float32 tensor per weight, and faulting them in 4 KiB pages was half of a wide
+    # growth's time (docs/benchmarks.md); the user's own setting wins
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     # the handler first: a SIGTERM while the parser is built (slow on a loaded machine) unwinds the same way
     _TERMINATED.clear()
     old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None

@@ -278,3 +278,27 @@ def test_fast_index_select_equals_torchs(shape, axis):
                   [*range(n)] * 3, [*range(8, 16), *range(0, 8)] * 4):
         index = torch.tensor(index)
         assert torch.equal(_index_select(w, axis, index), w.index_select(axis, index)), index
+
+
+def test_materializing_gathers_what_the_dense_maps_give(sources):
+    """Split width with identity depth has two groups of layer maps: the copies (selections, gathered when
+    materializing) and the new identity layers' random mixtures (dense). Materialized group by group, every
+    weight is what the dense maps give (the fit's arithmetic): the copied layers exactly, the mixtures to float
+    rounding."""
+    g = Grower(sources["llama"], lossless_target("llama"), GrowthPlan(width="split", depth="identity"))
+    op = g.operator
+    assert len(op.width["ffn"]) == 2 and op.selection("ffn", False, group=0) is not None
+    assert op.selection("ffn", False, group=1) is None
+    built = op.materialize()
+    with torch.no_grad():
+        at_once = op()  # every layer at once, each group by its own map
+    with torch.enable_grad():
+        dense = {k: v.detach() for k, v in op().items()}
+    fresh = {f".layers.{i}." for i in op.identity_rows}
+    assert fresh and set(built) <= set(dense)
+    for key, value in built.items():
+        for other in (at_once[key], dense[key]):
+            if any(f in key for f in fresh):
+                assert torch.allclose(value, other, rtol=1e-6, atol=1e-7), key
+            else:
+                assert torch.equal(value, other), key
