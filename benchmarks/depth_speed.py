@@ -19,6 +19,7 @@ flushed (``sync``) before every timed step, none is synced at its end (as ligo a
 
     python benchmarks/depth_speed.py --json benchmarks/results/depth-speed-cpu-DATE.json
     python benchmarks/depth_speed.py --cases solar --workdir /tmp/ds      # keep the source between runs
+    python benchmarks/depth_speed.py --cases wide wide-1b --repeat 3      # medians of three, in turn
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,6 +117,8 @@ def main() -> None:
                     choices=["solar", "expand", "wide", "wide-1b"])
     ap.add_argument("--workdir", help="where the source and outputs go (default: a temporary directory)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="time ligo and the floor this many times each, in turn, and report the medians (default 1)")
     args = ap.parse_args()
     import yaml
 
@@ -149,9 +153,16 @@ def main() -> None:
             if mergekit:
                 row["mergekit"] = timed([mergekit, str(work / f"{case}.yml"), str(out_m), "--lazy-unpickle",
                                          "--out-shard-size", "2B"])
-        row["ligo"] = timed(cmd)
-        target_bytes = sum(f.stat().st_size for f in out_l.glob("*.safetensors"))
-        row["floor_s"] = floor(src, target_bytes, work)
+        runs, floors = [], []
+        for _ in range(args.repeat):  # ligo and the floor in turn: both see the same state of the page cache
+            shutil.rmtree(out_l, ignore_errors=True)
+            runs.append(timed(cmd))
+            target_bytes = sum(f.stat().st_size for f in out_l.glob("*.safetensors"))
+            floors.append(floor(src, target_bytes, work))
+        row["ligo"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        row["floor_s"] = statistics.median(floors)
+        if args.repeat > 1:
+            row.update(ligo_runs_s=[r["wall_s"] for r in runs], floor_runs_s=floors)
         row.update(source_gb=src_bytes / 1e9, target_gb=target_bytes / 1e9,
                    ligo_over_floor=row["ligo"]["wall_s"] / row["floor_s"])
         if "mergekit" in row:
