@@ -30,13 +30,13 @@ from .borrow import lend
 from .inferkinds import kind_key, layer_kinds_of, per_layer_lists, split_by_kind
 from .kinds import marked
 from .probe import EXPERT, SIZE_KEYS, TINY, NotInferred, axis_sizes, build_model, decompose, expert_axes, heeded, \
-    move_off_init, oriented_experts, own_head_dim, per_layer_input_key, perturbed, probe, saved_shapes, tiny_config, \
-    tiny_model, unweighted_buffers, value
+    move_off_init, oriented_experts, own_head_dim, per_layer_input_key, perturbed, probe, saved_shapes, shared_count, \
+    tiny_config, tiny_model, unweighted_buffers, value
 from .roles import is_norm, layer_roles, linear_axes, merged_roles
 from .spaces import FIXED
 from .widthscale import width_scales
 
-RULES = 7  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
+RULES = 8  # the revision of the inference rules: a proved table is cached by it (and by ligo's version)
 
 
 
@@ -148,7 +148,7 @@ def _axes_or_lent(lent: dict, donors, m, layer_re, name, shape, module, module_n
         return found[0][m.group(2)]
 
 
-_QKV = {"q": re.compile(r"(q|query|q_proj|wq|to_q)"), "k": re.compile(r"(k|key|k_proj|wk|to_k)"),
+_QKV = {"q": re.compile(r"(q|query|q_proj|q_gate_proj|wq|to_q)"), "k": re.compile(r"(k|key|k_proj|wk|to_k)"),
         "v": re.compile(r"(v|value|v_proj|wv|to_v)")}
 
 
@@ -183,7 +183,10 @@ def _axes(name, shape, module, mod_name, mod_rel, leaf, in_layer, base, changed,
                                                                                            str)):
             size = next(iter(follows))
             space = {"moe_ffn": "ffn", "shared_ffn": "sffn", "ffn": "dffn"}[size]
-            parts = max(1, dim // value(small, keys, size)) if value(small, keys, size) else 1  # (gate and up fused)
+            unit = value(small, keys, size)
+            if size == "moe_ffn" and not EXPERT.fullmatch(name) and (count := shared_count(small)):
+                space, unit = "sffn", unit * small[count]  # no expert's, as wide as a count of experts: the shared ones
+            parts = max(1, dim // unit) if unit else 1  # (gate and up fused)
             tokens.append("+".join([space if write else space + ".in"] * parts))
         elif follows == {"ffn"}:
             parts = next((o[2] for o in decompose(name, axis, base, changed, small, keys) if o[2] and not any(
@@ -254,6 +257,8 @@ def _head_or_stream(name, axis, dim, follows, lin, write, mod_name, mod_rel, in_
     heads_like |= {(1, 0)} if stream_like else set()
     if by_name == "q" and (1, 0) in heads_like:
         return "q"
+    if by_name == "q" and heads_like == {(2, 0)}:
+        return "q.gate"  # each head's query rows, then its output gate's (Qwen3.5's, MiniCPM 5's; the proof checks)
     if by_name in ("k", "v") and (0, 1) in heads_like | ({(0, 1)} if (1, 0) in heads_like and not
                                                           _grouped(small, keys) else set()):
         return by_name
@@ -361,6 +366,8 @@ def _experts_config(keys: dict, small: dict, layer: dict) -> dict:
     axis follows), a shared expert's."""
     out = {n: keys[n] for n in ("experts", "experts_per_token", "shared_ffn", "zero_experts")
            if isinstance(keys.get(n), str)}
+    if "shared_ffn" not in out and any("sffn" in a for axes in layer.values() for a in axes):
+        out["shared_experts"] = shared_count(small)  # (the shared experts' FFN: this many experts' sizes)
     if "experts" not in out or "experts_per_token" not in out:
         raise NotInferred("its config names no experts or experts per token that ligo knows")
     if isinstance(keys.get("moe_ffn"), str):  # the experts' own size; the config's FFN size is the dense one

@@ -45,7 +45,16 @@ PROBES = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "positions"
 # config keys that count a model's last layers as layers of another kind (Gemma 4's layers that reuse the keys and
 # values of the last earlier layer of their attention kind)
 LAST_LAYERS_KEYS = ("num_kv_shared_layers",)
+# config keys that count the shared experts beside the routed ones, whose FFN is this many times an expert's
+# (DeepSeek's, MiniCPM 5's): two in the tiny model, so that the proof sees the count at work
+SHARED_COUNT_KEYS = ("n_shared_experts", "num_shared_experts")
 EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<rest>.+)")  # a checkpoint's per-expert key
+
+
+def shared_count(config: dict) -> str | None:
+    """The config key counting the shared experts (:data:`SHARED_COUNT_KEYS`), where the config has one."""
+    return next((k for k in SHARED_COUNT_KEYS if isinstance(config.get(k), int) and not isinstance(config[k], bool)
+                 and config[k] > 0), None)
 
 
 def size_keys(cfg) -> dict[str, str]:
@@ -117,6 +126,8 @@ def tiny_config(model_type: str, config: dict) -> tuple[dict, dict]:
         small[keys["head_dim"]] = TINY["head_dim"]
     if "ffn" in keys:  # (a null FFN size, derived from the width, is set: the probes change it alone)
         small[keys["ffn"]] = TINY["ffn"]
+    if shared := shared_count(data):
+        small[shared] = 2
     rows, lists, indexed = _tiny_rows(data, old_layers)
     small[keys["layers"]] = len(rows)
     for k in LAST_LAYERS_KEYS:  # (the tiny model's last layers: one of each kind among the source's last layers)

@@ -32,11 +32,13 @@ _spec.loader.exec_module(coverage)
 # of grouped heads whose kv heads the kv probe alone moves (param2moe); two attention and MLP blocks a layer with a
 # shortcut MoE whose zero-computation experts a new layer never chooses, under MLA scaled by the width (longcat_flash);
 # full-attention layers with a head size of their own (per_layer_config), per-layer embeddings packed one slice a
-# layer, a projection scaled by the width and a layer scalar that a new layer starts at one (gemma4_text)
+# layer, a projection scaled by the width and a layer scalar that a new layer starts at one (gemma4_text); shared
+# experts as wide as a count of experts (n_shared_experts, two in the tiny model) and a query projection holding each
+# head's output gate beside its query rows (minicpm5_moe)
 SAMPLE = ("apertus", "helium", "falcon", "gpt_bigcode", "olmo", "cohere2", "starcoder2", "phi", "lfm3", "deepseek_v32",
           "ernie4_5_moe", "aria_text", "nemotron", "kimi_linear", "olmo_hybrid",
           "bailing_hybrid", "flint", "beam", "hy_v4", "param2moe", "longcat_flash",
-          "gemma4_text")
+          "gemma4_text", "minicpm5_moe")
 
 
 @pytest.mark.parametrize("model_type", SAMPLE)
