@@ -92,7 +92,7 @@ def _gather(w: torch.Tensor, axis: int, index: torch.Tensor, coef: torch.Tensor,
         shape[axis] = -1
         # float32 first, then the product in place: the values of ``out * coef`` (computed in float32), but torch
         # multiplies a bfloat16 tensor by a float32 vector along its last axis at a fifth of this speed
-        out = torch.empty(out.shape, dtype=torch.float32).copy_(out) if out.dtype != torch.float32 else out
+        out = torch.empty_like(out, dtype=torch.float32).copy_(out) if out.dtype != torch.float32 else out
         out.mul_(coef.view(shape))
     return out
 
